@@ -1,0 +1,98 @@
+"""Pictures on their way in and out of the engine, and the camera pane the display shows.
+
+Sources hand over uint8 (H, W, 3) arrays in their own channel order (OpenCV gives BGR, PyAV and PIL
+give RGB). The colour swap, the mirror and the crop or resize happen once per frame, after a single
+upload to the engine's device, so a GPU does them instead of the capture thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from streamdiff.images import fit_size
+
+ChannelOrder = Literal["rgb", "bgr"]
+ORDERS: tuple[str, ...] = ("rgb", "bgr")
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One captured picture: (H, W, 3) uint8 in `order`, its capture number and perf_counter time."""
+
+    image: np.ndarray
+    order: ChannelOrder
+    index: int
+    time: float
+
+
+def to_engine(
+    image: np.ndarray, order: str, width: int, height: int, fit: str, device: torch.device, mirror: bool = False
+) -> Tensor:
+    """A captured picture as the engine's input: (1, 3, height, width) float in [0, 1] on `device`."""
+    pixels = torch.from_numpy(np.ascontiguousarray(image)).to(device, non_blocking=True)  # (h, w, 3) uint8
+    pixels = pixels.permute(2, 0, 1)
+    if order == "bgr":
+        pixels = pixels.flip(0)
+    if mirror:
+        pixels = pixels.flip(-1)
+    return fit_size(pixels.unsqueeze(0).float().div_(255.0), width, height, fit)
+
+
+def from_engine(pictures: Tensor, order: str) -> np.ndarray:
+    """The engine's (1, 3, H, W) output in [0, 1] as a (H, W, 3) uint8 array in `order`, on the host."""
+    pixels = pictures[0].float().mul(255.0).round_().clamp_(0.0, 255.0).to(torch.uint8)  # (3, H, W)
+    if order == "bgr":
+        pixels = pixels.flip(0)
+    return pixels.permute(1, 2, 0).contiguous().cpu().numpy()
+
+
+def crop_box(width: int, height: int, out_width: int, out_height: int) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the centred region of a width x height picture with the out aspect."""
+    scale = max(out_width / width, out_height / height)
+    crop_w = min(width, max(1, round(out_width / scale)))
+    crop_h = min(height, max(1, round(out_height / scale)))
+    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    return top, top + crop_h, left, left + crop_w
+
+
+def fit_pane(image: np.ndarray, width: int, height: int, fit: str, mirror: bool = False) -> np.ndarray:
+    """The camera picture framed as the engine frames it (crop, pad or stretch), at width x height."""
+    import cv2
+
+    h, w = image.shape[:2]
+    if fit == "crop":
+        top, bottom, left, right = crop_box(w, h, width, height)
+        pane = resize(image[top:bottom, left:right], width, height)
+    elif fit == "pad":
+        scale = min(width / w, height / h)
+        inner = resize(image, max(1, round(w * scale)), max(1, round(h * scale)))
+        pane = np.zeros((height, width, 3), np.uint8)
+        top, left = (height - inner.shape[0]) // 2, (width - inner.shape[1]) // 2
+        pane[top : top + inner.shape[0], left : left + inner.shape[1]] = inner
+    else:
+        pane = resize(image, width, height)
+    return cv2.flip(pane, 1) if mirror else pane
+
+
+def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Area averaging when shrinking (no aliasing), bilinear when growing."""
+    import cv2
+
+    h, w = image.shape[:2]
+    if (w, h) == (width, height):
+        return np.ascontiguousarray(image)
+    shrinking = width < w and height < h
+    method = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(np.ascontiguousarray(image), (width, height), interpolation=method)
+
+
+def convert_order(image: np.ndarray, order: str, wanted: str) -> np.ndarray:
+    """The same picture with its channels in the `wanted` order (a copy only when they differ)."""
+    if order == wanted:
+        return image
+    return np.ascontiguousarray(image[..., ::-1])

@@ -1,0 +1,25 @@
+"""What the engine needs from a backend: a noise predictor and a latent codec."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from torch import Tensor
+
+
+@runtime_checkable
+class Denoiser(Protocol):
+    def __call__(self, latents: Tensor, timesteps: Tensor, embeddings: Tensor) -> Tensor:
+        """Noise prediction (B, 4, h, w) for latents (B, 4, h, w), timesteps (B,), text (B, 77, D)."""
+        ...
+
+
+@runtime_checkable
+class LatentCodec(Protocol):
+    def encode(self, pixels: Tensor) -> Tensor:
+        """Pictures (B, 3, H, W) in [-1, 1] to scaled latents (B, 4, H/8, W/8)."""
+        ...
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Scaled latents (B, 4, H/8, W/8) to pictures (B, 3, H, W) in [-1, 1]."""
+        ...

@@ -1,0 +1,164 @@
+"""Stream settings: one frozen, validated object instead of a long constructor."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, fields, replace
+from typing import Any, Literal
+
+import torch
+
+Fit = Literal["exact", "crop", "pad", "stretch"]
+FITS: tuple[str, ...] = ("exact", "crop", "pad", "stretch")
+
+
+class CfgType(str, enum.Enum):
+    """Residual classifier-free guidance modes of StreamDiffusion (Kodaira et al. 2023, sec. 3.3)."""
+
+    NONE = "none"
+    FULL = "full"
+    SELF = "self"
+    INITIALIZE = "initialize"
+
+    @classmethod
+    def parse(cls, value: str | CfgType) -> CfgType:
+        if isinstance(value, CfgType):
+            return value
+        try:
+            return cls(str(value).lower())
+        except ValueError:
+            names = ", ".join(m.value for m in cls)
+            raise ValueError(f"cfg_type must be one of {names}; got {value!r}") from None
+
+
+def strength_to_t_index(strength: float, steps: int, num_inference_steps: int) -> tuple[int, ...]:
+    """Evenly spaced schedule indices that start where `strength` of the noise is added.
+
+    strength 1.0 starts from pure noise (index 0); 0.5 starts half way down the schedule.
+    """
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1]; got {strength}")
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1; got {steps}")
+    start = min(round((1.0 - strength) * num_inference_steps), num_inference_steps - 1)
+    span = num_inference_steps - start
+    if steps > span:
+        raise ValueError(
+            f"steps={steps} does not fit strength={strength}: at most {span} steps remain "
+            f"of num_inference_steps={num_inference_steps}"
+        )
+    return tuple(start + (j * span) // steps for j in range(steps))
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """Everything that fixes the shape and numerics of a stream; checked once in __post_init__."""
+
+    t_index_list: tuple[int, ...] | None = None
+    num_inference_steps: int = 50
+    strength: float | None = None
+    steps: int | None = None
+    width: int = 512
+    height: int = 512
+    frame_buffer_size: int = 1
+    use_denoising_batch: bool = True
+    do_add_noise: bool = True
+    cfg_type: CfgType = CfgType.NONE
+    guidance_scale: float = 1.2
+    delta: float = 1.0
+    seed: int = 2
+    dtype: torch.dtype | None = None
+    device: str = "auto"
+    fit: Fit = "exact"
+    feedback: float = 0.0
+    ema: float = 0.0
+    similarity_threshold: float | None = None
+    similarity_max_skip: int = 10
+    prompt_blend: Literal["linear", "slerp"] = "linear"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cfg_type", CfgType.parse(self.cfg_type))
+        object.__setattr__(self, "t_index_list", self._resolve_t_index())
+        # strength/steps are only a way to spell t_index_list; once resolved, the list is the truth.
+        object.__setattr__(self, "strength", None)
+        object.__setattr__(self, "steps", None)
+        self._check_sizes()
+        self._check_ranges()
+
+    def _resolve_t_index(self) -> tuple[int, ...]:
+        n = self.num_inference_steps
+        if not isinstance(n, int) or not 1 <= n <= 1000:
+            raise ValueError(f"num_inference_steps must be an integer in [1, 1000]; got {n!r}")
+        if self.t_index_list is not None and (self.strength is not None or self.steps is not None):
+            raise ValueError("give either t_index_list or strength/steps, not both")
+        if self.t_index_list is None:
+            strength = 1.0 if self.strength is None else float(self.strength)
+            return strength_to_t_index(strength, self.steps or 1, n)
+        indices = tuple(int(i) for i in self.t_index_list)
+        if not indices:
+            raise ValueError("t_index_list must hold at least one index")
+        bad = [i for i in indices if not 0 <= i < n]
+        if bad:
+            raise ValueError(
+                f"t_index_list entries must be in [0, {n - 1}] for num_inference_steps={n}; got {bad}"
+            )
+        if list(indices) != sorted(set(indices)):
+            raise ValueError(f"t_index_list must be strictly increasing; got {list(indices)}")
+        return indices
+
+    def _check_sizes(self) -> None:
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 8 or value % 8:
+                raise ValueError(f"{name} must be a positive multiple of 8; got {value!r}")
+        if self.frame_buffer_size < 1:
+            raise ValueError(f"frame_buffer_size must be at least 1; got {self.frame_buffer_size}")
+        if self.fit not in FITS:
+            raise ValueError(f"fit must be one of {', '.join(FITS)}; got {self.fit!r}")
+        if self.prompt_blend not in ("linear", "slerp"):
+            raise ValueError(f"prompt_blend must be 'linear' or 'slerp'; got {self.prompt_blend!r}")
+
+    def _check_ranges(self) -> None:
+        for name in ("feedback", "ema"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1); got {value}")
+        if self.guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0; got {self.guidance_scale}")
+        thr = self.similarity_threshold
+        if thr is not None and not 0.0 <= thr <= 1.0:
+            raise ValueError(f"similarity_threshold must be in [0, 1]; got {thr}")
+        if self.similarity_max_skip < 0:
+            raise ValueError(f"similarity_max_skip must be >= 0; got {self.similarity_max_skip}")
+
+    @property
+    def denoising_steps(self) -> int:
+        assert self.t_index_list is not None
+        return len(self.t_index_list)
+
+    @property
+    def latency_frames(self) -> int:
+        """Frames an input spends in flight before it leaves the stream batch (n - 1)."""
+        return self.denoising_steps - 1 if self.use_denoising_batch else 0
+
+    @property
+    def uses_guidance(self) -> bool:
+        """The reference applies guidance only for a scale above 1, whatever the mode."""
+        return self.cfg_type is not CfgType.NONE and self.guidance_scale > 1.0
+
+    def with_changes(self, **changes: Any) -> StreamConfig:
+        if changes.get("strength") is not None or changes.get("steps") is not None:
+            changes.setdefault("t_index_list", None)
+        return replace(self, **changes)
+
+    @classmethod
+    def from_settings(cls, config: StreamConfig | None = None, **settings: Any) -> StreamConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(settings) - names)
+        if unknown:
+            raise ValueError(f"unknown setting(s) {unknown}; known settings are {sorted(names)}")
+        base = config or cls()
+        if not settings:
+            return base
+        return base.with_changes(**settings) if config else cls(**settings)
+

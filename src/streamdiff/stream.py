@@ -1,0 +1,264 @@
+"""StreamPipeline: the public engine. Pictures in, stylized pictures out, one call per frame.
+
+Latency: with n denoising steps the output of call k shows input k - (n - 1); `flush()` returns the
+frames still in flight at the end of a clip.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from . import images, temporal
+from .backends.protocols import Denoiser, LatentCodec
+from .backends.torch import TorchCodec, TorchDenoiser
+from .batch import StreamBatch
+from .config import StreamConfig
+from .devices import cpu_generator, resolve_device, resolve_dtype
+from .guidance import make_guidance
+from .prompts import PromptEncoder, PromptLike, Transition, normalized_weights
+from .schedule import build_coefficients
+from .similarity import SimilarityFilter
+
+SeedLike = Union[int, Sequence[tuple[int, float]]]
+
+
+@dataclass
+class StreamStats:
+    frames: int = 0  # pictures asked for (img2img and txt2img calls)
+    processed: int = 0  # calls that ran the model
+    skipped: int = 0  # calls answered with the previous output by the similarity filter
+    last_similarity: float = math.nan
+
+
+@dataclass(frozen=True)
+class Components:
+    """The diffusers parts the engine uses; any SD 1.x / 2.x pipeline provides them."""
+
+    tokenizer: Any
+    text_encoder: torch.nn.Module
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    scheduler_config: dict
+
+    @classmethod
+    def from_diffusers(cls, pipe: Any) -> Components:
+        missing = [n for n in ("tokenizer", "text_encoder", "unet", "vae", "scheduler") if getattr(pipe, n, None) is None]
+        if missing:
+            raise ValueError(f"expected a diffusers Stable Diffusion pipeline; it lacks {', '.join(missing)}")
+        return cls(pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae, dict(pipe.scheduler.config))
+
+
+def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """Move a module, casting only when needed (diffusers warns on every dtype cast)."""
+    module.eval().requires_grad_(False)
+    current = next(module.parameters(), None)
+    if current is not None and current.dtype != dtype:
+        module.to(dtype=dtype)
+    module.to(device=device)
+
+
+class StreamPipeline:
+    """Stream Batch, residual CFG, the similarity filter and temporal smoothing over diffusers parts."""
+
+    def __init__(
+        self,
+        components: Components,
+        config: StreamConfig,
+        *,
+        lcm_boundary: bool = True,
+        denoiser: Denoiser | None = None,
+        codec: LatentCodec | None = None,
+    ):
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        self.lcm_boundary = lcm_boundary
+        for module in (components.text_encoder, components.unet, components.vae):
+            _place(module, self.device, self.dtype)
+        self.components = components
+        self.denoiser = denoiser or TorchDenoiser(components.unet)
+        self.codec = codec or TorchCodec(components.vae)
+        self.prompts = PromptEncoder(components.tokenizer, components.text_encoder, self.device, self.dtype)
+        self.stats = StreamStats()
+        self._batch: StreamBatch | None = None
+        self._filter = self._make_filter(config.similarity_threshold, config.similarity_max_skip)
+
+    @classmethod
+    def from_diffusers(cls, pipe: Any, config: StreamConfig | None = None, *, lcm_boundary: bool = True,
+                       **settings: Any) -> StreamPipeline:
+        """Wrap a diffusers SD 1.x/2.x pipeline (its VAE may be AutoencoderTiny); moves its modules."""
+        return cls(Components.from_diffusers(pipe), StreamConfig.from_settings(config, **settings),
+                   lcm_boundary=lcm_boundary)
+
+    @classmethod
+    def from_model(cls, name_or_path: str, config: StreamConfig | None = None, *, taesd: bool | None = None,
+                   random_weights: bool = False, **settings: Any) -> StreamPipeline:
+        """A registry name (see `streamdiff models`), a local diffusers folder, a .safetensors file or a hub id."""
+        from .models.loading import load_model
+
+        base = StreamConfig.from_settings(config, **settings)
+        device = resolve_device(base.device)
+        loaded = load_model(name_or_path, dtype=resolve_dtype(base.dtype, device), device=device,
+                            taesd=taesd, random_weights=random_weights)
+        spec = loaded.spec
+        defaults: dict[str, Any] = {}
+        if "t_index_list" not in settings and "strength" not in settings and "steps" not in settings:
+            defaults.update(t_index_list=spec.t_index_list, num_inference_steps=spec.num_inference_steps)
+        if config is None:
+            defaults.update({k: spec.resolution for k in ("width", "height") if k not in settings})
+        cfg = base.with_changes(**defaults) if defaults else base
+        return cls(Components.from_diffusers(loaded.pipe), cfg, lcm_boundary=spec.lcm_boundary)
+
+    # ----- set-up -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def prepare(self, prompt: PromptLike = "", negative_prompt: str = "", *, seed: SeedLike | None = None) -> None:
+        """Encode prompts, build the schedule, draw the fixed noise and empty the stream."""
+        cfg = self.config
+        coeffs = build_coefficients(self.components.scheduler_config, cfg.num_inference_steps, cfg.t_index_list,
+                                    cfg.frame_buffer_size, self.lcm_boundary).to(self.device, self.dtype)
+        slots = len(coeffs.timesteps)
+        self._cond = self._expand(self.prompts.encode_weighted(prompt, cfg.prompt_blend), slots)
+        self._uncond = self._expand(self.prompts.encode(negative_prompt), slots)
+        self._transition: Transition | None = None
+        self._batch = StreamBatch(self.denoiser, coeffs, self._draw_noise(seed if seed is not None else cfg.seed),
+                                  make_guidance(cfg), cfg.frame_buffer_size,
+                                  use_denoising_batch=cfg.use_denoising_batch, do_add_noise=cfg.do_add_noise)
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new stream with the same prompts and noise (e.g. for the next clip)."""
+        self._require_prepared().reset()
+        self._previous_x0: Tensor | None = None
+        self._previous_output: Tensor | None = None
+        self._last_latent: Tensor | None = None
+        self._last_kind: images.ImageKind = "pt"
+        self.stats = StreamStats()
+        if self._filter is not None:
+            self._filter.reset()
+
+    def _draw_noise(self, seed: SeedLike) -> Tensor:
+        """Fixed noise (B, 4, H/8, W/8) drawn on the CPU; several seeds blend keeping unit variance."""
+        cfg = self.config
+        shape = (cfg.denoising_steps * cfg.frame_buffer_size, 4, cfg.height // 8, cfg.width // 8)
+        if isinstance(seed, int):
+            pairs = [(seed, 1.0)]
+        else:
+            pairs = [(int(s), float(w)) for s, w in seed]
+        weights = normalized_weights([w for _, w in pairs], "seed")
+        noises = [torch.randn(shape, generator=cpu_generator(s)) for s, _ in pairs]
+        mixed = sum(n * w for n, w in zip(noises, weights)) / math.sqrt(sum(w * w for w in weights))
+        return mixed.to(device=self.device, dtype=self.dtype)
+
+    @staticmethod
+    def _expand(embeds: Tensor, slots: int) -> Tensor:
+        return embeds.expand(slots, -1, -1).clone()
+
+    def _require_prepared(self) -> StreamBatch:
+        if self._batch is None:
+            raise RuntimeError("call prepare(prompt=...) before streaming")
+        return self._batch
+
+    # ----- live controls ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def update_prompt(self, prompt: PromptLike, negative_prompt: str | None = None, *,
+                      transition_frames: int = 0) -> None:
+        """Change the prompt (any cfg_type), at once or blended over `transition_frames` frames."""
+        self._require_prepared()
+        target = self.prompts.encode_weighted(prompt, self.config.prompt_blend)
+        if negative_prompt is not None:
+            self._uncond.copy_(self.prompts.encode(negative_prompt).expand_as(self._uncond))
+        if transition_frames > 0:
+            self._transition = Transition(self._cond[:1].clone(), target, transition_frames, self.config.prompt_blend)
+        else:
+            self._transition = None
+            self._cond.copy_(target.expand_as(self._cond))
+
+    def set_seed(self, seed: SeedLike) -> None:
+        """Redraw the fixed noise from a seed or a weighted blend of seeds [(seed, weight), ...]."""
+        self._require_prepared().set_noise(self._draw_noise(seed))
+
+    def set_temporal(self, *, feedback: float | None = None, ema: float | None = None) -> None:
+        changes = {k: v for k, v in (("feedback", feedback), ("ema", ema)) if v is not None}
+        self.config = self.config.with_changes(**changes)
+
+    def set_similarity_filter(self, threshold: float | None, max_skip: int = 10) -> None:
+        """Enable (threshold in [0, 1]) or disable (None) the stochastic similarity filter."""
+        self.config = self.config.with_changes(similarity_threshold=threshold, similarity_max_skip=max_skip)
+        self._filter = self._make_filter(threshold, max_skip)
+
+    def _make_filter(self, threshold: float | None, max_skip: int) -> SimilarityFilter | None:
+        if threshold is None:
+            return None
+        return SimilarityFilter(threshold, max_skip, seed=self.config.seed)
+
+    # ----- streaming ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def img2img(self, image: Any, output_type: images.ImageKind | None = None) -> Any:
+        """Stylize one frame (F frames with frame_buffer_size F); returns the frame leaving the stream."""
+        batch = self._require_prepared()
+        cfg = self.config
+        pixels, kind = images.prepare_input(image, cfg.width, cfg.height, cfg.fit, self.device, self.dtype)
+        if pixels.shape[0] != cfg.frame_buffer_size:
+            raise ValueError(f"expected {cfg.frame_buffer_size} picture(s) per call (frame_buffer_size); "
+                             f"got {pixels.shape[0]}")
+        self._last_kind = kind
+        self.stats.frames += 1
+        if self._skip(pixels):
+            return images.to_output(self._previous_output, output_type or kind)
+        latent = self.codec.encode(pixels)  # (F, 4, h, w)
+        self._last_latent = latent
+        mixed = temporal.feedback(latent, self._previous_x0, cfg.feedback)
+        x0 = self._advance(batch, batch.first_slot(mixed), mixed)
+        return images.to_output(self._decode(x0), output_type or kind)
+
+    @torch.no_grad()
+    def txt2img(self, output_type: images.ImageKind = "pil") -> Any:
+        """One picture from the prompt, starting from the fixed noise (set_seed for another)."""
+        batch = self._require_prepared()
+        self.stats.frames += 1
+        x0 = self._advance(batch, batch.noise[: self.config.frame_buffer_size], None)
+        return images.to_output(self._decode(x0), output_type)
+
+    @torch.no_grad()
+    def flush(self, output_type: images.ImageKind | None = None) -> list[Any]:
+        """Outputs of the frames still in flight (latency_frames of them), by repeating the last input."""
+        batch = self._require_prepared()
+        if self._last_latent is None or not self.config.use_denoising_batch:
+            return []
+        outputs = []
+        for _ in range(self.config.latency_frames):
+            x0 = self._advance(batch, batch.first_slot(self._last_latent), self._last_latent)
+            outputs.append(images.to_output(self._decode(x0), output_type or self._last_kind))
+        return outputs
+
+    def _skip(self, pixels: Tensor) -> bool:
+        if self._filter is None:
+            return False
+        skip = self._filter.should_skip(pixels) and self._previous_output is not None
+        self.stats.last_similarity = self._filter.last_similarity
+        self.stats.skipped += int(skip)
+        return skip
+
+    def _advance(self, batch: StreamBatch, x_first: Tensor, fill: Tensor | None) -> Tensor:
+        if self._transition is not None:
+            self._cond.copy_(self._transition.advance().expand_as(self._cond))
+            if self._transition.finished:
+                self._transition = None
+        x0 = batch.step(x_first, fill, self._cond, self._uncond)
+        self._previous_x0 = x0
+        self.stats.processed += 1
+        return x0
+
+    def _decode(self, x0: Tensor) -> Tensor:
+        pictures = images.postprocess(self.codec.decode(x0))
+        pictures = temporal.ema(self._previous_output, pictures, self.config.ema)
+        self._previous_output = pictures
+        return pictures
