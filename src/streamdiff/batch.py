@@ -42,14 +42,23 @@ class StreamBatch:
         ones = torch.ones_like(coeffs.alpha_sqrt[:frames])
         self.alpha_next = torch.cat([coeffs.alpha_sqrt[frames:], ones])  # (B, 1, 1, 1)
         self.beta_next = torch.cat([coeffs.beta_sqrt[frames:], ones])
-        self.reset()
+        self.in_flight = torch.zeros_like(noise[frames:])  # ((n-1) F, 4, h, w)
+        self.stock = torch.zeros_like(noise)  # residual noise per slot
+        self.filled = False
 
     def reset(self) -> None:
-        """Forget the frames in flight; the next call fills the pipeline again."""
-        f = self.frames
-        self.in_flight = torch.zeros_like(self.noise[f:])  # ((n-1) F, 4, h, w)
-        self.stock = torch.zeros_like(self.noise)  # residual noise per slot
+        """Forget the frames in flight; the next call fills the pipeline again.
+
+        Buffers are cleared in place: a captured CUDA graph keeps reading the same addresses.
+        """
+        self.in_flight.zero_()
+        self.stock.zero_()
         self.filled = False
+
+    @property
+    def ready(self) -> bool:
+        """Whether the next step takes no first-call branch (the in-flight slots are filled)."""
+        return self.filled or not self.use_denoising_batch
 
     def set_noise(self, noise: Tensor) -> None:
         self.noise.copy_(noise)

@@ -41,7 +41,7 @@ def to_uint8_tensor(image: Any) -> Tensor:
         return _numpy_to_tensor(image)
     if kind == "pil":
         images = image if isinstance(image, (list, tuple)) else [image]
-        return torch.stack([torch.from_numpy(np.asarray(i.convert("RGB"))).permute(2, 0, 1) for i in images])
+        return torch.stack([torch.from_numpy(np.array(i.convert("RGB"))).permute(2, 0, 1) for i in images])
     return _check_float_tensor(image)
 
 

@@ -35,6 +35,17 @@ class StreamStats:
     last_similarity: float = math.nan
 
 
+@dataclass
+class DeviceCarry:
+    """A warm stream's temporal state in fixed device buffers, so that one step can replay as a CUDA graph."""
+
+    previous_x0: Tensor  # (F, 4, H/8, W/8)
+    previous_output: Tensor  # (F, 3, H, W) in [0, 1], after the EMA
+    last_latent: Tensor  # (F, 4, H/8, W/8), what flush() repeats
+    weights: Tensor  # (2,) feedback and EMA shares, read on the device by the step
+    weight_values: tuple[float, float] = (math.nan, math.nan)  # what `weights` holds, to skip needless copies
+
+
 @dataclass(frozen=True)
 class Components:
     """The diffusers parts the engine uses; any SD 1.x / 2.x pipeline provides them."""
@@ -248,17 +259,100 @@ class StreamPipeline:
         return skip
 
     def _advance(self, batch: StreamBatch, x_first: Tensor, fill: Tensor | None) -> Tensor:
-        if self._transition is not None:
-            self._cond.copy_(self._transition.advance().expand_as(self._cond))
-            if self._transition.finished:
-                self._transition = None
+        self._advance_prompt()
         x0 = batch.step(x_first, fill, self._cond, self._uncond)
         self._previous_x0 = x0
         self.stats.processed += 1
         return x0
+
+    def _advance_prompt(self) -> None:
+        if self._transition is not None:
+            self._cond.copy_(self._transition.advance().expand_as(self._cond))
+            if self._transition.finished:
+                self._transition = None
 
     def _decode(self, x0: Tensor) -> Tensor:
         pictures = images.postprocess(self.codec.decode(x0))
         pictures = temporal.ema(self._previous_output, pictures, self.config.ema)
         self._previous_output = pictures
         return pictures
+
+    # ----- device steps, for accelerated backends (CUDA graphs) -----------------------------------
+
+    @property
+    def warm(self) -> bool:
+        """Whether device_step can run: the stream is filled and one ordinary call left its outputs."""
+        batch = self._batch
+        return batch is not None and batch.ready and self._previous_x0 is not None and self._previous_output is not None
+
+    def step_buffers(self) -> tuple[Tensor, ...]:
+        """The persistent tensors a device step reads or updates in place (a captured graph holds their addresses)."""
+        batch = self._require_prepared()
+        return (batch.noise, batch.in_flight, batch.stock, self._cond, self._uncond)
+
+    def new_carry(self) -> DeviceCarry:
+        cfg = self.config
+        f, h, w = cfg.frame_buffer_size, cfg.height, cfg.width
+        latent = (f, 4, h // 8, w // 8)
+        zeros = [torch.zeros(shape, device=self.device, dtype=self.dtype) for shape in (latent, (f, 3, h, w), latent, (2,))]
+        return DeviceCarry(*zeros)
+
+    def attach_carry(self, carry: DeviceCarry) -> None:
+        """Keep the temporal state in carry's buffers from now on (copied in unless already there)."""
+        for name, buffer in (("_previous_x0", carry.previous_x0), ("_previous_output", carry.previous_output),
+                             ("_last_latent", carry.last_latent)):
+            current = getattr(self, name)
+            if current is not None and current is not buffer:
+                buffer.copy_(current)
+                setattr(self, name, buffer)
+        values = (self.config.feedback, self.config.ema)
+        if values != carry.weight_values:
+            carry.weights.copy_(torch.tensor(values, dtype=carry.weights.dtype), non_blocking=True)
+            carry.weight_values = values
+
+    def device_pixels(self, frames: Tensor) -> Tensor:
+        """uint8 (F, h, w, 3) or float (F, 3, h, w) in [0, 1] on the device -> (F, 3, H, W) in [-1, 1], as img2img."""
+        cfg = self.config
+        pixels = frames.permute(0, 3, 1, 2).float() / 255.0 if frames.dtype == torch.uint8 else frames.float()
+        pixels = images.fit_size(pixels, cfg.width, cfg.height, cfg.fit)
+        return (pixels * 2.0 - 1.0).to(self.dtype)
+
+    def begin_device_frame(self, pixels: Tensor | None, kind: images.ImageKind = "pt") -> bool:
+        """An accelerated call's bookkeeping before its device step: count the frame, ask the similarity filter
+        about pixels (F, 3, H, W) in [-1, 1] (None: txt2img), advance a prompt transition. False: skip it."""
+        self.stats.frames += 1
+        if pixels is not None:
+            self._last_kind = kind
+            if self._skip(pixels):
+                return False
+        self._advance_prompt()
+        return True
+
+    def end_device_frame(self, carry: DeviceCarry, img2img: bool) -> None:
+        """An accelerated call's bookkeeping after its device step wrote carry."""
+        self._previous_x0, self._previous_output = carry.previous_x0, carry.previous_output
+        if img2img:
+            self._last_latent = carry.last_latent
+        self.stats.processed += 1
+
+    @torch.no_grad()
+    def device_step(self, frames: Tensor | None, carry: DeviceCarry, uint8: bool = True) -> Tensor | None:
+        """One warm img2img (txt2img for frames=None) step with no host synchronisation: capturable as a CUDA graph.
+
+        frames: uint8 (F, h, w, 3) or float (F, 3, h, w) in [0, 1] on the device. The state lives in carry
+        (attach_carry first); carry.previous_output holds the pictures. Returns them as uint8 (F, H, W, 3) if asked.
+        """
+        batch = self._require_prepared()
+        if frames is None:
+            x0 = batch.step(batch.noise[: self.config.frame_buffer_size], None, self._cond, self._uncond)
+        else:
+            latent = self.codec.encode(self.device_pixels(frames))  # (F, 4, h, w)
+            carry.last_latent.copy_(latent)
+            mixed = torch.lerp(latent, carry.previous_x0, carry.weights[0])
+            x0 = batch.step(batch.first_slot(mixed), mixed, self._cond, self._uncond)
+        carry.previous_x0.copy_(x0)
+        pictures = torch.lerp(images.postprocess(self.codec.decode(x0)), carry.previous_output, carry.weights[1])
+        carry.previous_output.copy_(pictures)
+        if not uint8:
+            return None
+        return (pictures.float() * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()

@@ -1,12 +1,14 @@
 """Pictures on their way in and out of the engine, and the camera pane the display shows.
 
 Sources hand over uint8 (H, W, 3) arrays in their own channel order (OpenCV gives BGR, PyAV and PIL
-give RGB). The colour swap, the mirror and the crop or resize happen once per frame, after a single
-upload to the engine's device, so a GPU does them instead of the capture thread.
+give RGB). The colour swap, the mirror and the crop or resize happen once per frame, in the inference
+thread: on a GPU after a single upload of the uint8 picture, so the device does them.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,7 +35,17 @@ class Frame:
 def to_engine(
     image: np.ndarray, order: str, width: int, height: int, fit: str, device: torch.device, mirror: bool = False
 ) -> Tensor:
-    """A captured picture as the engine's input: (1, 3, height, width) float in [0, 1] on `device`."""
+    """A captured picture as the engine's input: (1, 3, height, width) float in [0, 1] on `device`.
+
+    On a GPU: one upload of the uint8 picture, then everything on the device. On the CPU: crop and
+    resize the uint8 picture first (OpenCV), so only the small picture is converted to float.
+    """
+    h, w = image.shape[:2]
+    if fit == "exact" and (w, h) != (width, height):
+        raise ValueError(f"expected a {width}x{height} picture (fit='exact'); got {w}x{h}")
+    if device.type == "cpu" and _has_opencv():
+        small = convert_order(fit_pane(image, width, height, fit, mirror), order, "rgb")
+        return torch.from_numpy(np.ascontiguousarray(small)).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
     pixels = torch.from_numpy(np.ascontiguousarray(image)).to(device, non_blocking=True)  # (h, w, 3) uint8
     pixels = pixels.permute(2, 0, 1)
     if order == "bgr":
@@ -41,6 +53,11 @@ def to_engine(
     if mirror:
         pixels = pixels.flip(-1)
     return fit_size(pixels.unsqueeze(0).float().div_(255.0), width, height, fit)
+
+
+@functools.lru_cache(maxsize=1)
+def _has_opencv() -> bool:
+    return importlib.util.find_spec("cv2") is not None
 
 
 def from_engine(pictures: Tensor, order: str) -> np.ndarray:

@@ -106,13 +106,34 @@ def build_tiny_unet():
 def build_tiny_taesd():
     from diffusers import AutoencoderTiny
 
-    return AutoencoderTiny(
+    vae = AutoencoderTiny(
         encoder_block_out_channels=(8, 8, 8, 8),
         decoder_block_out_channels=(8, 8, 8, 8),
         num_encoder_blocks=(1, 1, 1, 1),
         num_decoder_blocks=(1, 1, 1, 1),
         latent_channels=4,
     ).eval()
+    _keep_signal_alive(vae)
+    return vae
+
+
+def _keep_signal_alive(vae: torch.nn.Module) -> None:
+    """Variance-preserving init, so latents and pictures carry the input instead of fading to a constant.
+
+    PyTorch's default init shrinks the signal at every layer; tests then could not tell inputs apart.
+    TAESD's decoder maps its last layer's [0, 1] range to [-1, 1]: that layer is centred on 0.5 and
+    scaled down so that most output pixels land inside the range unclipped.
+    """
+    for module in vae.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+    last = vae.decoder.layers[-1]
+    with torch.no_grad():
+        probe = vae.decoder(torch.randn(2, 4, 8, 8) * 3.0)  # (y * 2 - 1) of the unscaled layer
+        last.weight.mul_(0.15 / float(((probe + 1) / 2).std()))
+        last.bias.fill_(0.5)
 
 
 def build_tiny_vae():
@@ -134,7 +155,7 @@ def build_tiny_scheduler():
     from diffusers import LCMScheduler
 
     # Stable Diffusion's training schedule (scaled linear betas), as LCM models ship it.
-    return LCMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    return LCMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
 
 
 def build_tiny_pipeline(seed: int = 0, full_vae: bool = False):

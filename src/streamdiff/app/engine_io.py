@@ -1,0 +1,92 @@
+"""The inference thread's side of the engine: apply live controls between frames, run one frame, and
+remember when the frame now leaving the stream batch was captured (for the latency readout)."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from streamdiff.app.frames import Frame, from_engine, to_engine
+from streamdiff.app.keys import Controls
+
+
+@dataclass(frozen=True)
+class AiFrame:
+    """One engine output: (H, W, 3) uint8 in `order`, and the capture time of the input it shows."""
+
+    image: np.ndarray
+    order: str
+    source_index: int
+    source_time: float
+
+
+@dataclass
+class StepTimings:
+    """Seconds spent per part of the inference thread's work, summed over `frames`."""
+
+    frames: int = 0
+    preprocess: float = 0.0
+    engine: float = 0.0
+    postprocess: float = 0.0
+    controls: float = 0.0
+
+    def mean_ms(self, part: str) -> float:
+        return 1000.0 * getattr(self, part) / max(1, self.frames)
+
+
+class EngineRunner:
+    """Owns every call into the engine; used from the inference thread only."""
+
+    def __init__(self, engine: Any, prompts: Sequence[str], fit: str = "crop", transition_frames: int = 8,
+                 clock=time.perf_counter) -> None:
+        if not prompts:
+            raise ValueError("at least one prompt is needed")
+        self.engine, self.prompts, self.fit = engine, list(prompts), fit
+        self.transition_frames = transition_frames
+        self.applied: Controls | None = None
+        self.timings = StepTimings()
+        self._clock = clock
+        config = engine.config
+        self.width, self.height = config.width, config.height
+        # The output of call k shows input k - latency: keep that many capture records to match them.
+        self._in_flight: deque[Frame] = deque(maxlen=config.latency_frames + 1)
+
+    def apply(self, controls: Controls) -> None:
+        """Hand changed controls to the engine: prompt (with a smooth transition), temporal, seed."""
+        start = self._clock()
+        old = self.applied
+        if old is None or controls.prompt_index != old.prompt_index:
+            if old is not None or controls.prompt_index != 0:
+                frames = 0 if old is None else self.transition_frames
+                self.engine.update_prompt(self.prompt(controls), transition_frames=frames)
+        if old is None or (controls.ema, controls.feedback) != (old.ema, old.feedback):
+            self.engine.set_temporal(feedback=controls.feedback, ema=controls.ema)
+        if old is not None and controls.seed != old.seed:
+            self.engine.set_seed(controls.seed)
+        self.applied = controls
+        self.timings.controls += self._clock() - start
+
+    def prompt(self, controls: Controls) -> str:
+        return self.prompts[controls.prompt_index % len(self.prompts)]
+
+    def step(self, frame: Frame, mirror: bool = False) -> AiFrame:
+        """Stylize one captured frame; the result is the output leaving the stream batch now."""
+        t0 = self._clock()
+        pixels = to_engine(frame.image, frame.order, self.width, self.height, self.fit, self.engine.device, mirror)
+        t1 = self._clock()
+        output = self.engine.img2img(pixels, output_type="pt")
+        t2 = self._clock()
+        image = from_engine(output, frame.order)
+        t3 = self._clock()
+        self._in_flight.append(frame)
+        shown = self._in_flight[0]
+        timings = self.timings
+        timings.frames += 1
+        timings.preprocess += t1 - t0
+        timings.engine += t2 - t1
+        timings.postprocess += t3 - t2
+        return AiFrame(image, frame.order, shown.index, shown.time)

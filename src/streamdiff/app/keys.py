@@ -1,0 +1,109 @@
+"""Live controls of the camera app and the keys that change them.
+
+The display thread owns the keyboard: a key makes a new frozen Controls value, which it puts in a
+latest-value slot; the inference thread applies the engine's share of it between two frames, so the
+engine is only ever touched from one thread.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+from typing import Callable
+
+LAYOUTS: tuple[str, ...] = ("side", "output")
+BLEND_STEP = 0.1
+EMA_STEP = 0.05
+FEEDBACK_STEP = 0.05
+EMA_MAX = 0.95
+FEEDBACK_MAX = 0.9
+
+
+@dataclass(frozen=True)
+class Controls:
+    """What the performer can change while the app runs."""
+
+    prompt_index: int = 0
+    blend: float = 0.0  # camera share of the output picture
+    ema: float = 0.0
+    feedback: float = 0.0
+    seed: int = 2
+    paused: bool = False
+    mirror: bool = False
+    overlay: bool = True
+    help: bool = False
+    layout: str = "side"  # "side": camera | output panes; "output": the output alone (projection)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.blend <= 1.0:
+            raise ValueError(f"blend must be in [0, 1]; got {self.blend}")
+        if not 0.0 <= self.ema < 1.0 or not 0.0 <= self.feedback < 1.0:
+            raise ValueError(f"ema and feedback must be in [0, 1); got {self.ema} and {self.feedback}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}; got {self.layout!r}")
+
+
+@dataclass(frozen=True)
+class Binding:
+    keys: tuple[str, ...]
+    command: str  # "quit", "save" or "set" (a pure change of Controls)
+    help: str
+    change: Callable[[Controls, int], Controls] | None = None
+
+
+def _step(value: float, delta: float, high: float) -> float:
+    return round(min(high, max(0.0, value + delta)), 4)
+
+
+def _new_seed(controls: Controls, prompts: int) -> Controls:
+    # A seeded draw keeps a session reproducible: the same presses give the same seeds.
+    return replace(controls, seed=random.Random(controls.seed).randrange(2**31))
+
+
+def _prompt(delta: int) -> Callable[[Controls, int], Controls]:
+    return lambda c, n: replace(c, prompt_index=(c.prompt_index + delta) % max(1, n))
+
+
+def _flag(name: str) -> Callable[[Controls, int], Controls]:
+    return lambda c, n: replace(c, **{name: not getattr(c, name)})
+
+
+def _next_layout(controls: Controls, prompts: int) -> Controls:
+    index = (LAYOUTS.index(controls.layout) + 1) % len(LAYOUTS)
+    return replace(controls, layout=LAYOUTS[index])
+
+
+BINDINGS: tuple[Binding, ...] = (
+    Binding(("q", "\x1b", "close"), "quit", "q / Esc: quit"),
+    Binding(("s",), "save", "s: save the frame as PNG"),
+    Binding(("n",), "set", "n / p: next / previous prompt", _prompt(1)),
+    Binding(("p",), "set", "", _prompt(-1)),
+    Binding(("+", "="), "set", "+ / -: more / less camera", lambda c, n: replace(c, blend=_step(c.blend, BLEND_STEP, 1.0))),
+    Binding(("-", "_"), "set", "", lambda c, n: replace(c, blend=_step(c.blend, -BLEND_STEP, 1.0))),
+    Binding(("e",), "set", "e / d: more / less EMA smoothing", lambda c, n: replace(c, ema=_step(c.ema, EMA_STEP, EMA_MAX))),
+    Binding(("d",), "set", "", lambda c, n: replace(c, ema=_step(c.ema, -EMA_STEP, EMA_MAX))),
+    Binding(("f",), "set", "f / v: more / less latent feedback",
+            lambda c, n: replace(c, feedback=_step(c.feedback, FEEDBACK_STEP, FEEDBACK_MAX))),
+    Binding(("v",), "set", "", lambda c, n: replace(c, feedback=_step(c.feedback, -FEEDBACK_STEP, FEEDBACK_MAX))),
+    Binding(("r",), "set", "r: new seed", _new_seed),
+    Binding((" ",), "set", "space: pause / resume", _flag("paused")),
+    Binding(("m",), "set", "m: mirror", _flag("mirror")),
+    Binding(("l",), "set", "l: camera | output, or output only", _next_layout),
+    Binding(("o",), "set", "o: show / hide this overlay", _flag("overlay")),
+    Binding(("h", "?"), "set", "h: help", _flag("help")),
+)
+_BY_KEY: dict[str, Binding] = {key: b for b in BINDINGS for key in b.keys}
+
+
+def handle_key(key: str, controls: Controls, prompt_count: int) -> tuple[Controls, str | None]:
+    """The controls after `key`, and the command ("quit", "save") the display loop must carry out."""
+    binding = _BY_KEY.get(key)
+    if binding is None:
+        return controls, None
+    if binding.change is None:
+        return controls, binding.command
+    return binding.change(controls, prompt_count), None
+
+
+def help_lines() -> list[str]:
+    return [b.help for b in BINDINGS if b.help]

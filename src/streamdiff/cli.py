@@ -1,0 +1,134 @@
+"""The `streamdiff` command: thin argument parsing that delegates to the modules below it."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Sequence
+
+from .cli_options import add_engine_options, engine_from_args
+
+SAMPLE = "sample"  # names the bundled picture, for a first run with nothing at hand
+
+# Feature modules that add a subcommand through `register(subparsers)`.
+COMMANDS: tuple[str, ...] = (
+    "streamdiff.app.camera",
+    "streamdiff.app.video",
+    "streamdiff.models.command",
+    "streamdiff.bench.command",
+)
+
+
+def _img2img(args: argparse.Namespace) -> int:
+    from PIL import Image, UnidentifiedImageError
+
+    source = Path(args.input)
+    if args.input == SAMPLE and not source.exists():
+        source = Path(__file__).parent / "assets" / "sample.png"
+    if not source.is_file():
+        raise FileNotFoundError(f"input picture not found: {source}")
+    try:
+        picture = Image.open(source).convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"cannot read {source} as a picture ({exc})") from None
+    # One picture: run the steps one after another, the same math as the stream batch without its latency.
+    pipe = engine_from_args(args, use_denoising_batch=False)
+    _save(pipe.img2img(picture, output_type="pil"), args.output)
+    return 0
+
+
+def _txt2img(args: argparse.Namespace) -> int:
+    pipe = engine_from_args(args, use_denoising_batch=False)
+    _save(pipe.txt2img(output_type="pil"), args.output)
+    return 0
+
+
+def _save(picture, target: str) -> None:
+    path = Path(target)
+    if path.parent and not path.parent.exists():
+        raise FileNotFoundError(f"output folder does not exist: {path.parent}")
+    try:
+        picture.save(path)
+    except (ValueError, KeyError) as exc:
+        raise ValueError(f"cannot write {path}: unknown picture format (use .png or .jpg) ({exc})") from None
+    print(f"wrote {path}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamdiff", description="Real-time diffusion for picture streams: camera, video, pictures.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("img2img", help="stylize one picture")
+    p.add_argument("input", help=f"input picture (PNG, JPEG, ...); `{SAMPLE}` uses a bundled landscape")
+    p.add_argument("output", help="output picture path")
+    add_engine_options(p, prompt_required=True)
+    p.set_defaults(func=_img2img)
+    p = sub.add_parser("txt2img", help="one picture from a prompt")
+    p.add_argument("output", help="output picture path")
+    add_engine_options(p, prompt_required=True)
+    p.set_defaults(func=_txt2img)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if not (exc.name or "").startswith("streamdiff"):
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"streamdiff {__version__}"
+
+
+def _quiet_libraries() -> None:
+    """Library chatter (e.g. optional-backend notices at import) would bury our one-line messages."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    logging.basicConfig(level=logging.WARNING, format="streamdiff: %(message)s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_libraries()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("streamdiff: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, PermissionError, _user_error()) as exc:
+        print(f"streamdiff: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # the CLI's promise: one line, never a traceback (unless asked for)
+        if os.environ.get("STREAMDIFF_TRACEBACK"):
+            traceback.print_exc()
+        print(f"streamdiff: error: {type(exc).__name__}: {_one_line(exc)} "
+              "(set STREAMDIFF_TRACEBACK=1 for details)", file=sys.stderr)
+        return 1
+
+
+def _user_error() -> type[Exception]:
+    from .errors import UserError
+
+    return UserError
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Engine options shared by the commands that build a stream (img2img, txt2img, camera, video, bench)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .config import FITS, CfgType
+
+
+def _t_index(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.replace(" ", "").split(",") if part)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 32,45; got {text!r}") from None
+
+
+def add_engine_options(parser: argparse.ArgumentParser, *, prompt_required: bool = False) -> None:
+    g = parser.add_argument_group("model and stream")
+    g.add_argument("--prompt", required=prompt_required, default=None if prompt_required else "",
+                   help="what the pictures should look like")
+    g.add_argument("--negative-prompt", default="", help="what to steer away from (used by --cfg modes)")
+    g.add_argument("--model", default=None,
+                   help="registry name (see `streamdiff models`), local diffusers folder, .safetensors file or "
+                        "hub id; default sdxs-512. `tiny` runs offline with meaningless pictures")
+    g.add_argument("--no-taesd", action="store_true", help="keep the model's own VAE instead of TAESD")
+    g.add_argument("--strength", type=float, default=None, help="how much of the input to redraw, (0, 1]")
+    g.add_argument("--steps", type=int, default=None, help="denoising steps (with --strength)")
+    g.add_argument("--t-index", type=_t_index, default=None, metavar="I,J,...",
+                   help="explicit schedule indices (instead of --strength/--steps)")
+    g.add_argument("--num-inference-steps", type=int, default=None, help="length of the LCM schedule (50)")
+    g.add_argument("--cfg", choices=[m.value for m in CfgType], default="none", help="residual CFG mode")
+    g.add_argument("--guidance", type=float, default=1.2, help="guidance scale (applies above 1)")
+    g.add_argument("--delta", type=float, default=1.0, help="residual noise scale of the self/initialize modes")
+    g.add_argument("--seed", type=int, default=2)
+    g.add_argument("--width", type=int, default=None, help="render width (multiple of 8)")
+    g.add_argument("--height", type=int, default=None, help="render height (multiple of 8)")
+    g.add_argument("--render-size", type=int, default=None, help="square render size, e.g. 320, 384, 512")
+    g.add_argument("--fit", choices=FITS, default="crop", help="how pictures of another size are adapted")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    g.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: by device)")
+
+
+def engine_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """StreamConfig settings named on the command line (unset ones keep the model's defaults)."""
+    settings: dict[str, Any] = {
+        "cfg_type": args.cfg, "guidance_scale": args.guidance, "delta": args.delta, "seed": args.seed,
+        "fit": args.fit, "device": args.device, "dtype": args.dtype,
+    }
+    if args.t_index is not None:
+        settings["t_index_list"] = args.t_index
+    for name in ("strength", "steps", "num_inference_steps"):
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
+    size = args.render_size
+    for name in ("width", "height"):
+        value = getattr(args, name) or size
+        if value is not None:
+            settings[name] = value
+    return settings
+
+
+def engine_from_args(args: argparse.Namespace, **overrides: Any):
+    """Load the model named by --model, build the stream and encode the prompts."""
+    from .models.registry import DEFAULT_MODEL
+    from .stream import StreamPipeline
+
+    settings = {**engine_settings(args), **overrides}
+    taesd = False if args.no_taesd else None
+    pipe = StreamPipeline.from_model(args.model or DEFAULT_MODEL, taesd=taesd, **settings)
+    pipe.prepare(prompt=args.prompt or "", negative_prompt=args.negative_prompt)
+    return pipe

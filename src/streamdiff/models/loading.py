@@ -1,0 +1,411 @@
+"""Load a model by registry name, local diffusers folder, single checkpoint file or hub id.
+
+Downloads go through huggingface_hub (its cache, its progress bars) and all of one model's repos are
+fetched before anything is built, so whatever is missing is named at once, in one
+ModelUnavailableError paragraph instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import ModelPathNotFoundError, ModelUnavailableError, UserError
+from .registry import LCM_T_INDEX, REGISTRY, TAESD_REPO, ModelSpec
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+TAESD_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
+LORA_FILES = ("*.safetensors",)
+# What from_single_file reads from the base model's diffusers repo: configurations and tokenizer, no weights.
+CONFIG_FILES = ("model_index.json", "*/config.json", "scheduler/*", "tokenizer/*")
+_FAMILY_BY_TEXT_WIDTH = {768: "sd15", 1024: "sd21"}
+
+
+@dataclass
+class LoadedModel:
+    """A ready diffusers pipeline and the traits the engine runs it with."""
+
+    pipe: StableDiffusionPipeline
+    spec: ModelSpec
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a model comes from: kind is "registry", "folder", "single_file" or "hub"."""
+
+    kind: str
+    location: str  # registry name, local path or hub id
+
+
+@dataclass(frozen=True)
+class HubFiles:
+    """Files of one hub repo that a load needs; patterns None means a diffusers pipeline's own choice."""
+
+    repo: str
+    role: str  # e.g. "the pipeline", "TAESD, replacing its VAE"
+    patterns: tuple[str, ...] | None = None
+    skip_vae: bool = False
+    variant: str | None = None
+    instead: str = ""  # an alternative that avoids this repo
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    dtype: torch.dtype,
+    device: torch.device | str,
+    taesd: bool | None = None,
+    random_weights: bool = False,
+    config: str | None = None,
+    traits: Mapping[str, Any] | None = None,
+) -> LoadedModel:
+    """Load `name_or_path`: a registry name, diffusers folder, .safetensors/.ckpt file or hub id.
+
+    taesd: replace the VAE by TAESD (None: the model's trait, yes outside the registry).
+    random_weights: a registry model's real architecture with seeded random weights, no download.
+    config: for a single file, a diffusers folder or hub id of its base model (default: diffusers'
+    choice from the checkpoint's keys). traits: ModelSpec fields to override, e.g. t_index_list.
+    """
+    source = resolve_source(name_or_path)
+    if random_weights:
+        return _load_random(source, taesd, dtype, device, traits)
+    if source.kind == "registry":
+        spec = _with_traits(REGISTRY[source.location], traits)
+        use_taesd = _use_taesd(spec, taesd)
+        pipe = _load_registry(spec, use_taesd, dtype, device)
+    else:
+        use_taesd = True if taesd is None else taesd
+        pipe = _load_other(source, use_taesd, dtype, config).to(device)
+        repo_id = source.location if source.kind == "hub" else ""
+        spec = _with_traits(spec_from_pipeline(name_or_path, pipe, repo_id=repo_id), traits)
+    pipe.set_progress_bar_config(disable=True)
+    return LoadedModel(pipe=pipe, spec=spec.with_traits(use_taesd=use_taesd))
+
+
+def resolve_source(name_or_path: str) -> Source:
+    """Registry name, then an existing folder or file, then a hub id "owner/name"; else a UserError."""
+    if name_or_path in REGISTRY:
+        return Source("registry", name_or_path)
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise UserError(f"{path} is a folder but not a diffusers pipeline: it has no model_index.json")
+        return Source("folder", str(path))
+    if path.is_file():
+        if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+            raise UserError(f"{path} is not a model: expected a .safetensors or .ckpt file or a diffusers folder")
+        return Source("single_file", str(path))
+    if _looks_like_path(name_or_path):
+        raise ModelPathNotFoundError(f"model path {name_or_path} does not exist")
+    if name_or_path.count("/") != 1:
+        raise UserError(
+            f"unknown model {name_or_path!r}: give a registry name ({', '.join(REGISTRY)}), a diffusers "
+            "folder, a .safetensors file or a hub id such as stabilityai/sd-turbo"
+        )
+    return Source("hub", name_or_path)
+
+
+def _looks_like_path(text: str) -> bool:
+    return (
+        text.startswith((".", "~"))
+        or os.path.isabs(text)
+        or "\\" in text
+        or text.count("/") > 1
+        or Path(text).suffix.lower() in SINGLE_FILE_SUFFIXES
+    )
+
+
+def spec_from_pipeline(name: str, pipe: Any, *, repo_id: str = "") -> ModelSpec:
+    """Conservative traits for a model outside the registry: LCM boundary, two steps (32, 45), TAESD.
+
+    Family and size come from the loaded components' configurations, never from the name;
+    family "tiny" stands for any text width other than SD 1.x (768) and SD 2.x (1024).
+    """
+    sample = pipe.unet.config.sample_size
+    side = sample if isinstance(sample, int) else sample[0]
+    return ModelSpec(
+        name=name,
+        repo_id=repo_id,
+        description="model outside the registry; traits assumed (LCM boundary, two steps), override with traits",
+        family=_FAMILY_BY_TEXT_WIDTH.get(int(pipe.text_encoder.config.hidden_size), "tiny"),
+        resolution=int(side) * int(pipe.vae_scale_factor),
+        t_index_list=LCM_T_INDEX,
+    )
+
+
+def _with_traits(spec: ModelSpec, traits: Mapping[str, Any] | None) -> ModelSpec:
+    return spec.with_traits(**dict(traits)) if traits else spec
+
+
+def _use_taesd(spec: ModelSpec, taesd: bool | None) -> bool:
+    return spec.use_taesd if taesd is None else taesd
+
+
+# ----- loading per kind of source ---------------------------------------------------------------
+
+
+def _load_registry(spec: ModelSpec, use_taesd: bool, dtype: torch.dtype, device) -> StableDiffusionPipeline:
+    if spec.local_builder:
+        return _build_local(spec, use_taesd, dtype, device)
+    if spec.lora_repo:
+        require_peft(spec.name, spec.lora_repo)
+    variant = "fp16" if spec.fp16_variant and dtype == torch.float16 else None
+    wanted = [HubFiles(spec.repo_id, "the pipeline", skip_vae=use_taesd, variant=variant)]
+    if use_taesd:
+        wanted.append(_taesd_files(spec.taesd_repo))
+    if spec.lora_repo:
+        wanted.append(HubFiles(spec.lora_repo, "its LoRA", LORA_FILES))
+    folders = fetch(wanted, f"model '{spec.name}'")
+    vae = load_taesd(folders[1], dtype) if use_taesd else None
+    pipe = _from_folder(folders[0], dtype, vae=vae, variant=variant).to(device)
+    if spec.lora_repo:
+        fuse_lora(pipe, folders[-1])  # on the device, where the fusing matmuls are fast
+    return pipe
+
+
+def _load_other(source: Source, use_taesd: bool, dtype: torch.dtype, config: str | None):
+    wanted = []
+    if source.kind == "hub":
+        wanted.append(HubFiles(source.location, "the pipeline", skip_vae=use_taesd))
+    config_folder = str(Path(config).expanduser()) if config and Path(config).expanduser().is_dir() else None
+    if source.kind == "single_file" and config_folder is None:
+        base = config or _base_config_repo(source.location)
+        wanted.append(HubFiles(base, "the configuration of its base model", CONFIG_FILES,
+                               instead="config= a local diffusers folder of the same architecture"))
+    if use_taesd:
+        wanted.append(_taesd_files(TAESD_REPO))
+    folders = fetch(wanted, f"model '{source.location}'")
+    vae = load_taesd(folders.pop(), dtype) if use_taesd else None
+    if source.kind == "single_file":
+        return _from_single_file(source.location, dtype, vae=vae, config_folder=config_folder or folders[0])
+    return _from_folder(folders[0] if folders else source.location, dtype, vae=vae, variant=None)
+
+
+def _taesd_files(repo: str) -> HubFiles:
+    return HubFiles(repo, "TAESD, replacing its VAE", TAESD_FILES, instead="taesd=False to keep the model's own VAE")
+
+
+def _build_local(spec: ModelSpec, use_taesd: bool, dtype: torch.dtype, device) -> StableDiffusionPipeline:
+    from .architectures import cast
+
+    module_name, _, function = str(spec.local_builder).partition(":")
+    pipe = getattr(importlib.import_module(module_name), function)(seed=0, full_vae=not use_taesd)
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            cast(module, dtype, device)
+    return pipe
+
+
+def _load_random(source: Source, taesd: bool | None, dtype: torch.dtype, device, traits) -> LoadedModel:
+    """Seeded random weights of a registry model's architecture; its LoRA is left out (nothing to adapt)."""
+    if source.kind != "registry":
+        raise UserError(f"random weights need a registry model name ({', '.join(REGISTRY)}); got {source.location!r}")
+    spec = _with_traits(REGISTRY[source.location], traits)
+    if spec.local_builder:
+        pipe = _build_local(spec, _use_taesd(spec, taesd), dtype, device)
+    else:
+        from .architectures import build_random_pipeline
+
+        pipe = build_random_pipeline(spec, taesd=_use_taesd(spec, taesd), dtype=dtype, device=device)
+    spec = spec.with_traits(description=f"{spec.description} [random weights]", lora_repo=None,
+                            use_taesd=_use_taesd(spec, taesd))
+    pipe.set_progress_bar_config(disable=True)
+    return LoadedModel(pipe=pipe, spec=spec)
+
+
+# ----- the hub ----------------------------------------------------------------------------------
+
+
+def fetch(wanted: Sequence[HubFiles], subject: str) -> list[str]:
+    """Local folders of every wanted repo (downloading into the hub cache); all failures in one error."""
+    folders: list[str] = []
+    failures: list[tuple[HubFiles, str]] = []
+    last: BaseException | None = None
+    for files in wanted:
+        try:
+            folders.append(_fetch_one(files))
+        except Exception as exc:
+            reason = failure_reason(exc)
+            if reason is None:
+                raise
+            failures.append((files, reason))
+            last = exc
+    if failures:
+        raise ModelUnavailableError(unavailable_message(subject, failures)) from last
+    return folders
+
+
+def _fetch_one(files: HubFiles) -> str:
+    if files.patterns is None:
+        from diffusers import StableDiffusionPipeline
+
+        # Components passed at load time are left out of the download: no safety checker, no VAE for TAESD.
+        skipped = dict.fromkeys(("safety_checker", "feature_extractor") + (("vae",) if files.skip_vae else ()))
+        return str(StableDiffusionPipeline.download(files.repo, variant=files.variant, **skipped))
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(files.repo, allow_patterns=list(files.patterns))
+
+
+def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    """Connection failures of any HTTP stack huggingface_hub may use (httpx, requests) or the OS."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return isinstance(exc, (ConnectionError, TimeoutError)) or bool(
+        names & {"TransportError", "NetworkError", "TimeoutException", "ConnectTimeout", "ProxyError"}
+    )
+
+
+def failure_reason(exc: BaseException) -> str | None:
+    """Why the hub could not provide a repo ("offline", "gated", "not_found", "unreachable"), None if not a hub failure."""
+    from huggingface_hub import constants
+    from huggingface_hub import errors as hub
+
+    chain = list(_exception_chain(exc))
+    if any(isinstance(e, hub.OfflineModeIsEnabled) for e in chain):
+        return "offline"
+    if any(isinstance(e, hub.GatedRepoError) for e in chain):
+        return "gated"
+    if any(isinstance(e, (hub.RepositoryNotFoundError, hub.RevisionNotFoundError, hub.EntryNotFoundError))
+           and not isinstance(e, hub.LocalEntryNotFoundError) for e in chain):
+        return "not_found"
+    if any(_is_network_error(e) or isinstance(e, hub.LocalEntryNotFoundError) for e in chain):
+        return "offline" if constants.HF_HUB_OFFLINE else "unreachable"
+    return None
+
+
+_REASONS = {
+    "offline": "offline mode is on (HF_HUB_OFFLINE=1), so nothing can be downloaded",
+    "unreachable": "the hub ({endpoint}) could not be reached",
+    "not_found": "the hub has no such repository or file (check the spelling; private repositories need `hf auth login`)",
+    "gated": "the repository is gated: accept its terms on the hub, then log in with `hf auth login`",
+}
+
+
+def unavailable_message(subject: str, failures: Sequence[tuple[HubFiles, str]]) -> str:
+    """One paragraph: what is missing, why, what to pass instead, how to download it beforehand."""
+    from huggingface_hub import constants
+
+    missing = _join([f"{files.repo} ({files.role})" for files, _ in failures])
+    reasons = _join(sorted({_REASONS[reason] for _, reason in failures}))
+    instead = ["a local diffusers folder (one with model_index.json)", "a single .safetensors file",
+               "--model tiny for an offline check of the pipeline (random weights, meaningless pictures)"]
+    instead += [files.instead for files, _ in failures if files.instead]
+    downloads = " ".join(f"`hf download {files.repo}`" for files, _ in failures)
+    return (
+        f"{subject} cannot be loaded: {missing} "
+        f"{'is' if len(failures) == 1 else 'are'} not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) "
+        f"and {reasons.format(endpoint=constants.ENDPOINT)}. Instead, pass {_join(instead, 'or')}. "
+        f"To use it, download it once while online: {downloads} "
+        "(with older huggingface_hub: `huggingface-cli download <repo>`)."
+    )
+
+
+def _join(items: Sequence[str], word: str = "and") -> str:
+    items = list(dict.fromkeys(items))
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {word} {items[-1]}"
+
+
+# ----- diffusers calls on local files -------------------------------------------------------------
+
+
+def _dtype_keyword() -> str:
+    """diffusers renamed from_pretrained's torch_dtype to dtype; the old name warns where both exist."""
+    from diffusers.utils import deprecation_utils
+
+    return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+
+
+def _loading_options(dtype: torch.dtype, replace_vae: bool) -> dict[str, Any]:
+    """Local files only, the wanted dtype, no safety checker; no VAE when TAESD replaces it."""
+    options: dict[str, Any] = {"local_files_only": True, _dtype_keyword(): dtype, "safety_checker": None,
+                               "feature_extractor": None, "requires_safety_checker": False}
+    return options | ({"vae": None} if replace_vae else {})
+
+
+def _with_vae(pipe: Any, vae: Any) -> Any:
+    """Put TAESD in after loading: passed at load time, diffusers would warn that it is no AutoencoderKL."""
+    if vae is not None:
+        pipe.register_modules(vae=vae)
+    return pipe
+
+
+def _from_folder(folder: str, dtype: torch.dtype, *, vae: Any, variant: str | None) -> StableDiffusionPipeline:
+    from diffusers import StableDiffusionPipeline
+
+    with unreadable_model(folder):
+        options = _loading_options(dtype, replace_vae=vae is not None)
+        return _with_vae(StableDiffusionPipeline.from_pretrained(folder, variant=variant, **options), vae)
+
+
+def _from_single_file(path: str, dtype: torch.dtype, *, vae: Any, config_folder: str) -> StableDiffusionPipeline:
+    from diffusers import StableDiffusionPipeline
+
+    with unreadable_model(path):
+        options = _loading_options(dtype, replace_vae=vae is not None)
+        return _with_vae(StableDiffusionPipeline.from_single_file(path, config=config_folder, **options), vae)
+
+
+def _base_config_repo(path: str) -> str:
+    """The base model repo whose configuration diffusers itself would read this checkpoint with."""
+    from diffusers.loaders.single_file_utils import fetch_diffusers_config, load_single_file_checkpoint
+
+    with unreadable_model(path):
+        checkpoint = load_single_file_checkpoint(path, local_files_only=True)
+        return str(fetch_diffusers_config(checkpoint)["pretrained_model_name_or_path"])
+
+
+def load_taesd(folder: str, dtype: torch.dtype) -> Any:
+    """TAESD (AutoencoderTiny) from a local folder."""
+    from diffusers import AutoencoderTiny
+
+    with unreadable_model(folder):
+        return AutoencoderTiny.from_pretrained(folder, local_files_only=True, **{_dtype_keyword(): dtype})
+
+
+def require_peft(model: str, repo: str) -> None:
+    """diffusers fuses LoRAs through peft, an optional dependency."""
+    from diffusers.utils import is_peft_available
+
+    if not is_peft_available():
+        raise UserError(f"model '{model}' fuses the LoRA {repo}, which needs the peft package: pip install peft")
+
+
+def fuse_lora(pipe: Any, folder: str) -> None:
+    """Fuse a LoRA (e.g. LCM-LoRA) into the weights and drop the adapter: inference pays nothing for it."""
+    with unreadable_model(folder):
+        pipe.load_lora_weights(folder)
+        pipe.fuse_lora()
+        pipe.unload_lora_weights()
+
+
+@contextmanager
+def unreadable_model(where: str) -> Iterator[None]:
+    """Local files that cannot be read as the expected model become one-line UserErrors."""
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
+
+    try:
+        yield
+    except UserError:
+        raise
+    except (SingleFileComponentError, ValueError, KeyError, OSError, RuntimeError) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"could not load {where} as a Stable Diffusion 1.x/2.x model: {first_line}") from exc

@@ -1,0 +1,138 @@
+"""Named models and their abilities, stated per entry: nothing is guessed from a name or a path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+Family = Literal["sd15", "sd21", "tiny"]
+FAMILIES: tuple[str, ...] = ("sd15", "sd21", "tiny")
+
+TURBO_T_INDEX: tuple[int, ...] = (0,)  # one step from timestep 999 of the 50-step LCM schedule
+LCM_T_INDEX: tuple[int, ...] = (32, 45)  # StreamDiffusion's two-step LCM default: timesteps 359 and 99
+LCM_LORA_SD15 = "latent-consistency/lcm-lora-sdv1-5"
+TAESD_REPO = "madebyollin/taesd"  # one TAESD serves SD 1.x and 2.x latents alike
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the engine needs to know about one model; every trait is stated, none inferred."""
+
+    name: str  # registry key, or the path / hub id the user gave
+    repo_id: str  # hub id of the diffusers pipeline; "" when built locally
+    description: str
+    family: Family  # text-encoder and latent family: sd15 (CLIP ViT-L, 768), sd21 (OpenCLIP ViT-H, 1024)
+    resolution: int  # native square size in pixels
+    t_index_list: tuple[int, ...]  # indices into the num_inference_steps LCM schedule
+    num_inference_steps: int = 50
+    lcm_boundary: bool = True  # LCM models: c_skip / c_out boundary scalings; turbo models: plain x0
+    use_taesd: bool = True  # replace the model's VAE by TAESD unless asked otherwise
+    taesd_repo: str = TAESD_REPO
+    lora_repo: str | None = None  # LoRA fused into the UNet at load, e.g. LCM-LoRA
+    cfg_type: str = "none"  # residual CFG mode (streamdiff.config.CfgType value) the model was distilled for
+    guidance_scale: float = 1.0  # 1.0: classifier-free guidance has no effect
+    fp16_variant: bool = False  # the repo ships "fp16" weight files, fetched when loading in half precision
+    local_builder: str | None = None  # "module:function" building the pipeline locally, without the hub
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {', '.join(FAMILIES)}; got {self.family!r}")
+        if self.resolution <= 0 or self.resolution % 8:
+            raise ValueError(f"resolution must be a positive multiple of 8; got {self.resolution}")
+        if not self.t_index_list or tuple(sorted(set(self.t_index_list))) != tuple(self.t_index_list):
+            raise ValueError(f"t_index_list must be strictly increasing and non-empty; got {self.t_index_list}")
+        if not 0 <= self.t_index_list[0] or self.t_index_list[-1] >= self.num_inference_steps:
+            raise ValueError(
+                f"t_index_list {self.t_index_list} must lie in [0, num_inference_steps={self.num_inference_steps})"
+            )
+
+    @property
+    def default_steps(self) -> int:
+        """Denoising steps per frame with the default schedule."""
+        return len(self.t_index_list)
+
+    @property
+    def timesteps(self) -> tuple[int, ...]:
+        """The default schedule's timesteps, as diffusers' LCMScheduler sets them for Stable Diffusion."""
+        from diffusers import LCMScheduler
+
+        scheduler = LCMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+        scheduler.set_timesteps(self.num_inference_steps)
+        return tuple(int(scheduler.timesteps[i]) for i in self.t_index_list)
+
+    def with_traits(self, **traits: Any) -> ModelSpec:
+        """A copy with some traits changed (checked again), e.g. for a model outside the registry."""
+        unknown = sorted(set(traits) - set(self.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown model traits {unknown}; known: {', '.join(self.__dataclass_fields__)}")
+        return replace(self, **traits)
+
+    def auxiliary_repos(self, taesd: bool | None = None) -> tuple[str, ...]:
+        """Hub repos fetched besides the pipeline itself (TAESD, LoRA)."""
+        use_taesd = self.use_taesd if taesd is None else taesd
+        repos = (self.taesd_repo,) if use_taesd and not self.local_builder else ()
+        return repos + ((self.lora_repo,) if self.lora_repo else ())
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            name="sdxs-512",
+            repo_id="IDKiro/sdxs-512-0.9",
+            description="SDXS-512 0.9: one-step distilled SD 2.1-base, small UNet without a middle stage",
+            family="sd21",
+            resolution=512,
+            t_index_list=TURBO_T_INDEX,
+            lcm_boundary=False,
+        ),
+        ModelSpec(
+            name="sd-turbo",
+            repo_id="stabilityai/sd-turbo",
+            description="SD-Turbo: adversarially distilled SD 2.1, one to four steps",
+            family="sd21",
+            resolution=512,
+            t_index_list=TURBO_T_INDEX,
+            lcm_boundary=False,
+            fp16_variant=True,
+        ),
+        ModelSpec(
+            name="sd15-lcm",
+            repo_id="stable-diffusion-v1-5/stable-diffusion-v1-5",
+            description="Stable Diffusion 1.5 with LCM-LoRA fused, two steps",
+            family="sd15",
+            resolution=512,
+            t_index_list=LCM_T_INDEX,
+            lora_repo=LCM_LORA_SD15,
+            fp16_variant=True,
+        ),
+        ModelSpec(
+            name="tiny-sd",
+            repo_id="segmind/tiny-sd",
+            description="Segmind tiny-sd (distilled SD 1.5) with LCM-LoRA fused, two steps",
+            family="sd15",
+            resolution=512,
+            t_index_list=LCM_T_INDEX,
+            lora_repo=LCM_LORA_SD15,
+        ),
+        ModelSpec(
+            name="tiny",
+            repo_id="",
+            description="random-weight tiny components, built locally: meaningless pictures, for tests only",
+            family="tiny",
+            resolution=64,
+            t_index_list=LCM_T_INDEX,
+            local_builder="streamdiff.models.tiny:build_tiny_pipeline",
+        ),
+    )
+}
+
+DEFAULT_MODEL = "sdxs-512"
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The registry entry called `name`; ValueError listing the known names otherwise."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown model name {name!r}; known names: {', '.join(REGISTRY)}") from None

@@ -1,0 +1,74 @@
+"""The `streamdiff` command end to end on the tiny model: pictures written, errors on one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from streamdiff.cli import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "streamdiff.cli", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_img2img_writes_a_picture_of_the_render_size(tmp_path, capsys):
+    source = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 120, 3), dtype=np.uint8)).save(source)
+    out = tmp_path / "out.png"
+    code = main(["img2img", str(source), str(out), "--prompt", "ink drawing", "--model", "tiny",
+                 "--steps", "2", "--strength", "0.6", "--cfg", "self", "--device", "cpu"])
+    assert code == 0 and "wrote" in capsys.readouterr().out
+    assert Image.open(out).size == (64, 64)
+
+
+def test_bundled_sample_and_txt2img(tmp_path):
+    out = tmp_path / "a.png"
+    assert main(["img2img", "sample", str(out), "--prompt", "x", "--model", "tiny", "--device", "cpu",
+                 "--render-size", "96"]) == 0
+    assert Image.open(out).size == (96, 96)
+    out2 = tmp_path / "b.jpg"
+    assert main(["txt2img", str(out2), "--prompt", "a cat", "--model", "tiny", "--device", "cpu"]) == 0
+    assert Image.open(out2).size == (64, 64)
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["img2img", "missing.png", "o.png", "--prompt", "x", "--model", "tiny"], "input picture not found"),
+        (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--width", "100"],
+         "width must be a positive multiple of 8"),
+        (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--t-index", "3,60"],
+         "t_index_list entries must be in [0, 49]"),
+        (["img2img", "sample", "no/such/dir/o.png", "--prompt", "x", "--model", "tiny"], "output folder does not exist"),
+        (["txt2img", "o.png", "--prompt", "x", "--model", "tiny", "--device", "cuda"], "no usable CUDA GPU"),
+    ],
+)
+def test_errors_print_one_line_and_exit_non_zero(args, words, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "streamdiff.cli", *args], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=300)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("streamdiff: error:") and words in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unreadable_picture_is_a_clean_error(tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a picture at all")
+    assert main(["img2img", str(bad), str(tmp_path / "o.png"), "--prompt", "x", "--model", "tiny",
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read" in err and len(err.strip().splitlines()) == 1
+
+
+def test_help_lists_the_commands():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("img2img", "txt2img", "models"):
+        assert command in result.stdout

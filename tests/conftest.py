@@ -1,0 +1,32 @@
+"""Shared fixtures: tiny random-weight components of the real architectures, built once per session."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+@pytest.fixture(scope="session")
+def _tiny_cache():
+    from streamdiff.models.tiny import build_tiny_pipeline
+
+    return {"taesd": build_tiny_pipeline(seed=0), "vae": build_tiny_pipeline(seed=0, full_vae=True)}
+
+
+@pytest.fixture
+def tiny_pipe(_tiny_cache):
+    """A fresh copy of the tiny diffusers pipeline (TAESD); each test may move or mutate it."""
+    return copy.deepcopy(_tiny_cache["taesd"])
+
+
+@pytest.fixture
+def tiny_pipe_factory(_tiny_cache):
+    def make(full_vae: bool = False):
+        return copy.deepcopy(_tiny_cache["vae" if full_vae else "taesd"])
+
+    return make

@@ -1,0 +1,67 @@
+"""Real architectures with random weights: counted and run on the meta device, so nothing is allocated."""
+
+import pytest
+import torch
+
+from streamdiff.models.architectures import RECONSTRUCTED, UNET_CONFIGS, build_random_pipeline
+from streamdiff.models.registry import REGISTRY, get_spec
+
+
+def millions(module: torch.nn.Module) -> float:
+    return sum(p.numel() for p in module.parameters()) / 1e6
+
+
+@pytest.fixture(scope="module")
+def meta_pipes():
+    return {name: build_random_pipeline(get_spec(name), taesd=True, dtype=torch.float16, device="meta")
+            for name in UNET_CONFIGS}
+
+
+def test_every_hub_model_of_the_registry_has_an_architecture():
+    assert set(UNET_CONFIGS) == {name for name, spec in REGISTRY.items() if not spec.local_builder}
+    assert RECONSTRUCTED == {"sdxs-512", "tiny-sd"}
+
+
+@pytest.mark.parametrize(("name", "unet", "text"), [
+    ("sd-turbo", 865.9, 340.4),  # SD 2.1 UNet; OpenCLIP ViT-H text tower, 23 layers
+    ("sd15-lcm", 859.5, 123.1),  # SD 1.5 UNet; CLIP ViT-L/14 text tower
+])
+def test_published_architectures_have_their_published_sizes(meta_pipes, name, unet, text):
+    pipe = meta_pipes[name]
+    assert millions(pipe.unet) == pytest.approx(unet, abs=0.1)
+    assert millions(pipe.text_encoder) == pytest.approx(text, abs=0.1)
+
+
+@pytest.mark.parametrize(("name", "unet"), [("sdxs-512", 328.0), ("tiny-sd", 323.0)])
+def test_reconstructions_have_the_published_unet_size(meta_pipes, name, unet):
+    pipe = meta_pipes[name]
+    assert millions(pipe.unet) == pytest.approx(unet, rel=0.10)
+    assert pipe.unet.mid_block is None and len(pipe.unet.down_blocks) == 3
+
+
+@pytest.mark.parametrize("name", sorted(UNET_CONFIGS))
+def test_components_fit_together_at_the_native_size(meta_pipes, name):
+    pipe, spec = meta_pipes[name], get_spec(name)
+    assert pipe.unet.dtype == torch.float16 and pipe.unet.device.type == "meta"
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    assert pipe.text_encoder.config.hidden_size == {"sd15": 768, "sd21": 1024}[spec.family]
+    ids = pipe.tokenizer(["a watercolor fox"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    assert int(ids.max()) < pipe.text_encoder.config.vocab_size
+    side = spec.resolution // 8
+    context = pipe.text_encoder(ids.to("meta"))[0]
+    sample = torch.empty(1, 4, side, side, device="meta", dtype=torch.float16)
+    assert pipe.unet(sample, torch.tensor([999], device="meta"), context).sample.shape == (1, 4, side, side)
+    assert pipe.vae.decode(sample).sample.shape == (1, 3, spec.resolution, spec.resolution)
+
+
+def test_full_vae_is_the_sd_autoencoder():
+    pipe = build_random_pipeline(get_spec("sd-turbo"), taesd=False, dtype=torch.float32, device="meta")
+    assert type(pipe.vae).__name__ == "AutoencoderKL"
+    assert millions(pipe.vae) == pytest.approx(83.65, abs=0.01)
+    assert pipe.vae.config.scaling_factor == pytest.approx(0.18215)
+
+
+def test_taesd_is_the_published_tiny_autoencoder(meta_pipes):
+    vae = meta_pipes["sd-turbo"].vae
+    assert type(vae).__name__ == "AutoencoderTiny"
+    assert millions(vae) == pytest.approx(2.445, abs=0.001)  # TAESD: 1.22M encoder + 1.22M decoder
