@@ -24,6 +24,8 @@ def add_engine_options(parser: argparse.ArgumentParser, *, prompt_required: bool
                    help="registry name (see `streamdiff models`), local diffusers folder, .safetensors file or "
                         "hub id; default sdxs-512. `tiny` runs offline with meaningless pictures")
     g.add_argument("--no-taesd", action="store_true", help="keep the model's own VAE instead of TAESD")
+    g.add_argument("--model-config", default=None,
+                   help="for a .safetensors/.ckpt model: a diffusers folder or hub id of its base model")
     g.add_argument("--strength", type=float, default=None, help="how much of the input to redraw, (0, 1]")
     g.add_argument("--steps", type=int, default=None, help="denoising steps (with --strength)")
     g.add_argument("--t-index", type=_t_index, default=None, metavar="I,J,...",
@@ -67,6 +69,7 @@ def engine_from_args(args: argparse.Namespace, **overrides: Any):
 
     settings = {**engine_settings(args), **overrides}
     taesd = False if args.no_taesd else None
-    pipe = StreamPipeline.from_model(args.model or DEFAULT_MODEL, taesd=taesd, **settings)
+    pipe = StreamPipeline.from_model(args.model or DEFAULT_MODEL, taesd=taesd, model_config=args.model_config,
+                                     **settings)
     pipe.prepare(prompt=args.prompt or "", negative_prompt=args.negative_prompt)
     return pipe

@@ -108,14 +108,18 @@ class StreamPipeline:
 
     @classmethod
     def from_model(cls, name_or_path: str, config: StreamConfig | None = None, *, taesd: bool | None = None,
-                   random_weights: bool = False, **settings: Any) -> StreamPipeline:
-        """A registry name (see `streamdiff models`), a local diffusers folder, a .safetensors file or a hub id."""
+                   random_weights: bool = False, model_config: str | None = None,
+                   **settings: Any) -> StreamPipeline:
+        """A registry name (see `streamdiff models`), a local diffusers folder, a .safetensors file or a hub id.
+
+        model_config: for a single checkpoint file, the diffusers folder or hub id of its base model.
+        """
         from .models.loading import load_model
 
         base = StreamConfig.from_settings(config, **settings)
         device = resolve_device(base.device)
         loaded = load_model(name_or_path, dtype=resolve_dtype(base.dtype, device), device=device,
-                            taesd=taesd, random_weights=random_weights)
+                            taesd=taesd, random_weights=random_weights, config=model_config)
         spec = loaded.spec
         defaults: dict[str, Any] = {}
         if "t_index_list" not in settings and "strength" not in settings and "steps" not in settings:
@@ -317,14 +321,15 @@ class StreamPipeline:
         pixels = images.fit_size(pixels, cfg.width, cfg.height, cfg.fit)
         return (pixels * 2.0 - 1.0).to(self.dtype)
 
-    def begin_device_frame(self, pixels: Tensor | None, kind: images.ImageKind = "pt") -> bool:
-        """An accelerated call's bookkeeping before its device step: count the frame, ask the similarity filter
-        about pixels (F, 3, H, W) in [-1, 1] (None: txt2img), advance a prompt transition. False: skip it."""
+    def begin_device_frame(self, kind: images.ImageKind | None, pixels: Tensor | None = None) -> bool:
+        """An accelerated call's bookkeeping before its device step: count the frame, remember the input kind
+        (None: txt2img), ask the similarity filter about pixels (F, 3, H, W) in [-1, 1] when it is on, advance
+        a prompt transition. False: the filter skips this frame and the previous output stands."""
         self.stats.frames += 1
-        if pixels is not None:
+        if kind is not None:
             self._last_kind = kind
-            if self._skip(pixels):
-                return False
+        if pixels is not None and self._skip(pixels):
+            return False
         self._advance_prompt()
         return True
 

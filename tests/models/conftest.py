@@ -74,22 +74,24 @@ def ldm_checkpoint(pipe) -> dict[str, torch.Tensor]:
         for k, v in pipe.unet.state_dict().items()
     }
     text_state = pipe.text_encoder.state_dict()
-    prefix = "cond_stage_model.transformer." + ("" if next(iter(text_state)).startswith("text_model.") else "text_model.")
+    # transformers 5 dropped the "text_model." level from CLIPTextModel's names; the original layout has it.
+    nested = next(iter(text_state)).startswith("text_model.")
+    prefix = "cond_stage_model.transformer." + ("" if nested else "text_model.")
     state.update({prefix + k: v for k, v in text_state.items()})
     return {k: v.contiguous() for k, v in state.items()}
 
 
 @pytest.fixture(scope="session")
-def tiny_pipe():
+def tiny_reference():
     from streamdiff.models.tiny import build_tiny_pipeline
 
     return build_tiny_pipeline(seed=0)
 
 
 @pytest.fixture(scope="session")
-def tiny_folder(tmp_path_factory, tiny_pipe) -> Path:
+def tiny_folder(tmp_path_factory, tiny_reference) -> Path:
     folder = tmp_path_factory.mktemp("tiny") / "sd-turbo-export"  # a misleading name: traits must not follow it
-    tiny_pipe.save_pretrained(folder)
+    tiny_reference.save_pretrained(folder)
     return folder
 
 
@@ -116,7 +118,7 @@ def unet_output(pipe_or_unet, seed: int = 0) -> torch.Tensor:
         return unet(sample, 500, context).sample.float()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def helpers():
     """The helpers above, for tests (conftest modules are not imported by name)."""
 

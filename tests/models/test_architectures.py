@@ -54,6 +54,18 @@ def test_components_fit_together_at_the_native_size(meta_pipes, name):
     assert pipe.vae.decode(sample).sample.shape == (1, 3, spec.resolution, spec.resolution)
 
 
+def test_random_weight_models_say_what_they_are():
+    from streamdiff.models.loading import load_model
+
+    sdxs = load_model("sdxs-512", random_weights=True, dtype=torch.float16, device="meta", taesd=False)
+    assert "UNet architecture reconstructed" in sdxs.spec.description and not sdxs.spec.use_taesd
+    assert type(sdxs.pipe.vae).__name__ == "AutoencoderKL" and sdxs.pipe.unet.dtype == torch.float16
+    sd15 = load_model("sd15-lcm", random_weights=True, dtype=torch.float16, device="meta")
+    assert "published architecture" in sd15.spec.description and sd15.spec.use_taesd
+    assert sd15.spec.lora_repo is None  # nothing to adapt in random weights
+    assert type(sd15.pipe.vae).__name__ == "AutoencoderTiny"
+
+
 def test_full_vae_is_the_sd_autoencoder():
     pipe = build_random_pipeline(get_spec("sd-turbo"), taesd=False, dtype=torch.float32, device="meta")
     assert type(pipe.vae).__name__ == "AutoencoderKL"
@@ -65,3 +77,23 @@ def test_taesd_is_the_published_tiny_autoencoder(meta_pipes):
     vae = meta_pipes["sd-turbo"].vae
     assert type(vae).__name__ == "AutoencoderTiny"
     assert millions(vae) == pytest.approx(2.445, abs=0.001)  # TAESD: 1.22M encoder + 1.22M decoder
+
+
+def test_random_weights_are_seeded_and_leave_the_global_generator_alone(monkeypatch):
+    from streamdiff.models import architectures
+
+    # Small stand-ins keep this on the CPU in milliseconds; the seeding is what is under test.
+    monkeypatch.setitem(architectures.UNET_CONFIGS, "sd-turbo", {
+        **architectures.UNET_SD21, "block_out_channels": (32, 64, 64, 64), "attention_head_dim": 8,
+        "norm_num_groups": 8, "layers_per_block": 1})
+    monkeypatch.setitem(architectures.TEXT_ENCODER_CONFIGS, "sd21", {
+        **architectures.TEXT_ENCODER_SD21, "hidden_size": 64, "intermediate_size": 64, "num_hidden_layers": 1})
+    spec = get_spec("sd-turbo")
+    state = torch.get_rng_state()
+    first, again, other = (build_random_pipeline(spec, taesd=True, dtype=torch.float32, device="cpu", seed=s)
+                           for s in (0, 0, 1))
+    assert torch.equal(torch.get_rng_state(), state)
+    for name in ("unet", "text_encoder", "vae"):
+        a, b, c = (getattr(p, name).state_dict() for p in (first, again, other))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert not all(torch.equal(a[k], c[k]) for k in a)

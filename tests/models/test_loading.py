@@ -19,13 +19,13 @@ def weights_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_tiny_is_built_offline_with_its_own_taesd(offline_hub, tiny_pipe):
+def test_tiny_is_built_offline_with_its_own_taesd(offline_hub, tiny_reference):
     loaded = load_model("tiny", **CPU)
     pipe = loaded.pipe
     assert loaded.spec.name == "tiny" and loaded.spec.use_taesd
     assert [type(pipe.vae).__name__, type(pipe.scheduler).__name__] == ["AutoencoderTiny", "LCMScheduler"]
     assert type(pipe.tokenizer).__name__ == "CLIPTokenizer" and pipe.safety_checker is None
-    assert weights_equal(pipe.unet, tiny_pipe.unet)  # seeded: same weights every time
+    assert weights_equal(pipe.unet, tiny_reference.unet)  # seeded: same weights every time
     assert not any(offline_hub.iterdir())  # nothing was fetched
 
 
@@ -43,12 +43,12 @@ def test_random_weights_of_tiny_and_refusal_outside_the_registry(offline_hub, ti
         load_model(str(tiny_folder), random_weights=True, **CPU)
 
 
-def test_saved_folder_loads_back_with_the_same_unet(helpers, offline_hub, tiny_pipe, tiny_folder):
+def test_saved_folder_loads_back_with_the_same_unet(helpers, offline_hub, tiny_reference, tiny_folder):
     loaded = load_model(str(tiny_folder), taesd=False, **CPU)
-    assert weights_equal(loaded.pipe.unet, tiny_pipe.unet) and weights_equal(loaded.pipe.vae, tiny_pipe.vae)
-    assert torch.allclose(helpers.unet_output(loaded.pipe), helpers.unet_output(tiny_pipe), rtol=0, atol=1e-5)
-    assert weights_equal(loaded.pipe.vae, tiny_pipe.vae) and weights_equal(loaded.pipe.text_encoder,
-                                                                            tiny_pipe.text_encoder)
+    for name in ("unet", "vae", "text_encoder"):
+        assert weights_equal(getattr(loaded.pipe, name), getattr(tiny_reference, name)), name
+    # Same weights, same input: the same prediction (up to the summation order of freshly loaded tensors).
+    assert torch.allclose(helpers.unet_output(loaded.pipe), helpers.unet_output(tiny_reference), rtol=0, atol=1e-5)
     assert loaded.pipe.safety_checker is None
 
 
@@ -66,28 +66,28 @@ def test_caller_overrides_traits(offline_hub, tiny_folder):
 
 
 def test_single_file_in_the_original_layout_loads_offline_with_a_local_config(
-    helpers, offline_hub, tiny_pipe, tiny_folder, tmp_path
+    helpers, offline_hub, tiny_reference, tiny_folder, tmp_path
 ):
     from safetensors.torch import save_file
 
     checkpoint = tmp_path / "tiny.safetensors"
-    save_file(helpers.ldm_checkpoint(tiny_pipe), str(checkpoint))
+    save_file(helpers.ldm_checkpoint(tiny_reference), str(checkpoint))
     config = Path(shutil.copytree(tiny_folder, tmp_path / "config"))
     for weights in glob.glob(str(config / "unet" / "*.safetensors")) + glob.glob(str(config / "text_encoder" / "*")):
         if not weights.endswith("config.json"):
             os.remove(weights)  # the UNet and text encoder can only come from the single file
     loaded = load_model(str(checkpoint), taesd=False, config=str(config), **CPU)
-    assert weights_equal(loaded.pipe.unet, tiny_pipe.unet)
-    assert torch.allclose(helpers.unet_output(loaded.pipe), helpers.unet_output(tiny_pipe), rtol=0, atol=1e-5)
-    assert weights_equal(loaded.pipe.text_encoder, tiny_pipe.text_encoder)
+    assert weights_equal(loaded.pipe.unet, tiny_reference.unet)
+    assert torch.allclose(helpers.unet_output(loaded.pipe), helpers.unet_output(tiny_reference), rtol=0, atol=1e-5)
+    assert weights_equal(loaded.pipe.text_encoder, tiny_reference.text_encoder)
     assert loaded.spec.name == str(checkpoint) and loaded.spec.resolution == 64
 
 
-def test_single_file_without_config_offline_names_the_base_config_repo(helpers, offline_hub, tiny_pipe, tmp_path):
+def test_single_file_without_config_offline_names_the_base_config_repo(helpers, offline_hub, tiny_reference, tmp_path):
     from safetensors.torch import save_file
 
     checkpoint = tmp_path / "tiny.safetensors"
-    save_file(helpers.ldm_checkpoint(tiny_pipe), str(checkpoint))
+    save_file(helpers.ldm_checkpoint(tiny_reference), str(checkpoint))
     with pytest.raises(ModelUnavailableError) as info:
         load_model(str(checkpoint), taesd=False, **CPU)
     message = str(info.value)
@@ -100,34 +100,36 @@ def test_folder_offline_without_cached_taesd_says_how_to_keep_the_own_vae(offlin
         load_model(str(tiny_folder), **CPU)
     message = str(info.value)
     assert "madebyollin/taesd (TAESD, replacing its VAE)" in message
-    assert "taesd=False to keep the model's own VAE" in message and "\n" not in message
+    assert "--no-taesd (taesd=False) to keep the model's own VAE" in message and "\n" not in message
 
 
-def test_registry_model_loads_offline_from_the_hub_cache(helpers, offline_hub, tiny_pipe, tiny_folder):
+def test_registry_model_loads_offline_from_the_hub_cache(helpers, offline_hub, tiny_reference, tiny_folder, tmp_path):
     from streamdiff.models.tiny import build_tiny_taesd
 
     taesd = build_tiny_taesd()
-    taesd_folder = tiny_folder.parent / "taesd"
+    taesd_folder = tmp_path / "taesd"
     taesd.save_pretrained(taesd_folder)
     helpers.add_to_hub_cache(offline_hub, "madebyollin/taesd", taesd_folder)
     helpers.add_to_hub_cache(offline_hub, "stabilityai/sd-turbo", tiny_folder)
     loaded = load_model("sd-turbo", **CPU)
     assert loaded.spec.name == "sd-turbo" and not loaded.spec.lcm_boundary
-    assert weights_equal(loaded.pipe.unet, tiny_pipe.unet)
-    assert torch.allclose(helpers.unet_output(loaded.pipe), helpers.unet_output(tiny_pipe), rtol=0, atol=1e-5)
+    assert weights_equal(loaded.pipe.unet, tiny_reference.unet)
+    assert torch.allclose(helpers.unet_output(loaded.pipe), helpers.unet_output(tiny_reference), rtol=0, atol=1e-5)
     assert weights_equal(loaded.pipe.vae, taesd)  # the cached TAESD, not the pipeline's own VAE
 
 
-def test_lcm_lora_is_fused_into_the_unet(helpers, offline_hub, tiny_pipe, tiny_folder, tmp_path):
+def test_lcm_lora_is_fused_into_the_unet(helpers, offline_hub, tiny_reference, tiny_folder, tmp_path):
     import copy
 
     from diffusers import StableDiffusionPipeline
+
+    pytest.importorskip("peft")
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
     from streamdiff.models.tiny import build_tiny_taesd
 
-    adapted = copy.deepcopy(tiny_pipe.unet)
+    adapted = copy.deepcopy(tiny_reference.unet)
     adapted.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
                                    target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
     lora_folder = tmp_path / "lora"
@@ -141,7 +143,7 @@ def test_lcm_lora_is_fused_into_the_unet(helpers, offline_hub, tiny_pipe, tiny_f
     loaded = load_model("sd15-lcm", **CPU)
     expected = helpers.unet_output(adapted)  # the adapter applied on the fly by peft
     fused = helpers.unet_output(loaded.pipe)
-    assert not torch.allclose(fused, helpers.unet_output(tiny_pipe), atol=1e-4)
+    assert not torch.allclose(fused, helpers.unet_output(tiny_reference), atol=1e-4)
     assert torch.allclose(fused, expected, atol=1e-5)
     assert not any("lora" in name for name, _ in loaded.pipe.unet.named_parameters())  # adapter dropped
 
@@ -180,3 +182,17 @@ def test_sources_resolve_in_order(tmp_path, tiny_folder):
     (tmp_path / "model.safetensors").write_bytes(b"")
     assert resolve_source(str(tmp_path / "model.safetensors")).kind == "single_file"
     assert resolve_source("someone/some-model").kind == "hub"
+
+
+def test_missing_config_folder_for_a_single_file_is_a_missing_path(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ModelPathNotFoundError, match="config folder"):
+        load_model(str(tmp_path / "model.safetensors"), config=str(tmp_path / "no-config"), **CPU)
+
+
+def test_unreadable_checkpoint_is_a_one_line_user_error(tmp_path):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a safetensors file")
+    with pytest.raises(UserError, match="could not load .*broken.safetensors") as info:
+        load_model(str(broken), **CPU)
+    assert "\n" not in str(info.value)

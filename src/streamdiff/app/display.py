@@ -61,7 +61,8 @@ class Display:
                 next_tick += period
                 if next_tick < now - period:  # fell behind: pick up the rhythm instead of rushing
                     next_tick = now
-                stop.wait(max(0.0, next_tick - now))
+                wake = next_tick if deadline is None else min(next_tick, deadline)
+                stop.wait(max(0.0, wake - now))
 
     def _source_done(self) -> bool:
         shared = self.shared

@@ -8,7 +8,6 @@ thread: on a GPU after a single upload of the uint8 picture, so the device does 
 from __future__ import annotations
 
 import functools
-import importlib.util
 from dataclasses import dataclass
 from typing import Literal
 
@@ -52,12 +51,17 @@ def to_engine(
         pixels = pixels.flip(0)
     if mirror:
         pixels = pixels.flip(-1)
-    return fit_size(pixels.unsqueeze(0).float().div_(255.0), width, height, fit)
+    # Antialiased resizing can overshoot [0, 1] by a rounding error, which the engine would refuse.
+    return fit_size(pixels.unsqueeze(0).float().div_(255.0), width, height, fit).clamp_(0.0, 1.0)
 
 
 @functools.lru_cache(maxsize=1)
 def _has_opencv() -> bool:
-    return importlib.util.find_spec("cv2") is not None
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def from_engine(pictures: Tensor, order: str) -> np.ndarray:

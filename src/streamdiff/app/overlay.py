@@ -41,27 +41,24 @@ def status_lines(info: OverlayInfo, controls: Controls) -> list[str]:
 
 
 def draw_overlay(image: np.ndarray, info: OverlayInfo, controls: Controls) -> np.ndarray:
-    """Draw in place (the picture is the display's own copy) and return it."""
-    if controls.overlay:
-        draw_text_box(image, status_lines(info, controls), (MARGIN, MARGIN))
+    """Draw in place (the picture is the display's own copy) and return it; help replaces the status."""
     if controls.help:
-        lines = ["keys"] + help_lines()
-        scale = _scale(image)
-        height = _line_height(scale) * len(lines) + 2 * MARGIN
-        draw_text_box(image, lines, (MARGIN, max(MARGIN, image.shape[0] - height - MARGIN)))
+        draw_text_box(image, ["keys (h: close)"] + help_lines(), (MARGIN, MARGIN))
+    elif controls.overlay:
+        draw_text_box(image, status_lines(info, controls), (MARGIN, MARGIN))
     return image
 
 
 def draw_text_box(image: np.ndarray, lines: list[str], origin: tuple[int, int]) -> None:
-    """Lines of white text on a darkened box, clipped to the picture's width."""
+    """Lines of white text on a darkened box, cut to the picture's width."""
     import cv2
 
     scale = _scale(image)
     step = _line_height(scale)
-    max_chars = max(8, int((image.shape[1] - 2 * MARGIN - origin[0]) / (scale * 20)))
-    lines = [_fit(line, max_chars) for line in lines]
-    width = max(cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] for line in lines)
     x, y = origin
+    room = image.shape[1] - x - 2 * MARGIN
+    lines = [_fit(line, room, scale) for line in lines]
+    width = max(_text_width(line, scale) for line in lines)
     box = image[y : y + step * len(lines) + MARGIN, x : x + width + 2 * MARGIN]
     box[:] = box // 3  # darken, so the text reads on any picture
     for i, line in enumerate(lines):
@@ -70,15 +67,37 @@ def draw_text_box(image: np.ndarray, lines: list[str], origin: tuple[int, int]) 
                     cv2.LINE_AA)
 
 
+def _text_width(text: str, scale: float) -> int:
+    import cv2
+
+    return cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0]
+
+
+def _fit(text: str, room: int, scale: float) -> str:
+    """Hershey fonts draw ASCII only; a line too long for `room` pixels ends in an ellipsis."""
+    text = text.encode("ascii", "replace").decode("ascii")
+    if _text_width(text, scale) <= room:
+        return text
+    low, high = 0, len(text)  # the longest prefix that fits with its ellipsis
+    while low < high:
+        middle = (low + high + 1) // 2
+        if _text_width(text[:middle] + "...", scale) <= room:
+            low = middle
+        else:
+            high = middle - 1
+    return text[:low] + "..."
+
+
 def _scale(image: np.ndarray) -> float:
-    return max(0.35, min(0.7, image.shape[0] / 900.0))
+    return max(0.3, min(0.6, image.shape[0] / 900.0))
 
 
 def _line_height(scale: float) -> int:
     return int(30 * scale) + 4
 
 
-def _fit(text: str, max_chars: int) -> str:
-    """Hershey fonts draw ASCII only; long lines end in an ellipsis instead of leaving the picture."""
-    text = text.encode("ascii", "replace").decode("ascii")
-    return text if len(text) <= max_chars else text[: max_chars - 3] + "..."
+def splash(text: str, width: int, height: int) -> np.ndarray:
+    """A dark picture with one line of text: what the window shows while the model loads."""
+    image = np.zeros((height, width, 3), np.uint8)
+    draw_text_box(image, [text], (MARGIN, MARGIN))
+    return image

@@ -130,45 +130,61 @@ class VideoFileSink(BaseSink):
         rate = Fraction(fps).limit_denominator(100000)
         self.stream = self.container.add_stream("libx264", rate=rate, options={"crf": str(crf), "preset": "veryfast"})
         self.stream.width, self.stream.height, self.stream.pix_fmt = self.width, self.height, "yuv420p"
-        self.stream.time_base = time_base or 1 / rate
+        # The encoder counts in the same time base as the frames, so no timestamp is rounded onto another.
+        # Kept apart: the muxer may change the stream's time base when it writes the header.
+        self.time_base = time_base or 1 / rate
+        self.stream.time_base = self.stream.codec_context.time_base = self.time_base
         self._audio: Any = None
-        self._audio_encoder: Any = None
+        self._transcode = False
+        self._audio_samples: int | None = None
         self.frames = 0
 
     def add_audio(self, template: Any) -> str:
         """Add an audio stream like `template` (copied if the container takes its codec, else AAC).
-        Call before the first write; gives "copied" or "re-encoded to AAC"."""
-        name = template.codec_context.name
-        if self.path.suffix.lower() == ".mkv" or name in MP4_AUDIO:
+        Call before the first write; says what was done, e.g. "aac copied"."""
+        context = template.codec_context
+        if self.path.suffix.lower() == ".mkv" or context.name in MP4_AUDIO:
             self._audio = self.container.add_stream_from_template(template)
-            return f"{name} copied"
-        self._audio = self.container.add_stream("aac", rate=template.codec_context.sample_rate)
-        self._audio_encoder = template.codec_context
-        return f"{name} re-encoded to AAC"
+            return f"{context.name} copied"
+        layout = "mono" if context.layout.nb_channels == 1 else "stereo"
+        self._audio = self.container.add_stream("aac", rate=context.sample_rate, layout=layout)
+        self._transcode = True
+        return f"{context.name} re-encoded to AAC"
 
     def write_audio(self, packet: Any) -> None:
+        """Mux one packet of the template's stream (decoding and re-encoding it if needed)."""
         if self._audio is None:
             return
-        if self._audio_encoder is None:
+        if not self._transcode:
             packet.stream = self._audio
             self.container.mux(packet)
             return
         for frame in packet.decode():
-            frame.pts = None  # let the encoder count samples; the source's pts are in another time base
-            self.container.mux(self._audio.encode(frame))
+            self._encode_audio(frame)
+
+    def _encode_audio(self, frame: Any) -> None:
+        rate = frame.sample_rate
+        if self._audio_samples is None:
+            # Start where the source's audio starts, so it stays in step with the video's timestamps.
+            start = frame.pts * frame.time_base * rate if frame.pts is not None and frame.time_base else 0
+            self._audio_samples = max(0, round(start))
+        # Timestamps counted in samples: the encoder refuses the source's own time base.
+        frame.pts, frame.time_base = self._audio_samples, Fraction(1, rate)
+        self._audio_samples += frame.samples
+        self.container.mux(self._audio.encode(frame))
 
     def write(self, image: np.ndarray, pts: int | None = None) -> None:
         import av
 
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[: self.height, : self.width]), format="rgb24")
         frame.pts = self.frames if pts is None else pts
-        frame.time_base = self.stream.time_base
+        frame.time_base = self.time_base
         self.container.mux(self.stream.encode(frame))
         self.frames += 1
 
     def close(self) -> None:
         self.container.mux(self.stream.encode(None))
-        if self._audio_encoder is not None:
+        if self._transcode:
             self.container.mux(self._audio.encode(None))
         self.container.close()
 

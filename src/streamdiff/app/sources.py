@@ -38,7 +38,7 @@ class CameraNotFoundError(UserError):
     """An explicitly chosen camera does not open; the message lists the cameras that do."""
 
 
-class TestPattern:
+class AnimatedPattern:
     """An animated test card: scrolling colour bars and a moving square, paced at `fps`."""
 
     order = "rgb"
@@ -46,7 +46,7 @@ class TestPattern:
 
     def __init__(self, width: int = 640, height: int = 480, fps: float = 30.0, clock=time.perf_counter) -> None:
         self.name, self.fps, self.width, self.height = "test pattern", fps, width, height
-        self._clock, self._count, self._start = clock, 0, clock()
+        self._pacer, self._count = Pacer(fps, clock), 0
         x = np.arange(width + 256, dtype=np.int32)[None, :]
         y = np.arange(height, dtype=np.int32)[:, None]
         # Twice as wide as needed so that a scrolled frame is a slice, not a recomputation.
@@ -55,7 +55,7 @@ class TestPattern:
         ).astype(np.uint8)
 
     def read(self) -> np.ndarray:
-        _wait_until(self._start + self._count / self.fps, self._clock)
+        self._pacer.wait()
         t = self._count
         self._count += 1
         frame = self._base[:, (t * 4) % 256 : (t * 4) % 256 + self.width].copy()
@@ -69,28 +69,36 @@ class TestPattern:
         pass
 
 
-def _wait_until(deadline: float, clock) -> None:
-    """A paced source waits on its own clock; never longer than one frame, so shutdown stays quick."""
-    delay = deadline - clock()
-    if delay > 0:
-        time.sleep(delay)
+class Pacer:
+    """A paced source waits on its own clock, never longer than one frame (so shutdown stays quick);
+    after a stall (e.g. while a model loads) it resumes the rhythm instead of bursting to catch up."""
+
+    def __init__(self, fps: float, clock=time.perf_counter) -> None:
+        if fps <= 0:
+            raise ValueError(f"fps must be positive; got {fps}")
+        self.period, self.clock = 1.0 / fps, clock
+        self._next: float | None = None
+
+    def wait(self) -> None:
+        now = self.clock()
+        if self._next is None or now - self._next > self.period:
+            self._next = now
+        elif self._next > now:
+            time.sleep(self._next - now)
+        self._next += self.period
 
 
 class Paced:
     """Plays a file source at its own frame rate, as a camera would deliver it."""
 
     def __init__(self, source: Source, fps: float | None = None, clock=time.perf_counter) -> None:
-        self.source, self._clock = source, clock
+        self.source = source
         self.fps = fps or source.fps or 30.0
         self.name, self.order, self.live = source.name, source.order, source.live
-        self._start: float | None = None
-        self._count = 0
+        self._pacer = Pacer(self.fps, clock)
 
     def read(self) -> np.ndarray | None:
-        if self._start is None:
-            self._start = self._clock()
-        _wait_until(self._start + self._count / self.fps, self._clock)
-        self._count += 1
+        self._pacer.wait()
         return self.source.read()
 
     def close(self) -> None:
@@ -311,7 +319,7 @@ def open_source(spec: str, *, pace_files: bool = True) -> Source:
     an image or a folder of images, `screen[:LEFT,TOP,WIDTH,HEIGHT]`, or `pattern`."""
     spec = spec.strip()
     if spec.lower() in PATTERN_NAMES:
-        return TestPattern()
+        return AnimatedPattern()
     if spec.lower() == "screen" or spec.lower().startswith("screen:"):
         region = spec.partition(":")[2]
         return Paced(ScreenRegion(parse_region(region) if region else None))

@@ -1,10 +1,11 @@
 """Configurations of the real architectures, to build them with random weights and no download (benchmarks).
 
 The SD 1.5 and SD 2.1 configurations are the published ones. The SDXS-512 and segmind tiny-sd UNets are
-reconstructions: their exact configurations are not available offline, so they follow the block-removal
-recipe both were distilled with (BK-SDM-Tiny: three stages of 320/640/1280 channels, one ResNet and one
-transformer per down stage, two per up stage, no middle block) at their families' attention widths.
-The parameter counts match the published sizes (about 330M), so compute and memory are representative.
+reconstructions, as their exact configurations are not available offline: both are modelled on the
+block removal of BK-SDM-Tiny (three stages of 320/640/1280 channels, one ResNet and one transformer per
+down stage, two per up stage, no middle block) at their families' attention widths. They come out at
+327M and 323M parameters, in line with the published sizes, so compute and memory are representative;
+the pictures of random weights are meaningless either way.
 """
 
 from __future__ import annotations
@@ -110,6 +111,13 @@ SCHEDULER_CONFIG: dict[str, Any] = {
 }
 
 
+def random_weights_note(name: str) -> str:
+    """How a random-weight build of `name` relates to the real model, for its description."""
+    if name in RECONSTRUCTED:
+        return "random weights; UNet architecture reconstructed (published size, exact configuration unknown)"
+    return "random weights; published architecture"
+
+
 def unet_config(name: str, resolution: int) -> dict[str, Any]:
     """The UNet2DConditionModel keyword arguments of registry model `name` at its native `resolution`."""
     if name not in UNET_CONFIGS:
@@ -179,7 +187,7 @@ def cast(module: torch.nn.Module, dtype: torch.dtype, device: torch.device | str
 @contextmanager
 def _seeded(device: torch.device, seed: int) -> Iterator[None]:
     """Modules created inside start from `seed` on `device`; the global generators are restored after."""
-    cuda = [device.index or 0] if device.type == "cuda" else []
+    cuda = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda), device:
         torch.manual_seed(seed)
         yield

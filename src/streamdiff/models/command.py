@@ -125,8 +125,12 @@ def as_table(cache_dir: str, statuses: list[ModelStatus], others: list[CachedRep
     lines += ["", f"* default model. Hub cache: {cache_dir}"]
     if others:
         lines += ["", "Other diffusers models in the cache (load them by hub id):"]
-        lines += [f"  {r.repo_id}  ({r.size_on_disk / 1e9:.1f} GB)" for r in others]
+        lines += [f"  {r.repo_id}  ({_size(r.size_on_disk)})" for r in others]
     return "\n".join(lines)
+
+
+def _size(size: int) -> str:
+    return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.0f} MB"
 
 
 def _cached_text(status: ModelStatus) -> str:

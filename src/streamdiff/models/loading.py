@@ -2,14 +2,14 @@
 
 Downloads go through huggingface_hub (its cache, its progress bars) and all of one model's repos are
 fetched before anything is built, so whatever is missing is named at once, in one
-ModelUnavailableError paragraph instead of a traceback.
+ModelUnavailableError paragraph instead of a traceback (see hub.py).
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..errors import ModelPathNotFoundError, ModelUnavailableError, UserError
+from ..errors import ModelPathNotFoundError, UserError
+from .hub import HubFiles, fetch
 from .registry import LCM_T_INDEX, REGISTRY, TAESD_REPO, ModelSpec
 
 if TYPE_CHECKING:
@@ -45,18 +46,6 @@ class Source:
 
     kind: str
     location: str  # registry name, local path or hub id
-
-
-@dataclass(frozen=True)
-class HubFiles:
-    """Files of one hub repo that a load needs; patterns None means a diffusers pipeline's own choice."""
-
-    repo: str
-    role: str  # e.g. "the pipeline", "TAESD, replacing its VAE"
-    patterns: tuple[str, ...] | None = None
-    skip_vae: bool = False
-    variant: str | None = None
-    instead: str = ""  # an alternative that avoids this repo
 
 
 def load_model(
@@ -154,12 +143,12 @@ def _use_taesd(spec: ModelSpec, taesd: bool | None) -> bool:
 # ----- loading per kind of source ---------------------------------------------------------------
 
 
-def _load_registry(spec: ModelSpec, use_taesd: bool, dtype: torch.dtype, device) -> StableDiffusionPipeline:
+def _load_registry(spec: ModelSpec, use_taesd: bool, dtype: torch.dtype, device: torch.device | str):
     if spec.local_builder:
         return _build_local(spec, use_taesd, dtype, device)
     if spec.lora_repo:
         require_peft(spec.name, spec.lora_repo)
-    variant = "fp16" if spec.fp16_variant and dtype == torch.float16 else None
+    variant = "fp16" if spec.fp16_variant and dtype in (torch.float16, torch.bfloat16) else None
     wanted = [HubFiles(spec.repo_id, "the pipeline", skip_vae=use_taesd, variant=variant)]
     if use_taesd:
         wanted.append(_taesd_files(spec.taesd_repo))
@@ -177,7 +166,7 @@ def _load_other(source: Source, use_taesd: bool, dtype: torch.dtype, config: str
     wanted = []
     if source.kind == "hub":
         wanted.append(HubFiles(source.location, "the pipeline", skip_vae=use_taesd))
-    config_folder = str(Path(config).expanduser()) if config and Path(config).expanduser().is_dir() else None
+    config_folder = _config_folder(config)
     if source.kind == "single_file" and config_folder is None:
         base = config or _base_config_repo(source.location)
         wanted.append(HubFiles(base, "the configuration of its base model", CONFIG_FILES,
@@ -191,11 +180,24 @@ def _load_other(source: Source, use_taesd: bool, dtype: torch.dtype, config: str
     return _from_folder(folders[0] if folders else source.location, dtype, vae=vae, variant=None)
 
 
+def _config_folder(config: str | None) -> str | None:
+    """A single file's configuration given as a local folder; None for a hub id or no config."""
+    if config is None:
+        return None
+    path = Path(config).expanduser()
+    if path.is_dir():
+        return str(path)
+    if _looks_like_path(config):
+        raise ModelPathNotFoundError(f"config folder {config} does not exist")
+    return None
+
+
 def _taesd_files(repo: str) -> HubFiles:
-    return HubFiles(repo, "TAESD, replacing its VAE", TAESD_FILES, instead="taesd=False to keep the model's own VAE")
+    return HubFiles(repo, "TAESD, replacing its VAE", TAESD_FILES,
+                    instead="--no-taesd (taesd=False) to keep the model's own VAE")
 
 
-def _build_local(spec: ModelSpec, use_taesd: bool, dtype: torch.dtype, device) -> StableDiffusionPipeline:
+def _build_local(spec: ModelSpec, use_taesd: bool, dtype: torch.dtype, device: torch.device | str):
     from .architectures import cast
 
     module_name, _, function = str(spec.local_builder).partition(":")
@@ -212,116 +214,16 @@ def _load_random(source: Source, taesd: bool | None, dtype: torch.dtype, device,
         raise UserError(f"random weights need a registry model name ({', '.join(REGISTRY)}); got {source.location!r}")
     spec = _with_traits(REGISTRY[source.location], traits)
     if spec.local_builder:
-        pipe = _build_local(spec, _use_taesd(spec, taesd), dtype, device)
+        pipe, note = _build_local(spec, _use_taesd(spec, taesd), dtype, device), "random weights"
     else:
-        from .architectures import build_random_pipeline
+        from .architectures import build_random_pipeline, random_weights_note
 
         pipe = build_random_pipeline(spec, taesd=_use_taesd(spec, taesd), dtype=dtype, device=device)
-    spec = spec.with_traits(description=f"{spec.description} [random weights]", lora_repo=None,
+        note = random_weights_note(spec.name)
+    spec = spec.with_traits(description=f"{spec.description} [{note}]", lora_repo=None,
                             use_taesd=_use_taesd(spec, taesd))
     pipe.set_progress_bar_config(disable=True)
     return LoadedModel(pipe=pipe, spec=spec)
-
-
-# ----- the hub ----------------------------------------------------------------------------------
-
-
-def fetch(wanted: Sequence[HubFiles], subject: str) -> list[str]:
-    """Local folders of every wanted repo (downloading into the hub cache); all failures in one error."""
-    folders: list[str] = []
-    failures: list[tuple[HubFiles, str]] = []
-    last: BaseException | None = None
-    for files in wanted:
-        try:
-            folders.append(_fetch_one(files))
-        except Exception as exc:
-            reason = failure_reason(exc)
-            if reason is None:
-                raise
-            failures.append((files, reason))
-            last = exc
-    if failures:
-        raise ModelUnavailableError(unavailable_message(subject, failures)) from last
-    return folders
-
-
-def _fetch_one(files: HubFiles) -> str:
-    if files.patterns is None:
-        from diffusers import StableDiffusionPipeline
-
-        # Components passed at load time are left out of the download: no safety checker, no VAE for TAESD.
-        skipped = dict.fromkeys(("safety_checker", "feature_extractor") + (("vae",) if files.skip_vae else ()))
-        return str(StableDiffusionPipeline.download(files.repo, variant=files.variant, **skipped))
-    from huggingface_hub import snapshot_download
-
-    return snapshot_download(files.repo, allow_patterns=list(files.patterns))
-
-
-def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
-def _is_network_error(exc: BaseException) -> bool:
-    """Connection failures of any HTTP stack huggingface_hub may use (httpx, requests) or the OS."""
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    return isinstance(exc, (ConnectionError, TimeoutError)) or bool(
-        names & {"TransportError", "NetworkError", "TimeoutException", "ConnectTimeout", "ProxyError"}
-    )
-
-
-def failure_reason(exc: BaseException) -> str | None:
-    """Why the hub could not provide a repo ("offline", "gated", "not_found", "unreachable"), None if not a hub failure."""
-    from huggingface_hub import constants
-    from huggingface_hub import errors as hub
-
-    chain = list(_exception_chain(exc))
-    if any(isinstance(e, hub.OfflineModeIsEnabled) for e in chain):
-        return "offline"
-    if any(isinstance(e, hub.GatedRepoError) for e in chain):
-        return "gated"
-    if any(isinstance(e, (hub.RepositoryNotFoundError, hub.RevisionNotFoundError, hub.EntryNotFoundError))
-           and not isinstance(e, hub.LocalEntryNotFoundError) for e in chain):
-        return "not_found"
-    if any(_is_network_error(e) or isinstance(e, hub.LocalEntryNotFoundError) for e in chain):
-        return "offline" if constants.HF_HUB_OFFLINE else "unreachable"
-    return None
-
-
-_REASONS = {
-    "offline": "offline mode is on (HF_HUB_OFFLINE=1), so nothing can be downloaded",
-    "unreachable": "the hub ({endpoint}) could not be reached",
-    "not_found": "the hub has no such repository or file (check the spelling; private repositories need `hf auth login`)",
-    "gated": "the repository is gated: accept its terms on the hub, then log in with `hf auth login`",
-}
-
-
-def unavailable_message(subject: str, failures: Sequence[tuple[HubFiles, str]]) -> str:
-    """One paragraph: what is missing, why, what to pass instead, how to download it beforehand."""
-    from huggingface_hub import constants
-
-    missing = _join([f"{files.repo} ({files.role})" for files, _ in failures])
-    reasons = _join(sorted({_REASONS[reason] for _, reason in failures}))
-    instead = ["a local diffusers folder (one with model_index.json)", "a single .safetensors file",
-               "--model tiny for an offline check of the pipeline (random weights, meaningless pictures)"]
-    instead += [files.instead for files, _ in failures if files.instead]
-    downloads = " ".join(f"`hf download {files.repo}`" for files, _ in failures)
-    return (
-        f"{subject} cannot be loaded: {missing} "
-        f"{'is' if len(failures) == 1 else 'are'} not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) "
-        f"and {reasons.format(endpoint=constants.ENDPOINT)}. Instead, pass {_join(instead, 'or')}. "
-        f"To use it, download it once while online: {downloads} "
-        "(with older huggingface_hub: `huggingface-cli download <repo>`)."
-    )
-
-
-def _join(items: Sequence[str], word: str = "and") -> str:
-    items = list(dict.fromkeys(items))
-    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {word} {items[-1]}"
 
 
 # ----- diffusers calls on local files -------------------------------------------------------------

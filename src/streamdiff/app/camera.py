@@ -1,0 +1,140 @@
+"""`streamdiff camera`: the real-time camera app (window, virtual camera, video file or headless)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+from streamdiff.app.gallery import resolve_prompts
+from streamdiff.app.keys import Controls, help_lines
+from streamdiff.app.overlay import splash
+from streamdiff.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """Stylize a live camera (or a video, stream, screen region or image folder) in real time.
+The window shows the camera and the output side by side; the output alone goes to other outputs.
+
+keys: """
+
+
+def register(subparsers: Any) -> None:
+    from streamdiff.cli_options import add_engine_options
+
+    p = subparsers.add_parser(
+        "camera", help="live camera stylization in a window (the main job)",
+        description=DESCRIPTION + "; ".join(help_lines()), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_engine_options(p)
+    g = p.add_argument_group("camera app")
+    g.add_argument("--prompts", nargs="?", const="gallery", default=None, metavar="FILE",
+                   help="switch prompts with n/p: the built-in gallery of styles, or a .txt/.yaml file")
+    g.add_argument("--camera", default=None, metavar="SOURCE",
+                   help="camera index, /dev/videoN, video file, stream URL (rtsp://, http://), image or folder, "
+                        "screen[:LEFT,TOP,WIDTH,HEIGHT] or pattern (default: camera 0, else the test pattern)")
+    g.add_argument("--blend", type=float, default=0.0, help="camera share of the output, 0..1 (+/-)")
+    g.add_argument("--ema", type=float, default=0.0, help="output smoothing, 0..0.95 (e/d)")
+    g.add_argument("--feedback", type=float, default=0.3, help="share of the last latent fed back, 0..0.9 (f/v)")
+    g.add_argument("--similarity-filter", nargs="?", type=float, const=0.98, default=None, metavar="THRESHOLD",
+                   help="skip frames that barely changed (default threshold 0.98)")
+    g.add_argument("--save-dir", default="captures", help="where s saves PNGs (default ./captures)")
+    g.add_argument("--mirror", action="store_true", help="mirror the camera, like a selfie view (m)")
+    g.add_argument("--fullscreen", action="store_true", help="full-screen window with the output alone")
+    g.add_argument("--output", action="append", default=None, metavar="WHERE",
+                   help="window (default), virtual (virtual camera), none, a video file (.mp4, .mkv, .mov) or "
+                        "a folder for PNG frames; repeat for several")
+    g.add_argument("--display-fps", type=float, default=30.0, help="display rate (default 30)")
+    g.add_argument("--display-size", type=int, default=512, help="height of each pane in pixels (default 512)")
+    g.add_argument("--transition-frames", type=int, default=8, help="frames a prompt change takes (default 8)")
+    g.add_argument("--loop", action="store_true", help="restart a video file or image folder at its end")
+    g.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from streamdiff.app.runtime import Runtime, RuntimeOptions
+    from streamdiff.cli_options import engine_from_args
+
+    outputs = args.output or ["window"]
+    controls = Controls(blend=args.blend, ema=args.ema, feedback=args.feedback, seed=args.seed,
+                        mirror=args.mirror, layout="output" if args.fullscreen else "side")
+    prompts = resolve_prompts(args.prompt, args.prompts)
+    window = _open_window(outputs, args.fullscreen)  # no display: fail before the model loads
+    sinks: list[Any] = [window] if window else []
+    if window is not None:
+        window.write(splash(f"loading {args.model or 'the model'}...", 2 * args.display_size, args.display_size))
+        window.read_key()  # lets the window appear now
+    source = None
+    try:
+        source, reopen = open_camera(args.camera)
+        args.prompt = prompts[0]
+        pipe = engine_from_args(args)
+        if args.similarity_filter is not None:
+            pipe.set_similarity_filter(args.similarity_filter)
+        options = RuntimeOptions(prompts=tuple(prompts), fit=args.fit, display_fps=args.display_fps,
+                                 pane_height=args.display_size, transition_frames=args.transition_frames,
+                                 save_dir=Path(args.save_dir), loop=args.loop)
+        sinks += _open_outputs(outputs, options, (pipe.config.width, pipe.config.height), source.fps)
+        runtime = Runtime(pipe, source, sinks, options, controls, reopen)
+    except BaseException:
+        for sink in sinks:
+            sink.close()
+        if source is not None:
+            source.close()
+        raise
+    summary = runtime.run(duration=args.duration)  # from here the runtime closes the source and sinks
+    saved = len(runtime.display.saved)
+    print(f"camera: {summary.captured} frames captured, {summary.inferred} stylized "
+          f"({summary.rate(summary.inferred):.1f} fps), {summary.displayed} shown "
+          f"({summary.rate(summary.displayed):.1f} fps)" + (f", {saved} saved" if saved else ""))
+    return 0
+
+
+def open_camera(spec: str | None) -> tuple[Any, Callable[[], Any]]:
+    """The source and how to reopen it; no --camera means camera 0, or the test pattern without one."""
+    from streamdiff.app.sources import OpenCVCamera, AnimatedPattern, default_camera_available, open_source
+
+    if spec is None:
+        if default_camera_available():
+            return OpenCVCamera(0), lambda: OpenCVCamera(0)
+        logger.warning("no camera found; running on the built-in test pattern (choose a source with --camera)")
+        return AnimatedPattern(), AnimatedPattern
+    return open_source(spec), lambda: open_source(spec)
+
+
+def _open_window(outputs: list[str], fullscreen: bool) -> Any:
+    from streamdiff.app.sinks import WindowSink
+
+    names = [o.lower() for o in outputs]
+    if names.count("window") > 1:
+        raise UserError("--output window can be given once")
+    return WindowSink(fullscreen=fullscreen) if "window" in names else None
+
+
+def _open_outputs(outputs: list[str], options: Any, render_size: tuple[int, int], fps: float | None) -> list[Any]:
+    """The non-window sinks, at the output pane's size."""
+    from streamdiff.app.sinks import VIDEO_SUFFIXES, NullSink, PngSequenceSink, VideoFileSink, VirtualCameraSink
+
+    height = options.pane_height
+    width = round(height * render_size[0] / render_size[1])
+    width += width % 2
+    rate = options.display_fps or fps or 30.0
+    sinks: list[Any] = []
+    for output in outputs:
+        name = output.lower()
+        if name == "window":
+            continue
+        if name in ("none", "null"):
+            sinks.append(NullSink())
+        elif name in ("virtual", "vcam", "virtualcam"):
+            sinks.append(VirtualCameraSink(width, height, rate))
+        elif Path(output).suffix.lower() in VIDEO_SUFFIXES:
+            sinks.append(VideoFileSink(output, width, height, rate))
+        elif Path(output).suffix == "" or Path(output).is_dir():
+            sinks.append(PngSequenceSink(output))
+        else:
+            raise UserError(f"unknown --output {output!r}: use window, virtual, none, a video file "
+                            f"({', '.join(VIDEO_SUFFIXES)}) or a folder for PNG frames")
+    return sinks

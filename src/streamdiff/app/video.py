@@ -1,0 +1,176 @@
+"""`streamdiff video IN OUT --prompt ...`: stylize a video file offline, every frame, in order.
+
+The stream batch holds `latency_frames` frames in flight: the output of call k shows input
+k - latency. The first `latency` outputs are warm-up and are dropped; the last inputs come out of
+`flush()` at the end, so OUT has exactly the frames of IN, with their timestamps (and the audio).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+from streamdiff.app.frames import from_engine, to_engine
+from streamdiff.errors import UserError
+
+
+@dataclass(frozen=True)
+class VideoSummary:
+    frames: int
+    width: int
+    height: int
+    fps: float
+    seconds: float
+    audio: str
+
+    def line(self, output: Path) -> str:
+        rate = self.frames / self.seconds if self.seconds > 0 else 0.0
+        return (f"wrote {output}: {self.frames} frames, {self.width}x{self.height} at {self.fps:.3g} fps "
+                f"in {self.seconds:.1f} s ({rate:.1f} frames/s); audio: {self.audio}")
+
+
+class Progress:
+    """One self-rewriting line on a terminal (frames, FPS, ETA); a line every few seconds elsewhere."""
+
+    def __init__(self, total: int | None, stream: TextIO = sys.stderr, clock=time.perf_counter) -> None:
+        self.total, self.stream, self.clock = total, stream, clock
+        self.start = self.last = clock()
+        self.tty = stream.isatty()
+        self.done = 0
+
+    def update(self, done: int) -> None:
+        self.done = done
+        now = self.clock()
+        if now - self.last < (0.25 if self.tty else 5.0):
+            return
+        self.last = now
+        self._show(now, end="")
+
+    def finish(self) -> None:
+        self._show(self.clock(), end="\n")
+
+    def _show(self, now: float, end: str) -> None:
+        elapsed = max(1e-9, now - self.start)
+        fps = self.done / elapsed
+        if self.total:
+            eta = (self.total - self.done) / fps if fps > 0 else 0.0
+            text = f"frames {self.done}/{self.total} ({100 * self.done // self.total}%) | {fps:.1f} FPS | ETA {_clock(eta)}"
+        else:
+            text = f"frames {self.done} | {fps:.1f} FPS | {_clock(elapsed)} elapsed"
+        self.stream.write(f"\r{text}\x1b[K{end}" if self.tty else text + "\n")
+        self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def stylize_video(pipe: Any, input_path: str | Path, output_path: str | Path, *, audio: bool = True,
+                  crf: int = 18, progress: TextIO | None = None) -> VideoSummary:
+    """Stylize every frame of INPUT into OUTPUT (H.264 at the render size), keeping timestamps and audio."""
+    from streamdiff.app.sinks import VideoFileSink
+    from streamdiff.app.sources import VideoFile
+
+    input_path, output_path = Path(input_path), Path(output_path)
+    if not input_path.is_file():
+        raise FileNotFoundError(f"input video not found: {input_path}")
+    if output_path.resolve() == input_path.resolve():
+        raise UserError("the output would overwrite the input; choose another output path")
+    start = time.perf_counter()
+    source = VideoFile(input_path, audio=audio)
+    try:
+        meter = Progress(source.frame_count, progress) if progress is not None else None
+        config = pipe.config
+        fps = source.fps or 30.0
+        sink = VideoFileSink(output_path, config.width, config.height, fps, time_base=source.stream.time_base, crf=crf)
+        try:
+            audio_note = sink.add_audio(source.audio_stream) if source.audio_stream is not None else "none"
+            source.on_audio = sink.write_audio
+            frames = _run_frames(pipe, source, sink, meter.update if meter else None)
+            if meter is not None:
+                meter.finish()
+        finally:
+            sink.close()
+    finally:
+        source.close()
+    if frames == 0:
+        raise UserError(f"{input_path} holds no video frames")
+    return VideoSummary(frames, sink.width, sink.height, fps, time.perf_counter() - start, audio_note)
+
+
+def _run_frames(pipe: Any, source: Any, sink: Any, on_frame: Callable[[int], None] | None) -> int:
+    config = pipe.config
+    in_flight: deque[int] = deque()  # pts of the inputs whose outputs are not written yet
+    warm_up = config.latency_frames
+    step = _pts_step(source)
+
+    def emit(output: Any) -> None:
+        nonlocal warm_up
+        if warm_up:
+            warm_up -= 1
+            return
+        sink.write(from_engine(output, "rgb"), pts=in_flight.popleft())
+        if on_frame is not None:
+            on_frame(sink.frames)
+
+    last_pts = -step
+    while (frame := source.read_frame()) is not None:
+        last_pts = frame.pts if frame.pts is not None and frame.pts > last_pts else last_pts + step
+        in_flight.append(last_pts)
+        pixels = to_engine(frame.to_ndarray(format="rgb24"), "rgb", config.width, config.height, config.fit,
+                           pipe.device)
+        emit(pipe.img2img(pixels, output_type="pt"))
+    if in_flight:
+        for output in pipe.flush(output_type="pt"):
+            emit(output)
+    return sink.frames
+
+
+def _pts_step(source: Any) -> int:
+    """One frame's duration in the stream's time base (for frames that come without a timestamp)."""
+    rate, base = source.stream.average_rate, source.stream.time_base
+    if not rate or not base:
+        return 1
+    return max(1, round(1 / (rate * base)))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from streamdiff.cli_options import engine_from_args
+
+    if not Path(args.input).is_file():
+        raise FileNotFoundError(f"input video not found: {args.input}")
+    _probe(args.input)  # a corrupt input fails before the model loads
+    pipe = engine_from_args(args)
+    summary = stylize_video(pipe, args.input, args.output, audio=not args.no_audio, crf=args.crf,
+                            progress=sys.stderr)
+    print(summary.line(Path(args.output)))
+    return 0
+
+
+def _probe(path: str) -> None:
+    from streamdiff.app.sources import VideoFile
+
+    VideoFile(path).close()
+
+
+def register(subparsers: Any) -> None:
+    from streamdiff.cli_options import add_engine_options
+
+    p = subparsers.add_parser(
+        "video", help="stylize a video file offline (every frame, audio kept)",
+        description="Stylize every frame of a video file into an H.264 file at the render size, keeping "
+                    "the frame timing and the audio. Input pictures are adapted with --fit.",
+    )
+    p.add_argument("input", help="input video file (anything FFmpeg reads)")
+    p.add_argument("output", help="output video file (.mp4, .mkv, .mov)")
+    add_engine_options(p, prompt_required=True)
+    g = p.add_argument_group("video")
+    g.add_argument("--no-audio", action="store_true", help="leave the audio out")
+    g.add_argument("--crf", type=int, default=18, help="H.264 quality: lower is better and larger (default 18)")
+    p.set_defaults(func=_run)

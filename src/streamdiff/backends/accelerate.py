@@ -1,0 +1,198 @@
+"""Accelerated execution of a stream: choose a mode once, prepare the modules, build at start-up.
+
+Modes, from plain to fastest:
+  none     the eager engine as it is
+  compile  torch.compile of the UNet and the codec (static shapes), eager glue between them
+  graphs   one CUDA graph per step shape over eager kernels: uint8 frame in .. uint8 frame out
+  max      compile + graphs
+  auto     the fastest mode this machine supports: max on CUDA with Triton, else graphs on CUDA, else none
+On CUDA every mode but none also puts the modules in channels_last layout, fuses the attention
+projections and lets cuDNN pick its fastest convolutions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..errors import UserError
+from ..stream import StreamPipeline
+from . import compile as compiling
+from .graphs import CudaGraphCapture, DirectCall
+from .runner import AcceleratedStream
+
+logger = logging.getLogger("streamdiff.backends")
+
+
+class AccelMode(str, enum.Enum):
+    NONE = "none"
+    COMPILE = "compile"
+    GRAPHS = "graphs"
+    MAX = "max"
+    AUTO = "auto"
+
+    @property
+    def compiles(self) -> bool:
+        return self in (AccelMode.COMPILE, AccelMode.MAX)
+
+    @property
+    def graphs(self) -> bool:
+        return self in (AccelMode.GRAPHS, AccelMode.MAX)
+
+    @classmethod
+    def parse(cls, value: str | AccelMode) -> AccelMode:
+        try:
+            return cls(str(getattr(value, "value", value)).lower())
+        except ValueError:
+            raise ValueError(f"accel must be one of {', '.join(m.value for m in cls)}; got {value!r}") from None
+
+
+# What to try instead of a mode that cannot run here, best first (only when fallback is asked for).
+_FALLBACKS = {AccelMode.MAX: (AccelMode.GRAPHS, AccelMode.COMPILE, AccelMode.NONE),
+              AccelMode.GRAPHS: (AccelMode.NONE,), AccelMode.COMPILE: (AccelMode.NONE,)}
+
+
+class AccelerationUnavailable(UserError):
+    """The requested acceleration cannot run on this machine; the message says why."""
+
+
+def unsupported(mode: AccelMode, device: torch.device) -> str | None:
+    """Why `mode` cannot run on `device` here, or None when it can."""
+    if mode.graphs and device.type != "cuda":
+        return f"CUDA graphs need a CUDA GPU; this stream runs on {device.type}"
+    if mode.compiles:
+        return compiling.compile_unsupported(device)
+    return None
+
+
+def resolve_mode(requested: str | AccelMode, device: torch.device, *, fallback: bool = False) -> AccelMode:
+    """The mode to use: auto picks the fastest supported one; another unsupported mode raises, or with
+    fallback=True steps down (logged) to the best one that runs."""
+    mode = AccelMode.parse(requested)
+    if mode is AccelMode.AUTO:
+        candidates = (AccelMode.MAX, AccelMode.GRAPHS) if device.type == "cuda" else ()
+        return next((m for m in candidates if unsupported(m, device) is None), AccelMode.NONE)
+    reason = unsupported(mode, device)
+    if reason is None:
+        return mode
+    if not fallback:
+        raise AccelerationUnavailable(f"--accel {mode.value} cannot run here: {reason} "
+                                      "(use --accel auto or none, or allow a fallback)")
+    chosen = next(m for m in _FALLBACKS[mode] if unsupported(m, device) is None)
+    logger.warning("--accel %s cannot run here (%s); falling back to %s", mode.value, reason, chosen.value)
+    return chosen
+
+
+@dataclass(frozen=True)
+class AccelReport:
+    """What accelerate() did and how long the start-up took."""
+
+    requested: str
+    mode: str
+    compile_preset: str | None
+    cache_dir: str | None
+    prepare_seconds: float  # layout changes and compile set-up
+    build_seconds: float  # first frames: compilation (or a cache load) and graph capture
+
+
+def accelerate(pipe: StreamPipeline, mode: str | AccelMode = "auto", *, fallback: bool = False,
+               cache_dir: str | Path | None = None, compile_preset: str = "default",
+               input_size: tuple[int, int] | None = None, build: bool = True,
+               progress: Callable[[str], None] | None = None) -> tuple[AcceleratedStream, AccelReport]:
+    """Wrap a prepared pipeline for faster frames; with build=True compile and capture now (restarts the stream).
+
+    The modules are changed in place (layout, fused projections, compiled forward): keep the eager
+    pipeline's numbers from before this call if you compare the two.
+    """
+    say = progress or logger.info
+    requested = AccelMode.parse(mode)
+    chosen = resolve_mode(requested, pipe.device, fallback=fallback)
+    start = time.perf_counter()
+    folder = _prepare_modules(pipe, chosen, cache_dir, compile_preset, say)
+    capture = None
+    if chosen is not AccelMode.NONE:
+        capture = CudaGraphCapture() if chosen.graphs else DirectCall.capture
+    stream = AcceleratedStream(pipe, capture, mode=chosen.value, progress=say)
+    prepared = time.perf_counter() - start
+    built = 0.0
+    if build and chosen is not AccelMode.NONE:
+        built = _build(stream, chosen, requested, fallback, input_size, say)
+        chosen = AccelMode.parse(stream.mode)
+    report = AccelReport(requested.value, chosen.value, compile_preset if chosen.compiles else None,
+                         str(folder) if folder else None, prepared, built)
+    return stream, report
+
+
+def _prepare_modules(pipe: StreamPipeline, mode: AccelMode, cache_dir: str | Path | None, preset: str,
+                     say: Callable[[str], None]) -> Path | None:
+    if mode is AccelMode.NONE:
+        return None
+    unet, vae = pipe.components.unet, pipe.components.vae
+    if pipe.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one stream keeps its shapes: the search pays off at once
+        unet.to(memory_format=torch.channels_last)
+        vae.to(memory_format=torch.channels_last)
+        if hasattr(unet, "fuse_qkv_projections"):
+            unet.fuse_qkv_projections()
+    if not mode.compiles:
+        return None
+    folder = compiling.use_cache_dir(cache_dir)
+    compiling.compile_in_place(compiling.compiled_parts(unet, vae), preset)
+    say(f"{mode.value}: compiling the UNet and the codec at the first frames (cache: {folder})")
+    return folder
+
+
+def _build(stream: AcceleratedStream, chosen: AccelMode, requested: AccelMode, fallback: bool,
+           input_size: tuple[int, int] | None, say: Callable[[str], None]) -> float:
+    """Build at start-up; a failure raises, or with fallback (or auto) drops compilation and tries again."""
+    pipe = stream.pipe
+    try:
+        seconds = stream.build(input_size)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as exc:  # compilers fail in many ways; the message matters, not the type
+        if not chosen.compiles or not (fallback or requested is AccelMode.AUTO):
+            raise AccelerationUnavailable(f"--accel {chosen.value} failed to build: {_first_line(exc)}") from exc
+        logger.warning("compilation failed (%s); continuing without it", _first_line(exc))
+        compiling.uncompile(compiling.compiled_parts(pipe.components.unet, pipe.components.vae))
+        if chosen.graphs:
+            stream.set_capture(CudaGraphCapture(), AccelMode.GRAPHS.value)
+        else:
+            stream.set_capture(None, AccelMode.NONE.value)
+        pipe.reset()
+        return stream.build(input_size)
+    say(f"{chosen.value}: ready in {seconds:.1f} s ({', '.join(stream.captured) or 'no graphs'})")
+    return seconds
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+# ----- command-line options, for every command that builds a stream ---------------------------------
+
+def add_accel_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("acceleration")
+    g.add_argument("--accel", choices=[m.value for m in AccelMode], default="auto",
+                   help="none | compile | graphs | max | auto (default: the fastest this machine supports)")
+    g.add_argument("--accel-fallback", action="store_true",
+                   help="if the --accel mode cannot run here, use the best one that can instead of stopping")
+    g.add_argument("--compile-cache", default=None, metavar="DIR",
+                   help=f"folder of compiled kernels kept between runs (default {compiling.default_cache_dir()})")
+    g.add_argument("--compile-preset", choices=sorted(compiling.COMPILE_PRESETS), default="default",
+                   help="compiler settings: default, or tuned (slower first start, faster kernels)")
+
+
+def accelerate_from_args(pipe: StreamPipeline, args: argparse.Namespace,
+                         progress: Callable[[str], None] | None = None) -> AcceleratedStream:
+    stream, _ = accelerate(pipe, args.accel, fallback=args.accel_fallback, cache_dir=args.compile_cache,
+                           compile_preset=args.compile_preset, progress=progress)
+    return stream

@@ -1,0 +1,102 @@
+"""torch.compile of the denoiser and the codec, in place, with the compiled code cached on disk.
+
+Compiling a module's forward in place keeps every holder of it (denoiser, codec, a diffusers
+pipeline) on the compiled code. Shapes are static: one stream has one batch and resolution, and static
+kernels are the fastest; another shape compiles again (and lands in the cache too).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+
+# Inductor settings beyond its defaults, by name; "tuned" trades a longer first compile for faster kernels.
+COMPILE_PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "tuned": {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True, "epilogue_fusion": False},
+}
+
+
+def default_cache_dir() -> Path:
+    """Where compiled kernels persist between runs: $XDG_CACHE_HOME/streamdiff/inductor (~/.cache/...)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "streamdiff" / "inductor"
+
+
+def use_cache_dir(path: str | Path | None = None) -> Path:
+    """Point Inductor's on-disk cache at `path`, or keep the user's TORCHINDUCTOR_CACHE_DIR, or use ours.
+
+    Inductor reads the variable when it first compiles, so this must run before the first compile.
+    """
+    if path is None and os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    folder = Path(path) if path is not None else default_cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create the compile cache folder {folder}: {exc.strerror}") from None
+    os.environ[CACHE_ENV] = str(folder)
+    return folder
+
+
+def compile_unsupported(device: torch.device) -> str | None:
+    """Why torch.compile cannot run on `device` here, or None when it can."""
+    if device.type == "cuda":
+        if importlib.util.find_spec("triton") is None:
+            return "torch.compile on CUDA needs Triton, which is not installed"
+        major, _ = torch.cuda.get_device_capability(device)
+        if major < 7:
+            return f"torch.compile's Triton kernels need a GPU of compute capability 7.0 or newer; this one is {major}.x"
+        return None
+    if device.type == "cpu":
+        if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+            return "torch.compile on the CPU needs a C++ compiler (g++ or clang++) on the PATH"
+        return None
+    return f"torch.compile is not supported on {device.type} devices by this engine"
+
+
+def compiled_parts(unet: torch.nn.Module, vae: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The modules worth compiling: the UNet, and the VAE's encoder and decoder (TAESD or KL)."""
+    parts = {"unet": unet}
+    for name in ("encoder", "decoder"):
+        part = getattr(vae, name, None)
+        if isinstance(part, torch.nn.Module):
+            parts[f"vae.{name}"] = part
+    return parts
+
+
+def compile_in_place(parts: dict[str, torch.nn.Module], preset: str = "default") -> None:
+    """Compile each module's forward in place (full graph, static shapes); the work happens at the first call.
+
+    The compiled forward is an instance attribute, so dynamo keys its cache on each class's own forward
+    (not on the `_call_impl` that all modules share and whose recompile limit they would exhaust together).
+    A module compiled before with the same preset gets its earlier compiled forward back.
+    """
+    if preset not in COMPILE_PRESETS:
+        raise ValueError(f"compile preset must be one of {', '.join(COMPILE_PRESETS)}; got {preset!r}")
+    for module in parts.values():
+        earlier = module.__dict__.get("_streamdiff_compiled")
+        if earlier is not None and earlier[0] == preset:
+            compiled = earlier[1]
+        else:
+            eager = type(module).forward.__get__(module)
+            compiled = torch.compile(eager, fullgraph=True, dynamic=False, options=COMPILE_PRESETS[preset] or None)
+            module.__dict__["_streamdiff_compiled"] = (preset, compiled)
+        module.__dict__["forward"] = compiled
+
+
+def uncompile(parts: dict[str, torch.nn.Module]) -> None:
+    """Undo compile_in_place: the modules run eagerly again (their compiled code stays at hand)."""
+    for module in parts.values():
+        module.__dict__.pop("forward", None)
+
+
+def is_compiled(module: torch.nn.Module) -> bool:
+    return "forward" in module.__dict__

@@ -1,0 +1,133 @@
+"""CUDA graph capture of one whole stream step, and the static buffers it reads and writes.
+
+A graph records the kernels of one call and replays them with no Python and no launch overhead. It
+reads and writes fixed addresses: the input frames go into a static buffer before each replay, the
+stream's state is updated in place, and the output lands in a tensor the capture allocated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+StepFn = Callable[[], "Tensor | None"]
+
+
+class Replayable(Protocol):
+    def replay(self) -> None: ...
+
+
+class Capture(Protocol):
+    """Records `step` once; returns the replayable record and the output tensor every replay rewrites."""
+
+    def __call__(self, step: StepFn, state: Sequence[Tensor]) -> tuple[Replayable, Tensor | None]: ...
+
+
+class DirectCall:
+    """No graph: each replay runs the step again and copies its result into the first call's output."""
+
+    def __init__(self, step: StepFn):
+        self.step = step
+        self.out: Tensor | None = None
+
+    def replay(self) -> None:
+        result = self.step()
+        if self.out is not None and result is not None:
+            self.out.copy_(result)
+
+    @classmethod
+    def capture(cls, step: StepFn, state: Sequence[Tensor]) -> tuple[DirectCall, Tensor | None]:
+        """The same contract as CudaGraphCapture, for devices without graphs (and for the CPU tests)."""
+        call = cls(step)
+        with preserved(state):
+            call.out = step()
+        return call, call.out
+
+
+class CudaGraphCapture:
+    """Capture on CUDA after warm-up calls on a side stream; the stream's state is left as it was."""
+
+    def __init__(self, warmup: int = 2):
+        self.warmup = warmup
+        self.pool = torch.cuda.graph_pool_handle()  # shared by this stream's graphs: they never run concurrently
+
+    def __call__(self, step: StepFn, state: Sequence[Tensor]) -> tuple[torch.cuda.CUDAGraph, Tensor | None]:
+        with preserved(state):
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(self.warmup):  # compiles, autotunes and allocates outside the capture
+                    step()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                out = step()
+        return graph, out
+
+
+class preserved:
+    """Context manager: the tensors hold the same values afterwards (warm-up calls must not advance the stream)."""
+
+    def __init__(self, tensors: Sequence[Tensor]):
+        self.tensors = list(tensors)
+
+    def __enter__(self) -> preserved:
+        self.saved = [t.clone() for t in self.tensors]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for tensor, saved in zip(self.tensors, self.saved):
+            tensor.copy_(saved)
+
+
+@dataclass
+class FrameBuffers:
+    """Static input and output of one step shape: device buffers, and pinned host copies on CUDA."""
+
+    device_in: Tensor | None  # uint8 (F, h, w, 3) or float (F, 3, h, w); None for txt2img
+    host_in: Tensor | None  # pinned twin of device_in for uint8 frames from the host
+    host_out: Tensor | None  # pinned (F, H, W, 3) uint8, filled after each replay
+    done: torch.cuda.Event | None  # recorded after the copy back; the only wait of a frame
+    uploaded: torch.cuda.Event | None  # recorded after the upload: host_in is free again once it completes
+
+    @classmethod
+    def allocate(cls, example: Tensor | None, out_shape: tuple[int, ...] | None, device: torch.device) -> FrameBuffers:
+        pinned = device.type == "cuda"
+        device_in = None if example is None else torch.empty_like(example, device=device)
+        host_in = None
+        if pinned and example is not None and example.dtype == torch.uint8:
+            host_in = torch.empty(example.shape, dtype=torch.uint8, pin_memory=True)
+        host_out = None
+        if out_shape is not None:
+            host_out = torch.empty(out_shape, dtype=torch.uint8, pin_memory=pinned)
+        events = (torch.cuda.Event(), torch.cuda.Event()) if pinned else (None, None)
+        return cls(device_in, host_in, host_out, *events)
+
+    def load(self, frames: np.ndarray | Tensor) -> None:
+        """Copy new frames in: numpy through the pinned buffer (non-blocking upload), tensors directly."""
+        assert self.device_in is not None
+        if isinstance(frames, np.ndarray):
+            if self.host_in is None:
+                self.device_in.copy_(torch.from_numpy(frames))
+                return
+            assert self.uploaded is not None
+            self.uploaded.synchronize()  # the last upload has long finished unless no output was fetched since
+            np.copyto(self.host_in.numpy(), frames)
+            self.device_in.copy_(self.host_in, non_blocking=True)
+            self.uploaded.record()
+        else:
+            self.device_in.copy_(frames, non_blocking=True)
+
+    def fetch(self, out: Tensor) -> np.ndarray:
+        """The replay's uint8 output on the host: a non-blocking download, then one wait for it."""
+        assert self.host_out is not None
+        if self.done is None:
+            return out.numpy().copy()
+        self.host_out.copy_(out, non_blocking=True)
+        self.done.record()
+        self.done.synchronize()
+        return self.host_out.numpy().copy()

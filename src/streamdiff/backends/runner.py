@@ -1,0 +1,251 @@
+"""A StreamPipeline whose warm frames run as one device step each: a replayed CUDA graph, or a direct call.
+
+The first frame of a stream (and the first of each new input shape) runs the ordinary way: it checks
+the input, fills the stream batch and leaves a warm state; the step for that shape is captured then,
+and later frames of that shape replay it. Anything the fast path does not cover (other input kinds,
+flush) goes to the pipeline itself, which shares the state.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .. import images
+from ..errors import UserError
+from ..stream import DeviceCarry, StreamPipeline
+from .graphs import Capture, FrameBuffers, Replayable
+
+logger = logging.getLogger("streamdiff.backends")
+
+
+class GpuMemoryError(UserError):
+    """The GPU ran out of memory for this stream's shape."""
+
+
+@dataclass(frozen=True)
+class StepKey:
+    """What one captured step is specialised for."""
+
+    task: str  # "img2img" or "txt2img"
+    shape: tuple[int, ...]  # input frames: (F, h, w, 3) uint8 or (F, 3, h, w) float; () for txt2img
+    dtype: torch.dtype | None
+    uint8: bool  # whether the step also writes uint8 pictures for the host
+
+    def describe(self) -> str:
+        if self.task == "txt2img":
+            return "txt2img"
+        size = f"{self.shape[2]}x{self.shape[1]}" if self.dtype == torch.uint8 else f"{self.shape[3]}x{self.shape[2]}"
+        return f"img2img of {self.shape[0]} x {size} {'uint8' if self.dtype == torch.uint8 else 'float'} frames"
+
+
+@dataclass
+class _Step:
+    buffers: FrameBuffers
+    record: Replayable
+    out: Tensor | None
+
+
+_EAGER = "eager"  # a shape that ran out of memory while capturing: it stays on the ordinary path
+
+
+class AcceleratedStream:
+    """The StreamPipeline API (img2img, txt2img, flush, live controls) over a faster execution of warm frames."""
+
+    def __init__(self, pipe: StreamPipeline, capture: Capture | None, *, mode: str = "none", max_shapes: int = 4,
+                 progress: Callable[[str], None] | None = None):
+        self.pipe = pipe
+        self.mode = mode
+        self.max_shapes = max_shapes
+        self._capture = capture  # None: every call goes to the pipeline as it is
+        self._progress = progress or logger.info
+        self._steps: OrderedDict[StepKey, _Step | str] = OrderedDict()
+        self._carry: DeviceCarry | None = None
+        self._signature: tuple[int, ...] = ()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "pipe":
+            raise AttributeError(name)
+        return getattr(self.pipe, name)
+
+    # ----- the StreamPipeline API ----------------------------------------------------------------
+
+    def prepare(self, *args: Any, **kwargs: Any) -> None:
+        self.pipe.prepare(*args, **kwargs)
+        self._drop_steps()
+
+    @torch.no_grad()
+    def img2img(self, image: Any, output_type: images.ImageKind | None = None) -> Any:
+        frames, kind = self._fast_input(image)
+        if frames is None or self._capture is None or not self.pipe.warm or not _known_kind(output_type):
+            return self._guarded(self.pipe.img2img, image, output_type)
+        key = StepKey("img2img", tuple(frames.shape), _dtype_of(frames), (output_type or kind) != "pt")
+        step = self._lookup(key)
+        if step is None:
+            result = self._guarded(self.pipe.img2img, image, output_type)  # checks the new shape, warms the stream
+            self._build(key, frames)
+            return result
+        return self._guarded(self._run, step, frames, kind, output_type or kind)
+
+    @torch.no_grad()
+    def txt2img(self, output_type: images.ImageKind = "pil") -> Any:
+        if self._capture is None or not self.pipe.warm or not _known_kind(output_type):
+            return self._guarded(self.pipe.txt2img, output_type)
+        key = StepKey("txt2img", (), None, output_type != "pt")
+        step = self._lookup(key)
+        if step is None:
+            result = self._guarded(self.pipe.txt2img, output_type)
+            self._build(key, None)
+            return result
+        return self._guarded(self._run, step, None, None, output_type)
+
+    def flush(self, output_type: images.ImageKind | None = None) -> list[Any]:
+        return self._guarded(self.pipe.flush, output_type)
+
+    def build(self, input_size: tuple[int, int] | None = None, *, txt2img: bool = False) -> float:
+        """Compile and capture now, for frames of input_size (width, height; default the render size).
+
+        Runs a few frames of a fixed random picture, then restarts the stream. Returns the seconds taken.
+        """
+        start = time.perf_counter()
+        if self._capture is not None:
+            cfg = self.pipe.config
+            width, height = input_size or (cfg.width, cfg.height)
+            dummy = np.random.default_rng(0).integers(0, 256, (cfg.frame_buffer_size, height, width, 3), np.uint8)
+            for _ in range(2):  # the first call warms the stream, the second captures its shape
+                self.img2img(dummy, output_type="np")
+                if txt2img:
+                    self.txt2img(output_type="np")
+            self.pipe.reset()
+        return time.perf_counter() - start
+
+    def set_capture(self, capture: Capture | None, mode: str) -> None:
+        """Change how steps are captured (e.g. after a failed compilation); drops the captured steps."""
+        self._capture, self.mode = capture, mode
+        self._drop_steps()
+
+    @property
+    def captured(self) -> list[str]:
+        """The step shapes ready to replay, described."""
+        return [key.describe() for key, step in self._steps.items() if step != _EAGER]
+
+    # ----- internals ------------------------------------------------------------------------------
+
+    def _fast_input(self, image: Any) -> tuple[np.ndarray | Tensor | None, images.ImageKind | None]:
+        """The input as uint8 (F, h, w, 3) numpy or float (F, 3, h, w) tensor frames; None where the ordinary
+        path must answer (wrong kind, count or layout: it raises the usual error)."""
+        try:
+            kind = images.kind_of(image)
+        except ValueError:
+            return None, None
+        if kind == "pt":
+            frames: Any = images.to_uint8_tensor(image)  # checks dtype, shape and the [0, 1] range
+        elif kind == "pil":
+            pictures = image if isinstance(image, (list, tuple)) else [image]
+            frames = np.stack([np.asarray(p.convert("RGB")) for p in pictures])
+        else:
+            frames = image[None] if image.ndim == 3 else image
+            if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+                return None, kind
+        if frames.shape[0] != self.pipe.config.frame_buffer_size:
+            return None, kind
+        return frames, kind
+
+    def _lookup(self, key: StepKey) -> _Step | None:
+        """The captured step for key; None when it must be built (or stays on the ordinary path)."""
+        signature = tuple(t.data_ptr() for t in self.pipe.step_buffers())
+        if signature != self._signature:
+            if self._steps:
+                self._progress("the stream was prepared again: its steps will be captured again")
+            self._drop_steps()
+            self._signature = signature
+        step = self._steps.get(key)
+        if isinstance(step, _Step):
+            self._steps.move_to_end(key)
+            return step
+        return None
+
+    def _build(self, key: StepKey, frames: np.ndarray | Tensor | None) -> None:
+        pipe = self.pipe
+        if key in self._steps or not pipe.warm or self._capture is None:
+            return
+        while len(self._steps) >= self.max_shapes:
+            self._steps.popitem(last=False)
+        start = time.perf_counter()
+        carry = self._carry = self._carry or pipe.new_carry()
+        example = None if frames is None else (torch.from_numpy(frames) if isinstance(frames, np.ndarray) else frames)
+        cfg = pipe.config
+        out_shape = (cfg.frame_buffer_size, cfg.height, cfg.width, 3) if key.uint8 else None
+        buffers = FrameBuffers.allocate(example, out_shape, pipe.device)
+        if frames is not None:
+            buffers.load(frames)
+        pipe.attach_carry(carry)
+        step = functools.partial(pipe.device_step, buffers.device_in, carry, key.uint8)
+        state = (*pipe.step_buffers(), carry.previous_x0, carry.previous_output, carry.last_latent)
+        try:
+            record, out = self._capture(step, state)
+        except torch.cuda.OutOfMemoryError:
+            self._drop_steps()
+            self._steps[key] = _EAGER
+            logger.warning("out of GPU memory while capturing the %s step: these frames run uncaptured", key.describe())
+            return
+        self._steps[key] = _Step(buffers, record, out)
+        self._progress(f"{self.mode}: captured the {key.describe()} step in {time.perf_counter() - start:.1f} s")
+
+    def _run(self, step: _Step, frames: Any, kind: images.ImageKind | None, out_kind: images.ImageKind) -> Any:
+        pipe, carry = self.pipe, self._carry
+        assert carry is not None
+        pipe.attach_carry(carry)
+        pixels = None
+        if frames is not None:
+            step.buffers.load(frames)
+            if pipe.config.similarity_threshold is not None:
+                pixels = pipe.device_pixels(step.buffers.device_in)
+        if not pipe.begin_device_frame(kind, pixels):
+            return images.to_output(carry.previous_output, out_kind)
+        step.record.replay()
+        pipe.end_device_frame(carry, img2img=frames is not None)
+        if out_kind == "pt":
+            return carry.previous_output.to(torch.float32, copy=True)
+        assert step.out is not None
+        array = step.buffers.fetch(step.out)
+        if out_kind == "np":
+            return array[0] if len(array) == 1 else array
+        from PIL import Image
+
+        pictures = [Image.fromarray(a) for a in array]
+        return pictures[0] if len(pictures) == 1 else pictures
+
+    def _drop_steps(self) -> None:
+        self._steps.clear()
+
+    def _guarded(self, call: Callable[..., Any], *args: Any) -> Any:
+        """Run a frame; running out of GPU memory becomes a message that says what to change."""
+        try:
+            return call(*args)
+        except torch.cuda.OutOfMemoryError:
+            self._drop_steps()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            cfg = self.pipe.config
+            raise GpuMemoryError(
+                f"out of GPU memory for a {cfg.width}x{cfg.height} stream with frame_buffer_size "
+                f"{cfg.frame_buffer_size} and {cfg.denoising_steps} step(s): lower one of them, use the TAESD "
+                "codec, or close other programs using the GPU"
+            ) from None
+
+
+def _known_kind(output_type: Any) -> bool:
+    return output_type is None or output_type in images.KINDS
+
+
+def _dtype_of(frames: np.ndarray | Tensor) -> torch.dtype:
+    return torch.uint8 if isinstance(frames, np.ndarray) else frames.dtype

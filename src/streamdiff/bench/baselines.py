@@ -1,0 +1,92 @@
+"""What users would otherwise run, on the same weights: diffusers' own pipelines and StreamDiffusion 0.1.1.
+
+Each baseline is written the way its documentation shows it: PIL picture in, PIL picture out, the prompt
+passed as text. Build them before accelerating the modules: acceleration changes the modules in place.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any, Callable
+
+import numpy as np
+
+from ..config import StreamConfig
+from ..stream import Components
+
+BASELINES: tuple[str, ...] = ("diffusers", "streamdiffusion")
+
+
+def unavailable(name: str, device_type: str) -> str | None:
+    """Why a baseline cannot run here, or None."""
+    if name not in BASELINES:
+        return f"unknown baseline {name!r}; known: {', '.join(BASELINES)}"
+    if name == "streamdiffusion":
+        if importlib.util.find_spec("streamdiffusion") is None:
+            return "the streamdiffusion package (0.1.1) is not installed"
+        if device_type != "cuda":
+            return "StreamDiffusion 0.1.1 times itself with CUDA events and needs a CUDA GPU"
+    return None
+
+
+def _to_pil(frame: np.ndarray) -> Any:
+    from PIL import Image
+
+    return [Image.fromarray(f) for f in frame] if frame.ndim == 4 else Image.fromarray(frame)
+
+
+def diffusers_call(components: Components, config: StreamConfig, prompt: str, task: str) -> Callable[[np.ndarray], Any]:
+    """diffusers' StableDiffusion(Img2Img)Pipeline over the same modules, as its docs for one-step models show.
+
+    img2img runs `steps` denoising steps as num_inference_steps = 2 x steps at strength 0.5, guidance off.
+    """
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+    from diffusers import LCMScheduler
+
+    kind = StableDiffusionImg2ImgPipeline if task == "img2img" else StableDiffusionPipeline
+    pipe = kind(vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
+                unet=components.unet, scheduler=LCMScheduler.from_config(components.scheduler_config),
+                safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    steps, batch = config.denoising_steps, config.frame_buffer_size
+    size = {"height": config.height, "width": config.width}
+
+    def img2img(frame: np.ndarray) -> Any:
+        images = _to_pil(frame)
+        prompts = [prompt] * batch if batch > 1 else prompt
+        return pipe(prompts, image=images, num_inference_steps=2 * steps, strength=0.5, guidance_scale=0.0).images
+
+    def txt2img(frame: np.ndarray) -> Any:
+        return pipe(prompt, num_inference_steps=steps, guidance_scale=0.0, num_images_per_prompt=batch, **size).images
+
+    return img2img if task == "img2img" else txt2img
+
+
+def streamdiffusion_call(components: Components, config: StreamConfig, prompt: str, task: str,
+                         dtype: Any) -> Callable[[np.ndarray], Any]:
+    """StreamDiffusion 0.1.1 (no TensorRT) over the same modules, as its README's img2img loop runs it."""
+    from diffusers import StableDiffusionPipeline
+    from streamdiffusion import StreamDiffusion
+
+    base = StableDiffusionPipeline(vae=components.vae, text_encoder=components.text_encoder,
+                                   tokenizer=components.tokenizer, unet=components.unet,
+                                   scheduler=_lcm(components.scheduler_config), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    stream = StreamDiffusion(base, t_index_list=list(config.t_index_list), torch_dtype=dtype, width=config.width,
+                             height=config.height, frame_buffer_size=config.frame_buffer_size,
+                             use_denoising_batch=config.use_denoising_batch, cfg_type="none")
+    stream.prepare(prompt, num_inference_steps=config.num_inference_steps, guidance_scale=1.0)
+
+    def img2img(frame: np.ndarray) -> Any:
+        return stream.image_processor.postprocess(stream(_to_pil(frame)), output_type="pil")
+
+    def txt2img(frame: np.ndarray) -> Any:
+        return stream.image_processor.postprocess(stream.txt2img(config.frame_buffer_size), output_type="pil")
+
+    return img2img if task == "img2img" else txt2img
+
+
+def _lcm(scheduler_config: dict) -> Any:
+    from diffusers import LCMScheduler
+
+    return LCMScheduler.from_config(scheduler_config)

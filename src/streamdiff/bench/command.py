@@ -1,0 +1,128 @@
+"""The `streamdiff bench` subcommand: time streams (and what users would otherwise run), write JSON, Markdown, PNG."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ..backends.accelerate import AccelMode
+from ..backends.compile import COMPILE_PRESETS
+from ..config import CfgType
+from ..errors import UserError
+from .baselines import BASELINES
+from .clips import CLIPS
+from .scenario import TASKS, Scenario, grid
+
+
+def _list(kind: Callable[[str], Any], choices: tuple[str, ...] | None = None) -> Callable[[str], list[Any]]:
+    def parse(text: str) -> list[Any]:
+        items = [part.strip() for part in text.split(",") if part.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("expected a comma-separated list")
+        if choices is not None:
+            bad = [i for i in items if i not in choices]
+            if bad:
+                raise argparse.ArgumentTypeError(f"unknown {', '.join(bad)}; choose from {', '.join(choices)}")
+        try:
+            return [kind(i) for i in items]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated values such as 1,2; got {text!r}") from None
+
+    return parse
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("bench", help="time streams: latency, FPS, stages, memory, energy; compare baselines",
+                              description="Time every combination of the listed settings (comma-separated lists).")
+    p.add_argument("--model", type=_list(str), default=["sd-turbo"], help="registry names or paths (sd-turbo)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="the real architecture with random weights: no download, meaningless pictures")
+    p.add_argument("--no-taesd", action="store_true", help="decode with the model's full VAE instead of TAESD")
+    p.add_argument("--task", type=_list(str, TASKS), default=["img2img"], help="img2img, txt2img")
+    p.add_argument("--steps", type=_list(int), default=[1], help="denoising steps, e.g. 1,2,4")
+    p.add_argument("--cfg", type=_list(str, tuple(m.value for m in CfgType)), default=["none"],
+                   help="residual CFG modes: none, self, initialize, full")
+    p.add_argument("--guidance", type=float, default=1.4, help="guidance scale of the cfg modes")
+    p.add_argument("--frame-buffer-size", type=_list(int), default=[1], help="frames (or streams) per call")
+    p.add_argument("--resolution", type=_list(int), default=[512], help="square render sizes")
+    p.add_argument("--sequential", action="store_true", help="run the steps one after another (no stream batch)")
+    p.add_argument("--similarity", type=float, default=None, help="similarity filter threshold (off by default)")
+    p.add_argument("--clip", choices=CLIPS, default="moving", help="synthetic input clip")
+    p.add_argument("--accel", type=_list(str, tuple(m.value for m in AccelMode)), default=["auto"],
+                   help="none, compile, graphs, max, auto (a list times each)")
+    p.add_argument("--accel-fallback", action="store_true", help="use the best mode that runs instead of failing")
+    p.add_argument("--compile-cache", default=None, metavar="DIR", help="compiled-kernel cache folder")
+    p.add_argument("--compile-preset", choices=sorted(COMPILE_PRESETS), default="default")
+    p.add_argument("--compare", type=_list(str, BASELINES), default=[],
+                   help="also time diffusers' own pipeline and/or StreamDiffusion 0.1.1 on the same weights")
+    p.add_argument("--ablation", action="store_true",
+                   help="run the component study (stream batch, R-CFG, similarity filter, codec, acceleration)")
+    p.add_argument("--calls", type=int, default=100, help="timed calls per case")
+    p.add_argument("--warmup", type=int, default=10, help="untimed calls per case first")
+    p.add_argument("--min-seconds", type=float, default=0.0,
+                   help="keep timing each case at least this long (GPU energy needs a window of a second or more)")
+    p.add_argument("--no-stages", action="store_true", help="skip the per-stage breakdown")
+    p.add_argument("--prompt", default="a watercolor painting of a lighthouse at dusk")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default=None, help="float16 (GPU default), bfloat16, float32 (CPU default)")
+    p.add_argument("--output-dir", default="bench-results", help="where bench.json/.md/.png go")
+    p.set_defaults(func=run_command)
+
+
+def _options(args: argparse.Namespace) -> Any:
+    from .run import BenchOptions
+
+    if args.calls < 1 or args.warmup < 0:
+        raise UserError(f"--calls must be at least 1 and --warmup at least 0; got {args.calls} and {args.warmup}")
+    return BenchOptions(calls=args.calls, warmup=args.warmup, min_seconds=args.min_seconds, device=args.device, dtype=args.dtype,
+                        random_weights=args.random_weights, prompt=args.prompt, compare=tuple(args.compare),
+                        stages=not args.no_stages, fallback=args.accel_fallback, cache_dir=args.compile_cache,
+                        compile_preset=args.compile_preset)
+
+
+def scenarios_from_args(args: argparse.Namespace) -> list[Scenario]:
+    base = Scenario(guidance=args.guidance, taesd=not args.no_taesd, batched=not args.sequential,
+                    similarity=args.similarity, clip=args.clip)
+    return grid(base, model=args.model, task=args.task, steps=args.steps, cfg=args.cfg,
+                frame_buffer_size=args.frame_buffer_size, resolution=args.resolution, accel=args.accel)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from ..devices import resolve_device
+    from . import report
+    from .ablation import ablation_cases, ablation_table, write_ablation_chart
+    from .run import run_all
+
+    device = resolve_device(args.device)  # a missing GPU is reported before any model loads
+    options = _options(args)
+    out = Path(args.output_dir)
+    say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    started = time.time()
+    cases = []
+    if args.ablation:
+        cases = [c for m in args.model for r in args.resolution for c in ablation_cases(m, r, args.accel[0])]
+        scenarios = [c.scenario for c in cases]
+    else:
+        scenarios = scenarios_from_args(args)
+    results = run_all(scenarios, options, progress=say)
+    name = "ablation" if args.ablation else "bench"
+    document = {"command": "streamdiff " + " ".join(sys.argv[1:]) if sys.argv else "", "started": started,
+                "environment": report.environment(device), "options": options.__dict__, "results": results}
+    table = report.markdown_table(results) + "\n" + report.stages_table(results)
+    if args.ablation:
+        ablation_md, rows = ablation_table(cases, results)
+        document["ablation"] = rows
+        table = ablation_md + "\n" + table
+        write_ablation_chart(out / f"{name}.png", rows)
+    else:
+        report.write_chart(out / f"{name}.png", results, f"streamdiff bench on {document['environment'].get('gpu', device)}")
+    report.write_json(out / f"{name}.json", document)
+    (out / f"{name}.md").write_text(table)
+    print(table)
+    failed = sum("error" in r for r in results if r.get("kind") == "streamdiff")
+    if failed and failed == sum(r.get("kind") == "streamdiff" for r in results):
+        raise UserError(f"every case failed; the first: {next(r['error'] for r in results if 'error' in r)}")
+    return 0

@@ -1,0 +1,223 @@
+"""Run benchmark scenarios: load each model once, build each stream, time it, meter it, compare baselines."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..backends.accelerate import AccelMode, accelerate, resolve_mode
+from ..backends.compile import compiled_parts, uncompile
+from ..devices import resolve_device, resolve_dtype
+from ..stream import Components, StreamPipeline
+from . import baselines
+from .clips import batched, make_clip
+from .measure import EnergyMeter, Latency, peak_memory_mb, reset_peak_memory, time_calls
+from .scenario import Scenario
+from .stages import stage_times
+
+logger = logging.getLogger("streamdiff.bench")
+
+_MODE_ORDER = {"none": 0, "graphs": 1, "compile": 2, "max": 3}
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    calls: int = 100  # timed calls per scenario (at least)
+    warmup: int = 10
+    min_seconds: float = 0.0  # keep timing until this much time has passed (energy needs a long window)
+    device: str = "auto"
+    dtype: str | None = None
+    random_weights: bool = False
+    prompt: str = "a watercolor painting of a lighthouse at dusk"
+    compare: tuple[str, ...] = ()
+    stages: bool = True
+    fallback: bool = False
+    cache_dir: str | None = None
+    compile_preset: str = "default"
+    clip_frames: int = 24
+
+
+@dataclass
+class _Loaded:
+    components: Components
+    spec: Any
+    touched: bool = False  # layout, fused projections or compilation applied in place
+
+
+class ModelPool:
+    """Models by (name, taesd), loaded once; reloaded when a case needs the modules as they were loaded."""
+
+    def __init__(self, options: BenchOptions, device: torch.device, dtype: torch.dtype):
+        self.options, self.device, self.dtype = options, device, dtype
+        self._loaded: dict[tuple[str, bool], _Loaded] = {}
+
+    def get(self, name: str, taesd: bool, *, pristine: bool) -> _Loaded:
+        key = (name, taesd)
+        entry = self._loaded.get(key)
+        if entry is not None and pristine and entry.touched:
+            self.release(key)
+            entry = None
+        if entry is None:
+            from ..models.loading import load_model
+
+            loaded = load_model(name, dtype=self.dtype, device=self.device, taesd=taesd,
+                                random_weights=self.options.random_weights)
+            entry = _Loaded(Components.from_diffusers(loaded.pipe), loaded.spec)
+            self._loaded[key] = entry
+        return entry
+
+    def release(self, key: tuple[str, bool] | None = None) -> None:
+        for k in [key] if key else list(self._loaded):
+            self._loaded.pop(k, None)
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def order(scenarios: list[Scenario]) -> list[Scenario]:
+    """Cases grouped by model, plain modes first: modules are changed in place as acceleration rises."""
+    first_seen = {}
+    for s in scenarios:
+        first_seen.setdefault((s.model, s.taesd), len(first_seen))
+    return sorted(scenarios, key=lambda s: (first_seen[(s.model, s.taesd)], _MODE_ORDER.get(s.accel, 3)))
+
+
+def run_all(scenarios: list[Scenario], options: BenchOptions,
+            progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Results of every scenario (a failed one records its error and the rest go on).
+
+    Per model, the baselines run first, on the modules as loaded; then the streams, plain modes first.
+    """
+    device = resolve_device(options.device)
+    dtype = resolve_dtype(options.dtype, device)
+    pool = ModelPool(options, device, dtype)
+    results: list[dict[str, Any]] = []
+    ordered = order(scenarios)
+    for group in dict.fromkeys((s.model, s.taesd) for s in ordered):
+        members = [s for s in ordered if (s.model, s.taesd) == group]
+        done: set[tuple[Any, ...]] = set()
+        for scenario in members:
+            for name in options.compare if scenario.compare else ():
+                if _baseline_key(name, scenario) not in done:
+                    done.add(_baseline_key(name, scenario))
+                    progress(f"bench: {name} baseline of {scenario.name()}")
+                    results.append(_guarded(name, scenario, pool, progress,
+                                            run_baseline, name, scenario, options, pool, device))
+        for scenario in members:
+            progress(f"bench: {scenario.name()}")
+            results.append(_guarded("streamdiff", scenario, pool, progress,
+                                    run_scenario, scenario, options, pool, device, progress))
+    return results
+
+
+def _guarded(kind: str, scenario: Scenario, pool: ModelPool, progress: Callable[[str], None],
+             run: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """run(*args), or a result holding the error: one broken case must not lose the others' numbers."""
+    try:
+        return run(*args)
+    except torch.cuda.OutOfMemoryError:
+        pool.release()
+        return _failed(scenario, kind, "out of GPU memory")
+    except Exception as exc:
+        logger.debug("case failed", exc_info=True)
+        failed = _failed(scenario, kind, f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+        progress(f"bench: failed: {failed['error']}")
+        return failed
+
+
+def _baseline_key(name: str, s: Scenario) -> tuple[Any, ...]:
+    """Baselines run once per distinct workload (not per acceleration mode)."""
+    return (name, s.task, s.steps, s.frame_buffer_size, s.resolution, s.batched)
+
+
+def _failed(scenario: Scenario, kind: str, error: str) -> dict[str, Any]:
+    name = scenario.name() if kind == "streamdiff" else f"{kind}: {scenario.with_changes(accel='none').name()}"
+    return {"scenario": scenario.as_dict(), "name": name, "kind": kind, "error": error}
+
+
+def run_scenario(scenario: Scenario, options: BenchOptions, pool: ModelPool, device: torch.device,
+                 progress: Callable[[str], None]) -> dict[str, Any]:
+    mode = resolve_mode(scenario.accel, device, fallback=options.fallback)
+    entry = pool.get(scenario.model, scenario.taesd, pristine=mode is AccelMode.NONE)
+    if mode is AccelMode.GRAPHS or mode is AccelMode.NONE:
+        uncompile(compiled_parts(entry.components.unet, entry.components.vae))
+    pipe = StreamPipeline(entry.components, _config(scenario, entry, device, options),
+                          lcm_boundary=entry.spec.lcm_boundary)
+    pipe.prepare(prompt=options.prompt)
+    reset_peak_memory(device)
+    stream, report = accelerate(pipe, scenario.accel, fallback=options.fallback, cache_dir=options.cache_dir,
+                                compile_preset=options.compile_preset, progress=progress)
+    entry.touched = entry.touched or report.mode != "none"
+    result = _time_stream(stream, scenario, options, device)
+    result.update(accel=report.__dict__, peak_gpu_memory_mb=peak_memory_mb(device))
+    if options.stages and scenario.task == "img2img":
+        repeats = 20 if device.type == "cuda" else 3
+        result["stages_ms"] = stage_times(pipe, graphs=AccelMode.parse(report.mode).graphs, repeats=repeats)
+    return result
+
+
+def _config(scenario: Scenario, entry: _Loaded, device: torch.device, options: BenchOptions):
+    from ..config import StreamConfig
+
+    settings = scenario.settings()
+    if scenario.steps == len(entry.spec.t_index_list):
+        settings.pop("steps"), settings.pop("strength")
+        settings["t_index_list"] = entry.spec.t_index_list
+    return StreamConfig(device=str(device), dtype=options.dtype, seed=2, **settings)
+
+
+def _inputs(scenario: Scenario, options: BenchOptions) -> list[np.ndarray]:
+    size = scenario.resolution
+    clip = make_clip(scenario.clip, max(options.clip_frames, scenario.frame_buffer_size), size, size)
+    return batched(clip, scenario.frame_buffer_size)
+
+
+def _time_stream(stream: Any, scenario: Scenario, options: BenchOptions, device: torch.device) -> dict[str, Any]:
+    inputs = _inputs(scenario, options)
+    if scenario.task == "img2img":
+        call = lambda frame: stream.img2img(frame, output_type="np")  # noqa: E731
+    else:
+        call = lambda frame: stream.txt2img(output_type="np")  # noqa: E731
+    meter = EnergyMeter(device)
+    measured = time_calls(call, inputs, warmup=options.warmup, calls=options.calls, device=device, meter=meter,
+                          min_seconds=options.min_seconds)
+    stats = stream.stats
+    skipped = stats.skipped / max(1, stats.frames)
+    return _result(scenario, "streamdiff", measured.latency, measured.joules_per_frame(scenario.frame_buffer_size),
+                   skip_rate=skipped if scenario.similarity is not None else None)
+
+
+def _result(scenario: Scenario, kind: str, latency: Latency, joules: float | None, **extra: Any) -> dict[str, Any]:
+    f = scenario.frame_buffer_size
+    return {"scenario": scenario.as_dict(), "name": scenario.name() if kind == "streamdiff" else f"{kind}: {scenario.name()}",
+            "kind": kind, "latency": latency.as_dict(), "ms_per_frame": latency.median_ms / f, "fps": latency.fps(f),
+            "joules_per_frame": joules, **extra}
+
+
+def run_baseline(name: str, scenario: Scenario, options: BenchOptions, pool: ModelPool,
+                 device: torch.device) -> dict[str, Any]:
+    """Time a baseline on pristine modules of the scenario's model."""
+    reason = baselines.unavailable(name, device.type)
+    base = scenario.with_changes(accel="none", label="")
+    if reason:
+        return {"scenario": base.as_dict(), "name": f"{name}: {base.name()}", "kind": name, "error": reason}
+    entry = pool.get(scenario.model, scenario.taesd, pristine=True)
+    config = _config(scenario, entry, device, options)
+    if name == "diffusers":
+        call = baselines.diffusers_call(entry.components, config, options.prompt, scenario.task)
+    else:
+        call = baselines.streamdiffusion_call(entry.components, config, options.prompt, scenario.task, pool.dtype)
+    reset_peak_memory(device)
+    calls = max(3, options.calls // 4)  # baselines are many times slower; fewer calls keep runs short
+    start = time.perf_counter()
+    measured = time_calls(call, _inputs(scenario, options), warmup=min(3, options.warmup), calls=calls,
+                          device=device, meter=EnergyMeter(device))
+    result = _result(base, name, measured.latency, measured.joules_per_frame(scenario.frame_buffer_size))
+    result.update(peak_gpu_memory_mb=peak_memory_mb(device), seconds=time.perf_counter() - start)
+    return result

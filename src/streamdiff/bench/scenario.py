@@ -1,0 +1,78 @@
+"""One benchmark case: which model, task and stream settings, run how (acceleration) on which clip."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Iterable
+
+from ..config import CfgType
+from .clips import CLIPS
+
+TASKS: tuple[str, ...] = ("img2img", "txt2img")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    model: str = "sd-turbo"
+    task: str = "img2img"
+    steps: int = 1
+    cfg: str = "none"
+    guidance: float = 1.4  # used by the cfg modes (guidance applies above 1)
+    frame_buffer_size: int = 1
+    resolution: int = 512
+    accel: str = "auto"
+    taesd: bool = True
+    batched: bool = True  # the stream batch; False runs the steps one after another
+    similarity: float | None = None  # similarity filter threshold, None: off
+    clip: str = "moving"
+    label: str = ""
+    compare: bool = True  # time the baselines (BenchOptions.compare) for this case's workload
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}; got {self.task!r}")
+        CfgType.parse(self.cfg)
+        if self.clip not in CLIPS:
+            raise ValueError(f"clip must be one of {', '.join(CLIPS)}; got {self.clip!r}")
+        for name in ("steps", "frame_buffer_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}")
+        if self.resolution < 8 or self.resolution % 8:
+            raise ValueError(f"resolution must be a positive multiple of 8; got {self.resolution}")
+
+    def settings(self) -> dict[str, Any]:
+        """StreamConfig settings of this case (the schedule: `steps` evenly spaced from pure noise)."""
+        return {
+            "width": self.resolution, "height": self.resolution, "steps": self.steps, "strength": 1.0,
+            "frame_buffer_size": self.frame_buffer_size, "cfg_type": self.cfg, "guidance_scale": self.guidance,
+            "use_denoising_batch": self.batched, "similarity_threshold": self.similarity,
+        }
+
+    def name(self) -> str:
+        if self.label:
+            return self.label
+        parts = [self.model, self.task, f"{self.steps}step", f"{self.resolution}px", f"accel-{self.accel}"]
+        if self.frame_buffer_size > 1:
+            parts.append(f"fbs{self.frame_buffer_size}")
+        if self.cfg != "none":
+            parts.append(f"cfg-{self.cfg}")
+        if not self.batched:
+            parts.append("sequential")
+        if not self.taesd:
+            parts.append("full-vae")
+        if self.similarity is not None:
+            parts.append(f"ssf{self.similarity:g}-{self.clip}")
+        return " ".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_changes(self, **changes: Any) -> Scenario:
+        return replace(self, **changes)
+
+
+def grid(base: Scenario, **axes: Iterable[Any]) -> list[Scenario]:
+    """Every combination of the given field values over `base`, in order."""
+    names = list(axes)
+    return [base.with_changes(**dict(zip(names, values))) for values in itertools.product(*(axes[n] for n in names))]

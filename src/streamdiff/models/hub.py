@@ -1,0 +1,133 @@
+"""The Hugging Face hub side of loading: fetch every repo a model needs, or explain in one paragraph why not."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from ..errors import ModelUnavailableError
+
+
+@dataclass(frozen=True)
+class HubFiles:
+    """Files of one hub repo that a load needs; patterns None means a diffusers pipeline's own choice."""
+
+    repo: str
+    role: str  # e.g. "the pipeline", "TAESD, replacing its VAE"
+    patterns: tuple[str, ...] | None = None
+    skip_vae: bool = False
+    variant: str | None = None
+    instead: str = ""  # an alternative that avoids this repo
+
+
+def fetch(wanted: Sequence[HubFiles], subject: str) -> list[str]:
+    """Local folders of every wanted repo (downloading into the hub cache); all failures in one error."""
+    folders: list[str] = []
+    failures: list[tuple[HubFiles, str]] = []
+    last: BaseException | None = None
+    for files in wanted:
+        try:
+            folders.append(_fetch_one(files))
+        except Exception as exc:
+            reason = failure_reason(exc)
+            if reason is None:
+                raise
+            failures.append((files, reason))
+            last = exc
+    if failures:
+        raise ModelUnavailableError(unavailable_message(subject, failures)) from last
+    return folders
+
+
+def _fetch_one(files: HubFiles) -> str:
+    if files.patterns is None:
+        from diffusers import StableDiffusionPipeline
+
+        # Components passed at load time are left out of the download: no safety checker, no VAE for TAESD.
+        skipped = dict.fromkeys(("safety_checker", "feature_extractor") + (("vae",) if files.skip_vae else ()))
+        with _quiet("diffusers.pipelines.pipeline_utils"):
+            return str(StableDiffusionPipeline.download(files.repo, variant=files.variant, **skipped))
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(files.repo, allow_patterns=list(files.patterns))
+
+
+@contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Mute one library logger's warnings: a failed hub look-up is reported in full by fetch instead."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    """Connection failures of any HTTP stack huggingface_hub may use (httpx, requests) or the OS."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return isinstance(exc, (ConnectionError, TimeoutError)) or bool(
+        names & {"TransportError", "NetworkError", "TimeoutException", "ConnectTimeout", "ProxyError"}
+    )
+
+
+def failure_reason(exc: BaseException) -> str | None:
+    """Why the hub could not provide a repo: "offline", "gated", "not_found", "unreachable"; None: no hub failure."""
+    from huggingface_hub import constants
+    from huggingface_hub import errors as hub
+
+    chain = list(_exception_chain(exc))
+    if any(isinstance(e, hub.OfflineModeIsEnabled) for e in chain):
+        return "offline"
+    if any(isinstance(e, hub.GatedRepoError) for e in chain):
+        return "gated"
+    if any(isinstance(e, (hub.RepositoryNotFoundError, hub.RevisionNotFoundError, hub.EntryNotFoundError))
+           and not isinstance(e, hub.LocalEntryNotFoundError) for e in chain):
+        return "not_found"
+    if any(_is_network_error(e) or isinstance(e, (hub.LocalEntryNotFoundError, hub.HfHubHTTPError)) for e in chain):
+        return "offline" if constants.HF_HUB_OFFLINE else "unreachable"
+    return None
+
+
+_REASONS = {
+    "offline": "offline mode is on (HF_HUB_OFFLINE=1), so nothing can be downloaded",
+    "unreachable": "the hub ({endpoint}) could not be reached",
+    "not_found": "the hub has no such repository or file (check the spelling; private ones need `hf auth login`)",
+    "gated": "the repository is gated: accept its terms on the hub, then log in with `hf auth login`",
+}
+
+
+def unavailable_message(subject: str, failures: Sequence[tuple[HubFiles, str]]) -> str:
+    """One paragraph: what is missing, why, what to pass instead, how to download it beforehand."""
+    from huggingface_hub import constants
+
+    many = len(failures) > 1
+    missing = _join([f"{files.repo} ({files.role})" for files, _ in failures])
+    reasons = _join(sorted({_REASONS[reason] for _, reason in failures})).format(endpoint=constants.ENDPOINT)
+    instead = [files.instead for files, _ in failures if files.instead]
+    instead += ["a local diffusers folder (one with model_index.json)", "a single .safetensors file",
+                "--model tiny for an offline check of the pipeline (random weights, meaningless pictures)"]
+    downloads = _join([f"`hf download {files.repo}`" for files, _ in failures])
+    return (
+        f"{subject} cannot be loaded: {missing} {'are' if many else 'is'} not in the local Hugging Face cache "
+        f"({constants.HF_HUB_CACHE}) and {reasons}. Instead, pass {_join(instead, 'or')}. "
+        f"To use {'them' if many else 'it'}, download {'them' if many else 'it'} once while online with "
+        f"{downloads} (older huggingface_hub: `huggingface-cli download <repo>`)."
+    )
+
+
+def _join(items: Sequence[str], word: str = "and") -> str:
+    items = list(dict.fromkeys(items))
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {word} {items[-1]}"

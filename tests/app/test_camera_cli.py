@@ -1,0 +1,85 @@
+"""`streamdiff camera` end to end with the tiny model, headless: outputs, fallbacks and one-line errors."""
+
+from __future__ import annotations
+
+import logging
+
+import av
+import pytest
+
+from app_fakes import make_clip
+from streamdiff.app import sources
+from streamdiff.cli import main
+
+TINY = ["--model", "tiny", "--render-size", "64", "--display-size", "64"]
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("streamdiff: error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_headless_run_on_the_test_pattern(capsys, tmp_path):
+    prompts = tmp_path / "styles.yaml"
+    prompts.write_text("- ink wash\n- neon noir\n")
+    code = main(["camera", *TINY, "--camera", "pattern", "--output", "none", "--duration", "1.5",
+                 "--prompts", str(prompts), "--similarity-filter"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("camera: ") and "frames captured" in out and "stylized" in out
+
+
+def test_without_a_camera_it_says_so_and_runs_the_test_pattern(monkeypatch, caplog, capsys):
+    monkeypatch.setattr(sources, "default_camera_available", lambda: False)
+    with caplog.at_level(logging.WARNING):
+        assert main(["camera", *TINY, "--output", "none", "--duration", "1"]) == 0
+    assert "no camera found; running on the built-in test pattern" in caplog.text
+    assert "frames captured" in capsys.readouterr().out
+
+
+def test_without_a_display_the_window_output_suggests_another(monkeypatch, capsys):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert main(["camera", *TINY, "--camera", "pattern"]) == 2
+    err = one_line_error(capsys)
+    assert "no display" in err and "--output none" in err and "--output virtual" in err
+
+
+def test_an_unknown_camera_index_lists_the_cameras_found(capsys):
+    assert main(["camera", *TINY, "--camera", "63", "--output", "none"]) == 2
+    assert "camera 63 not found; cameras found: " in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("missing.mp4", None, "no such file, folder or camera"),
+    ("corrupt.mp4", b"\x00junk" * 300, "cannot open video"),
+    ("notes.xyz", b"hello", "cannot open video"),
+])
+def test_a_missing_corrupt_or_unsupported_file_is_a_one_line_error(tmp_path, capsys, name, content, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    assert main(["camera", *TINY, "--camera", str(path), "--output", "none"]) == 2
+    assert message in one_line_error(capsys)
+
+
+def test_a_video_file_source_ends_cleanly_and_records_the_output(tmp_path, capsys):
+    clip = make_clip(tmp_path / "clip.mp4", frames=15, fps=30, audio=False)
+    recording = tmp_path / "recording.mp4"
+    frames = tmp_path / "frames"
+    code = main(["camera", *TINY, "--camera", str(clip), "--output", str(recording), "--output", str(frames),
+                 "--duration", "60"])
+    assert code == 0
+    assert "15 frames captured" in capsys.readouterr().out
+    with av.open(str(recording)) as container:
+        shown = sum(1 for _ in container.decode(video=0))
+        assert container.streams.video[0].average_rate == 30
+    assert shown >= 10 and len(list(frames.glob("frame_*.png"))) == shown
+
+
+def test_bad_option_values_are_one_line_errors(capsys):
+    assert main(["camera", *TINY, "--camera", "pattern", "--output", "none", "--blend", "2"]) == 2
+    assert "blend must be in [0, 1]" in one_line_error(capsys)
+    assert main(["camera", *TINY, "--camera", "pattern", "--output", "out.gif"]) == 2
+    assert "unknown --output 'out.gif'" in one_line_error(capsys)

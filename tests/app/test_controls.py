@@ -1,0 +1,127 @@
+"""Key bindings, the prompt gallery and prompt files, slots and rate meters: the pure parts of the app."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from streamdiff.app.gallery import GALLERY, load_prompts, resolve_prompts
+from streamdiff.app.keys import BINDINGS, Controls, handle_key, help_lines
+from streamdiff.app.slots import LatestSlot, RateMeter
+
+
+def press(keys: str, controls: Controls | None = None, prompts: int = 3) -> Controls:
+    controls = controls or Controls()
+    for key in keys:
+        controls, _ = handle_key(key, controls, prompts)
+    return controls
+
+
+def test_prompt_keys_wrap_around_the_list():
+    assert press("n").prompt_index == 1
+    assert press("nnn").prompt_index == 0
+    assert press("p").prompt_index == 2
+
+
+def test_blend_ema_and_feedback_keys_step_and_stay_in_range():
+    assert press("+++").blend == pytest.approx(0.3)
+    assert press("=").blend == pytest.approx(0.1)
+    assert press("+" * 15).blend == 1.0
+    assert press("-").blend == 0.0
+    assert press("e" * 30).ema == 0.95 and press("d").ema == 0.0
+    assert press("f" * 30).feedback == 0.9 and press("ffv").feedback == pytest.approx(0.05)
+
+
+def test_new_seed_is_reproducible_and_different():
+    once, again = press("r"), press("r")
+    assert once.seed == again.seed != Controls().seed
+    assert press("rr").seed not in (Controls().seed, once.seed)
+
+
+def test_toggles_and_commands():
+    assert press(" ").paused and not press("  ").paused
+    assert press("m").mirror and not press("o").overlay and press("h").help
+    assert press("l").layout == "output" and press("ll").layout == "side"
+    for key, command in (("q", "quit"), ("\x1b", "quit"), ("close", "quit"), ("s", "save")):
+        controls, result = handle_key(key, Controls(), 3)
+        assert result == command and controls == Controls()
+    assert handle_key("z", Controls(), 3) == (Controls(), None)
+
+
+def test_help_names_every_key_the_issue_asks_for():
+    text = "\n".join(help_lines())
+    for key in ("q", "s", "n / p", "+ / -", "e / d", "f / v", "r:", "space", "h:"):
+        assert key in text
+    assert all(b.keys for b in BINDINGS)
+
+
+def test_controls_refuse_out_of_range_values():
+    with pytest.raises(ValueError, match="blend"):
+        Controls(blend=1.5)
+    with pytest.raises(ValueError, match="ema and feedback"):
+        Controls(ema=1.0)
+
+
+def test_gallery_has_at_least_ten_distinct_styles():
+    assert len(GALLERY) >= 10
+    assert len({text for _, text in GALLERY}) == len(GALLERY)
+    assert resolve_prompts(None, "gallery")[0] == GALLERY[0][1]
+    assert resolve_prompts("my style", "gallery")[:2] == ["my style", GALLERY[0][1]]
+    assert resolve_prompts("only", None) == ["only"]
+
+
+def test_prompt_files_text_and_yaml(tmp_path):
+    text = tmp_path / "p.txt"
+    text.write_text("# my styles\nink wash\n\n  neon noir  \n")
+    assert load_prompts(text) == ["ink wash", "neon noir"]
+    listed = tmp_path / "p.yaml"
+    listed.write_text("- ink wash\n- prompt: neon noir\n  name: noir\n")
+    assert load_prompts(listed) == ["ink wash", "neon noir"]
+    mapping = tmp_path / "m.yml"
+    mapping.write_text("prompts:\n  ink: ink wash\n  noir: neon noir\n")
+    assert load_prompts(mapping) == ["ink wash", "neon noir"]
+
+
+def test_bad_prompt_files_give_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="prompt file not found"):
+        load_prompts(tmp_path / "missing.txt")
+    broken = tmp_path / "b.yaml"
+    broken.write_text("- [unclosed\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_prompts(broken)
+    empty = tmp_path / "e.txt"
+    empty.write_text("# nothing\n")
+    with pytest.raises(ValueError, match="no prompts"):
+        load_prompts(empty)
+    numbers = tmp_path / "n.yaml"
+    numbers.write_text("- 3\n")
+    with pytest.raises(ValueError, match="non-empty string"):
+        load_prompts(numbers)
+
+
+def test_slot_keeps_only_the_newest_value_and_wakes_waiters():
+    slot: LatestSlot[int] = LatestSlot()
+    assert slot.peek() == (0, None)
+    for value in range(5):
+        slot.put(value)
+    assert slot.peek() == (5, 4)
+    assert slot.wait_newer(5, timeout=0.01) == (5, 4)
+    got: list[tuple[int, int | None]] = []
+    reader = threading.Thread(target=lambda: got.append(slot.wait_newer(5, timeout=5)))
+    reader.start()
+    slot.put(9)
+    reader.join(timeout=2)
+    assert got == [(6, 9)]
+
+
+def test_rate_meter_measures_and_decays():
+    now = [0.0]
+    meter = RateMeter(window=10, clock=lambda: now[0])
+    assert meter.rate() == 0.0
+    for _ in range(10):
+        meter.tick()
+        now[0] += 0.05
+    assert meter.rate() == pytest.approx(20.0)
+    now[0] += 5.0
+    assert meter.rate() == 0.0 and meter.count == 10

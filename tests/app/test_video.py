@@ -1,0 +1,103 @@
+"""`streamdiff video`: every frame out, in order, at the input's rate, with its audio; clean errors."""
+
+from __future__ import annotations
+
+import io
+
+import av
+import pytest
+
+from app_fakes import FakeEngine, make_clip
+from streamdiff.app.video import Progress, stylize_video
+from streamdiff.cli import main
+
+TINY = ["--model", "tiny", "--render-size", "64", "--strength", "0.6", "--steps", "2", "--prompt", "ink wash"]
+
+
+def probe(path):
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        pictures = [f.to_ndarray(format="rgb24") for f in container.decode(video)]
+        audio = [s.codec_context.name for s in container.streams.audio]
+        return pictures, video.average_rate, audio
+
+
+@pytest.mark.parametrize("latency", [0, 1, 3])
+def test_every_frame_comes_out_in_order_whatever_the_latency(tmp_path, clip, latency):
+    engine = FakeEngine(latency_frames=latency)
+    summary = stylize_video(engine, clip, tmp_path / "out.mp4")
+    pictures, rate, audio = probe(tmp_path / "out.mp4")
+    assert summary.frames == len(pictures) == 12 and rate == 25 and audio == ["aac"]
+    # The fake engine outputs 1 - input: frame k, grey 20k, comes back as 255 - 20k.
+    assert [round((255 - int(p[8, 8, 0])) / 20) for p in pictures] == list(range(12))
+
+
+def test_a_clip_shorter_than_the_latency_still_gives_every_frame(tmp_path):
+    short = make_clip(tmp_path / "short.mp4", frames=2, audio=False)
+    summary = stylize_video(FakeEngine(latency_frames=3), short, tmp_path / "out.mp4")
+    pictures, _, audio = probe(tmp_path / "out.mp4")
+    assert summary.frames == len(pictures) == 2 and audio == []
+    assert [round((255 - int(p[8, 8, 0])) / 20) for p in pictures] == [0, 1]
+
+
+def test_audio_that_mp4_cannot_hold_is_re_encoded(tmp_path):
+    import numpy as np
+
+    source = tmp_path / "pcm.mkv"
+    with av.open(str(source), "w") as container:
+        video = container.add_stream("mpeg4", rate=24)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        sound = container.add_stream("pcm_s16le", rate=16000, layout="mono")
+        for k in range(24):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 10 * k, np.uint8), format="rgb24")
+            frame.pts = k
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        samples = np.zeros((1, 16000), np.int16)
+        frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+        frame.sample_rate, frame.pts = 16000, 0
+        container.mux(sound.encode(frame))
+    summary = stylize_video(FakeEngine(latency_frames=1), source, tmp_path / "out.mp4")
+    pictures, rate, audio = probe(tmp_path / "out.mp4")
+    assert len(pictures) == 24 and abs(float(rate) - 24) < 0.05 and audio == ["aac"]
+    assert summary.audio == "pcm_s16le re-encoded to AAC"
+
+
+def test_progress_line_shows_frames_rate_and_eta():
+    now = [0.0]
+    stream = io.StringIO()
+    progress = Progress(100, stream, clock=lambda: now[0])
+    now[0] = 10.0
+    progress.update(40)
+    progress.finish()
+    lines = stream.getvalue().splitlines()
+    assert lines[-1] == "frames 40/100 (40%) | 4.0 FPS | ETA 0:00:15"
+
+
+def test_streamdiff_video_with_the_tiny_model(tmp_path, clip, capsys):
+    out = tmp_path / "styled.mp4"
+    assert main(["video", str(clip), str(out), *TINY]) == 0
+    pictures, rate, audio = probe(out)
+    assert len(pictures) == 12 and rate == 25 and pictures[0].shape == (64, 64, 3) and audio == ["aac"]
+    captured = capsys.readouterr()
+    assert f"wrote {out}: 12 frames, 64x64 at 25 fps" in captured.out
+    assert "frames 12/12 (100%)" in captured.err
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\x00\x01garbage" * 500, "cannot open video"),
+    (None, "input video not found"),
+])
+def test_a_missing_or_corrupt_input_is_a_one_line_error(tmp_path, capsys, content, message):
+    source = tmp_path / "input.mp4"
+    if content is not None:
+        source.write_bytes(content)
+    assert main(["video", str(source), str(tmp_path / "out.mp4"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("streamdiff: error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_refuses_to_overwrite_its_input(clip, capsys):
+    assert main(["video", str(clip), str(clip), *TINY]) == 2
+    assert "would overwrite the input" in capsys.readouterr().err

@@ -1,0 +1,90 @@
+"""Choosing an acceleration mode: what runs where, what an unsupported choice says, when it falls back."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pytest
+import torch
+from conftest import random_frames
+
+from streamdiff.backends import compile as compiling
+from streamdiff.backends.accelerate import (AccelerationUnavailable, AccelMode, accelerate, add_accel_options,
+                                            resolve_mode)
+
+CPU = torch.device("cpu")
+
+
+def test_auto_on_a_machine_without_cuda_is_the_eager_engine():
+    assert resolve_mode("auto", CPU) is AccelMode.NONE
+
+
+@pytest.mark.parametrize("mode", ["graphs", "max"])
+def test_graphs_without_cuda_say_why_and_do_not_fall_back_unasked(mode):
+    with pytest.raises(AccelerationUnavailable, match="CUDA graphs need a CUDA GPU; this stream runs on cpu"):
+        resolve_mode(mode, CPU)
+
+
+def test_fallback_when_asked_steps_down_to_a_mode_that_runs(monkeypatch, caplog):
+    with caplog.at_level(logging.WARNING, logger="streamdiff.backends"):
+        assert resolve_mode("graphs", CPU, fallback=True) is AccelMode.NONE
+    assert "falling back to none" in caplog.text
+    monkeypatch.setattr(compiling.shutil, "which", lambda name: "/usr/bin/" + name)
+    assert resolve_mode("max", CPU, fallback=True) is AccelMode.COMPILE
+
+
+def test_compile_without_a_cpu_compiler_is_unavailable(monkeypatch):
+    monkeypatch.setattr(compiling.shutil, "which", lambda name: None)
+    with pytest.raises(AccelerationUnavailable, match="needs a C\\+\\+ compiler"):
+        resolve_mode("compile", CPU)
+    assert resolve_mode("compile", CPU, fallback=True) is AccelMode.NONE
+
+
+def test_unknown_names_are_refused():
+    with pytest.raises(ValueError, match="accel must be one of none, compile, graphs, max, auto; got 'fast'"):
+        AccelMode.parse("fast")
+    with pytest.raises(ValueError, match="compile preset must be one of"):
+        compiling.compile_in_place({}, "fastest")
+
+
+def test_none_passes_frames_to_the_engine_unchanged(make_stream):
+    eager, pipe = make_stream(t_index_list=(30,)), make_stream(t_index_list=(30,))
+    stream, report = accelerate(pipe, "none")
+    assert (report.mode, report.build_seconds, stream.captured) == ("none", 0.0, [])
+    for frame in random_frames(3, (64, 64, 3)):
+        np.testing.assert_array_equal(stream.img2img(frame), eager.img2img(frame))
+
+
+def test_the_cache_folder_is_ours_unless_the_user_chose_one(tmp_path, monkeypatch):
+    monkeypatch.delenv(compiling.CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert compiling.use_cache_dir() == tmp_path / "streamdiff" / "inductor"
+    assert os.environ[compiling.CACHE_ENV] == str(tmp_path / "streamdiff" / "inductor")
+    monkeypatch.setenv(compiling.CACHE_ENV, str(tmp_path / "mine"))
+    assert compiling.use_cache_dir() == tmp_path / "mine"
+    assert compiling.use_cache_dir(tmp_path / "given") == tmp_path / "given"
+
+
+def test_compiling_in_place_is_reversible_and_reuses_the_compiled_forward():
+    module = torch.nn.Linear(3, 3)
+    parts = {"m": module}
+    compiling.compile_in_place(parts)
+    first = module.forward
+    assert compiling.is_compiled(module)
+    compiling.uncompile(parts)
+    assert not compiling.is_compiled(module)
+    compiling.compile_in_place(parts)
+    assert module.forward is first
+
+
+def test_command_line_options_default_to_auto():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_accel_options(parser)
+    args = parser.parse_args([])
+    assert (args.accel, args.accel_fallback, args.compile_preset) == ("auto", False, "default")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--accel", "turbo"])

@@ -1,0 +1,52 @@
+"""Real CUDA graphs against the eager engine on the same device (needs a GPU: run with -m gpu)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from conftest import random_frames
+
+from streamdiff import StreamPipeline
+from streamdiff.backends.accelerate import accelerate
+from streamdiff.backends.runner import GpuMemoryError
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def _stream(tiny, dtype: str, **settings) -> StreamPipeline:
+    pipe = StreamPipeline.from_diffusers(copy.deepcopy(tiny), device="cuda", dtype=dtype, seed=3, width=64,
+                                         height=64, fit="crop", **settings)
+    pipe.prepare("a red fox", negative_prompt="blurry")
+    return pipe
+
+
+@pytest.mark.parametrize("dtype,tolerance", [("float32", 1), ("float16", 3)])
+@pytest.mark.parametrize("settings", [{"t_index_list": (30,)},
+                                      {"t_index_list": (10, 30), "cfg_type": "initialize", "guidance_scale": 1.4,
+                                       "feedback": 0.2, "ema": 0.3}], ids=["1-step", "2-step-rcfg"])
+def test_graph_replays_match_the_eager_engine(_tiny_cache, dtype, tolerance, settings):
+    eager = _stream(_tiny_cache["taesd"], dtype, **settings)
+    fast, report = accelerate(_stream(_tiny_cache["taesd"], dtype, **settings), "graphs")
+    assert report.mode == "graphs" and fast.captured
+    for k, frame in enumerate(random_frames(8, (64, 64, 3)) + random_frames(3, (72, 96, 3), seed=5)):
+        if k == 4:
+            for stream in (eager, fast):
+                stream.update_prompt("a cat", transition_frames=2)
+        difference = np.abs(fast.img2img(frame).astype(int) - eager.img2img(frame).astype(int))
+        assert difference.max() <= tolerance, f"frame {k}: {difference.max()} levels"
+    assert len(fast.captured) == 2  # the new input size got its own graph
+
+
+def test_running_out_of_memory_is_a_clear_error(_tiny_cache):
+    fast, _ = accelerate(_stream(_tiny_cache["taesd"], "float16", t_index_list=(30,)), "graphs")
+    fast.img2img(random_frames(1, (64, 64, 3))[0])
+    torch.cuda.set_per_process_memory_fraction(0.0005)
+    try:
+        with pytest.raises(GpuMemoryError, match="out of GPU memory"):
+            fast.img2img(np.zeros((2048, 2048, 3), np.uint8))  # a new size: ordinary path first, no memory
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    fast.img2img(random_frames(1, (64, 64, 3))[0])

@@ -1,0 +1,93 @@
+"""The accelerated runner computes exactly what the engine computes (CPU, float32: bit for bit).
+
+The runner here replays each captured step by calling it again on its static buffers (DirectCall),
+as it does on devices without CUDA graphs; the GPU tests compare real CUDA graphs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import random_frames
+
+from streamdiff.backends.graphs import DirectCall
+from streamdiff.backends.runner import AcceleratedStream
+
+CASES = [
+    {"t_index_list": (32, 45)},
+    {"t_index_list": (10, 25, 40), "cfg_type": "initialize", "guidance_scale": 1.4, "feedback": 0.3, "ema": 0.4},
+    {"t_index_list": (0,), "cfg_type": "full", "guidance_scale": 1.5, "frame_buffer_size": 2},
+    {"t_index_list": (20, 40), "use_denoising_batch": False, "cfg_type": "self", "guidance_scale": 1.3},
+]
+
+
+def _pair(make_stream, **settings):
+    eager, fast = make_stream(**settings), make_stream(**settings)
+    return eager, AcceleratedStream(fast, DirectCall.capture, mode="direct")
+
+
+@pytest.mark.parametrize("settings", CASES, ids=["lcm-2", "initialize-feedback-ema", "full-fbs2", "sequential-self"])
+def test_img2img_flush_and_txt2img_equal_the_engine(make_stream, settings):
+    eager, fast = _pair(make_stream, **settings)
+    f = eager.config.frame_buffer_size
+    shape = (f, 64, 64, 3) if f > 1 else (64, 64, 3)
+    for k, frame in enumerate(random_frames(6, shape)):
+        if k == 3:  # a prompt transition runs outside the captured step
+            for stream in (eager, fast):
+                stream.update_prompt("a cat", transition_frames=2)
+        np.testing.assert_array_equal(fast.img2img(frame), eager.img2img(frame), err_msg=f"frame {k}")
+    assert fast.captured == [f"img2img of {f} x 64x64 uint8 frames"]
+    for a, b in zip(fast.flush(), eager.flush(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for _ in range(3):
+        np.testing.assert_array_equal(fast.txt2img("np"), eager.txt2img("np"))
+    assert fast.stats == eager.stats
+
+
+def test_live_controls_between_replays_take_effect(make_stream):
+    eager, fast = _pair(make_stream, t_index_list=(20, 40))
+    frames = random_frames(8, (64, 64, 3), seed=1)
+    for k, frame in enumerate(frames):
+        if k == 3:
+            for stream in (eager, fast):
+                stream.set_temporal(feedback=0.5, ema=0.3)
+        if k == 5:
+            for stream in (eager, fast):
+                stream.set_seed(11)
+        if k == 6:
+            for stream in (eager, fast):
+                stream.reset()
+        np.testing.assert_array_equal(fast.img2img(frame), eager.img2img(frame), err_msg=f"frame {k}")
+
+
+def test_float_tensor_and_pil_inputs_keep_their_kinds(make_stream):
+    from PIL import Image
+
+    eager, fast = _pair(make_stream, t_index_list=(30,))
+    for frame in random_frames(4, (64, 64, 3), seed=2):
+        tensor = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255.0
+        out_fast, out_eager = fast.img2img(tensor), eager.img2img(tensor)
+        assert out_fast.dtype == torch.float32
+        torch.testing.assert_close(out_fast, out_eager, rtol=0, atol=0)
+        # A PIL picture takes the uint8 path. The engine lays PIL pixels out channel-first (numpy ones
+        # channel-last), and its convolutions round a little differently for the two layouts: one level.
+        pil_fast, pil_eager = fast.img2img(Image.fromarray(frame)), eager.img2img(Image.fromarray(frame))
+        assert isinstance(pil_fast, Image.Image)
+        difference = np.abs(np.asarray(pil_fast).astype(int) - np.asarray(pil_eager).astype(int))
+        assert difference.max() <= 1 and difference.mean() < 0.01
+    assert sorted(fast.captured) == ["img2img of 1 x 64x64 float frames", "img2img of 1 x 64x64 uint8 frames"]
+
+
+def test_returned_frames_do_not_change_with_later_frames(make_stream):
+    _, fast = _pair(make_stream, t_index_list=(30,))
+    frames = random_frames(4, (64, 64, 3), seed=3)
+    kept = [fast.img2img(frame) for frame in frames[:3]]
+    copies = [k.copy() for k in kept]
+    pt = fast.img2img(torch.rand(1, 3, 64, 64))
+    pt_copy = pt.clone()
+    fast.img2img(frames[3])
+    fast.img2img(torch.rand(1, 3, 64, 64))
+    for a, b in zip(kept, copies):
+        np.testing.assert_array_equal(a, b)
+    torch.testing.assert_close(pt, pt_copy, rtol=0, atol=0)

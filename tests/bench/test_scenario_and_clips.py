@@ -1,0 +1,53 @@
+"""Benchmark cases and their synthetic clips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamdiff.bench.clips import batched, make_clip
+from streamdiff.bench.scenario import Scenario, grid
+from streamdiff.config import StreamConfig
+
+
+@pytest.mark.parametrize("bad,message", [({"task": "video"}, "task must be one of"), ({"cfg": "half"}, "cfg_type"),
+                                         ({"clip": "noise"}, "clip must be one of"), ({"steps": 0}, "steps must be"),
+                                         ({"resolution": 500}, "multiple of 8")])
+def test_bad_cases_are_refused_with_the_reason(bad, message):
+    with pytest.raises(ValueError, match=message):
+        Scenario(**bad)
+
+
+def test_grid_is_the_product_in_order_and_names_tell_cases_apart():
+    cases = grid(Scenario(), steps=[1, 2], accel=["none", "max"])
+    assert [(c.steps, c.accel) for c in cases] == [(1, "none"), (1, "max"), (2, "none"), (2, "max")]
+    assert len({c.name() for c in cases}) == 4
+    assert "sequential" in Scenario(batched=False).name() and "fbs4" in Scenario(frame_buffer_size=4).name()
+
+
+def test_settings_make_a_stream_config_with_evenly_spaced_steps():
+    config = StreamConfig(**Scenario(steps=2, frame_buffer_size=3, cfg="self", resolution=256).settings())
+    assert (config.t_index_list, config.frame_buffer_size, config.width, config.cfg_type.value) == ((0, 25), 3, 256, "self")
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64).ravel() / 127.5 - 1, b.astype(np.float64).ravel() / 127.5 - 1
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def test_clips_are_deterministic_and_the_static_one_barely_changes():
+    static, moving = make_clip("static", 4, 48, 64), make_clip("moving", 4, 48, 64)
+    assert static[0].shape == (48, 64, 3) and static[0].dtype == np.uint8
+    np.testing.assert_array_equal(make_clip("moving", 4, 48, 64)[3], moving[3])
+    assert _cosine(static[0], static[1]) > 0.999
+    assert _cosine(moving[0], moving[3]) < 0.99
+    with pytest.raises(ValueError, match="clip must be one of"):
+        make_clip("dark", 2, 8, 8)
+
+
+def test_batched_groups_consecutive_frames():
+    clip = make_clip("moving", 6, 8, 8)
+    groups = batched(clip, 3)
+    assert [g.shape for g in groups] == [(3, 8, 8, 3)] * 2
+    np.testing.assert_array_equal(groups[1][0], clip[3])
+    assert batched(clip, 1) == clip

@@ -1,0 +1,21 @@
+"""Package hygiene: importing the engine pulls in no optional library and changes no global torch state."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+OPTIONAL = ("cv2", "av", "mss", "pyvirtualcam", "fastapi", "uvicorn", "aiortc", "coremltools", "yaml", "matplotlib")
+
+
+def test_import_pulls_in_no_optional_library():
+    code = (
+        "import sys, torch; before = (torch.get_default_dtype(), torch.backends.cudnn.benchmark);"
+        "import streamdiff, streamdiff.stream, streamdiff.cli; streamdiff.cli.build_parser();"
+        f"bad = [m for m in {OPTIONAL!r} if m in sys.modules];"
+        "after = (torch.get_default_dtype(), torch.backends.cudnn.benchmark);"
+        "print(bad, before == after)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[] True"

@@ -1,0 +1,92 @@
+"""`streamdiff models` on hub caches laid out as huggingface_hub lays them out."""
+
+import argparse
+import json
+
+import pytest
+
+from streamdiff.models import command
+from streamdiff.models.registry import REGISTRY
+
+
+def run_models(capsys, *argv: str) -> str:
+    parser = argparse.ArgumentParser(prog="streamdiff")
+    command.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["models", *argv])
+    assert args.func(args) == 0
+    return capsys.readouterr().out
+
+
+def fake_pipeline(folder, unet_weights: bool = True):
+    (folder / "unet").mkdir(parents=True)
+    (folder / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    (folder / "unet" / "config.json").write_text("{}")
+    if unet_weights:
+        (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"w" * 2_000_000)
+    return folder
+
+
+def fake_files(folder, *names):
+    folder.mkdir(parents=True)
+    for name in names:
+        (folder / name).write_text(name)
+    return folder
+
+
+@pytest.fixture
+def cache(tmp_path, helpers):
+    """sd-turbo complete, sd15-lcm without its LoRA, a foreign pipeline, a non-pipeline repo, a bare index."""
+    hub = tmp_path / "hub"
+    add = helpers.add_to_hub_cache
+    add(hub, "stabilityai/sd-turbo", fake_pipeline(tmp_path / "turbo"))
+    add(hub, "madebyollin/taesd", fake_files(tmp_path / "taesd", "config.json", "diffusion_pytorch_model.safetensors"))
+    add(hub, "stable-diffusion-v1-5/stable-diffusion-v1-5", fake_pipeline(tmp_path / "sd15"))
+    add(hub, "someone/watercolor-sd", fake_pipeline(tmp_path / "watercolor"))
+    add(hub, "someone/bert-base", fake_files(tmp_path / "bert", "config.json", "model.safetensors"))
+    add(hub, "someone/index-only", fake_pipeline(tmp_path / "index", unet_weights=False))
+    return hub
+
+
+def test_empty_cache_lists_every_model_as_not_cached(capsys, tmp_path):
+    out = run_models(capsys, "--cache-dir", str(tmp_path / "no-cache-here"))
+    lines = out.splitlines()
+    assert lines[0].split()[:6] == ["NAME", "REPO", "SIZE", "STEPS", "TAESD", "CACHED"]
+    rows = {line.split()[0]: line for line in lines[1:len(REGISTRY) + 1]}
+    assert set(rows) == set(REGISTRY)
+    for name, spec in REGISTRY.items():
+        assert spec.description in rows[name] and (spec.repo_id or "-") in rows[name]
+    assert "sdxs-512 *" in out and "Other diffusers models" not in out
+    assert " no " in rows["sd-turbo"] and "built locally" in rows["tiny"]
+
+
+def test_columns_are_aligned(capsys, cache):
+    header, *rows = run_models(capsys, "--cache-dir", str(cache)).splitlines()[: len(REGISTRY) + 1]
+    size, cached = header.index("SIZE"), header.index("CACHED")
+    for row in rows:
+        assert row[size:].split()[0] in ("512px", "64px")
+        assert row[cached:].startswith(("yes ", "no ", "partial ", "built locally "))
+
+
+def test_cached_partial_and_other_pipelines(capsys, cache):
+    out = run_models(capsys, "--cache-dir", str(cache))
+    rows = {line.split()[0]: line for line in out.splitlines()[1:len(REGISTRY) + 1]}
+    assert "  yes  " in rows["sd-turbo"]
+    assert "partial (missing latent-consistency/lcm-lora-sdv1-5)" in rows["sd15-lcm"]
+    assert "  no  " in rows["sdxs-512"] and "  no  " in rows["tiny-sd"]
+    others = out.split("Other diffusers models in the cache")[1]
+    assert "someone/watercolor-sd" in others
+    assert "someone/bert-base" not in others and "someone/index-only" not in others
+    assert "stabilityai/sd-turbo" not in others
+
+
+def test_json_output(capsys, cache):
+    document = json.loads(run_models(capsys, "--json", "--cache-dir", str(cache)))
+    models = {m["name"]: m for m in document["models"]}
+    assert document["default_model"] == "sdxs-512" and document["cache_dir"] == str(cache)
+    assert models["sd-turbo"]["cached"] == "yes" and models["sd-turbo"]["missing"] == []
+    assert models["sd15-lcm"]["cached"] == "partial"
+    assert models["sd15-lcm"]["missing"] == ["latent-consistency/lcm-lora-sdv1-5"]
+    assert models["tiny"]["cached"] == "local" and models["sdxs-512"]["default"]
+    assert models["sd15-lcm"]["t_index_list"] == [32, 45] and models["sd15-lcm"]["steps"] == 2
+    assert [o["repo_id"] for o in document["other_cached_pipelines"]] == ["someone/watercolor-sd"]
+    assert document["other_cached_pipelines"][0]["size_on_disk"] >= 2_000_000
