@@ -1,11 +1,14 @@
 """The GPU benchmark suite: everything the CUDA fast path claims, measured in one command per part.
 
-    python benchmarks/gpu_suite.py A --out DIR --budget 560   # start times, equality, targets, baselines
-    python benchmarks/gpu_suite.py B --out DIR --budget 560   # the component study (ablation)
+    python benchmarks/gpu_suite.py A --out DIR --budget 570   # start times, prewarm, accelerated-vs-eager equality
+    python benchmarks/gpu_suite.py T --out DIR --budget 570   # targets and baselines (reuses A's compile cache)
+    python benchmarks/gpu_suite.py B --out DIR --budget 570   # SDXS-512 and the component study (ablation)
 
+Each part fits a 10-minute call; T needs A's compile cache (the same machine, straight after A) to fit.
 Each phase runs in its own process with a time limit, so one failure or overrun costs only that phase;
-results are written after every phase (DIR/results-<part>.json, DIR/suite.log) and summarised in
-DIR/RESULTS-<part>.md. Models use random weights of their real architectures (no download).
+results are written after every phase (DIR/results-<part>.json, DIR/suite.log, DIR/<phase>.json).
+Compilation is CPU work: the prewarm phases compile several shapes at once in separate processes, so the
+timed phases find them in the on-disk cache. Models use random weights of their real architectures.
 """
 
 from __future__ import annotations
@@ -130,15 +133,23 @@ def part_a(d: Driver) -> None:
     }, limit=240)
     _start_phase(d, "warm-start")
     d.run("equality", _me("equality", "--json", str(d.out / "equality.json")), limit=200)
-    d.run("targets", _me("targets", "--json", str(d.out / "targets.json")), limit=400, minimum=60)
+
+
+def part_t(d: Driver) -> None:
+    d.run("targets", _me("targets", "--json", str(d.out / "targets.json")), limit=560, minimum=60)
 
 
 def part_b(d: Driver) -> None:
-    d.parallel("prewarm", {
-        f"turbo-b{b}": _me("prewarm", "--model", "sd-turbo", "--steps", str(s), "--cfg", c)
-        for b, (s, c) in {1: (1, "none"), 2: (2, "none"), 3: (2, "initialize"), 4: (2, "full")}.items()
-    } | {"turbo-kl": _me("prewarm", "--model", "sd-turbo", "--full-vae")}, limit=300)
+    jobs = {f"turbo-b{b}": _me("prewarm", "--model", "sd-turbo", "--steps", str(s), "--cfg", c)
+            for b, (s, c) in {1: (1, "none"), 2: (2, "none"), 3: (2, "initialize"), 4: (2, "full")}.items()}
+    jobs |= {"turbo-kl": _me("prewarm", "--model", "sd-turbo", "--full-vae"),
+             "sdxs": _me("prewarm", "--model", "sdxs-512")}
+    d.parallel("prewarm", jobs, limit=200)
+    d.run("sdxs", _me("sdxs", "--json", str(d.out / "sdxs.json")), limit=100, minimum=60)
     d.run("ablation", _me("ablation", "--json", str(d.out / "ablation.json")), limit=500, minimum=60)
+
+
+PARTS = {"A": part_a, "T": part_t, "B": part_b}
 
 
 # ----- phases, each run in its own process ---------------------------------------------------------
@@ -172,7 +183,7 @@ def phase_prewarm(args: argparse.Namespace) -> None:
 
     scenario = Scenario(model=args.model, steps=args.steps, cfg=args.cfg, frame_buffer_size=args.fbs,
                         taesd=not args.full_vae, accel="max", resolution=RES)
-    options = _options()
+    options = _options(compile_preset=args.preset)
     pool = ModelPool(options, torch.device("cuda"), torch.float16)
     entry = pool.get(scenario.model, scenario.taesd, pristine=False)
     from streamdiff.bench.run import _config
@@ -181,7 +192,7 @@ def phase_prewarm(args: argparse.Namespace) -> None:
                           lcm_boundary=entry.spec.lcm_boundary)
     pipe.prepare("a lighthouse")
     start = time.time()
-    _, report = accelerate(pipe, "max", cache_dir=str(CACHE), progress=print)
+    _, report = accelerate(pipe, "max", cache_dir=str(CACHE), compile_preset=args.preset, progress=print)
     print(f"prewarm {scenario.name()}: {time.time() - start:.1f} s", report)
 
 
@@ -270,6 +281,25 @@ def phase_targets(args: argparse.Namespace) -> None:
     print(stages_table(results))
 
 
+def _saver(path: Path, **fixed: Any):
+    def save(results: list) -> None:
+        path.write_text(json.dumps({**fixed, "results": results}, indent=1, default=str))
+
+    return save
+
+
+def phase_sdxs(args: argparse.Namespace) -> None:
+    """SDXS-512 (reconstructed architecture) with its baselines."""
+    from streamdiff.bench.report import markdown_table, stages_table
+    from streamdiff.bench.run import run_all
+    from streamdiff.bench.scenario import Scenario
+
+    results = run_all([Scenario(model="sdxs-512", accel="max", resolution=RES)],
+                      _options(compare=("diffusers", "streamdiffusion")), progress=print, sink=_saver(Path(args.json)))
+    print(markdown_table(results))
+    print(stages_table(results))
+
+
 def phase_ablation(args: argparse.Namespace) -> None:
     from streamdiff.bench.ablation import ablation_cases, ablation_table, write_ablation_chart
     from streamdiff.bench.report import environment, markdown_table
@@ -279,7 +309,8 @@ def phase_ablation(args: argparse.Namespace) -> None:
     cases = ablation_cases("sd-turbo", RES, "max")
     codec = [c for c in cases if c.group == "codec"]
     scenarios = [c.scenario.with_changes(compare=c in codec) for c in cases]
-    results = run_all(scenarios, _options(compare=("diffusers",), stages=False), progress=print)
+    results = run_all(scenarios, _options(compare=("diffusers",), stages=False, calls=60, min_seconds=1.0),
+                      progress=print, sink=_saver(Path(args.json), partial=True))
     table, rows = ablation_table(cases, results)
     document = {"environment": environment(torch.device("cuda")), "results": results, "ablation": rows}
     Path(args.json).write_text(json.dumps(document, indent=1, default=str))
@@ -290,7 +321,8 @@ def phase_ablation(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["A", "B", "environment", "prewarm", "equality", "targets", "ablation"])
+    parser.add_argument("what", choices=["A", "T", "B", "environment", "prewarm", "equality", "targets", "sdxs",
+                                         "ablation"])
     parser.add_argument("--out", default=os.environ.get("OUT", "suite-out"))
     parser.add_argument("--budget", type=float, default=560.0, help="seconds for the whole part")
     parser.add_argument("--json", default=None)
@@ -299,18 +331,19 @@ def main() -> None:
     parser.add_argument("--cfg", default="none")
     parser.add_argument("--fbs", type=int, default=1)
     parser.add_argument("--full-vae", action="store_true")
+    parser.add_argument("--preset", default="default")
     args = parser.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    if args.what in ("A", "B"):
+    if args.what in PARTS:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         driver = Driver(args.what, out, args.budget)
-        (part_a if args.what == "A" else part_b)(driver)
+        PARTS[args.what](driver)
         _log(out, f"part {args.what} done, {driver.remaining():.0f} s of the budget left")
         return
     {"environment": phase_environment, "prewarm": phase_prewarm, "equality": phase_equality,
-     "targets": phase_targets, "ablation": phase_ablation}[args.what](args)
+     "targets": phase_targets, "sdxs": phase_sdxs, "ablation": phase_ablation}[args.what](args)
 
 
 if __name__ == "__main__":

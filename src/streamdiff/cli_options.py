@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from .config import FITS, CfgType
@@ -41,6 +42,9 @@ def add_engine_options(parser: argparse.ArgumentParser, *, prompt_required: bool
     g.add_argument("--fit", choices=FITS, default="crop", help="how pictures of another size are adapted")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     g.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: by device)")
+    from .backends.accelerate import add_accel_options
+
+    add_accel_options(parser)
 
 
 def engine_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -62,8 +66,13 @@ def engine_settings(args: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
+def _progress(message: str) -> None:
+    print(f"streamdiff: {message}", file=sys.stderr, flush=True)
+
+
 def engine_from_args(args: argparse.Namespace, **overrides: Any):
-    """Load the model named by --model, build the stream and encode the prompts."""
+    """Load the model named by --model, build the stream, encode the prompts and accelerate it (--accel)."""
+    from .backends.accelerate import accelerate_from_args
     from .models.registry import DEFAULT_MODEL
     from .stream import StreamPipeline
 
@@ -72,4 +81,4 @@ def engine_from_args(args: argparse.Namespace, **overrides: Any):
     pipe = StreamPipeline.from_model(args.model or DEFAULT_MODEL, taesd=taesd, model_config=args.model_config,
                                      **settings)
     pipe.prepare(prompt=args.prompt or "", negative_prompt=args.negative_prompt)
-    return pipe
+    return accelerate_from_args(pipe, args, progress=_progress)

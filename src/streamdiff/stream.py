@@ -287,7 +287,9 @@ class StreamPipeline:
     def warm(self) -> bool:
         """Whether device_step can run: the stream is filled and one ordinary call left its outputs."""
         batch = self._batch
-        return batch is not None and batch.ready and self._previous_x0 is not None and self._previous_output is not None
+        if batch is None or not batch.ready:
+            return False
+        return self._previous_x0 is not None and self._previous_output is not None
 
     def step_buffers(self) -> tuple[Tensor, ...]:
         """The persistent tensors a device step reads or updates in place (a captured graph holds their addresses)."""
@@ -298,8 +300,8 @@ class StreamPipeline:
         cfg = self.config
         f, h, w = cfg.frame_buffer_size, cfg.height, cfg.width
         latent = (f, 4, h // 8, w // 8)
-        zeros = [torch.zeros(shape, device=self.device, dtype=self.dtype) for shape in (latent, (f, 3, h, w), latent, (2,))]
-        return DeviceCarry(*zeros)
+        shapes = (latent, (f, 3, h, w), latent, (2,))
+        return DeviceCarry(*(torch.zeros(shape, device=self.device, dtype=self.dtype) for shape in shapes))
 
     def attach_carry(self, carry: DeviceCarry) -> None:
         """Keep the temporal state in carry's buffers from now on (copied in unless already there)."""

@@ -82,7 +82,7 @@ def marked(value: int, width: int = 64, height: int = 64) -> np.ndarray:
 
 def marker(pixels) -> int:
     """The value `marked` put in an RGB float tensor (1, 3, H, W) in [0, 1]."""
-    return int(round(float(pixels[0, 0, 0, 0]) * 255)) + 256 * int(round(float(pixels[0, 1, 0, 0]) * 255))
+    return round(float(pixels[0, 0, 0, 0]) * 255) + 256 * round(float(pixels[0, 1, 0, 0]) * 255)
 
 
 class CountingSource:

@@ -10,7 +10,24 @@ from pathlib import Path
 
 import pytest
 
+# OpenCV before anything loads PyAV: PyAV's wheels bundle their own libxcb, and an OpenCV (Qt) window
+# created after that copy was loaded hangs. The app orders these imports the same way (sources.import_av).
+try:
+    import cv2  # noqa: F401  isort: skip
+except ImportError:  # tests that need OpenCV fail on their own, with a clearer message
+    pass
+
 from app_fakes import FakeEngine, make_clip
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """`streamdiff camera` sets torch's thread count for the CPU; the tests after it keep theirs."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -44,9 +61,9 @@ def _free_display() -> int:
 def xvfb():
     """A private X server (DISPLAY set for the session's window tests); skipped where Xvfb or xdotool
     are missing (CI installs both)."""
-    missing = [tool for tool in ("Xvfb", "xdotool", "import") if shutil.which(tool) is None]
+    missing = [tool for tool in ("Xvfb", "xdotool", "xwd") if shutil.which(tool) is None]
     if missing:
-        pytest.skip(f"window tests need {', '.join(missing)} (apt-get install xvfb xdotool imagemagick)")
+        pytest.skip(f"window tests need {', '.join(missing)} (apt-get install xvfb xdotool x11-apps)")
     number = _free_display()
     server = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -6,8 +6,8 @@ import logging
 
 import av
 import pytest
-
 from app_fakes import make_clip
+
 from streamdiff.app import sources
 from streamdiff.cli import main
 
@@ -83,3 +83,16 @@ def test_bad_option_values_are_one_line_errors(capsys):
     assert "blend must be in [0, 1]" in one_line_error(capsys)
     assert main(["camera", *TINY, "--camera", "pattern", "--output", "out.gif"]) == 2
     assert "unknown --output 'out.gif'" in one_line_error(capsys)
+
+
+def test_on_the_cpu_the_model_leaves_a_core_to_the_capture_and_display_threads(monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    assert main(["camera", *TINY, "--camera", "pattern", "--output", "none", "--duration", "0.5"]) == 0
+    assert torch.get_num_threads() == 3
+    assert main(["camera", *TINY, "--camera", "pattern", "--output", "none", "--duration", "0.5",
+                 "--cpu-threads", "1"]) == 0
+    assert torch.get_num_threads() == 1
+    assert main(["camera", *TINY, "--camera", "pattern", "--output", "none", "--cpu-threads", "0"]) == 2
+    assert "--cpu-threads must be at least 1" in one_line_error(capsys)

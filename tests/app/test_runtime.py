@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
+from itertools import pairwise
 
 import numpy as np
 import pytest
+from app_fakes import CountingSource, FakeEngine, RecordingSink
 
-from app_fakes import CountingSource, FakeEngine, RecordingSink, marked
 from streamdiff.app.keys import Controls
 from streamdiff.app.runtime import Runtime, RuntimeOptions, WorkerError
 from streamdiff.app.sinks import NullSink
@@ -18,7 +19,7 @@ PROMPTS = ("first style", "second style", "third style")
 
 
 def options(**changes) -> RuntimeOptions:
-    settings = dict(prompts=PROMPTS, pane_height=64, display_fps=100.0, transition_frames=5)
+    settings = {"prompts": PROMPTS, "pane_height": 64, "display_fps": 100.0, "transition_frames": 5}
     settings.update(changes)
     return RuntimeOptions(**settings)
 
@@ -45,8 +46,8 @@ def test_inference_always_takes_the_newest_frame_and_drops_stale_ones():
     summary = runtime.run(duration=1.0)
     taken = engine.inputs
     assert len(taken) >= 5
-    assert all(b > a for a, b in zip(taken, taken[1:])), "frames are taken in capture order"
-    gaps = [b - a for a, b in zip(taken, taken[1:])]
+    assert all(b > a for a, b in pairwise(taken)), "frames are taken in capture order"
+    gaps = [b - a for a, b in pairwise(taken)]
     assert min(gaps) > 1, f"a slow engine must skip stale frames, got gaps {gaps}"
     assert summary.dropped >= sum(g - 1 for g in gaps)
     assert summary.captured > 5 * summary.inferred

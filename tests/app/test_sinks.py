@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import glob
+from typing import ClassVar
 
 import numpy as np
 import pytest
-
 from app_fakes import marked
-from streamdiff.app.sinks import NullSink, PngSequenceSink, VideoFileSink, VirtualCameraSink, check_display
+
+from streamdiff.app.sinks import (
+    NullSink,
+    PngSequenceSink,
+    VideoFileSink,
+    VirtualCameraSink,
+    check_display,
+)
 from streamdiff.errors import UserError
 
 
@@ -54,7 +61,7 @@ def test_null_sink_counts_and_has_no_keys():
 class FakeCameraBackend:
     """A pyvirtualcam backend that keeps the frames: the device a video-call app would read from."""
 
-    instances: list["FakeCameraBackend"] = []
+    instances: ClassVar[list[FakeCameraBackend]] = []
 
     def __init__(self, *, width, height, fps, fourcc, device, **kw):
         self.width, self.height, self.fps, self.fourcc = width, height, fps, fourcc
@@ -76,7 +83,7 @@ class FakeCameraBackend:
 
 
 def test_virtual_camera_sink_sends_bgr_frames_to_the_backend(monkeypatch):
-    import pyvirtualcam
+    pyvirtualcam = pytest.importorskip("pyvirtualcam", reason="pyvirtualcam comes with the camera extra")
     from pyvirtualcam.util import encode_fourcc
 
     # Registered for this test only: with backend=None pyvirtualcam would try it too.
@@ -108,6 +115,7 @@ def test_virtual_camera_without_a_device_says_what_to_install():
 
     if not sys.platform.startswith("linux"):
         pytest.skip("the missing-device message is checked on Linux")
+    pytest.importorskip("pyvirtualcam", reason="pyvirtualcam comes with the camera extra")
     with pytest.raises(UserError, match="no virtual camera available .*v4l2loopback") as error:
         VirtualCameraSink(32, 24, fps=30)
     assert "\n" not in str(error.value)
@@ -125,3 +133,11 @@ def test_check_display_explains_what_to_use_instead(monkeypatch):
     monkeypatch.setenv("DISPLAY", ":987")
     with pytest.raises(UserError, match="no X server answers on DISPLAY=:987"):
         check_display()
+
+
+def test_a_missing_optional_library_names_what_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pyvirtualcam", None)  # as if it were not installed
+    with pytest.raises(UserError, match=r"a virtual camera needs pyvirtualcam: pip install 'streamdiff\[camera\]'"):
+        VirtualCameraSink(32, 24, fps=30)

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import threading
 import time
+from itertools import pairwise
 
 import numpy as np
 import pytest
+from app_fakes import marked
 from PIL import Image
 
-from app_fakes import marked
 from streamdiff.app import sources
 from streamdiff.app.sources import (
-    CameraNotFoundError, ImageFolder, Paced, Pacer, ScreenRegion, AnimatedPattern, VideoFile, open_source, parse_region,
+    AnimatedPattern,
+    CameraNotFoundError,
+    ImageFolder,
+    Paced,
+    Pacer,
+    ScreenRegion,
+    VideoFile,
+    open_source,
+    parse_region,
 )
 from streamdiff.errors import UserError
 
@@ -23,7 +32,7 @@ def test_test_pattern_is_animated_and_paced():
     pictures = [pattern.read() for _ in range(6)]
     assert time.perf_counter() - start >= 5 / 50 * 0.9
     assert pictures[0].shape == (120, 160, 3) and pictures[0].dtype == np.uint8
-    assert all(not np.array_equal(a, b) for a, b in zip(pictures, pictures[1:]))
+    assert all(not np.array_equal(a, b) for a, b in pairwise(pictures))
     assert pattern.live and pattern.order == "rgb"
 
 
@@ -120,6 +129,7 @@ def test_camera_listing_on_this_machine_is_consistent():
 
 
 def test_screen_region_grabs_from_the_capture_thread(xvfb):
+    pytest.importorskip("mss", reason="mss comes with the camera extra")
     screen = ScreenRegion(parse_region("0,0,64,48"), fps=30)
     grabbed: list[np.ndarray] = []
     worker = threading.Thread(target=lambda: grabbed.append(screen.read()))

@@ -6,8 +6,8 @@ import io
 
 import av
 import pytest
-
 from app_fakes import FakeEngine, make_clip
+
 from streamdiff.app.video import Progress, stylize_video
 from streamdiff.cli import main
 

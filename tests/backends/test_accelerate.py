@@ -88,3 +88,46 @@ def test_command_line_options_default_to_auto():
     assert (args.accel, args.accel_fallback, args.compile_preset) == ("auto", False, "default")
     with pytest.raises(SystemExit):
         parser.parse_args(["--accel", "turbo"])
+
+
+def _broken_compiler(parts, preset="default"):
+    """Stands in for a compiler that fails at the first call, as Inductor does on a broken toolchain."""
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("backend compiler failed\nC++ compile error: ...")
+
+    for module in parts.values():
+        module.__dict__["forward"] = fail
+
+
+def test_a_failed_compile_is_reported_or_dropped_when_a_fallback_is_allowed(make_stream, monkeypatch, tmp_path):
+    monkeypatch.setenv(compiling.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(compiling, "compile_in_place", _broken_compiler)
+    monkeypatch.setattr(compiling, "compile_unsupported", lambda device: None)
+    with pytest.raises(AccelerationUnavailable, match="--accel compile failed to build: RuntimeError: backend "
+                                                      "compiler failed"):
+        accelerate(make_stream(t_index_list=(30,)), "compile")
+    eager = make_stream(t_index_list=(30,))
+    stream, report = accelerate(make_stream(t_index_list=(30,)), "compile", fallback=True)
+    assert report.mode == "none"
+    for frame in random_frames(3, (64, 64, 3)):
+        np.testing.assert_array_equal(stream.img2img(frame), eager.img2img(frame))
+
+
+def test_an_unprepared_stream_builds_at_its_first_frames(_tiny_cache, monkeypatch, tmp_path):
+    import copy
+
+    from streamdiff import StreamPipeline
+
+    monkeypatch.setenv(compiling.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(compiling, "compile_unsupported", lambda device: None)
+    monkeypatch.setattr(compiling, "compile_in_place", lambda parts, preset="default": None)
+    pipe = StreamPipeline.from_diffusers(copy.deepcopy(_tiny_cache["taesd"]), device="cpu", width=64, height=64)
+    stream, report = accelerate(pipe, "compile")
+    assert (report.mode, report.build_seconds) == ("compile", 0.0)
+    with pytest.raises(RuntimeError, match="call prepare"):
+        stream.img2img(random_frames(1, (64, 64, 3))[0])
+    stream.prepare("a fox")
+    for frame in random_frames(3, (64, 64, 3)):
+        stream.img2img(frame)
+    assert stream.captured == ["img2img of 1 x 64x64 uint8 frames"]

@@ -26,6 +26,13 @@ def test_a_new_input_size_runs_once_uncaptured_then_gets_its_own_step(make_strea
     assert fast.captured == ["img2img of 1 x 64x64 uint8 frames", "img2img of 1 x 80x48 uint8 frames"]
 
 
+def test_frames_given_as_strided_views_are_read_correctly(make_stream):
+    eager, fast = _pair(make_stream, t_index_list=(30,))
+    for frame in random_frames(4, (64, 96, 3)):
+        view = frame[:, 16:80, ::-1]  # a crop of a BGR picture read as RGB: negative strides
+        np.testing.assert_array_equal(fast.img2img(view), eager.img2img(view))
+
+
 def test_a_size_the_stream_refuses_raises_the_engines_error(make_stream):
     _, fast = _pair(make_stream, t_index_list=(30,), fit="exact")
     for frame in random_frames(2, (64, 64, 3)):

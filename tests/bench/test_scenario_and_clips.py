@@ -27,7 +27,8 @@ def test_grid_is_the_product_in_order_and_names_tell_cases_apart():
 
 def test_settings_make_a_stream_config_with_evenly_spaced_steps():
     config = StreamConfig(**Scenario(steps=2, frame_buffer_size=3, cfg="self", resolution=256).settings())
-    assert (config.t_index_list, config.frame_buffer_size, config.width, config.cfg_type.value) == ((0, 25), 3, 256, "self")
+    observed = (config.t_index_list, config.frame_buffer_size, config.width, config.cfg_type.value)
+    assert observed == ((0, 25), 3, 256, "self")
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from streamdiff.app.gallery import resolve_prompts
 from streamdiff.app.keys import Controls, help_lines
+from streamdiff.app.optional import require
 from streamdiff.app.overlay import splash
 from streamdiff.errors import UserError
 
@@ -17,7 +20,8 @@ logger = logging.getLogger(__name__)
 DESCRIPTION = """Stylize a live camera (or a video, stream, screen region or image folder) in real time.
 The window shows the camera and the output side by side; the output alone goes to other outputs.
 
-keys: """
+keys:
+  """
 
 
 def register(subparsers: Any) -> None:
@@ -25,7 +29,7 @@ def register(subparsers: Any) -> None:
 
     p = subparsers.add_parser(
         "camera", help="live camera stylization in a window (the main job)",
-        description=DESCRIPTION + "; ".join(help_lines()), formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=DESCRIPTION + "\n  ".join(help_lines()), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_engine_options(p)
     g = p.add_argument_group("camera app")
@@ -50,34 +54,23 @@ def register(subparsers: Any) -> None:
     g.add_argument("--transition-frames", type=int, default=8, help="frames a prompt change takes (default 8)")
     g.add_argument("--loop", action="store_true", help="restart a video file or image folder at its end")
     g.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    g.add_argument("--cpu-threads", type=int, default=None,
+                   help="torch threads when the model runs on the CPU (default: all cores but one)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from streamdiff.app.runtime import Runtime, RuntimeOptions
-    from streamdiff.cli_options import engine_from_args
-
+    require("cv2", "the camera app")
     outputs = args.output or ["window"]
-    controls = Controls(blend=args.blend, ema=args.ema, feedback=args.feedback, seed=args.seed,
-                        mirror=args.mirror, layout="output" if args.fullscreen else "side")
-    prompts = resolve_prompts(args.prompt, args.prompts)
     window = _open_window(outputs, args.fullscreen)  # no display: fail before the model loads
     sinks: list[Any] = [window] if window else []
-    if window is not None:
-        window.write(splash(f"loading {args.model or 'the model'}...", 2 * args.display_size, args.display_size))
-        window.read_key()  # lets the window appear now
     source = None
     try:
+        if window is not None:
+            window.write(splash(f"loading {args.model or 'the model'}...", 2 * args.display_size, args.display_size))
+            window.read_key()  # lets the window appear now
         source, reopen = open_camera(args.camera)
-        args.prompt = prompts[0]
-        pipe = engine_from_args(args)
-        if args.similarity_filter is not None:
-            pipe.set_similarity_filter(args.similarity_filter)
-        options = RuntimeOptions(prompts=tuple(prompts), fit=args.fit, display_fps=args.display_fps,
-                                 pane_height=args.display_size, transition_frames=args.transition_frames,
-                                 save_dir=Path(args.save_dir), loop=args.loop)
-        sinks += _open_outputs(outputs, options, (pipe.config.width, pipe.config.height), source.fps)
-        runtime = Runtime(pipe, source, sinks, options, controls, reopen)
+        runtime = _runtime(args, source, reopen, sinks, outputs)
     except BaseException:
         for sink in sinks:
             sink.close()
@@ -92,9 +85,49 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runtime(args: argparse.Namespace, source: Any, reopen: Callable[[], Any], sinks: list[Any],
+             outputs: list[str]) -> Any:
+    """Load the model and put the runtime together (the sinks list grows with the outputs opened)."""
+    from streamdiff.app.runtime import Runtime, RuntimeOptions
+    from streamdiff.cli_options import engine_from_args
+
+    controls = Controls(blend=args.blend, ema=args.ema, feedback=args.feedback, seed=args.seed,
+                        mirror=args.mirror, layout="output" if args.fullscreen else "side")
+    prompts = resolve_prompts(args.prompt, args.prompts)
+    args.prompt = prompts[0]
+    pipe = engine_from_args(args)
+    if pipe.device.type == "cpu":
+        set_cpu_threads(args.cpu_threads)
+    if args.similarity_filter is not None:
+        pipe.set_similarity_filter(args.similarity_filter)
+    options = RuntimeOptions(prompts=tuple(prompts), fit=args.fit, display_fps=args.display_fps,
+                             pane_height=args.display_size, transition_frames=args.transition_frames,
+                             save_dir=Path(args.save_dir), loop=args.loop)
+    sinks += _open_outputs(outputs, options, (pipe.config.width, pipe.config.height), source.fps)
+    return Runtime(pipe, source, sinks, options, controls, reopen)
+
+
+def set_cpu_threads(threads: int | None) -> int:
+    """Leave a core to the capture and display threads: torch's workers wait for each other at every
+    operation, so one of them held up by another thread stalls the whole model (seen 100x slower)."""
+    import torch
+
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 2) - 1)
+    if threads < 1:
+        raise ValueError(f"--cpu-threads must be at least 1; got {threads}")
+    torch.set_num_threads(threads)
+    return threads
+
+
 def open_camera(spec: str | None) -> tuple[Any, Callable[[], Any]]:
     """The source and how to reopen it; no --camera means camera 0, or the test pattern without one."""
-    from streamdiff.app.sources import OpenCVCamera, AnimatedPattern, default_camera_available, open_source
+    from streamdiff.app.sources import (
+        AnimatedPattern,
+        OpenCVCamera,
+        default_camera_available,
+        open_source,
+    )
 
     if spec is None:
         if default_camera_available():
@@ -115,11 +148,16 @@ def _open_window(outputs: list[str], fullscreen: bool) -> Any:
 
 def _open_outputs(outputs: list[str], options: Any, render_size: tuple[int, int], fps: float | None) -> list[Any]:
     """The non-window sinks, at the output pane's size."""
-    from streamdiff.app.sinks import VIDEO_SUFFIXES, NullSink, PngSequenceSink, VideoFileSink, VirtualCameraSink
+    from streamdiff.app.display import pane_size
+    from streamdiff.app.sinks import (
+        VIDEO_SUFFIXES,
+        NullSink,
+        PngSequenceSink,
+        VideoFileSink,
+        VirtualCameraSink,
+    )
 
-    height = options.pane_height
-    width = round(height * render_size[0] / render_size[1])
-    width += width % 2
+    width, height = pane_size(options.pane_height, render_size)
     rate = options.display_fps or fps or 30.0
     sinks: list[Any] = []
     for output in outputs:

@@ -9,8 +9,9 @@ other sinks get the output picture only; `l` (or --fullscreen) puts the output a
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,13 +26,19 @@ if TYPE_CHECKING:
 NOTICE_SECONDS = 3.0
 
 
+def pane_size(pane_height: int, render_size: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) of a pane: the render aspect at `pane_height`, even sides (video encoders)."""
+    width = round(pane_height * render_size[0] / render_size[1])
+    return width + width % 2, pane_height + pane_height % 2
+
+
 class Display:
+    """The display loop's state; used from the thread that calls `loop` (the main thread) only."""
+
     def __init__(self, shared: Shared, sinks: Sequence[Any], options: RuntimeOptions,
                  render_size: tuple[int, int]) -> None:
         self.shared, self.sinks, self.options = shared, list(sinks), options
-        self.pane_height = options.pane_height
-        width = round(options.pane_height * render_size[0] / render_size[1])
-        self.pane_width = width + width % 2  # even sides, as video encoders want
+        self.pane_width, self.pane_height = pane_size(options.pane_height, render_size)
         _, controls = shared.controls.peek()
         self.controls: Controls = controls or Controls()
         self.frames = 0
@@ -43,9 +50,9 @@ class Display:
         self._ai_pane: np.ndarray | None = None
         self._notice, self._notice_until = "", 0.0
 
-    def loop(self, deadline: float | None = None, max_frames: int | None = None) -> None:
-        """Show frames at `display_fps` until stopped, past `deadline`, after `max_frames`, or at the
-        end of a file source once inference has taken its last frame."""
+    def loop(self, deadline: float | None = None) -> None:
+        """Show frames at `display_fps` until stopped, past `deadline`, or at the end of a file source
+        once inference has taken its last frame."""
         fps = self.options.display_fps
         period = 1.0 / fps if fps > 0 else 0.0
         next_tick = time.perf_counter()
@@ -53,9 +60,7 @@ class Display:
         while not stop.is_set():
             self.tick()
             now = time.perf_counter()
-            if (deadline is not None and now >= deadline) or (max_frames and self.frames >= max_frames):
-                return
-            if self._source_done():
+            if (deadline is not None and now >= deadline) or self._source_done():
                 return
             if period:
                 next_tick += period
@@ -113,9 +118,7 @@ class Display:
     def _monitor_view(self, camera: np.ndarray, output: np.ndarray) -> np.ndarray:
         controls = self.controls
         view = np.hstack([camera, output]) if controls.layout == "side" else output.copy()
-        if controls.overlay or controls.help:
-            draw_overlay(view, self._overlay_info(), controls)
-        return view
+        return draw_overlay(view, self._overlay_info(), controls)
 
     def _overlay_info(self) -> OverlayInfo:
         shared, prompts = self.shared, self.options.prompts

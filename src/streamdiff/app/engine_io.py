@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -59,10 +60,10 @@ class EngineRunner:
         """Hand changed controls to the engine: prompt (with a smooth transition), temporal, seed."""
         start = self._clock()
         old = self.applied
-        if old is None or controls.prompt_index != old.prompt_index:
-            if old is not None or controls.prompt_index != 0:
-                frames = 0 if old is None else self.transition_frames
-                self.engine.update_prompt(self.prompt(controls), transition_frames=frames)
+        # The engine was prepared with the first prompt: only another one needs handing over.
+        if controls.prompt_index != (0 if old is None else old.prompt_index):
+            frames = 0 if old is None else self.transition_frames
+            self.engine.update_prompt(self.prompt(controls), transition_frames=frames)
         if old is None or (controls.ema, controls.feedback) != (old.ema, old.feedback):
             self.engine.set_temporal(feedback=controls.feedback, ema=controls.ema)
         if old is not None and controls.seed != old.seed:

@@ -53,7 +53,9 @@ def _from_text(text: str) -> list[str]:
 
 
 def _from_yaml(path: Path) -> list[str]:
-    import yaml
+    from streamdiff.app.optional import require
+
+    yaml = require("yaml", "a YAML prompt file")
 
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))

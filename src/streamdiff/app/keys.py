@@ -8,8 +8,8 @@ engine is only ever touched from one thread.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 LAYOUTS: tuple[str, ...] = ("side", "output")
 BLEND_STEP = 0.1
@@ -68,6 +68,10 @@ def _flag(name: str) -> Callable[[Controls, int], Controls]:
     return lambda c, n: replace(c, **{name: not getattr(c, name)})
 
 
+def _nudge(name: str, delta: float, high: float) -> Callable[[Controls, int], Controls]:
+    return lambda c, n: replace(c, **{name: _step(getattr(c, name), delta, high)})
+
+
 def _next_layout(controls: Controls, prompts: int) -> Controls:
     index = (LAYOUTS.index(controls.layout) + 1) % len(LAYOUTS)
     return replace(controls, layout=LAYOUTS[index])
@@ -78,13 +82,12 @@ BINDINGS: tuple[Binding, ...] = (
     Binding(("s",), "save", "s: save the frame as PNG"),
     Binding(("n",), "set", "n / p: next / previous prompt", _prompt(1)),
     Binding(("p",), "set", "", _prompt(-1)),
-    Binding(("+", "="), "set", "+ / -: more / less camera", lambda c, n: replace(c, blend=_step(c.blend, BLEND_STEP, 1.0))),
-    Binding(("-", "_"), "set", "", lambda c, n: replace(c, blend=_step(c.blend, -BLEND_STEP, 1.0))),
-    Binding(("e",), "set", "e / d: more / less EMA smoothing", lambda c, n: replace(c, ema=_step(c.ema, EMA_STEP, EMA_MAX))),
-    Binding(("d",), "set", "", lambda c, n: replace(c, ema=_step(c.ema, -EMA_STEP, EMA_MAX))),
-    Binding(("f",), "set", "f / v: more / less latent feedback",
-            lambda c, n: replace(c, feedback=_step(c.feedback, FEEDBACK_STEP, FEEDBACK_MAX))),
-    Binding(("v",), "set", "", lambda c, n: replace(c, feedback=_step(c.feedback, -FEEDBACK_STEP, FEEDBACK_MAX))),
+    Binding(("+", "="), "set", "+ / -: more / less camera", _nudge("blend", BLEND_STEP, 1.0)),
+    Binding(("-", "_"), "set", "", _nudge("blend", -BLEND_STEP, 1.0)),
+    Binding(("e",), "set", "e / d: more / less EMA smoothing", _nudge("ema", EMA_STEP, EMA_MAX)),
+    Binding(("d",), "set", "", _nudge("ema", -EMA_STEP, EMA_MAX)),
+    Binding(("f",), "set", "f / v: more / less latent feedback", _nudge("feedback", FEEDBACK_STEP, FEEDBACK_MAX)),
+    Binding(("v",), "set", "", _nudge("feedback", -FEEDBACK_STEP, FEEDBACK_MAX)),
     Binding(("r",), "set", "r: new seed", _new_seed),
     Binding((" ",), "set", "space: pause / resume", _flag("paused")),
     Binding(("m",), "set", "m: mirror", _flag("mirror")),

@@ -30,8 +30,8 @@ def status_lines(info: OverlayInfo, controls: Controls) -> list[str]:
     )
     lines = [
         f"[{info.prompt_number}/{info.prompt_count}] {info.prompt}",
-        f"AI {info.ai_fps:.1f} fps  camera {info.camera_fps:.1f} fps  display {info.display_fps:.0f} fps  "
-        f"latency {latency}",
+        (f"AI {info.ai_fps:.1f} fps  camera {info.camera_fps:.1f} fps  display {info.display_fps:.0f} fps  "
+         f"latency {latency}"),
         settings + ("  PAUSED" if controls.paused else ""),
     ]
     if info.notice:
@@ -41,11 +41,14 @@ def status_lines(info: OverlayInfo, controls: Controls) -> list[str]:
 
 
 def draw_overlay(image: np.ndarray, info: OverlayInfo, controls: Controls) -> np.ndarray:
-    """Draw in place (the picture is the display's own copy) and return it; help replaces the status."""
+    """Draw in place (the picture is the display's own copy) and return it; help replaces the status.
+    A notice (a lost camera, say) shows even with the overlay hidden."""
     if controls.help:
-        draw_text_box(image, ["keys (h: close)"] + help_lines(), (MARGIN, MARGIN))
+        draw_text_box(image, ["keys (h: close)", *help_lines()], (MARGIN, MARGIN))
     elif controls.overlay:
         draw_text_box(image, status_lines(info, controls), (MARGIN, MARGIN))
+    elif info.notice:
+        draw_text_box(image, [info.notice], (MARGIN, MARGIN))
     return image
 
 

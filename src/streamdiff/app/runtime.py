@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from streamdiff.app.engine_io import AiFrame, EngineRunner, StepTimings
 from streamdiff.app.frames import Frame
@@ -148,7 +149,7 @@ def _guarded(name: str, work: Callable[..., None], shared: Shared, *args: Any) -
     def run() -> None:
         try:
             work(*args)
-        except BaseException as exc:  # every failure must reach the main thread, whatever its type
+        except BaseException as exc:  # noqa: BLE001  every failure must reach the main thread, whatever its type
             shared.fail(name, exc)
 
     return threading.Thread(target=run, name=f"streamdiff-{name}", daemon=True)
@@ -191,7 +192,7 @@ class Runtime:
     def controls(self) -> Controls:
         return self.display.controls
 
-    def run(self, duration: float | None = None, max_frames: int | None = None) -> RunSummary:
+    def run(self, duration: float | None = None) -> RunSummary:
         """Block in the display loop (call it from the main thread); raise what any thread raised."""
         start = time.perf_counter()
         for thread in self.threads:
@@ -199,10 +200,10 @@ class Runtime:
         try:
             if self._wait_ready():
                 deadline = None if duration is None else time.perf_counter() + duration
-                self.display.loop(deadline, max_frames)
+                self.display.loop(deadline)
         except KeyboardInterrupt:
             logger.info("interrupted; stopping")
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001  raised again below, after the workers stopped
             self.shared.fail("display", exc)
         seconds = time.perf_counter() - start
         shutdown = self.shutdown()
@@ -228,7 +229,7 @@ class Runtime:
         for sink in self.sinks:
             try:
                 sink.close()
-            except Exception as exc:  # a sink that cannot finish its file is a failure like any other
+            except Exception as exc:  # noqa: BLE001  a sink that cannot finish its file fails the run too
                 self.shared.fail("display", exc)
         self.unjoined = tuple(t.name for t in self.threads if t.is_alive())
         if self.unjoined:

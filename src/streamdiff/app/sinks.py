@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from streamdiff.app.optional import import_av, require
 from streamdiff.errors import UserError
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".m4v", ".avi")
@@ -76,7 +77,7 @@ class WindowSink(BaseSink):
     monitor = True
 
     def __init__(self, title: str = "streamdiff", fullscreen: bool = False) -> None:
-        import cv2
+        cv2 = require("cv2", "a window")
 
         check_display()
         self.title = title
@@ -119,7 +120,7 @@ class VideoFileSink(BaseSink):
 
     def __init__(self, path: str | Path, width: int, height: int, fps: float,
                  time_base: Fraction | None = None, crf: int = 18) -> None:
-        import av
+        av = import_av()
 
         self.path = Path(path)
         if self.path.suffix.lower() not in VIDEO_SUFFIXES:
@@ -174,7 +175,7 @@ class VideoFileSink(BaseSink):
         self.container.mux(self._audio.encode(frame))
 
     def write(self, image: np.ndarray, pts: int | None = None) -> None:
-        import av
+        av = import_av()
 
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[: self.height, : self.width]), format="rgb24")
         frame.pts = self.frames if pts is None else pts
@@ -215,8 +216,7 @@ class VirtualCameraSink(BaseSink):
 
     def __init__(self, width: int, height: int, fps: float, backend: str | None = None,
                  device: str | None = None) -> None:
-        import pyvirtualcam
-
+        pyvirtualcam = require("pyvirtualcam", "a virtual camera")
         try:
             self.camera = pyvirtualcam.Camera(width, height, fps, fmt=pyvirtualcam.PixelFormat.BGR,
                                               backend=backend, device=device)

@@ -9,11 +9,13 @@ import glob
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
+from streamdiff.app.optional import import_av, require
 from streamdiff.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -47,12 +49,14 @@ class AnimatedPattern:
     def __init__(self, width: int = 640, height: int = 480, fps: float = 30.0, clock=time.perf_counter) -> None:
         self.name, self.fps, self.width, self.height = "test pattern", fps, width, height
         self._pacer, self._count = Pacer(fps, clock), 0
-        x = np.arange(width + 256, dtype=np.int32)[None, :]
-        y = np.arange(height, dtype=np.int32)[:, None]
-        # Twice as wide as needed so that a scrolled frame is a slice, not a recomputation.
-        self._base = np.stack(
-            [(x * 2) % 256 + 0 * y, (y * 255) // max(1, height - 1) + 0 * x, 255 - (x % 256) + 0 * y], axis=-1
-        ).astype(np.uint8)
+        # Wider than a frame by one colour cycle, so that a scrolled frame is a slice, not a recomputation.
+        shape = (height, width + 256)
+        x = np.arange(shape[1])[None, :]
+        y = np.arange(height)[:, None]
+        red = np.broadcast_to((x * 2) % 256, shape)
+        green = np.broadcast_to(y * 255 // max(1, height - 1), shape)
+        blue = np.broadcast_to(255 - x % 256, shape)
+        self._base = np.stack([red, green, blue], axis=-1).astype(np.uint8)
 
     def read(self) -> np.ndarray:
         self._pacer.wait()
@@ -112,7 +116,7 @@ class OpenCVCamera:
     live = True
 
     def __init__(self, device: int | str, width: int | None = None, height: int | None = None) -> None:
-        import cv2
+        cv2 = require("cv2", "a camera")
 
         self.name = f"camera {device}"
         self._capture = _quiet_open(device)
@@ -207,7 +211,7 @@ class ScreenRegion:
     live = True
 
     def __init__(self, region: tuple[int, int, int, int] | None = None, monitor: int = 1, fps: float = 30.0) -> None:
-        import mss
+        mss = require("mss", "screen capture")
 
         self.name, self.fps = "screen", fps
         try:
@@ -269,7 +273,7 @@ class VideoFile:
 
     def read_frame(self):
         """The next decoded av.VideoFrame (with its pts), or None at the end."""
-        import av
+        av = import_av()
 
         try:
             return next(self._frames, None)
@@ -287,7 +291,7 @@ class VideoFile:
 
 
 def _open_container(url: str, live: bool):
-    import av
+    av = import_av()
 
     options = {"rtsp_transport": "tcp"} if url.startswith("rtsp") else {}
     try:

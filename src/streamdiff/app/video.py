@@ -11,9 +11,10 @@ import argparse
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 from streamdiff.app.frames import from_engine, to_engine
 from streamdiff.errors import UserError
@@ -59,7 +60,8 @@ class Progress:
         fps = self.done / elapsed
         if self.total:
             eta = (self.total - self.done) / fps if fps > 0 else 0.0
-            text = f"frames {self.done}/{self.total} ({100 * self.done // self.total}%) | {fps:.1f} FPS | ETA {_clock(eta)}"
+            share = 100 * self.done // self.total
+            text = f"frames {self.done}/{self.total} ({share}%) | {fps:.1f} FPS | ETA {_clock(eta)}"
         else:
             text = f"frames {self.done} | {fps:.1f} FPS | {_clock(elapsed)} elapsed"
         self.stream.write(f"\r{text}\x1b[K{end}" if self.tty else text + "\n")
@@ -67,7 +69,7 @@ class Progress:
 
 
 def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 

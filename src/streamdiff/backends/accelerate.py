@@ -122,12 +122,21 @@ def accelerate(pipe: StreamPipeline, mode: str | AccelMode = "auto", *, fallback
     stream = AcceleratedStream(pipe, capture, mode=chosen.value, progress=say)
     prepared = time.perf_counter() - start
     built = 0.0
-    if build and chosen is not AccelMode.NONE:
+    if build and chosen is not AccelMode.NONE and _prepared(pipe):
         built = _build(stream, chosen, requested, fallback, input_size, say)
         chosen = AccelMode.parse(stream.mode)
     report = AccelReport(requested.value, chosen.value, compile_preset if chosen.compiles else None,
                          str(folder) if folder else None, prepared, built)
     return stream, report
+
+
+def _prepared(pipe: StreamPipeline) -> bool:
+    """Whether prepare() ran; without prompts nothing can be built yet (the first frames build instead)."""
+    try:
+        pipe.step_buffers()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _prepare_modules(pipe: StreamPipeline, mode: AccelMode, cache_dir: str | Path | None, preset: str,
@@ -139,8 +148,8 @@ def _prepare_modules(pipe: StreamPipeline, mode: AccelMode, cache_dir: str | Pat
         torch.backends.cudnn.benchmark = True  # one stream keeps its shapes: the search pays off at once
         unet.to(memory_format=torch.channels_last)
         vae.to(memory_format=torch.channels_last)
-        if hasattr(unet, "fuse_qkv_projections"):
-            unet.fuse_qkv_projections()
+        if hasattr(unet, "fuse_qkv_projections") and getattr(unet, "original_attn_processors", None) is None:
+            unet.fuse_qkv_projections()  # one projection matrix product instead of three (two for cross-attention)
     if not mode.compiles:
         return None
     folder = compiling.use_cache_dir(cache_dir)
@@ -188,7 +197,8 @@ def add_accel_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--compile-cache", default=None, metavar="DIR",
                    help=f"folder of compiled kernels kept between runs (default {compiling.default_cache_dir()})")
     g.add_argument("--compile-preset", choices=sorted(compiling.COMPILE_PRESETS), default="default",
-                   help="compiler settings: default, or tuned (slower first start, faster kernels)")
+                   help="compiler settings: default, or tuned (coordinate-descent tuning; a much slower first "
+                        "start, faster kernels on some GPUs)")
 
 
 def accelerate_from_args(pipe: StreamPipeline, args: argparse.Namespace,

@@ -7,8 +7,9 @@ stream's state is updated in place, and the output lands in a tensor the capture
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -69,19 +70,15 @@ class CudaGraphCapture:
         return graph, out
 
 
-class preserved:
-    """Context manager: the tensors hold the same values afterwards (warm-up calls must not advance the stream)."""
-
-    def __init__(self, tensors: Sequence[Tensor]):
-        self.tensors = list(tensors)
-
-    def __enter__(self) -> preserved:
-        self.saved = [t.clone() for t in self.tensors]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for tensor, saved in zip(self.tensors, self.saved):
-            tensor.copy_(saved)
+@contextlib.contextmanager
+def preserved(tensors: Sequence[Tensor]) -> Iterator[None]:
+    """The tensors hold the same values afterwards (warm-up calls must not advance the stream)."""
+    saved = [t.clone() for t in tensors]
+    try:
+        yield
+    finally:
+        for tensor, value in zip(tensors, saved):
+            tensor.copy_(value)
 
 
 @dataclass
@@ -112,7 +109,7 @@ class FrameBuffers:
         assert self.device_in is not None
         if isinstance(frames, np.ndarray):
             if self.host_in is None:
-                self.device_in.copy_(torch.from_numpy(frames))
+                self.device_in.copy_(torch.from_numpy(np.ascontiguousarray(frames)))
                 return
             assert self.uploaded is not None
             self.uploaded.synchronize()  # the last upload has long finished unless no output was fetched since

@@ -181,7 +181,9 @@ class AcceleratedStream:
             self._steps.popitem(last=False)
         start = time.perf_counter()
         carry = self._carry = self._carry or pipe.new_carry()
-        example = None if frames is None else (torch.from_numpy(frames) if isinstance(frames, np.ndarray) else frames)
+        example = frames
+        if isinstance(frames, np.ndarray):
+            example = torch.empty(frames.shape, dtype=torch.uint8)
         cfg = pipe.config
         out_shape = (cfg.frame_buffer_size, cfg.height, cfg.width, 3) if key.uint8 else None
         buffers = FrameBuffers.allocate(example, out_shape, pipe.device)

@@ -77,8 +77,9 @@ def _options(args: argparse.Namespace) -> Any:
 
     if args.calls < 1 or args.warmup < 0:
         raise UserError(f"--calls must be at least 1 and --warmup at least 0; got {args.calls} and {args.warmup}")
-    return BenchOptions(calls=args.calls, warmup=args.warmup, min_seconds=args.min_seconds, device=args.device, dtype=args.dtype,
-                        random_weights=args.random_weights, prompt=args.prompt, compare=tuple(args.compare),
+    return BenchOptions(calls=args.calls, warmup=args.warmup, min_seconds=args.min_seconds, device=args.device,
+                        dtype=args.dtype, random_weights=args.random_weights, prompt=args.prompt,
+                        compare=tuple(args.compare),
                         stages=not args.no_stages, fallback=args.accel_fallback, cache_dir=args.compile_cache,
                         compile_preset=args.compile_preset)
 
@@ -118,7 +119,8 @@ def run_command(args: argparse.Namespace) -> int:
         table = ablation_md + "\n" + table
         write_ablation_chart(out / f"{name}.png", rows)
     else:
-        report.write_chart(out / f"{name}.png", results, f"streamdiff bench on {document['environment'].get('gpu', device)}")
+        where = document["environment"].get("gpu", str(device))
+        report.write_chart(out / f"{name}.png", results, f"streamdiff bench on {where}")
     report.write_json(out / f"{name}.json", document)
     (out / f"{name}.md").write_text(table)
     print(table)

@@ -88,11 +88,12 @@ def order(scenarios: list[Scenario]) -> list[Scenario]:
     return sorted(scenarios, key=lambda s: (first_seen[(s.model, s.taesd)], _MODE_ORDER.get(s.accel, 3)))
 
 
-def run_all(scenarios: list[Scenario], options: BenchOptions,
-            progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def run_all(scenarios: list[Scenario], options: BenchOptions, progress: Callable[[str], None] = print,
+            sink: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
     """Results of every scenario (a failed one records its error and the rest go on).
 
     Per model, the baselines run first, on the modules as loaded; then the streams, plain modes first.
+    sink, if given, receives the results so far after each case (to save partial results).
     """
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype, device)
@@ -107,13 +108,27 @@ def run_all(scenarios: list[Scenario], options: BenchOptions,
                 if _baseline_key(name, scenario) not in done:
                     done.add(_baseline_key(name, scenario))
                     progress(f"bench: {name} baseline of {scenario.name()}")
-                    results.append(_guarded(name, scenario, pool, progress,
-                                            run_baseline, name, scenario, options, pool, device))
+                    results.append(_labelled(_guarded(name, scenario, pool, progress,
+                                                      run_baseline, name, scenario, options, pool, device), options))
+                    if sink:
+                        sink(results)
         for scenario in members:
             progress(f"bench: {scenario.name()}")
-            results.append(_guarded("streamdiff", scenario, pool, progress,
-                                    run_scenario, scenario, options, pool, device, progress))
+            results.append(_labelled(_guarded("streamdiff", scenario, pool, progress,
+                                              run_scenario, scenario, options, pool, device, progress), options))
+            if sink:
+                sink(results)
     return results
+
+
+def _labelled(result: dict[str, Any], options: BenchOptions) -> dict[str, Any]:
+    """Random weights of a model whose architecture is reconstructed (not published) say so in the name."""
+    from ..models.architectures import RECONSTRUCTED
+
+    if options.random_weights and result["scenario"]["model"] in RECONSTRUCTED:
+        result["name"] += " [reconstructed architecture]"
+        result["reconstructed_architecture"] = True
+    return result
 
 
 def _guarded(kind: str, scenario: Scenario, pool: ModelPool, progress: Callable[[str], None],
@@ -156,9 +171,10 @@ def run_scenario(scenario: Scenario, options: BenchOptions, pool: ModelPool, dev
     entry.touched = entry.touched or report.mode != "none"
     result = _time_stream(stream, scenario, options, device)
     result.update(accel=report.__dict__, peak_gpu_memory_mb=peak_memory_mb(device))
-    if options.stages and scenario.task == "img2img":
+    if options.stages and scenario.task == "img2img" and scenario.similarity is None:
         repeats = 20 if device.type == "cuda" else 3
-        result["stages_ms"] = stage_times(pipe, graphs=AccelMode.parse(report.mode).graphs, repeats=repeats)
+        result["stages_ms"] = stage_times(pipe, _inputs(scenario, options)[0],
+                                          graphs=AccelMode.parse(report.mode).graphs, repeats=repeats)
     return result
 
 
@@ -195,7 +211,8 @@ def _time_stream(stream: Any, scenario: Scenario, options: BenchOptions, device:
 
 def _result(scenario: Scenario, kind: str, latency: Latency, joules: float | None, **extra: Any) -> dict[str, Any]:
     f = scenario.frame_buffer_size
-    return {"scenario": scenario.as_dict(), "name": scenario.name() if kind == "streamdiff" else f"{kind}: {scenario.name()}",
+    name = scenario.name() if kind == "streamdiff" else f"{kind}: {scenario.name()}"
+    return {"scenario": scenario.as_dict(), "name": name,
             "kind": kind, "latency": latency.as_dict(), "ms_per_frame": latency.median_ms / f, "fps": latency.fps(f),
             "joules_per_frame": joules, **extra}
 

@@ -1,22 +1,24 @@
-"""Per-stage time of one stream step: each stage timed alone, as the step runs it (graph or eager).
+"""Per-stage time of one stream step: each stage timed alone, on exactly the inputs the step gives it.
 
-The stages of a step are captured one by one (in graph modes) or called eagerly, each on inputs of the
-step's shapes, and timed with device events; `other` is what the whole step takes beyond their sum
-(scheduler math, copies between stages, and in eager modes the Python between launches).
+One ordinary frame runs with hooks that record the UNet's, the encoder's and the decoder's inputs (their
+shapes and memory layouts, so compiled code is reused, not rebuilt); each stage is then captured as a
+graph of its own (graph modes) or called eagerly, and timed with device events. `other` in the reports
+is what the whole step takes beyond the stages' sum: scheduler math and glue kernels, and in eager
+modes the Python between launches.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..backends.graphs import CudaGraphCapture
 from ..config import CfgType, StreamConfig
 from ..stream import StreamPipeline
-from ..backends.graphs import CudaGraphCapture
 
 STAGES: tuple[str, ...] = ("upload", "preprocess", "encode", "unet", "decode", "postprocess", "download")
 
@@ -32,10 +34,10 @@ def unet_calls(config: StreamConfig) -> list[int]:
     return [per_step + (f if initialize else 0)] + [per_step] * (n - 1)
 
 
-def _timer(device: torch.device, graphs: bool) -> Callable[[Callable[[], object], int], float]:
+def _timer(device: torch.device, graphs: bool, repeats: int) -> Callable[[Callable[[], object]], float]:
     """A function timing `fn` `repeats` times; returns the median in milliseconds."""
 
-    def run(fn: Callable[[], object], repeats: int) -> float:
+    def run(fn: Callable[[], object]) -> float:
         call = fn
         if graphs:
             graph, _ = CudaGraphCapture(warmup=2)(fn, ())
@@ -58,39 +60,61 @@ def _timer(device: torch.device, graphs: bool) -> Callable[[Callable[[], object]
     return run
 
 
+def _clone(value: Any) -> Any:
+    return value.clone() if isinstance(value, Tensor) else value
+
+
+def record_inputs(pipe: StreamPipeline, frame: np.ndarray,
+                  modules: dict[str, torch.nn.Module]) -> dict[str, list[tuple[tuple, dict]]]:
+    """The positional and keyword inputs of every call of each module while one ordinary frame runs."""
+    calls: dict[str, list[tuple[tuple, dict]]] = {name: [] for name in modules}
+    handles = []
+    for name, module in modules.items():
+        def hook(_module, args, kwargs, name=name):
+            calls[name].append((tuple(_clone(a) for a in args), {k: _clone(v) for k, v in kwargs.items()}))
+
+        handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+    try:
+        pipe.img2img(frame, output_type="np")
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls
+
+
 @torch.no_grad()
-def stage_times(pipe: StreamPipeline, *, graphs: bool, repeats: int = 20) -> dict[str, float]:
-    """Median milliseconds of each stage of one img2img step of `pipe` (prepared, accelerated or not)."""
-    cfg, device, dtype = pipe.config, pipe.device, pipe.dtype
-    f, h, w = cfg.frame_buffer_size, cfg.height, cfg.width
-    timer = _timer(device, graphs and device.type == "cuda")
-    frames = torch.randint(0, 256, (f, h, w, 3), dtype=torch.uint8, pin_memory=device.type == "cuda")
+def stage_times(pipe: StreamPipeline, frame: np.ndarray, *, graphs: bool, repeats: int = 20) -> dict[str, float]:
+    """Median milliseconds of each stage of one img2img step of `pipe` (prepared, warm, accelerated or not).
+
+    frame: uint8 (H, W, 3), or (F, H, W, 3) with frame_buffer_size F.
+    """
+    cfg, device = pipe.config, pipe.device
+    vae = pipe.components.vae
+    modules = {"unet": pipe.components.unet, "encode": vae.encoder, "decode": vae.decoder}
+    calls = record_inputs(pipe, frame, modules)
+    timer = _timer(device, graphs and device.type == "cuda", repeats)
+    pinned = device.type == "cuda"
+    frames = torch.from_numpy(frame.reshape(-1, *frame.shape[-3:]).copy())
+    frames = frames.pin_memory() if pinned else frames
     frames_dev = frames.to(device)
-    pixels = pipe.device_pixels(frames_dev)
-    latents = pipe.codec.encode(pixels)
-    pictures = (pipe.codec.decode(latents) / 2 + 0.5).clamp(0, 1)
+    f, h, w = frames.shape[0], cfg.height, cfg.width
+    pictures = torch.rand((f, 3, h, w), device=device, dtype=pipe.dtype)
     out_dev = torch.empty((f, h, w, 3), dtype=torch.uint8, device=device)
-    out_host = torch.empty_like(out_dev, device="cpu", pin_memory=device.type == "cuda")
-    embeds = pipe.prompts.encode("")
+    out_host = torch.empty((f, h, w, 3), dtype=torch.uint8, pin_memory=pinned)
     times = {
-        "upload": timer(lambda: frames_dev.copy_(frames, non_blocking=True), repeats),
-        "preprocess": timer(lambda: pipe.device_pixels(frames_dev), repeats),
-        "encode": timer(lambda: pipe.codec.encode(pixels), repeats),
-        "unet": sum(timer(_unet_call(pipe, b, embeds, dtype), repeats) for b in unet_calls(cfg)),
-        "decode": timer(lambda: pipe.codec.decode(latents), repeats),
-        "postprocess": timer(lambda: out_dev.copy_(_to_uint8(pictures)), repeats),
-        "download": timer(lambda: out_host.copy_(out_dev, non_blocking=True), repeats),
+        "upload": timer(lambda: frames_dev.copy_(frames, non_blocking=True)),
+        "preprocess": timer(lambda: pipe.device_pixels(frames_dev)),
     }
-    return times
+    for stage, module in modules.items():
+        times[stage] = sum(timer(_call(module, args, kwargs)) for args, kwargs in calls[stage])
+    times["postprocess"] = timer(lambda: out_dev.copy_(_to_uint8(pictures)))
+    times["download"] = timer(lambda: out_host.copy_(out_dev, non_blocking=True))
+    return {stage: times[stage] for stage in STAGES}
 
 
-def _unet_call(pipe: StreamPipeline, batch: int, embeds: Tensor, dtype: torch.dtype) -> Callable[[], Tensor]:
-    cfg = pipe.config
-    latents = torch.randn((batch, 4, cfg.height // 8, cfg.width // 8), device=pipe.device, dtype=dtype)
-    timesteps = torch.full((batch,), 999, device=pipe.device, dtype=torch.long)
-    text = embeds.expand(batch, -1, -1).contiguous()
-    return lambda: pipe.denoiser(latents, timesteps, text)
+def _call(module: torch.nn.Module, args: tuple, kwargs: dict) -> Callable[[], Any]:
+    return lambda: module(*args, **kwargs)
 
 
 def _to_uint8(pictures: Tensor) -> Tensor:
-    return (pictures.float() * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    return (pictures.float() * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
