@@ -8,8 +8,10 @@
    null sink, display at 30 fps. Per stylized frame: the inference thread's own work (preprocess from
    the camera frame, postprocess to a picture, controls) and the engine call as timed inside the
    runtime (slower than alone where the capture and display threads share the cores). "Added per
-   frame" = engine in the runtime + own work - engine alone. Then the same with a source faster than
-   the engine (120 fps), where the interval between outputs is the whole cost of a frame.
+   frame" = engine in the runtime + own work - engine alone. Engine alone and runtime runs alternate
+   `--repeats` times and the medians are reported, so a slow drift of the machine's load (other
+   processes) falls on both sides. Then the runtime with a source faster than the engine (120 fps),
+   where the interval between outputs is the whole cost of a frame.
 3. Display rate while inference is slower than the display: a larger render size, the display at 30
    and at 60 fps, and at 30 fps with a camera blend of 0.5 (the blend costs most on the display side).
 
@@ -84,6 +86,20 @@ def in_runtime(pipe: Any, seconds: float, display_fps: float, source_fps: float,
     }
 
 
+def alternate(pipe: Any, seconds: float, repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Engine alone and in the runtime (30 fps source), alternated; medians of each measure."""
+    alones, runs = [], []
+    for _ in range(repeats):
+        alones.append(engine_alone(pipe, seconds))
+        run = in_runtime(pipe, seconds, 30.0, 30.0)
+        run["added_per_frame_ms"] = run["engine_ms"] + run["own_work_ms"] - alones[-1]["mean_ms"]
+        runs.append(run)
+    alone = {key: statistics.median(a[key] for a in alones) for key in alones[0]}
+    runtime = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+    runtime["added_each_run_ms"] = [round(r["added_per_frame_ms"], 2) for r in runs]
+    return alone, runtime
+
+
 def machine() -> dict[str, Any]:
     import cv2
     import numpy
@@ -106,7 +122,8 @@ def machine() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of each measurement")
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each measurement")
+    parser.add_argument("--repeats", type=int, default=5, help="alternations of engine alone and runtime")
     parser.add_argument("--render-size", type=int, default=64, help="render size of the overhead scenario")
     parser.add_argument("--slow-render-size", type=int, default=256, help="render size of the display scenario")
     parser.add_argument("--steps", type=int, default=2)
@@ -123,16 +140,14 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, Any] = {"machine": machine(), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
     pipe = engine(args.render_size, args.steps, args.device)
-    alone = engine_alone(pipe, args.seconds)
-    runtime = in_runtime(pipe, args.seconds, 30.0, 30.0)
-    runtime["added_per_frame_ms"] = runtime["engine_ms"] + runtime["own_work_ms"] - alone["mean_ms"]
+    alone, runtime = alternate(pipe, args.seconds, args.repeats)
     saturated = in_runtime(pipe, args.seconds, 30.0, args.fast_source_fps)
     saturated["added_per_frame_ms"] = saturated["interval_ms"] - alone["mean_ms"]
     results["overhead"] = {"render_size": args.render_size, "engine_alone": alone, "runtime": runtime,
                            "saturated": saturated}
 
     slow = engine(args.slow_render_size, args.steps, args.device)
-    slow_alone = engine_alone(slow, min(args.seconds, 5.0))
+    slow_alone = engine_alone(slow, args.seconds)
     results["display"] = {
         "render_size": args.slow_render_size, "engine_alone": slow_alone,
         "display_30": in_runtime(slow, args.seconds, 30.0, 30.0),
@@ -152,13 +167,14 @@ def report(results: dict[str, Any]) -> None:
     o = results["overhead"]
     alone, rt, sat = o["engine_alone"], o["runtime"], o["saturated"]
     print(f"\noverhead, tiny model {o['render_size']}x{o['render_size']}, test pattern 640x480, null sink, "
-          "display 30 fps:")
+          "display 30 fps (medians):")
     print(f"  engine alone               {alone['mean_ms']:7.2f} ms/frame (median {alone['median_ms']:.2f})")
     print(f"  source 30 fps: engine      {rt['engine_ms']:7.2f} ms/frame inside the runtime")
     print(f"  runtime's own work         {rt['own_work_ms']:7.2f} ms/frame (preprocess {rt['preprocess_ms']:.2f}, "
           f"postprocess {rt['postprocess_ms']:.2f}, controls {rt['controls_ms']:.3f})")
-    print(f"  added per frame            {rt['added_per_frame_ms']:+7.2f} ms (AI {rt['ai_fps']:.1f}, camera "
-          f"{rt['camera_fps']:.1f}, display {rt['display_fps']:.1f} fps; shutdown {rt['shutdown_ms']:.0f} ms)")
+    print(f"  added per frame            {rt['added_per_frame_ms']:+7.2f} ms, median of runs "
+          f"{rt['added_each_run_ms']} (AI {rt['ai_fps']:.1f}, camera {rt['camera_fps']:.1f}, display "
+          f"{rt['display_fps']:.1f} fps; shutdown {rt['shutdown_ms']:.0f} ms)")
     print(f"  source {sat['camera_fps']:.0f} fps: interval    {sat['interval_ms']:7.2f} ms/frame -> added "
           f"{sat['added_per_frame_ms']:+.2f} ms (engine {sat['engine_ms']:.2f}, own work {sat['own_work_ms']:.2f}; "
           f"display {sat['display_fps']:.1f} fps)")

@@ -66,9 +66,10 @@ def _check_float_tensor(tensor: Tensor) -> Tensor:
         raise ValueError(f"expected a tensor of shape (B, 3, H, W); got {tuple(tensor.shape)}")
     if tensor.shape[1] != 3:
         raise ValueError(f"expected 3 colour channels (RGB) in dim 1; got shape {tuple(tensor.shape)}")
-    if not bool(torch.isfinite(tensor).all()):
+    # One read-back for all three checks: on a GPU each separate read would wait for the device.
+    finite, low, high = torch.stack([torch.isfinite(tensor).all().to(tensor.dtype), tensor.min(), tensor.max()]).tolist()
+    if not finite:
         raise ValueError("the image tensor holds NaN or infinite values; expected finite values in [0, 1]")
-    low, high = float(tensor.min()), float(tensor.max())
     if low < 0.0 or high > 1.0:
         raise ValueError(f"expected tensor values in [0, 1]; got the range [{low:.3g}, {high:.3g}]")
     return tensor

@@ -32,6 +32,15 @@ def test_every_frame_comes_out_in_order_whatever_the_latency(tmp_path, clip, lat
     assert [round((255 - int(p[8, 8, 0])) / 20) for p in pictures] == list(range(12))
 
 
+def test_any_input_size_is_fitted_to_the_render_size(tmp_path):
+    wide = make_clip(tmp_path / "wide.mp4", frames=3, width=160, height=64, audio=False)
+    stylize_video(FakeEngine(width=64, height=48, fit="pad"), wide, tmp_path / "out.mp4")
+    pictures, _, _ = probe(tmp_path / "out.mp4")
+    assert pictures[0].shape == (48, 64, 3)
+    # 160x64 padded into 64x48: a 64x26 picture between black bars (white after the fake's 1 - x).
+    assert pictures[2][2, 32].min() > 240 and pictures[2][24, 32, 0] < 240
+
+
 def test_a_clip_shorter_than_the_latency_still_gives_every_frame(tmp_path):
     short = make_clip(tmp_path / "short.mp4", frames=2, audio=False)
     summary = stylize_video(FakeEngine(latency_frames=3), short, tmp_path / "out.mp4")

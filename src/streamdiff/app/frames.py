@@ -101,19 +101,23 @@ def fit_pane(image: np.ndarray, width: int, height: int, fit: str, mirror: bool 
 
 
 def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Area averaging when shrinking (no aliasing), bilinear when growing."""
+    """Anti-aliased when shrinking: halve with a Gaussian (pyrDown) while at least twice too big, then
+    finish bilinearly (under 2x little aliases). OpenCV's area averaging would be 3 to 5 times slower
+    for factors that are not whole numbers, and this runs once per frame on every camera frame."""
     import cv2
 
-    h, w = image.shape[:2]
-    if (w, h) == (width, height):
-        return np.ascontiguousarray(image)
-    shrinking = width < w and height < h
-    method = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    return cv2.resize(np.ascontiguousarray(image), (width, height), interpolation=method)
+    # OpenCV takes cropped views as they are (rows with a stride): no copy of the camera frame.
+    while image.shape[1] >= 2 * width and image.shape[0] >= 2 * height:
+        image = cv2.pyrDown(image)
+    if image.shape[:2] == (height, width):
+        return image
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def convert_order(image: np.ndarray, order: str, wanted: str) -> np.ndarray:
     """The same picture with its channels in the `wanted` order (a copy only when they differ)."""
     if order == wanted:
         return image
-    return np.ascontiguousarray(image[..., ::-1])
+    import cv2
+
+    return cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # the same swap either way; faster than numpy's copy

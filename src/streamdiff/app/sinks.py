@@ -120,8 +120,7 @@ class VideoFileSink(BaseSink):
 
     def __init__(self, path: str | Path, width: int, height: int, fps: float,
                  time_base: Fraction | None = None, crf: int = 18) -> None:
-        av = import_av()
-
+        self._av = av = import_av()
         self.path = Path(path)
         if self.path.suffix.lower() not in VIDEO_SUFFIXES:
             raise UserError(f"video output must end in {', '.join(VIDEO_SUFFIXES)}; got {self.path.name}")
@@ -175,9 +174,7 @@ class VideoFileSink(BaseSink):
         self.container.mux(self._audio.encode(frame))
 
     def write(self, image: np.ndarray, pts: int | None = None) -> None:
-        av = import_av()
-
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[: self.height, : self.width]), format="rgb24")
+        frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(image[: self.height, : self.width]), format="rgb24")
         frame.pts = self.frames if pts is None else pts
         frame.time_base = self.time_base
         self.container.mux(self.stream.encode(frame))
