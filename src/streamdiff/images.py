@@ -112,16 +112,23 @@ def prepare_input(
 ) -> tuple[Tensor, ImageKind]:
     """Validated pictures as a (B, 3, height, width) tensor in [-1, 1] on the engine's device."""
     kind = kind_of(image)
-    pixels = to_uint8_tensor(image).to(device, non_blocking=True)
-    if pixels.dtype == torch.uint8:
-        pixels = pixels.to(torch.float32) / 255.0
-    pixels = fit_size(pixels.to(torch.float32), width, height, fit)
-    return (pixels * 2.0 - 1.0).to(dtype), kind
+    return to_model_pixels(to_uint8_tensor(image).to(device, non_blocking=True), width, height, fit, dtype), kind
+
+
+def to_model_pixels(pixels: Tensor, width: int, height: int, fit: str, dtype: torch.dtype) -> Tensor:
+    """uint8 or [0, 1] float pictures (B, 3, h, w) to (B, 3, height, width) in [-1, 1], with no host sync."""
+    pixels = pixels.to(torch.float32) / 255.0 if pixels.dtype == torch.uint8 else pixels.to(torch.float32)
+    return (fit_size(pixels, width, height, fit) * 2.0 - 1.0).to(dtype)
 
 
 def postprocess(decoded: Tensor) -> Tensor:
     """Decoder output in [-1, 1] to pictures in [0, 1]."""
     return (decoded / 2.0 + 0.5).clamp(0.0, 1.0)
+
+
+def to_uint8_hwc(pictures: Tensor) -> Tensor:
+    """(B, 3, H, W) in [0, 1] to uint8 (B, H, W, 3) on the same device."""
+    return (pictures.float() * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
 def to_output(pictures: Tensor, kind: ImageKind) -> Any:
@@ -130,7 +137,7 @@ def to_output(pictures: Tensor, kind: ImageKind) -> Any:
         raise ValueError(f"output_type must be one of {', '.join(KINDS)}; got {kind!r}")
     if kind == "pt":
         return pictures.float()
-    array = (pictures.float() * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    array = to_uint8_hwc(pictures).cpu().numpy()
     if kind == "np":
         return array[0] if len(array) == 1 else array
     from PIL import Image

@@ -319,9 +319,8 @@ class StreamPipeline:
     def device_pixels(self, frames: Tensor) -> Tensor:
         """uint8 (F, h, w, 3) or float (F, 3, h, w) in [0, 1] on the device -> (F, 3, H, W) in [-1, 1], as img2img."""
         cfg = self.config
-        pixels = frames.permute(0, 3, 1, 2).float() / 255.0 if frames.dtype == torch.uint8 else frames.float()
-        pixels = images.fit_size(pixels, cfg.width, cfg.height, cfg.fit)
-        return (pixels * 2.0 - 1.0).to(self.dtype)
+        pixels = frames.permute(0, 3, 1, 2) if frames.dtype == torch.uint8 else frames
+        return images.to_model_pixels(pixels, cfg.width, cfg.height, cfg.fit, self.dtype)
 
     def begin_device_frame(self, kind: images.ImageKind | None, pixels: Tensor | None = None) -> bool:
         """An accelerated call's bookkeeping before its device step: count the frame, remember the input kind
@@ -362,4 +361,4 @@ class StreamPipeline:
         carry.previous_output.copy_(pictures)
         if not uint8:
             return None
-        return (pictures.float() * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+        return images.to_uint8_hwc(pictures)

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ..backends.graphs import CudaGraphCapture
 from ..config import CfgType, StreamConfig
+from ..images import to_uint8_hwc
 from ..stream import StreamPipeline
 
 STAGES: tuple[str, ...] = ("upload", "preprocess", "encode", "unet", "decode", "postprocess", "download")
@@ -107,7 +108,7 @@ def stage_times(pipe: StreamPipeline, frame: np.ndarray, *, graphs: bool, repeat
     }
     for stage, module in modules.items():
         times[stage] = sum(timer(_call(module, args, kwargs)) for args, kwargs in calls[stage])
-    times["postprocess"] = timer(lambda: out_dev.copy_(_to_uint8(pictures)))
+    times["postprocess"] = timer(lambda: out_dev.copy_(to_uint8_hwc(pictures)))
     times["download"] = timer(lambda: out_host.copy_(out_dev, non_blocking=True))
     return {stage: times[stage] for stage in STAGES}
 
@@ -115,6 +116,3 @@ def stage_times(pipe: StreamPipeline, frame: np.ndarray, *, graphs: bool, repeat
 def _call(module: torch.nn.Module, args: tuple, kwargs: dict) -> Callable[[], Any]:
     return lambda: module(*args, **kwargs)
 
-
-def _to_uint8(pictures: Tensor) -> Tensor:
-    return (pictures.float() * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
