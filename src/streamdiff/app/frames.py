@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from streamdiff.images import fit_size
+from streamdiff.images import fit_size, to_uint8_hwc
 
 ChannelOrder = Literal["rgb", "bgr"]
 ORDERS: tuple[str, ...] = ("rgb", "bgr")
@@ -66,10 +66,10 @@ def _has_opencv() -> bool:
 
 def from_engine(pictures: Tensor, order: str) -> np.ndarray:
     """The engine's (1, 3, H, W) output in [0, 1] as a (H, W, 3) uint8 array in `order`, on the host."""
-    pixels = pictures[0].float().mul(255.0).round_().clamp_(0.0, 255.0).to(torch.uint8)  # (3, H, W)
+    pixels = to_uint8_hwc(pictures[:1])[0]  # (H, W, 3)
     if order == "bgr":
-        pixels = pixels.flip(0)
-    return pixels.permute(1, 2, 0).contiguous().cpu().numpy()
+        pixels = pixels.flip(-1)
+    return pixels.cpu().numpy()
 
 
 def crop_box(width: int, height: int, out_width: int, out_height: int) -> tuple[int, int, int, int]:
