@@ -6,9 +6,11 @@ frames still in flight at the end of a clip.
 
 from __future__ import annotations
 
+import enum
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence, Union
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -24,7 +26,13 @@ from .prompts import PromptEncoder, PromptLike, Transition, normalized_weights
 from .schedule import build_coefficients
 from .similarity import SimilarityFilter
 
-SeedLike = Union[int, Sequence[tuple[int, float]]]
+SeedLike = int | Sequence[tuple[int, float]]
+
+
+class _NoCosine(enum.Enum):
+    """begin_device_frame's default: no cosine was measured (None is a measurement: no previous input)."""
+
+    TOKEN = 0
 
 
 @dataclass
@@ -213,6 +221,11 @@ class StreamPipeline:
             return None
         return SimilarityFilter(threshold, max_skip, seed=self.config.seed)
 
+    @property
+    def similarity_filter(self) -> SimilarityFilter | None:
+        """The similarity filter in use (None: off); a new one after set_similarity_filter."""
+        return self._filter
+
     # ----- streaming ----------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -257,8 +270,17 @@ class StreamPipeline:
     def _skip(self, pixels: Tensor) -> bool:
         if self._filter is None:
             return False
-        skip = self._filter.should_skip(pixels) and self._previous_output is not None
-        self.stats.last_similarity = self._filter.last_similarity
+        return self._count_skip(self._filter, self._filter.should_skip(pixels))
+
+    def _skip_measured(self, cosine: float | None) -> bool:
+        """_skip for a cosine a device step measured against the filter's previous input."""
+        if self._filter is None:
+            return False
+        return self._count_skip(self._filter, self._filter.decide(cosine))
+
+    def _count_skip(self, flt: SimilarityFilter, decision: bool) -> bool:
+        skip = decision and self._previous_output is not None
+        self.stats.last_similarity = flt.last_similarity
         self.stats.skipped += int(skip)
         return skip
 
@@ -322,14 +344,23 @@ class StreamPipeline:
         pixels = frames.permute(0, 3, 1, 2) if frames.dtype == torch.uint8 else frames
         return images.to_model_pixels(pixels, cfg.width, cfg.height, cfg.fit, self.dtype)
 
-    def begin_device_frame(self, kind: images.ImageKind | None, pixels: Tensor | None = None) -> bool:
+    def begin_device_frame(self, kind: images.ImageKind | None, pixels: Tensor | None = None, *,
+                           cosine: float | None | _NoCosine = _NoCosine.TOKEN) -> bool:
         """An accelerated call's bookkeeping before its device step: count the frame, remember the input kind
-        (None: txt2img), ask the similarity filter about pixels (F, 3, H, W) in [-1, 1] when it is on, advance
-        a prompt transition. False: the filter skips this frame and the previous output stands."""
+        (None: txt2img), ask the similarity filter when it is on, advance a prompt transition. False: the filter
+        skips this frame and the previous output stands.
+
+        The filter decides on pixels (F, 3, H, W) in [-1, 1], or on cosine: the similarity the caller measured
+        between these pixels and `similarity_filter.previous` (None where that was None or of another size).
+        With cosine the caller keeps the filter's previous input: after True it must `remember` these pixels
+        (a device frame needs a warm stream, so True always means the filter chose to process them).
+        """
         self.stats.frames += 1
         if kind is not None:
             self._last_kind = kind
         if pixels is not None and self._skip(pixels):
+            return False
+        if not isinstance(cosine, _NoCosine) and self._skip_measured(cosine):
             return False
         self._advance_prompt()
         return True

@@ -7,7 +7,8 @@ Modes, from plain to fastest:
   max      compile + graphs
   auto     the fastest mode this machine supports: max on CUDA with Triton, else graphs on CUDA, else none
 On CUDA every mode but none also puts the modules in channels_last layout, fuses the attention
-projections and lets cuDNN pick its fastest convolutions.
+projections, lets cuDNN pick its fastest convolutions and, for TAESD in half precision, runs each codec
+convolution with its bias, ReLU and residual add as one cuDNN kernel (codec_fusion.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 
 from ..errors import UserError
 from ..stream import StreamPipeline
+from . import codec_fusion
 from . import compile as compiling
 from .graphs import CudaGraphCapture, DirectCall
 from .runner import AcceleratedStream
@@ -98,15 +100,18 @@ class AccelReport:
     mode: str
     compile_preset: str | None
     cache_dir: str | None
+    fused_codec: bool  # TAESD's convolutions run as fused cuDNN kernels
     prepare_seconds: float  # layout changes and compile set-up
     build_seconds: float  # first frames: compilation (or a cache load) and graph capture
 
 
 def accelerate(pipe: StreamPipeline, mode: str | AccelMode = "auto", *, fallback: bool = False,
                cache_dir: str | Path | None = None, compile_preset: str = "default",
-               input_size: tuple[int, int] | None = None, build: bool = True,
+               input_size: tuple[int, int] | None = None, build: bool = True, fuse_codec: bool = True,
                progress: Callable[[str], None] | None = None) -> tuple[AcceleratedStream, AccelReport]:
     """Wrap a prepared pipeline for faster frames; with build=True compile and capture now (restarts the stream).
+
+    fuse_codec: use cuDNN's fused convolution kernels for TAESD where they can run (CUDA, half precision).
 
     The modules are changed in place (layout, fused projections, compiled forward): keep the eager
     pipeline's numbers from before this call if you compare the two.
@@ -115,7 +120,7 @@ def accelerate(pipe: StreamPipeline, mode: str | AccelMode = "auto", *, fallback
     requested = AccelMode.parse(mode)
     chosen = resolve_mode(requested, pipe.device, fallback=fallback)
     start = time.perf_counter()
-    folder = _prepare_modules(pipe, chosen, cache_dir, compile_preset, say)
+    folder = _prepare_modules(pipe, chosen, cache_dir, compile_preset, fuse_codec, say)
     capture = None
     if chosen is not AccelMode.NONE:
         capture = CudaGraphCapture() if chosen.graphs else DirectCall.capture
@@ -126,7 +131,7 @@ def accelerate(pipe: StreamPipeline, mode: str | AccelMode = "auto", *, fallback
         built = _build(stream, chosen, requested, fallback, input_size, say)
         chosen = AccelMode.parse(stream.mode)
     report = AccelReport(requested.value, chosen.value, compile_preset if chosen.compiles else None,
-                         str(folder) if folder else None, prepared, built)
+                         str(folder) if folder else None, codec_fusion.is_fused(pipe.components.vae), prepared, built)
     return stream, report
 
 
@@ -140,10 +145,15 @@ def _prepared(pipe: StreamPipeline) -> bool:
 
 
 def _prepare_modules(pipe: StreamPipeline, mode: AccelMode, cache_dir: str | Path | None, preset: str,
-                     say: Callable[[str], None]) -> Path | None:
+                     fuse_codec: bool, say: Callable[[str], None]) -> Path | None:
     if mode is AccelMode.NONE:
         return None
     unet, vae = pipe.components.unet, pipe.components.vae
+    if fuse_codec and codec_fusion.unsupported(vae, pipe.device, pipe.dtype) is None:
+        compiling.uncompile({"encoder": vae.encoder, "decoder": vae.decoder})
+        codec_fusion.fuse(vae)
+    elif codec_fusion.is_fused(vae):
+        codec_fusion.unfuse(vae)
     if pipe.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one stream keeps its shapes: the search pays off at once
         unet.to(memory_format=torch.channels_last)

@@ -65,11 +65,14 @@ def compile_unsupported(device: torch.device) -> str | None:
 
 
 def compiled_parts(unet: torch.nn.Module, vae: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """The modules worth compiling: the UNet, and the VAE's encoder and decoder (TAESD or KL)."""
+    """The modules worth compiling: the UNet, and the VAE's encoder and decoder (TAESD or KL) unless their
+    convolutions are fused (cuDNN's fused kernels cannot be traced; the graph capture covers them)."""
+    from .codec_fusion import is_fused
+
     parts = {"unet": unet}
     for name in ("encoder", "decoder"):
         part = getattr(vae, name, None)
-        if isinstance(part, torch.nn.Module):
+        if isinstance(part, torch.nn.Module) and not is_fused(part):
             parts[f"vae.{name}"] = part
     return parts
 

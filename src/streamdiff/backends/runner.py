@@ -12,8 +12,9 @@ import functools
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from .. import images
 from ..errors import UserError
 from ..stream import DeviceCarry, StreamPipeline
 from .graphs import Capture, FrameBuffers, Replayable
+from .similarity_check import SimilarityCheck
 
 logger = logging.getLogger("streamdiff.backends")
 
@@ -52,6 +54,7 @@ class _Step:
     buffers: FrameBuffers
     record: Replayable
     out: Tensor | None
+    check: SimilarityCheck | None = None  # img2img with the similarity filter on: captured with the step or later
 
 
 _EAGER = "eager"  # a shape that ran out of memory while capturing: it stays on the ordinary path
@@ -125,6 +128,8 @@ class AcceleratedStream:
                 if txt2img:
                     self.txt2img(output_type="np")
             self.pipe.reset()
+            if cfg.similarity_threshold is not None:  # the dummy frames drew from its generator: start it afresh
+                self.pipe.set_similarity_filter(cfg.similarity_threshold, cfg.similarity_max_skip)
         return time.perf_counter() - start
 
     def set_capture(self, capture: Capture | None, mode: str) -> None:
@@ -194,24 +199,32 @@ class AcceleratedStream:
         state = (*pipe.step_buffers(), carry.previous_x0, carry.previous_output, carry.last_latent)
         try:
             record, out = self._capture(step, state)
+            check = None
+            if buffers.device_in is not None and pipe.similarity_filter is not None:
+                check = SimilarityCheck.capture(pipe, buffers.device_in, self._capture)
         except torch.cuda.OutOfMemoryError:
             self._drop_steps()
             self._steps[key] = _EAGER
             logger.warning("out of GPU memory while capturing the %s step: these frames run uncaptured", key.describe())
             return
-        self._steps[key] = _Step(buffers, record, out)
+        self._steps[key] = _Step(buffers, record, out, check)
         self._progress(f"{self.mode}: captured the {key.describe()} step in {time.perf_counter() - start:.1f} s")
 
     def _run(self, step: _Step, frames: Any, kind: images.ImageKind | None, out_kind: images.ImageKind) -> Any:
         pipe, carry = self.pipe, self._carry
         assert carry is not None
         pipe.attach_carry(carry)
-        pixels = None
+        flt = pipe.similarity_filter
         if frames is not None:
             step.buffers.load(frames)
-            if pipe.config.similarity_threshold is not None:
-                pixels = pipe.device_pixels(step.buffers.device_in)
-        if not pipe.begin_device_frame(kind, pixels):
+        if frames is None or flt is None:
+            proceed = pipe.begin_device_frame(kind)
+        else:
+            check = step.check = step.check or self._capture_check(step)
+            proceed = pipe.begin_device_frame(kind, cosine=check.measure(flt))
+            if proceed:
+                check.remember(flt)
+        if not proceed:
             return images.to_output(carry.previous_output, out_kind)
         step.record.replay()
         pipe.end_device_frame(carry, img2img=frames is not None)
@@ -225,6 +238,11 @@ class AcceleratedStream:
 
         pictures = [Image.fromarray(a) for a in array]
         return pictures[0] if len(pictures) == 1 else pictures
+
+    def _capture_check(self, step: _Step) -> SimilarityCheck:
+        """The check for a step captured while the filter was off (it was switched on since)."""
+        assert self._capture is not None and step.buffers.device_in is not None
+        return SimilarityCheck.capture(self.pipe, step.buffers.device_in, self._capture)
 
     def _drop_steps(self) -> None:
         self._steps.clear()

@@ -1,0 +1,442 @@
+"""Kernel-level profile of the accelerated step, and compiler variants timed side by side, in one call.
+
+    python benchmarks/kernel_profile.py all --out DIR --budget 560 [--variants a,b,...]
+
+Phase 1 compiles every variant at once in separate processes (compilation is CPU work; the kernels land
+in one on-disk cache). Phase 2 runs the variants one after another, each alone on the GPU: the cached
+kernels load, the step is captured, timed host-uint8-in to host-uint8-out, and profiled with CUPTI:
+kernels grouped by kind (convolution, matrix product, attention, Triton norm/pointwise, copies), the
+kernel count per frame, and the idle time between kernels inside the replayed graph.
+Models use random weights of their real architectures (SDXS-512: a reconstruction).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+CACHE = Path(os.environ.get("STREAMDIFF_PROFILE_CACHE", "/tmp/streamdiff-profile-inductor"))
+RES = 512
+
+AUTOTUNE_CONV = {"max_autotune": True, "max_autotune_conv_backends": "ATEN,TRITON",
+                 "max_autotune_gemm_backends": "ATEN,TRITON"}
+AUTOTUNE_GEMM = {"max_autotune_gemm": True, "max_autotune_gemm_backends": "ATEN,TRITON"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of building the step: model and batch, and the Inductor options of the UNet and the codec
+    (None: that part is not compiled, its eager kernels are captured as they are)."""
+
+    model: str = "sd-turbo"
+    fbs: int = 1
+    steps: int = 1
+    unet: dict[str, Any] | None = field(default_factory=dict)
+    codec: dict[str, Any] | None = field(default_factory=dict)
+    fuse_codec: bool = True  # TAESD's convolutions as fused cuDNN kernels (then the codec is not compiled)
+
+
+VARIANTS: dict[str, Variant] = {
+    "turbo-b1": Variant(),
+    "turbo-b1-unfused": Variant(fuse_codec=False),
+    "turbo-2step": Variant(steps=2),
+    "turbo-b16": Variant(fbs=16),
+    "sdxs-b1": Variant(model="sdxs-512"),
+    "turbo-b1-codec-autotune": Variant(codec=AUTOTUNE_CONV, fuse_codec=False),
+    "turbo-b1-freeze": Variant(unet={"freezing": True}, codec={"freezing": True}, fuse_codec=False),
+    "turbo-b32": Variant(fbs=32),
+    "turbo-b1-unet-autotune-mm": Variant(unet=AUTOTUNE_GEMM),
+    "turbo-b1-mm-codec-autotune": Variant(unet=AUTOTUNE_GEMM, codec=AUTOTUNE_CONV, fuse_codec=False),
+    "turbo-b16-codec-autotune": Variant(fbs=16, codec=AUTOTUNE_CONV, fuse_codec=False),
+    "turbo-b16-mm-codec-autotune": Variant(fbs=16, unet=AUTOTUNE_GEMM, codec=AUTOTUNE_CONV, fuse_codec=False),
+    "sdxs-b1-codec-autotune": Variant(model="sdxs-512", codec=AUTOTUNE_CONV, fuse_codec=False),
+    "turbo-b32-codec-autotune": Variant(fbs=32, codec=AUTOTUNE_CONV, fuse_codec=False),
+}
+
+
+def _log(out: Path, text: str) -> None:
+    line = f"[{time.strftime('%H:%M:%S')}] {text}"
+    print(line, flush=True)
+    with open(out / "profile.log", "a") as f:
+        f.write(line + "\n")
+
+
+# ----- kernel names to kinds ------------------------------------------------------------------------
+
+KINDS = ("conv", "layout", "matmul", "attention", "triton-norm", "triton-pointwise", "triton-template",
+         "aten-elementwise", "copy", "other")
+
+
+def kernel_kind(name: str) -> str:
+    """The kind of work a CUDA kernel does, from its name (cuDNN, cuBLAS, flash attention, Inductor's Triton)."""
+    n = name.lower()
+    if n.startswith(("triton_tem", "triton_mm", "triton_conv")):
+        return "triton-template"
+    if n.startswith(("triton_red", "triton_per")):
+        return "triton-norm"
+    if n.startswith("triton"):
+        return "triton-pointwise"
+    if n.startswith(("memcpy", "memset")) or ("copy" in n and "kernel" not in n):
+        return "copy"
+    if "nchwtonhwc" in n or "nhwctonchw" in n or "transpose" in n:
+        return "layout"
+    if "flash" in n or "fmha" in n or "attention" in n or "sdpa" in n:
+        return "attention"
+    if "fprop" in n or "conv" in n or "implicit" in n or "dgrad" in n or "cudnn" in n:
+        return "conv"
+    if "gemm" in n or "nvjet" in n or "cutlass" in n or "gemv" in n or "xmma" in n:
+        return "matmul"
+    if "elementwise" in n or "reduce" in n or "at::native" in n:
+        return "aten-elementwise"
+    return "other"
+
+
+def summarise(events: list[tuple[str, float, float]], calls: int) -> dict[str, Any]:
+    """Kernel (name, start_us, duration_us) records of `calls` calls -> per-call totals by kind, top kernels,
+    and the idle time between consecutive kernels."""
+    by_kind: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    by_name: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for name, _, dur in events:
+        kind = by_kind[kernel_kind(name)]
+        kind[0] += dur
+        kind[1] += 1
+        entry = by_name[name]
+        entry[0] += dur
+        entry[1] += 1
+    ordered = sorted(events, key=lambda e: e[1])
+    gaps = [b[1] - (a[1] + a[2]) for a, b in itertools.pairwise(ordered)]
+    small_gaps = [g for g in gaps if 0 <= g < 50.0]  # longer ones are between calls, not inside one
+    busy = sum(e[2] for e in events)
+    return {
+        "calls": calls,
+        "kernels_per_call": len(events) / calls,
+        "kernel_us_per_call": busy / calls,
+        "gap_us_per_call": sum(small_gaps) / calls,
+        "by_kind_us_per_call": {k: round(v[0] / calls, 1) for k, v in sorted(by_kind.items(), key=lambda i: -i[1][0])},
+        "by_kind_count_per_call": {k: v[1] / calls for k, v in by_kind.items()},
+        "top": [{"name": n[:160], "us_per_call": round(v[0] / calls, 1), "count_per_call": v[1] / calls,
+                 "kind": kernel_kind(n)} for n, v in sorted(by_name.items(), key=lambda i: -i[1][0])[:120]],
+    }
+
+
+def profile_kernels(fn, calls: int) -> dict[str, Any]:
+    """Run fn `calls` times under the CUDA profiler; the kernels it launched (graph replays included)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    events = []
+    for e in prof.events():
+        if e.device_type.name != "CUDA":
+            continue
+        start = e.time_range.start
+        events.append((e.name, float(start), float(e.time_range.end - start)))
+    return summarise(events, calls)
+
+
+# ----- phases ---------------------------------------------------------------------------------------
+
+def _build(name: str):
+    """The variant's stream, compiled (at its first frames) and captured."""
+    import torch
+
+    from streamdiff.backends import compile as compiling
+    from streamdiff.backends.accelerate import accelerate
+    from streamdiff.bench.run import BenchOptions, ModelPool, _config
+    from streamdiff.bench.scenario import Scenario
+    from streamdiff.stream import StreamPipeline
+
+    v = VARIANTS[name]
+    device = torch.device("cuda")
+    options = BenchOptions(random_weights=True, cache_dir=str(CACHE), device="cuda")
+    pool = ModelPool(options, device, torch.float16)
+    entry = pool.get(v.model, True, pristine=False)
+    scenario = Scenario(model=v.model, steps=v.steps, frame_buffer_size=v.fbs, resolution=RES)
+    pipe = StreamPipeline(entry.components, _config(scenario, entry, device, options),
+                          lcm_boundary=entry.spec.lcm_boundary)
+    pipe.prepare("a watercolor painting of a lighthouse at dusk")
+    compiling.use_cache_dir(CACHE)
+    parts = compiling.compiled_parts(pipe.components.unet, pipe.components.vae)
+    for part, module in parts.items():
+        opts = v.unet if part == "unet" else v.codec
+        if opts is None or (part != "unet" and v.fuse_codec):
+            continue
+        preset = f"profile-{name}-{'unet' if part == 'unet' else 'codec'}"
+        compiling.COMPILE_PRESETS[preset] = opts
+        compiling.compile_in_place({part: module}, preset)
+    start = time.time()
+    stream, _ = accelerate(pipe, "graphs", cache_dir=str(CACHE), fuse_codec=v.fuse_codec, progress=print)
+    return pipe, stream, time.time() - start, scenario, options
+
+
+def phase_prewarm(args: argparse.Namespace) -> None:
+    _, _, seconds, _, _ = _build(args.variant)
+    print(f"prewarm {args.variant}: built in {seconds:.1f} s")
+
+
+def phase_measure(args: argparse.Namespace) -> None:
+    import torch
+
+    from streamdiff.bench.measure import time_calls
+    from streamdiff.bench.run import _inputs
+    from streamdiff.bench.stages import stage_times
+
+    pipe, stream, built, scenario, options = _build(args.variant)
+    inputs = _inputs(scenario, options)
+    measured = time_calls(lambda f: stream.img2img(f, output_type="np"), inputs, warmup=20, calls=200,
+                          device=torch.device("cuda"), min_seconds=2.0)
+    frames = iter(inputs * 100)
+    step = profile_kernels(lambda: stream.img2img(next(frames), output_type="np"), calls=20)
+    stages = stage_times(pipe, inputs[0], graphs=True, repeats=30)
+    modules = {}
+    from streamdiff.bench.stages import record_inputs
+
+    vae = pipe.components.vae
+    calls = record_inputs(pipe, inputs[0], {"unet": pipe.components.unet, "encode": vae.encoder,
+                                            "decode": vae.decoder})
+    mods = {"unet": pipe.components.unet, "encode": vae.encoder, "decode": vae.decoder}
+    for stage, module in mods.items():
+        a, kw = calls[stage][0]
+        with torch.no_grad():
+            modules[stage] = profile_kernels(functools.partial(module, *a, **kw), calls=10)
+    codec_error = _fused_codec_error(pipe, calls) if VARIANTS[args.variant].fuse_codec else None
+    lat = measured.latency
+    result = {"variant": args.variant, "spec": VARIANTS[args.variant].__dict__, "build_seconds": built,
+              "median_ms": lat.median_ms, "p10_ms": lat.p10_ms, "p90_ms": lat.p90_ms, "calls": lat.calls,
+              "ms_per_frame": lat.median_ms / VARIANTS[args.variant].fbs,
+              "fps": 1000.0 * VARIANTS[args.variant].fbs / lat.median_ms,
+              "stages_ms": stages, "step_kernels": step, "module_kernels": modules,
+              "fused_codec_error": codec_error}
+    Path(args.json).write_text(json.dumps(result, indent=1, default=str))
+    print(json.dumps({k: result[k] for k in ("variant", "median_ms", "ms_per_frame", "fps", "stages_ms")}))
+
+
+def _fused_codec_error(pipe, calls) -> dict[str, float]:
+    """The fused codec against the same codec unfused (eager), on the inputs one frame gave it: relative
+    error of the latents, and of the pictures in uint8 levels."""
+    import torch
+
+    from streamdiff.backends import codec_fusion
+
+    vae = pipe.components.vae
+    (enc_in,), _ = calls["encode"][0]
+    (dec_in,), _ = calls["decode"][0]
+    with torch.no_grad():
+        fused = (vae.encoder(enc_in).float(), vae.decoder(dec_in).float())
+        codec_fusion.unfuse(vae)
+        plain = (vae.encoder(enc_in).float(), vae.decoder(dec_in).float())
+        codec_fusion.fuse(vae)
+    levels = ((fused[1] - plain[1]).abs() * 127.5).max().item()
+    rel = (torch.linalg.vector_norm(fused[0] - plain[0]) / torch.linalg.vector_norm(plain[0])).item()
+    return {"latent_rel_err": rel, "picture_max_levels": levels}
+
+
+def phase_fusedconv(args: argparse.Namespace) -> None:
+    """TAESD's 64-channel 3x3 convolution with bias and ReLU: eager (conv, then a ReLU pass) vs cuDNN's fused
+    conv-bias-ReLU, each captured as a graph and timed; and the fused result's error against float32."""
+    import torch
+    import torch.nn.functional as F
+
+    from streamdiff.bench.stages import _timer
+
+    torch.backends.cudnn.benchmark = True  # as the accelerated stream sets it
+    timer = _timer(torch.device("cuda"), True, 50)
+    rows = []
+    for batch in (1, 16):
+        for size in (512, 256, 128, 64):
+            x = torch.randn(batch, 64, size, size, device="cuda", dtype=torch.float16).to(
+                memory_format=torch.channels_last)
+            w = (torch.randn(64, 64, 3, 3, device="cuda", dtype=torch.float16) / 24).to(
+                memory_format=torch.channels_last)
+            b = torch.randn(64, device="cuda", dtype=torch.float16)
+            z = torch.randn_like(x)
+            one = (1, 1)
+            fns = {
+                "eager": functools.partial(lambda x, w, b: F.relu(F.conv2d(x, w, b, padding=1)), x, w, b),
+                "fused": functools.partial(torch.cudnn_convolution_relu, x, w, b, one, one, one, 1),
+                "eager_add": functools.partial(lambda x, w, b, z: F.relu(F.conv2d(x, w, b, padding=1) + z), x, w, b, z),
+                "fused_add": functools.partial(torch.cudnn_convolution_add_relu, x, w, z, 1.0, b, one, one, one, 1),
+            }
+            row: dict[str, Any] = {"batch": batch, "size": size}
+            for name, fn in fns.items():
+                try:
+                    row[f"{name}_us"] = round(timer(fn) * 1000, 1)
+                except Exception as exc:  # noqa: BLE001 - an unsupported fusion is itself the result
+                    row[f"{name}_us"] = f"{type(exc).__name__}: {str(exc)[:120]}"
+            try:
+                ref = F.relu(F.conv2d(x.float(), w.float(), b.float(), padding=1))
+                got = fns["fused"]().float()
+                row["fused_rel_err"] = float((got - ref).norm() / ref.norm())
+            except Exception as exc:  # noqa: BLE001
+                row["fused_rel_err"] = repr(exc)[:120]
+            rows.append(row)
+            print(row, flush=True)
+    Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+def phase_environment(args: argparse.Namespace) -> None:
+    import importlib.util
+
+    import torch
+
+    env = {"torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+           "gpu": torch.cuda.get_device_name(0),
+           "tensorrt": importlib.util.find_spec("tensorrt") is not None,
+           "torch_tensorrt": importlib.util.find_spec("torch_tensorrt") is not None,
+           "torchao": importlib.util.find_spec("torchao") is not None}
+    try:
+        import onnxruntime
+
+        env["onnxruntime_providers"] = onnxruntime.get_available_providers()
+    except Exception as exc:  # noqa: BLE001 - any failure to load it is the answer
+        env["onnxruntime_providers"] = repr(exc)
+    env["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,clocks.max.sm,power.limit",
+                                        "--format=csv,noheader"], check=False, capture_output=True, text=True).stdout.strip()
+    Path(args.json).write_text(json.dumps(env, indent=1))
+    print(env)
+
+
+# ----- driver ---------------------------------------------------------------------------------------
+
+def _me(*args: str) -> list[str]:
+    return [sys.executable, "-u", str(Path(__file__).resolve()), *args]
+
+
+def _pack_cache(out: Path, limit_mb: int = 15, parts: int = 4) -> None:
+    """The compile cache as up to `parts` tar.gz pieces of < limit_mb each, to start the next call warm."""
+    if not CACHE.exists():
+        return
+    archive = Path("/tmp/inductor-cache.tar.gz")
+    with tarfile.open(archive, "w:gz", compresslevel=6) as tar:
+        tar.add(CACHE, arcname="inductor")
+    data = archive.read_bytes()
+    size = limit_mb * 2**20
+    pieces = [data[i:i + size] for i in range(0, len(data), size)]
+    if len(pieces) > parts:
+        _log(out, f"compile cache is {len(data) / 2**20:.0f} MiB packed: not returned")
+        return
+    for i, piece in enumerate(pieces):
+        (out / f"cache.tgz.{i}").write_bytes(piece)
+    _log(out, f"compile cache: {len(data) / 2**20:.1f} MiB in {len(pieces)} piece(s)")
+
+
+def _unpack_cache(source: Path, out: Path) -> None:
+    pieces = sorted(source.glob("cache.tgz.*"), key=lambda p: int(p.suffix[1:])) if source.exists() else []
+    if not pieces:
+        return
+    archive = Path("/tmp/inductor-cache-in.tar.gz")
+    archive.write_bytes(b"".join(p.read_bytes() for p in pieces))
+    CACHE.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(CACHE.parent / "unpacked", filter="data")
+    (CACHE.parent / "unpacked" / "inductor").rename(CACHE)
+    _log(out, f"compile cache restored from {len(pieces)} piece(s)")
+
+
+def run_all(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    deadline = time.time() + args.budget
+    names = [n for n in args.variants.split(",") if n]
+    if not CACHE.exists() and args.cache_from:
+        _unpack_cache(Path(args.cache_from), out)
+    subprocess.run(_me("environment", "--json", str(out / "environment.json")), check=False, timeout=60)
+    _log(out, f"prewarm {len(names)} variants at once")
+    procs = {}
+    for n in names:
+        with open(out / f"pre-{n}.log", "w") as log:
+            procs[n] = subprocess.Popen(_me("prewarm", "--variant", n), stdout=log, stderr=subprocess.STDOUT)
+    prewarm_end = min(deadline - 100, time.time() + args.prewarm_limit)
+    for n, p in procs.items():
+        try:
+            p.wait(timeout=max(1.0, prewarm_end - time.time()))
+            _log(out, f"prewarm {n}: rc={p.returncode}")
+        except subprocess.TimeoutExpired:
+            p.kill()
+            _log(out, f"prewarm {n}: stopped at its time limit")
+    results = {}
+    for n in names:
+        left = deadline - time.time() - 40
+        if left < 40:
+            _log(out, f"measure {n}: skipped ({left:.0f} s left)")
+            continue
+        path = out / f"m-{n}.json"
+        with open(out / "profile.log", "a") as log:
+            try:
+                rc = subprocess.run(_me("measure", "--variant", n, "--json", str(path)), check=False, stdout=log,
+                                    stderr=subprocess.STDOUT, timeout=min(left, 240)).returncode
+            except subprocess.TimeoutExpired:
+                rc = "timeout"
+        _log(out, f"measure {n}: rc={rc}")
+        if path.exists():
+            results[n] = json.loads(path.read_text())
+            path.unlink()
+    (out / "profile.json").write_text(json.dumps(results, indent=1, default=str))
+    for n in names:
+        tail = (out / f"pre-{n}.log").read_text()[-1500:] if (out / f"pre-{n}.log").exists() else ""
+        with open(out / "profile.log", "a") as f:
+            f.write(f"\n--- prewarm {n} (tail)\n{tail}\n")
+        (out / f"pre-{n}.log").unlink(missing_ok=True)
+    if args.fusedconv and deadline - time.time() > 45:
+        subprocess.run(_me("fusedconv", "--json", str(out / "fusedconv.json")), check=False,
+                       timeout=max(10.0, deadline - time.time() - 5))
+    if args.pack_cache:
+        _pack_cache(out)
+    print_table(results)
+
+
+def print_table(results: dict[str, Any]) -> None:
+    print("\n| variant | ms/call | ms/frame | fps | kernels | kernel ms | gaps ms | " + " | ".join(KINDS[:7]) + " |")
+    for n, r in results.items():
+        k = r["step_kernels"]
+        kinds = k["by_kind_us_per_call"]
+        print(f"| {n} | {r['median_ms']:.2f} | {r['ms_per_frame']:.2f} | {r['fps']:.0f} | "
+              f"{k['kernels_per_call']:.0f} | {k['kernel_us_per_call'] / 1000:.2f} | {k['gap_us_per_call'] / 1000:.2f} | "
+              + " | ".join(f"{kinds.get(kind, 0) / 1000:.2f}" for kind in KINDS[:7]) + " |")
+    for n, r in results.items():
+        print(n, "stages", {s: round(t, 3) for s, t in r["stages_ms"].items()}, "fused codec vs unfused:",
+              r.get("fused_codec_error"))
+        for stage, k in r["module_kernels"].items():
+            print(f"  {stage}: {k['kernels_per_call']:.0f} kernels, {k['kernel_us_per_call'] / 1000:.2f} ms, "
+                  f"gaps {k['gap_us_per_call'] / 1000:.2f} ms, " +
+                  ", ".join(f"{kk} {vv / 1000:.2f}" for kk, vv in k["by_kind_us_per_call"].items()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("what", choices=["all", "prewarm", "measure", "environment", "fusedconv"])
+    parser.add_argument("--out", default=os.environ.get("OUT", "profile-out"))
+    parser.add_argument("--budget", type=float, default=560.0)
+    parser.add_argument("--prewarm-limit", type=float, default=300.0)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variant", choices=sorted(VARIANTS))
+    parser.add_argument("--json")
+    parser.add_argument("--cache-from", default=None, help="folder holding cache.tgz.N pieces of an earlier call")
+    parser.add_argument("--pack-cache", action="store_true")
+    parser.add_argument("--fusedconv", action="store_true", help="also time cuDNN's fused conv-bias-ReLU")
+    args = parser.parse_args()
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    {"all": run_all, "prewarm": phase_prewarm, "measure": phase_measure, "environment": phase_environment,
+     "fusedconv": phase_fusedconv}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()
