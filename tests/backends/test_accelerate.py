@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 
@@ -131,3 +132,34 @@ def test_an_unprepared_stream_builds_at_its_first_frames(_tiny_cache, monkeypatc
     for frame in random_frames(3, (64, 64, 3)):
         stream.img2img(frame)
     assert stream.captured == ["img2img of 1 x 64x64 uint8 frames"]
+
+
+def test_codec_fusion_is_applied_and_reported_unless_turned_off(make_stream, monkeypatch, tmp_path):
+    """Where fusion can run (a GPU in half precision; faked here with stand-in kernels), accelerate fuses
+    TAESD and leaves it out of compilation; fuse_codec=False (--no-codec-fusion) compiles it instead."""
+    from streamdiff.backends import codec_fusion
+
+    reference = codec_fusion.FusedOps(lambda x, conv: torch.relu(conv(x)),
+                                      lambda x, conv, z: torch.relu(conv(x) + z))
+    monkeypatch.setenv(compiling.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(compiling, "compile_unsupported", lambda device: None)
+    monkeypatch.setattr(codec_fusion, "unsupported", lambda vae, device, dtype: None)
+    real_fuse = codec_fusion.fuse
+    monkeypatch.setattr(codec_fusion, "fuse", lambda vae, ops=reference: real_fuse(vae, ops))
+    pipe = make_stream(t_index_list=(30,))
+    vae = pipe.components.vae
+    _, report = accelerate(pipe, "compile", build=False)
+    assert report.fused_codec and codec_fusion.is_fused(vae)
+    assert compiling.is_compiled(pipe.components.unet) and not compiling.is_compiled(vae.decoder)
+    _, report = accelerate(pipe, "compile", build=False, fuse_codec=False)
+    assert not report.fused_codec and not codec_fusion.is_fused(vae)
+    assert compiling.is_compiled(vae.decoder)
+    _, report = accelerate(pipe, "compile", build=False)
+    assert report.fused_codec and not compiling.is_compiled(vae.decoder)
+
+
+def test_no_codec_fusion_option():
+    parser = argparse.ArgumentParser()
+    add_accel_options(parser)
+    assert not parser.parse_args([]).no_codec_fusion
+    assert parser.parse_args(["--no-codec-fusion"]).no_codec_fusion

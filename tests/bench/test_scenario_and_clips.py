@@ -23,6 +23,8 @@ def test_grid_is_the_product_in_order_and_names_tell_cases_apart():
     assert [(c.steps, c.accel) for c in cases] == [(1, "none"), (1, "max"), (2, "none"), (2, "max")]
     assert len({c.name() for c in cases}) == 4
     assert "sequential" in Scenario(batched=False).name() and "fbs4" in Scenario(frame_buffer_size=4).name()
+    assert "unfused-codec" in Scenario(codec_fusion=False).name()
+    assert "unfused-codec" not in Scenario(codec_fusion=False, taesd=False).name()  # nothing to fuse in a KL VAE
 
 
 def test_settings_make_a_stream_config_with_evenly_spaced_steps():

@@ -209,10 +209,12 @@ def add_accel_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--compile-preset", choices=sorted(compiling.COMPILE_PRESETS), default="default",
                    help="compiler settings: default, or tuned (coordinate-descent tuning; a much slower first "
                         "start, faster kernels on some GPUs)")
+    g.add_argument("--no-codec-fusion", action="store_true",
+                   help="run TAESD's convolutions as separate (compiled) kernels instead of fused cuDNN ones")
 
 
 def accelerate_from_args(pipe: StreamPipeline, args: argparse.Namespace,
                          progress: Callable[[str], None] | None = None) -> AcceleratedStream:
     stream, _ = accelerate(pipe, args.accel, fallback=args.accel_fallback, cache_dir=args.compile_cache,
-                           compile_preset=args.compile_preset, progress=progress)
+                           compile_preset=args.compile_preset, fuse_codec=not args.no_codec_fusion, progress=progress)
     return stream

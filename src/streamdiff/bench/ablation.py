@@ -4,7 +4,8 @@ Groups (reference variant first, speed-ups are against it):
   stream batch     sequential steps vs the stream batch, at 2 and 4 steps
   residual CFG     full CFG vs onetime-negative (initialize) vs self-negative vs none, at 1 and 2 steps
   similarity       filter off vs on (threshold 0.98), on a static and a moving clip: skip rate, energy
-  codec            the full KL VAE vs TAESD
+  codec            the full KL VAE vs TAESD, with its convolutions fused (cuDNN, on CUDA in half precision)
+                   and not fused
   acceleration     eager vs compile vs CUDA graphs vs both
 """
 
@@ -48,6 +49,7 @@ def ablation_cases(model: str = "sd-turbo", resolution: int = 512, accel: str = 
         cases.append(_case(group, "filter 0.98", base, clip=clip, similarity=0.98))
     cases.append(_case("codec", "full VAE", base, True, taesd=False))
     cases.append(_case("codec", "TAESD", base))
+    cases.append(_case("codec", "TAESD, convolutions not fused", base, codec_fusion=False))
     for mode in ("none", "compile", "graphs", "max"):
         cases.append(_case("acceleration", mode, base, mode == "none", accel=mode))
     return cases

@@ -41,6 +41,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--random-weights", action="store_true",
                    help="the real architecture with random weights: no download, meaningless pictures")
     p.add_argument("--no-taesd", action="store_true", help="decode with the model's full VAE instead of TAESD")
+    p.add_argument("--no-codec-fusion", action="store_true",
+                   help="run TAESD's convolutions as separate (compiled) kernels instead of fused cuDNN ones")
     p.add_argument("--task", type=_list(str, TASKS), default=["img2img"], help="img2img, txt2img")
     p.add_argument("--steps", type=_list(int), default=[1], help="denoising steps, e.g. 1,2,4")
     p.add_argument("--cfg", type=_list(str, tuple(m.value for m in CfgType)), default=["none"],
@@ -85,8 +87,8 @@ def _options(args: argparse.Namespace) -> Any:
 
 
 def scenarios_from_args(args: argparse.Namespace) -> list[Scenario]:
-    base = Scenario(guidance=args.guidance, taesd=not args.no_taesd, batched=not args.sequential,
-                    similarity=args.similarity, clip=args.clip)
+    base = Scenario(guidance=args.guidance, taesd=not args.no_taesd, codec_fusion=not args.no_codec_fusion,
+                    batched=not args.sequential, similarity=args.similarity, clip=args.clip)
     return grid(base, model=args.model, task=args.task, steps=args.steps, cfg=args.cfg,
                 frame_buffer_size=args.frame_buffer_size, resolution=args.resolution, accel=args.accel)
 

@@ -167,7 +167,8 @@ def run_scenario(scenario: Scenario, options: BenchOptions, pool: ModelPool, dev
     pipe.prepare(prompt=options.prompt)
     reset_peak_memory(device)
     stream, report = accelerate(pipe, scenario.accel, fallback=options.fallback, cache_dir=options.cache_dir,
-                                compile_preset=options.compile_preset, progress=progress)
+                                compile_preset=options.compile_preset, fuse_codec=scenario.codec_fusion,
+                                progress=progress)
     entry.touched = entry.touched or report.mode != "none"
     result = _time_stream(stream, scenario, options, device)
     result.update(accel=report.__dict__, peak_gpu_memory_mb=peak_memory_mb(device))

@@ -23,6 +23,7 @@ class Scenario:
     resolution: int = 512
     accel: str = "auto"
     taesd: bool = True
+    codec_fusion: bool = True  # TAESD's convolutions as fused cuDNN kernels where they can run (CUDA, half)
     batched: bool = True  # the stream batch; False runs the steps one after another
     similarity: float | None = None  # similarity filter threshold, None: off
     clip: str = "moving"
@@ -61,6 +62,8 @@ class Scenario:
             parts.append("sequential")
         if not self.taesd:
             parts.append("full-vae")
+        elif not self.codec_fusion:
+            parts.append("unfused-codec")
         if self.similarity is not None:
             parts.append(f"ssf{self.similarity:g}-{self.clip}")
         return " ".join(parts)
