@@ -175,10 +175,9 @@ def phase_environment(args: argparse.Namespace) -> None:
 
 def phase_prewarm(args: argparse.Namespace) -> None:
     """Compile and capture one case so that the cache holds it (no timing)."""
-    from streamdiff.bench.run import ModelPool
+    from streamdiff.bench.run import ModelPool, prepared_stream
     from streamdiff.bench.scenario import Scenario
     from streamdiff.backends.accelerate import accelerate
-    from streamdiff.stream import StreamPipeline
     import torch
 
     scenario = Scenario(model=args.model, steps=args.steps, cfg=args.cfg, frame_buffer_size=args.fbs,
@@ -186,11 +185,7 @@ def phase_prewarm(args: argparse.Namespace) -> None:
     options = _options(compile_preset=args.preset)
     pool = ModelPool(options, torch.device("cuda"), torch.float16)
     entry = pool.get(scenario.model, scenario.taesd, pristine=False)
-    from streamdiff.bench.run import _config
-
-    pipe = StreamPipeline(entry.components, _config(scenario, entry, torch.device("cuda"), options),
-                          lcm_boundary=entry.spec.lcm_boundary)
-    pipe.prepare("a lighthouse")
+    pipe = prepared_stream(scenario, entry, torch.device("cuda"), options, "a lighthouse")
     start = time.time()
     _, report = accelerate(pipe, "max", cache_dir=str(CACHE), compile_preset=args.preset, progress=print)
     print(f"prewarm {scenario.name()}: {time.time() - start:.1f} s", report)
@@ -220,9 +215,8 @@ def phase_equality(args: argparse.Namespace) -> None:
     import torch
 
     from streamdiff.backends.accelerate import accelerate
-    from streamdiff.bench.run import ModelPool, _config
+    from streamdiff.bench.run import ModelPool, prepared_stream
     from streamdiff.bench.scenario import Scenario
-    from streamdiff.stream import StreamPipeline
 
     device = torch.device("cuda")
     frames = _frames(8)
@@ -236,9 +230,7 @@ def phase_equality(args: argparse.Namespace) -> None:
         for mode in modes:
             for steps in steps_list:
                 scenario = Scenario(steps=steps, resolution=RES)
-                pipe = StreamPipeline(entry.components, _config(scenario, entry, device, options),
-                                      lcm_boundary=entry.spec.lcm_boundary)
-                pipe.prepare("a lighthouse at dusk")
+                pipe = prepared_stream(scenario, entry, device, options, "a lighthouse at dusk")
                 stream, _ = accelerate(pipe, mode, cache_dir=str(CACHE), progress=print)
                 key = ("eager-fp32" if dtype == torch.float32 else f"{mode}-fp16", steps)
                 outputs[key] = _run_frames(stream, frames)

@@ -159,9 +159,8 @@ def _build(name: str):
 
     from streamdiff.backends import compile as compiling
     from streamdiff.backends.accelerate import accelerate
-    from streamdiff.bench.run import BenchOptions, ModelPool, _config
+    from streamdiff.bench.run import BenchOptions, ModelPool, prepared_stream
     from streamdiff.bench.scenario import Scenario
-    from streamdiff.stream import StreamPipeline
 
     v = VARIANTS[name]
     device = torch.device("cuda")
@@ -169,9 +168,7 @@ def _build(name: str):
     pool = ModelPool(options, device, torch.float16)
     entry = pool.get(v.model, True, pristine=False)
     scenario = Scenario(model=v.model, steps=v.steps, frame_buffer_size=v.fbs, resolution=RES)
-    pipe = StreamPipeline(entry.components, _config(scenario, entry, device, options),
-                          lcm_boundary=entry.spec.lcm_boundary)
-    pipe.prepare("a watercolor painting of a lighthouse at dusk")
+    pipe = prepared_stream(scenario, entry, device, options, "a watercolor painting of a lighthouse at dusk")
     compiling.use_cache_dir(CACHE)
     parts = compiling.compiled_parts(pipe.components.unet, pipe.components.vae)
     for part, module in parts.items():
@@ -196,8 +193,9 @@ def phase_measure(args: argparse.Namespace) -> None:
 
     from streamdiff.bench.measure import time_calls
     from streamdiff.bench.run import _inputs
-    from streamdiff.bench.stages import stage_times
+    from streamdiff.bench.stages import record_inputs, stage_times
 
+    v = VARIANTS[args.variant]
     pipe, stream, built, scenario, options = _build(args.variant)
     inputs = _inputs(scenario, options)
     measured = time_calls(lambda f: stream.img2img(f, output_type="np"), inputs, warmup=20, calls=200,
@@ -205,23 +203,19 @@ def phase_measure(args: argparse.Namespace) -> None:
     frames = iter(inputs * 100)
     step = profile_kernels(lambda: stream.img2img(next(frames), output_type="np"), calls=20)
     stages = stage_times(pipe, inputs[0], graphs=True, repeats=30)
-    modules = {}
-    from streamdiff.bench.stages import record_inputs
-
     vae = pipe.components.vae
-    calls = record_inputs(pipe, inputs[0], {"unet": pipe.components.unet, "encode": vae.encoder,
-                                            "decode": vae.decoder})
     mods = {"unet": pipe.components.unet, "encode": vae.encoder, "decode": vae.decoder}
+    calls = record_inputs(pipe, inputs[0], mods)
+    modules = {}
     for stage, module in mods.items():
         a, kw = calls[stage][0]
         with torch.no_grad():
             modules[stage] = profile_kernels(functools.partial(module, *a, **kw), calls=10)
-    codec_error = _fused_codec_error(pipe, calls) if VARIANTS[args.variant].fuse_codec else None
+    codec_error = _fused_codec_error(pipe, calls) if v.fuse_codec else None
     lat = measured.latency
-    result = {"variant": args.variant, "spec": VARIANTS[args.variant].__dict__, "build_seconds": built,
+    result = {"variant": args.variant, "spec": v.__dict__, "build_seconds": built,
               "median_ms": lat.median_ms, "p10_ms": lat.p10_ms, "p90_ms": lat.p90_ms, "calls": lat.calls,
-              "ms_per_frame": lat.median_ms / VARIANTS[args.variant].fbs,
-              "fps": 1000.0 * VARIANTS[args.variant].fbs / lat.median_ms,
+              "ms_per_frame": lat.median_ms / v.fbs, "fps": 1000.0 * v.fbs / lat.median_ms,
               "stages_ms": stages, "step_kernels": step, "module_kernels": modules,
               "fused_codec_error": codec_error}
     Path(args.json).write_text(json.dumps(result, indent=1, default=str))

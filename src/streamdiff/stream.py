@@ -344,22 +344,20 @@ class StreamPipeline:
         pixels = frames.permute(0, 3, 1, 2) if frames.dtype == torch.uint8 else frames
         return images.to_model_pixels(pixels, cfg.width, cfg.height, cfg.fit, self.dtype)
 
-    def begin_device_frame(self, kind: images.ImageKind | None, pixels: Tensor | None = None, *,
+    def begin_device_frame(self, kind: images.ImageKind | None, *,
                            cosine: float | None | _NoCosine = _NoCosine.TOKEN) -> bool:
         """An accelerated call's bookkeeping before its device step: count the frame, remember the input kind
         (None: txt2img), ask the similarity filter when it is on, advance a prompt transition. False: the filter
         skips this frame and the previous output stands.
 
-        The filter decides on pixels (F, 3, H, W) in [-1, 1], or on cosine: the similarity the caller measured
-        between these pixels and `similarity_filter.previous` (None where that was None or of another size).
-        With cosine the caller keeps the filter's previous input: after True it must `remember` these pixels
-        (a device frame needs a warm stream, so True always means the filter chose to process them).
+        The filter decides on cosine: the similarity the caller measured between this frame's pixels and
+        `similarity_filter.previous` (None where that was None or of another size); no cosine, no decision.
+        The caller keeps the filter's previous input: after True it must `remember` these pixels (a device
+        frame needs a warm stream, so True always means the filter chose to process them).
         """
         self.stats.frames += 1
         if kind is not None:
             self._last_kind = kind
-        if pixels is not None and self._skip(pixels):
-            return False
         if not isinstance(cosine, _NoCosine) and self._skip_measured(cosine):
             return False
         self._advance_prompt()

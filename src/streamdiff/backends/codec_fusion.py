@@ -91,14 +91,12 @@ def is_fused(module: nn.Module) -> bool:
 
 def _plans(vae: nn.Module) -> list[tuple[nn.Module, Callable[[FusedOps], Callable[[Tensor], Tensor]]]]:
     """The modules to change and how: residual blocks, and the conv+ReLU pairs of each Sequential."""
-    plans: list[tuple[nn.Module, Callable[[FusedOps], Callable[[Tensor], Tensor]]]] = []
     blocks = [m for m in vae.modules() if _is_tiny_block(m)]
     inside = {id(b.conv) for b in blocks}  # a fused block no longer calls its own layer stack
-    for module in vae.modules():
-        if _is_tiny_block(module):
-            plans.append((module, lambda ops, block=module: _block_forward(block, ops)))
-        elif isinstance(module, nn.Sequential) and id(module) not in inside and _pairs(module):
-            plans.append((module, lambda ops, seq=module: _sequential_forward(seq, ops)))
+    plans: list[tuple[nn.Module, Callable[[FusedOps], Callable[[Tensor], Tensor]]]] = [
+        (block, lambda ops, block=block: _block_forward(block, ops)) for block in blocks]
+    plans += [(seq, lambda ops, seq=seq: _sequential_forward(seq, ops)) for seq in vae.modules()
+              if isinstance(seq, nn.Sequential) and id(seq) not in inside and _pairs(seq)]
     return plans
 
 

@@ -201,7 +201,7 @@ class AcceleratedStream:
             record, out = self._capture(step, state)
             check = None
             if buffers.device_in is not None and pipe.similarity_filter is not None:
-                check = SimilarityCheck.capture(pipe, buffers.device_in, self._capture)
+                check = self._capture_check(buffers)
         except torch.cuda.OutOfMemoryError:
             self._drop_steps()
             self._steps[key] = _EAGER
@@ -220,7 +220,7 @@ class AcceleratedStream:
         if frames is None or flt is None:
             proceed = pipe.begin_device_frame(kind)
         else:
-            check = step.check = step.check or self._capture_check(step)
+            check = step.check = step.check or self._capture_check(step.buffers)
             proceed = pipe.begin_device_frame(kind, cosine=check.measure(flt))
             if proceed:
                 check.remember(flt)
@@ -239,10 +239,11 @@ class AcceleratedStream:
         pictures = [Image.fromarray(a) for a in array]
         return pictures[0] if len(pictures) == 1 else pictures
 
-    def _capture_check(self, step: _Step) -> SimilarityCheck:
-        """The check for a step captured while the filter was off (it was switched on since)."""
-        assert self._capture is not None and step.buffers.device_in is not None
-        return SimilarityCheck.capture(self.pipe, step.buffers.device_in, self._capture)
+    def _capture_check(self, buffers: FrameBuffers) -> SimilarityCheck:
+        """The similarity check over a step's input buffer: captured with the step when the filter is on,
+        or at the first filtered frame of a step captured while it was off."""
+        assert self._capture is not None and buffers.device_in is not None
+        return SimilarityCheck.capture(self.pipe, buffers.device_in, self._capture)
 
     def _drop_steps(self) -> None:
         self._steps.clear()

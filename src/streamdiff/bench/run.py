@@ -162,9 +162,7 @@ def run_scenario(scenario: Scenario, options: BenchOptions, pool: ModelPool, dev
     entry = pool.get(scenario.model, scenario.taesd, pristine=mode is AccelMode.NONE)
     if mode is AccelMode.GRAPHS or mode is AccelMode.NONE:
         uncompile(compiled_parts(entry.components.unet, entry.components.vae))
-    pipe = StreamPipeline(entry.components, _config(scenario, entry, device, options),
-                          lcm_boundary=entry.spec.lcm_boundary)
-    pipe.prepare(prompt=options.prompt)
+    pipe = prepared_stream(scenario, entry, device, options)
     reset_peak_memory(device)
     stream, report = accelerate(pipe, scenario.accel, fallback=options.fallback, cache_dir=options.cache_dir,
                                 compile_preset=options.compile_preset, fuse_codec=scenario.codec_fusion,
@@ -177,6 +175,16 @@ def run_scenario(scenario: Scenario, options: BenchOptions, pool: ModelPool, dev
         result["stages_ms"] = stage_times(pipe, _inputs(scenario, options)[0],
                                           graphs=AccelMode.parse(report.mode).graphs, repeats=repeats)
     return result
+
+
+def prepared_stream(scenario: Scenario, entry: _Loaded, device: torch.device, options: BenchOptions,
+                    prompt: str | None = None) -> StreamPipeline:
+    """A stream with the scenario's settings over a loaded model, prepared with the prompt (default the
+    options' prompt)."""
+    pipe = StreamPipeline(entry.components, _config(scenario, entry, device, options),
+                          lcm_boundary=entry.spec.lcm_boundary)
+    pipe.prepare(prompt=options.prompt if prompt is None else prompt)
+    return pipe
 
 
 def _config(scenario: Scenario, entry: _Loaded, device: torch.device, options: BenchOptions):
