@@ -46,11 +46,21 @@ class Variant:
     unet: dict[str, Any] | None = field(default_factory=dict)
     codec: dict[str, Any] | None = field(default_factory=dict)
     fuse_codec: bool = True  # TAESD's convolutions as fused cuDNN kernels (then the codec is not compiled)
+    cache_conditioning: bool = True  # time projections and cross-attention keys/values stored per prompt
+    cudnn_benchmark_limit: int | None = None  # cuDNN algorithms tried per convolution (0: all; None: torch's 10)
 
 
 VARIANTS: dict[str, Variant] = {
     "turbo-b1": Variant(),
     "turbo-b1-unfused": Variant(fuse_codec=False),
+    "turbo-b1-uncached": Variant(cache_conditioning=False),
+    "turbo-b1-cudnn-all": Variant(cudnn_benchmark_limit=0),
+    "turbo-b16-cudnn-all": Variant(fbs=16, cudnn_benchmark_limit=0),
+    "sdxs-b1-cudnn-all": Variant(model="sdxs-512", cudnn_benchmark_limit=0),
+    "turbo-b1-combo": Variant(unet={"combo_kernels": True}),
+    "turbo-b1-aggressive": Variant(unet={"aggressive_fusion": True}),
+    "turbo-b16-uncached": Variant(fbs=16, cache_conditioning=False),
+    "sdxs-b1-uncached": Variant(model="sdxs-512", cache_conditioning=False),
     "turbo-2step": Variant(steps=2),
     "turbo-b16": Variant(fbs=16),
     "sdxs-b1": Variant(model="sdxs-512"),
@@ -159,6 +169,7 @@ def _build(name: str):
 
     from streamdiff.backends import compile as compiling
     from streamdiff.backends.accelerate import accelerate
+    from streamdiff.backends.torch import TorchDenoiser
     from streamdiff.bench.run import BenchOptions, ModelPool, prepared_stream
     from streamdiff.bench.scenario import Scenario
 
@@ -168,7 +179,11 @@ def _build(name: str):
     pool = ModelPool(options, device, torch.float16)
     entry = pool.get(v.model, True, pristine=False)
     scenario = Scenario(model=v.model, steps=v.steps, frame_buffer_size=v.fbs, resolution=RES)
-    pipe = prepared_stream(scenario, entry, device, options, "a watercolor painting of a lighthouse at dusk")
+    prompt = "a watercolor painting of a lighthouse at dusk"
+    pipe = prepared_stream(scenario, entry, device, options, prompt)
+    if not v.cache_conditioning:
+        pipe.denoiser = TorchDenoiser(pipe.components.unet, cache_conditioning=False)
+        pipe.prepare(prompt)
     compiling.use_cache_dir(CACHE)
     parts = compiling.compiled_parts(pipe.components.unet, pipe.components.vae)
     for part, module in parts.items():
@@ -178,6 +193,8 @@ def _build(name: str):
         preset = f"profile-{name}-{'unet' if part == 'unet' else 'codec'}"
         compiling.COMPILE_PRESETS[preset] = opts
         compiling.compile_in_place({part: module}, preset)
+    if v.cudnn_benchmark_limit is not None:
+        torch.backends.cudnn.benchmark_limit = v.cudnn_benchmark_limit
     start = time.time()
     stream, _ = accelerate(pipe, "graphs", cache_dir=str(CACHE), fuse_codec=v.fuse_codec, progress=print)
     return pipe, stream, time.time() - start, scenario, options
@@ -209,8 +226,11 @@ def phase_measure(args: argparse.Namespace) -> None:
     modules = {}
     for stage, module in mods.items():
         a, kw = calls[stage][0]
+        # The UNet through the denoiser, as the step calls it (stored conditioning, the same compiled code).
+        call = functools.partial(pipe.denoiser, a[0], a[1], kw["encoder_hidden_states"]) if stage == "unet" else \
+            functools.partial(module, *a, **kw)
         with torch.no_grad():
-            modules[stage] = profile_kernels(functools.partial(module, *a, **kw), calls=10)
+            modules[stage] = profile_kernels(call, calls=10)
     codec_error = _fused_codec_error(pipe, calls) if v.fuse_codec else None
     lat = measured.latency
     result = {"variant": args.variant, "spec": v.__dict__, "build_seconds": built,

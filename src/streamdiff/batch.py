@@ -45,6 +45,9 @@ class StreamBatch:
         self.in_flight = torch.zeros_like(noise[frames:])  # ((n-1) F, 4, h, w)
         self.stock = torch.zeros_like(noise)  # residual noise per slot
         self.filled = False
+        # Denoisers that precompute from the timesteps and embeddings offer condition() and claim() (optional).
+        self._condition = getattr(denoiser, "condition", None)
+        self._claim = getattr(denoiser, "claim", None)
 
     def reset(self) -> None:
         """Forget the frames in flight; the next call fills the pipeline again.
@@ -62,6 +65,22 @@ class StreamBatch:
 
     def set_noise(self, noise: Tensor) -> None:
         self.noise.copy_(noise)
+
+    def condition(self, cond: Tensor, uncond: Tensor) -> None:
+        """Tell the denoiser the timesteps and embeddings of every call from now on: call after cond or uncond
+        (B, 77, D) changed. Steps run one by one call it with other ones per step, so they get none."""
+        if self._condition is None:
+            return
+        if self.use_denoising_batch:
+            self._condition(*self.guidance.conditioning(self.coeffs.timesteps, cond, uncond))
+        else:
+            self._condition(None, None)
+
+    def claim_conditioning(self) -> None:
+        """Before a replayed call (which runs no Python): make sure the denoiser's stored conditioning is this
+        stream's, not that of another stream sharing its modules."""
+        if self._claim is not None:
+            self._claim()
 
     def first_slot(self, latent: Tensor) -> Tensor:
         """The new frame's latent noised to the first timestep (always with noise, as the reference)."""

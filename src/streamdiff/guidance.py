@@ -26,7 +26,15 @@ class Guidance:
 
     def batch(self, x: Tensor, t: Tensor, cond: Tensor, uncond: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The denoiser's input batch for slots x (B, 4, h, w), timesteps t (B,), embeddings (B, 77, D)."""
-        return x, t, cond
+        return (self.samples(x), *self.conditioning(t, cond, uncond))
+
+    def samples(self, x: Tensor) -> Tensor:
+        """The denoiser's latents for slots x (B, 4, h, w)."""
+        return x
+
+    def conditioning(self, t: Tensor, cond: Tensor, uncond: Tensor) -> tuple[Tensor, Tensor]:
+        """The denoiser's timesteps and embeddings, matching samples(): constant while the prompts are."""
+        return t, cond
 
     def combine(self, out: Tensor, stock: Tensor) -> Tensor:
         """Guided noise prediction (B, 4, h, w) from the denoiser output; may write stock in place."""
@@ -44,8 +52,11 @@ class Guidance:
 class FullGuidance(Guidance):
     """Classic CFG: negative and positive prompt for every slot in one batch (2B samples)."""
 
-    def batch(self, x, t, cond, uncond):
-        return torch.cat([x, x]), torch.cat([t, t]), torch.cat([uncond, cond])
+    def samples(self, x):
+        return torch.cat([x, x])
+
+    def conditioning(self, t, cond, uncond):
+        return torch.cat([t, t]), torch.cat([uncond, cond])
 
     def combine(self, out, stock):
         eps_uncond, eps_cond = out.chunk(2)
@@ -68,9 +79,12 @@ class InitializeGuidance(Guidance):
 
     tracks_residual = True
 
-    def batch(self, x, t, cond, uncond):
+    def samples(self, x):
+        return torch.cat([x[: self.frames], x])
+
+    def conditioning(self, t, cond, uncond):
         f = self.frames
-        return torch.cat([x[:f], x]), torch.cat([t[:f], t]), torch.cat([uncond[:f], cond])
+        return torch.cat([t[:f], t]), torch.cat([uncond[:f], cond])
 
     def combine(self, out, stock):
         f = self.frames

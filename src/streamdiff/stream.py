@@ -152,6 +152,7 @@ class StreamPipeline:
         self._batch = StreamBatch(self.denoiser, coeffs, self._draw_noise(seed if seed is not None else cfg.seed),
                                   make_guidance(cfg), cfg.frame_buffer_size,
                                   use_denoising_batch=cfg.use_denoising_batch, do_add_noise=cfg.do_add_noise)
+        self._recondition()
         self.reset()
 
     def reset(self) -> None:
@@ -202,6 +203,11 @@ class StreamPipeline:
         else:
             self._transition = None
             self._cond.copy_(target.expand_as(self._cond))
+        self._recondition()
+
+    def _recondition(self) -> None:
+        """Hand the denoiser the prompts after they changed, for what it computes once per conditioning."""
+        self._require_prepared().condition(self._cond, self._uncond)
 
     def set_seed(self, seed: SeedLike) -> None:
         """Redraw the fixed noise from a seed or a weighted blend of seeds [(seed, weight), ...]."""
@@ -296,6 +302,7 @@ class StreamPipeline:
             self._cond.copy_(self._transition.advance().expand_as(self._cond))
             if self._transition.finished:
                 self._transition = None
+            self._recondition()
 
     def _decode(self, x0: Tensor) -> Tensor:
         pictures = images.postprocess(self.codec.decode(x0))
@@ -361,6 +368,7 @@ class StreamPipeline:
         if not isinstance(cosine, _NoCosine) and self._skip_measured(cosine):
             return False
         self._advance_prompt()
+        self._require_prepared().claim_conditioning()
         return True
 
     def end_device_frame(self, carry: DeviceCarry, img2img: bool) -> None:

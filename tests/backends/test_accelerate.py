@@ -99,6 +99,7 @@ def _broken_compiler(parts, preset="default"):
 
     for module in parts.values():
         module.__dict__["forward"] = fail
+        module.__dict__["_streamdiff_compiled"] = (preset, fail)  # as compile_in_place marks its forward
 
 
 def test_a_failed_compile_is_reported_or_dropped_when_a_fallback_is_allowed(make_stream, monkeypatch, tmp_path):

@@ -27,6 +27,7 @@ from ..errors import UserError
 from ..stream import StreamPipeline
 from . import codec_fusion
 from . import compile as compiling
+from .conditioning import ConditioningCache
 from .graphs import CudaGraphCapture, DirectCall
 from .runner import AcceleratedStream
 
@@ -159,13 +160,20 @@ def _prepare_modules(pipe: StreamPipeline, mode: AccelMode, cache_dir: str | Pat
         unet.to(memory_format=torch.channels_last)
         vae.to(memory_format=torch.channels_last)
         if hasattr(unet, "fuse_qkv_projections") and getattr(unet, "original_attn_processors", None) is None:
-            unet.fuse_qkv_projections()  # one projection matrix product instead of three (two for cross-attention)
+            _fuse_projections(unet)
     if not mode.compiles:
         return None
     folder = compiling.use_cache_dir(cache_dir)
     compiling.compile_in_place(compiling.compiled_parts(unet, vae), preset)
     say(f"{mode.value}: compiling the UNet and the codec at the first frames (cache: {folder})")
     return folder
+
+
+def _fuse_projections(unet: torch.nn.Module) -> None:
+    """One projection matrix product instead of three (two for cross-attention). The conditioning cache's
+    stand-ins go first, so that diffusers fuses the real projections; the next call stores them again."""
+    ConditioningCache.of(unet).remove()
+    unet.fuse_qkv_projections()
 
 
 def _build(stream: AcceleratedStream, chosen: AccelMode, requested: AccelMode, fallback: bool,

@@ -111,8 +111,12 @@ def _allow_recompiles(limit: int) -> None:
 def uncompile(parts: dict[str, torch.nn.Module]) -> None:
     """Undo compile_in_place: the modules run eagerly again (their compiled code stays at hand)."""
     for module in parts.values():
-        module.__dict__.pop("forward", None)
+        if is_compiled(module):
+            del module.__dict__["forward"]
 
 
 def is_compiled(module: torch.nn.Module) -> bool:
-    return "forward" in module.__dict__
+    """Whether the module's forward is its compiled one (other per-instance forwards, e.g. the fused codec's,
+    are not)."""
+    forward = module.__dict__.get("forward")
+    return forward is not None and forward is module.__dict__.get("_streamdiff_compiled", (None, None))[1]

@@ -5,12 +5,47 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .conditioning import ConditioningCache
+
 
 class TorchDenoiser:
-    def __init__(self, unet: torch.nn.Module):
+    """A diffusers UNet2DConditionModel; with cache_conditioning, what depends only on the timesteps and the
+    text embeddings is computed once per `condition` instead of at every call."""
+
+    def __init__(self, unet: torch.nn.Module, *, cache_conditioning: bool = True):
         self.unet = unet
+        self.conditioning = ConditioningCache.of(unet) if cache_conditioning else None
+        self._given: tuple[Tensor, Tensor] | None = None
+
+    def condition(self, timesteps: Tensor | None, embeddings: Tensor | None) -> None:
+        """The timesteps (B,) and embeddings (B, 77, D) of the calls from now on; None: calls differ (no cache).
+
+        Calls must then pass these same values: the stored projections stand in for theirs.
+        """
+        if self.conditioning is None:
+            return
+        self._given = None if timesteps is None or embeddings is None else (timesteps, embeddings)
+        if self._given is not None:
+            self.conditioning.refresh(*self._given, owner=self)
+
+    def claim(self) -> bool:
+        """Store this denoiser's conditioning again if another stream on the same UNet replaced it (before
+        replaying captured calls); whether calls read stored conditioning."""
+        cache = self.conditioning
+        if cache is None or self._given is None:
+            return False
+        if cache.owner is not self:
+            cache.refresh(*self._given, owner=self)
+        return True
 
     def __call__(self, latents: Tensor, timesteps: Tensor, embeddings: Tensor) -> Tensor:
+        if not self.claim():
+            return self._unet(latents, timesteps, embeddings)
+        assert self.conditioning is not None
+        with self.conditioning.active():
+            return self._unet(latents, timesteps, embeddings)
+
+    def _unet(self, latents: Tensor, timesteps: Tensor, embeddings: Tensor) -> Tensor:
         return self.unet(latents, timesteps, encoder_hidden_states=embeddings, return_dict=False)[0]
 
 

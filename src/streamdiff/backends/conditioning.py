@@ -1,0 +1,168 @@
+"""A UNet's per-stream constants, computed once per prompt or schedule change instead of at every frame.
+
+A stream's timesteps and text embeddings change only with prepare() or a prompt change, yet every UNet
+call recomputes from them the timestep embedding with each ResNet's projection of it (22 small products
+in SD 2.1) and the keys and values of each cross-attention layer (16 products over 77 tokens). The cache
+computes those projections when told the conditioning, and the UNet reads the stored results while the
+cache is active: the same numbers, fewer kernels (and under torch.compile the unused embedding path is
+dropped too). Outside `active()` the UNet computes everything as usual, so other callers of the same
+modules (a diffusers pipeline on shared weights) are unaffected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Processors known to project the keys and values of cross-attention from encoder_hidden_states, unchanged.
+_PLAIN_PROCESSORS = ("AttnProcessor", "AttnProcessor2_0", "FusedAttnProcessor2_0")
+
+
+class _Switch:
+    """Shared by a cache's stand-ins: whether UNet calls read the stored projections now."""
+
+    on = False
+
+
+class StoredProjection(nn.Module):
+    """Stands in for a linear projection whose input is constant for a stream: while the cache is active it
+    returns what `store` computed. It holds the projection's own parameters under their own names, so state
+    dicts, weight loading and diffusers' projection fusing see the model unchanged."""
+
+    def __init__(self, linear: nn.Linear, switch: _Switch):
+        super().__init__()
+        self.weight = linear.weight
+        self.register_parameter("bias", linear.bias)
+        self.switch = switch
+        self.__dict__["original"] = linear  # not a submodule: it shares these parameters
+        self.register_buffer("value", None, persistent=False)  # (B, C) or (B, 77, C)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.switch.on:
+            return self.value
+        return F.linear(x, self.weight, self.bias)
+
+    def store(self, x: Tensor) -> None:
+        """Compute the projection of x; in place where the shape holds, so captured graphs read the new one."""
+        out = F.linear(x, self.weight, self.bias)
+        value = self.value
+        if value is not None and value.shape == out.shape and value.dtype == out.dtype and value.device == out.device:
+            value.copy_(out)
+        else:
+            self.value = out
+
+
+class ConditioningCache:
+    """The stored time projections and cross-attention keys and values of one diffusers UNet2DConditionModel.
+
+    One per UNet (`of`): its stand-ins hold one conditioning at a time, that of `owner`, the stream that
+    stored it last; a stream sharing the UNet stores its own again before its calls (see TorchDenoiser).
+    """
+
+    def __init__(self, unet: nn.Module):
+        self.unet = unet
+        self.owner: object | None = None
+        self._switch = _Switch()
+
+    @classmethod
+    def of(cls, unet: nn.Module) -> ConditioningCache:
+        """The cache of `unet`, made at the first call."""
+        cache = unet.__dict__.get("_streamdiff_conditioning")
+        if cache is None:
+            cache = unet.__dict__["_streamdiff_conditioning"] = cls(unet)
+        return cache
+
+    @torch.no_grad()
+    def refresh(self, timesteps: Tensor, embeddings: Tensor, owner: object) -> None:
+        """Store the projections for UNet calls with timesteps (B,) and embeddings (B, 77, D)."""
+        self._install()
+        if self._caches_time():
+            emb = self._time_embedding(timesteps)
+            for resnet in self._resnets():
+                resnet.time_emb_proj.store(emb if resnet.skip_time_act else resnet.nonlinearity(emb))
+        for attention, names in self._cross_attentions():
+            states = attention.norm_encoder_hidden_states(embeddings) if attention.norm_cross else embeddings
+            for name in names:
+                getattr(attention, name).store(states)
+        self.owner = owner
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """UNet calls inside read the stored projections."""
+        self._switch.on = True
+        try:
+            yield
+        finally:
+            self._switch.on = False
+
+    def remove(self) -> None:
+        """Put the original projections back (before changing the UNet's modules, e.g. fusing them)."""
+        for module in self.unet.modules():
+            for name, child in list(module.named_children()):
+                if isinstance(child, StoredProjection):
+                    setattr(module, name, child.original)
+        self.owner = None
+
+    # ----- internals ------------------------------------------------------------------------------
+
+    def _install(self) -> None:
+        """Put stand-ins in front of every projection the cache covers (again after remove, or new modules)."""
+        switch = self._switch
+        if self._caches_time():
+            for resnet in self._resnets(wrapped=False):
+                resnet.time_emb_proj = StoredProjection(resnet.time_emb_proj, switch)
+        for attention, names in self._cross_attentions(wrapped=False):
+            for name in names:
+                setattr(attention, name, StoredProjection(getattr(attention, name), switch))
+
+    def _caches_time(self) -> bool:
+        """Whether the embedding depends on the timesteps alone (no class labels or added conditions)."""
+        unet = self.unet
+        return getattr(unet, "class_embedding", None) is None and unet.config.get("addition_embed_type") is None
+
+    def _time_embedding(self, timesteps: Tensor) -> Tensor:
+        """The embedding every ResNet projects, (B, 1280 for SD), as UNet2DConditionModel.forward computes it."""
+        unet = self.unet
+        sample = torch.empty(timesteps.shape[0], dtype=unet.dtype, device=timesteps.device)
+        emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timesteps), None)
+        return unet.time_embed_act(emb) if unet.time_embed_act is not None else emb
+
+    def _resnets(self, wrapped: bool = True) -> Iterator[nn.Module]:
+        from diffusers.models.resnet import ResnetBlock2D
+
+        for module in self.unet.modules():
+            if isinstance(module, ResnetBlock2D) and _kind(module.time_emb_proj) == _wanted(wrapped):
+                yield module
+
+    def _cross_attentions(self, wrapped: bool = True) -> Iterator[tuple[nn.Module, tuple[str, ...]]]:
+        """Cross-attention layers with a plain processor, and the names of their key/value projections (none
+        where the UNet projects the embeddings first: its layers then attend to other states)."""
+        from diffusers.models.attention_processor import Attention
+
+        if getattr(self.unet, "encoder_hid_proj", None) is not None:
+            return
+        for module in self.unet.modules():
+            if not isinstance(module, Attention) or not module.is_cross_attention:
+                continue
+            if type(module.processor).__name__ not in _PLAIN_PROCESSORS:
+                continue
+            fused = type(module.processor).__name__ == "FusedAttnProcessor2_0"
+            names = ("to_kv",) if fused else ("to_k", "to_v")
+            if all(_kind(getattr(module, n, None)) == _wanted(wrapped) for n in names):
+                yield module, names
+
+
+def _kind(module: nn.Module | None) -> str:
+    """"stored" for a stand-in, "linear" for a plain nn.Linear it can stand in for (not a subclass such as a
+    LoRA layer, whose forward differs), "other" otherwise."""
+    if isinstance(module, StoredProjection):
+        return "stored"
+    return "linear" if type(module) is nn.Linear else "other"
+
+
+def _wanted(wrapped: bool) -> str:
+    return "stored" if wrapped else "linear"

@@ -1,0 +1,152 @@
+"""The conditioning cache: stored time projections and cross-attention keys/values give the UNet's own numbers."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from conftest import SIZE, random_frames
+
+from streamdiff import StreamPipeline
+from streamdiff.backends.accelerate import _fuse_projections
+from streamdiff.backends.conditioning import StoredProjection
+from streamdiff.backends.torch import TorchDenoiser
+from streamdiff.config import StreamConfig
+from streamdiff.stream import Components
+
+
+@pytest.fixture
+def unet(_tiny_cache):
+    return copy.deepcopy(_tiny_cache["taesd"].unet).eval()
+
+
+def _inputs(unet, batch: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    latents = torch.randn(batch, 4, 8, 8, generator=g)
+    timesteps = torch.randint(0, 1000, (batch,), generator=g).float()
+    embeddings = torch.randn(batch, 77, unet.config.cross_attention_dim, generator=g)
+    return latents, timesteps, embeddings
+
+
+@torch.no_grad()
+def test_stored_conditioning_gives_the_unets_own_numbers(unet):
+    plain, cached = TorchDenoiser(unet, cache_conditioning=False), TorchDenoiser(unet)
+    latents, t, e = _inputs(unet, 3, seed=0)
+    expected = plain(latents, t, e)
+    cached.condition(t, e)
+    assert torch.equal(cached(latents, t, e), expected)
+    # The plain denoiser, on the same modules, still computes everything from its inputs.
+    _, t2, e2 = _inputs(unet, 3, seed=1)
+    assert torch.equal(plain(latents, t2, e2), TorchDenoiser(unet, cache_conditioning=False)(latents, t2, e2))
+
+
+@torch.no_grad()
+def test_calls_read_the_stored_conditioning_not_their_arguments(unet):
+    plain, cached = TorchDenoiser(unet, cache_conditioning=False), TorchDenoiser(unet)
+    latents, t, e = _inputs(unet, 2, seed=0)
+    _, t_other, e_other = _inputs(unet, 2, seed=1)
+    cached.condition(t, e)
+    out = cached(latents, t_other, e_other)
+    assert torch.equal(out, plain(latents, t, e))
+    assert not torch.allclose(out, plain(latents, t_other, e_other))
+    cached.condition(t_other, e_other)
+    assert torch.equal(cached(latents, t_other, e_other), plain(latents, t_other, e_other))
+    cached.condition(None, None)  # calls that differ from one another: everything computed again
+    assert torch.equal(cached(latents, t, e), plain(latents, t, e))
+
+
+@torch.no_grad()
+def test_stand_ins_cover_every_time_projection_and_cross_attention(unet):
+    from diffusers.models.attention_processor import Attention
+    from diffusers.models.resnet import ResnetBlock2D
+
+    resnets = sum(isinstance(m, ResnetBlock2D) and m.time_emb_proj is not None for m in unet.modules())
+    crosses = sum(isinstance(m, Attention) and m.is_cross_attention for m in unet.modules())
+    assert resnets > 0 and crosses > 0
+    state = unet.state_dict()
+    linears = {name: m for name, m in unet.named_modules() if type(m) is torch.nn.Linear}
+    TorchDenoiser(unet).condition(*_inputs(unet, 1, seed=0)[1:])
+    stored = sum(isinstance(m, StoredProjection) for m in unet.modules())
+    assert stored == resnets + 2 * crosses  # separate key and value projections
+    # The stand-ins hold the projections' own parameters under their names: the state dict is unchanged.
+    after = unet.state_dict()
+    assert list(after) == list(state) and all(after[k] is state[k] or torch.equal(after[k], state[k]) for k in state)
+    _fuse_projections(unet)
+    assert not any(isinstance(m, StoredProjection) for m in unet.modules())
+    assert all(dict(unet.named_modules())[name] is m for name, m in linears.items())
+
+
+@torch.no_grad()
+def test_fused_projections_are_stored_after_fusing(unet):
+    cached = TorchDenoiser(unet)
+    latents, t, e = _inputs(unet, 2, seed=0)
+    cached.condition(t, e)
+    _fuse_projections(unet)
+    out = cached(latents, t, e)  # stores again, now in front of the fused key/value products
+    crosses = sum(type(m.processor).__name__ == "FusedAttnProcessor2_0" and m.is_cross_attention
+                  for m in unet.modules() if hasattr(m, "processor"))
+    assert sum(isinstance(m, StoredProjection) and m.value.shape[1] == 77 for m in unet.modules()) == crosses
+    torch.testing.assert_close(out, TorchDenoiser(unet, cache_conditioning=False)(latents, t, e))
+
+
+@torch.no_grad()
+def test_streams_sharing_a_unet_each_get_their_own_conditioning(unet):
+    plain = TorchDenoiser(unet, cache_conditioning=False)
+    first, second = TorchDenoiser(unet), TorchDenoiser(unet)
+    lat1, t1, e1 = _inputs(unet, 1, seed=0)
+    lat2, t2, e2 = _inputs(unet, 3, seed=1)
+    first.condition(t1, e1)
+    second.condition(t2, e2)
+    for _ in range(2):
+        assert torch.equal(first(lat1, t1, e1), plain(lat1, t1, e1))
+        assert torch.equal(second(lat2, t2, e2), plain(lat2, t2, e2))
+
+
+def _stream(tiny, cache: bool, **settings) -> StreamPipeline:
+    pipe = copy.deepcopy(tiny)
+    components = Components.from_diffusers(pipe)
+    config = StreamConfig.from_settings(None, device="cpu", seed=3, width=SIZE, height=SIZE, **settings)
+    stream = StreamPipeline(components, config, denoiser=TorchDenoiser(components.unet, cache_conditioning=cache))
+    stream.prepare("a red fox", negative_prompt="blurry")
+    return stream
+
+
+@pytest.mark.parametrize("settings", [
+    {"t_index_list": (20, 40)},
+    {"t_index_list": (10, 25, 40), "cfg_type": "initialize", "guidance_scale": 1.4},
+    {"t_index_list": (0,), "cfg_type": "full", "guidance_scale": 1.5, "frame_buffer_size": 2},
+    {"t_index_list": (20, 40), "use_denoising_batch": False, "cfg_type": "self", "guidance_scale": 1.3},
+], ids=["lcm-2", "initialize-3", "full-fbs2", "sequential-self"])
+def test_streams_with_the_cache_equal_streams_without(_tiny_cache, settings):
+    plain, cached = (_stream(_tiny_cache["taesd"], cache, **settings) for cache in (False, True))
+    f = plain.config.frame_buffer_size
+    shape = (f, SIZE, SIZE, 3) if f > 1 else (SIZE, SIZE, 3)
+    for k, frame in enumerate(random_frames(7, shape)):
+        if k == 2:
+            for stream in (plain, cached):
+                stream.update_prompt("a cat", negative_prompt="dark", transition_frames=2)
+        if k == 5:
+            for stream in (plain, cached):
+                stream.update_prompt("a boat")
+        np.testing.assert_array_equal(cached.img2img(frame, output_type="np"), plain.img2img(frame, output_type="np"),
+                                      err_msg=f"frame {k}")
+    np.testing.assert_array_equal(cached.txt2img("np"), plain.txt2img("np"))
+
+
+@torch.no_grad()
+def test_embeddings_projected_by_the_unet_first_keep_their_keys_and_values_computed(unet):
+    """With encoder_hid_proj the cross-attention layers attend to projected states: only the time path is stored."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    projected = UNet2DConditionModel.from_config(unet.config, encoder_hid_dim=24, encoder_hid_dim_type="text_proj")
+    projected.eval()
+    assert projected.encoder_hid_proj is not None
+    latents, t, _ = _inputs(projected, 2, seed=0)
+    e = torch.randn(2, 77, 24)
+    cached = TorchDenoiser(projected)
+    cached.condition(t, e)
+    assert all(m.value.dim() == 2 for m in projected.modules() if isinstance(m, StoredProjection))
+    assert torch.equal(cached(latents, t, e), TorchDenoiser(projected, cache_conditioning=False)(latents, t, e))
