@@ -67,6 +67,8 @@ class ConditioningCache:
         self.unet = unet
         self.owner: object | None = None
         self._switch = _Switch()
+        # What _install covered, kept so that a refresh (every frame of a prompt transition) walks no modules.
+        self._installed: tuple[list[nn.Module], list[tuple[nn.Module, tuple[str, ...]]]] | None = None
 
     @classmethod
     def of(cls, unet: nn.Module) -> ConditioningCache:
@@ -79,12 +81,12 @@ class ConditioningCache:
     @torch.no_grad()
     def refresh(self, timesteps: Tensor, embeddings: Tensor, owner: object) -> None:
         """Store the projections for UNet calls with timesteps (B,) and embeddings (B, 77, D)."""
-        self._install()
-        if self._caches_time():
+        resnets, attentions = self._installed or self._install()
+        if resnets:
             emb = self._time_embedding(timesteps)
-            for resnet in self._resnets():
+            for resnet in resnets:
                 resnet.time_emb_proj.store(emb if resnet.skip_time_act else resnet.nonlinearity(emb))
-        for attention, names in self._cross_attentions():
+        for attention, names in attentions:
             states = attention.norm_encoder_hidden_states(embeddings) if attention.norm_cross else embeddings
             for name in names:
                 getattr(attention, name).store(states)
@@ -106,11 +108,13 @@ class ConditioningCache:
                 if isinstance(child, StoredProjection):
                     setattr(module, name, child.original)
         self.owner = None
+        self._installed = None
 
     # ----- internals ------------------------------------------------------------------------------
 
-    def _install(self) -> None:
-        """Put stand-ins in front of every projection the cache covers (again after remove, or new modules)."""
+    def _install(self) -> tuple[list[nn.Module], list[tuple[nn.Module, tuple[str, ...]]]]:
+        """Put stand-ins in front of every projection the cache covers; the ResNets and cross-attention layers
+        (with their projections' names) that have them."""
         switch = self._switch
         if self._caches_time():
             for resnet in self._resnets(wrapped=False):
@@ -118,6 +122,8 @@ class ConditioningCache:
         for attention, names in self._cross_attentions(wrapped=False):
             for name in names:
                 setattr(attention, name, StoredProjection(getattr(attention, name), switch))
+        self._installed = list(self._resnets()), list(self._cross_attentions())
+        return self._installed
 
     def _caches_time(self) -> bool:
         """Whether the embedding depends on the timesteps alone (no class labels or added conditions)."""
