@@ -210,7 +210,7 @@ def phase_measure(args: argparse.Namespace) -> None:
 
     from streamdiff.bench.measure import time_calls
     from streamdiff.bench.run import _inputs
-    from streamdiff.bench.stages import record_inputs, stage_times
+    from streamdiff.bench.stages import record_inputs, stage_call, stage_times
 
     v = VARIANTS[args.variant]
     pipe, stream, built, scenario, options = _build(args.variant)
@@ -225,12 +225,8 @@ def phase_measure(args: argparse.Namespace) -> None:
     calls = record_inputs(pipe, inputs[0], mods)
     modules = {}
     for stage, module in mods.items():
-        a, kw = calls[stage][0]
-        # The UNet through the denoiser, as the step calls it (stored conditioning, the same compiled code).
-        call = functools.partial(pipe.denoiser, a[0], a[1], kw["encoder_hidden_states"]) if stage == "unet" else \
-            functools.partial(module, *a, **kw)
         with torch.no_grad():
-            modules[stage] = profile_kernels(call, calls=10)
+            modules[stage] = profile_kernels(stage_call(pipe, stage, module, *calls[stage][0]), calls=10)
     codec_error = _fused_codec_error(pipe, calls) if v.fuse_codec else None
     lat = measured.latency
     result = {"variant": args.variant, "spec": v.__dict__, "build_seconds": built,

@@ -13,8 +13,6 @@ from streamdiff import StreamPipeline
 from streamdiff.backends.accelerate import _fuse_projections
 from streamdiff.backends.conditioning import StoredProjection
 from streamdiff.backends.torch import TorchDenoiser
-from streamdiff.config import StreamConfig
-from streamdiff.stream import Components
 
 
 @pytest.fixture
@@ -104,12 +102,10 @@ def test_streams_sharing_a_unet_each_get_their_own_conditioning(unet):
         assert torch.equal(second(lat2, t2, e2), plain(lat2, t2, e2))
 
 
-def _stream(tiny, cache: bool, **settings) -> StreamPipeline:
-    pipe = copy.deepcopy(tiny)
-    components = Components.from_diffusers(pipe)
-    config = StreamConfig.from_settings(None, device="cpu", seed=3, width=SIZE, height=SIZE, **settings)
-    stream = StreamPipeline(components, config, denoiser=TorchDenoiser(components.unet, cache_conditioning=cache))
-    stream.prepare("a red fox", negative_prompt="blurry")
+def _stream(make_stream, cache: bool, **settings) -> StreamPipeline:
+    stream = make_stream(**settings)
+    stream.denoiser = TorchDenoiser(stream.components.unet, cache_conditioning=cache)
+    stream.prepare("a red fox", negative_prompt="blurry")  # again, for the stream batch to take this denoiser
     return stream
 
 
@@ -119,8 +115,8 @@ def _stream(tiny, cache: bool, **settings) -> StreamPipeline:
     {"t_index_list": (0,), "cfg_type": "full", "guidance_scale": 1.5, "frame_buffer_size": 2},
     {"t_index_list": (20, 40), "use_denoising_batch": False, "cfg_type": "self", "guidance_scale": 1.3},
 ], ids=["lcm-2", "initialize-3", "full-fbs2", "sequential-self"])
-def test_streams_with_the_cache_equal_streams_without(_tiny_cache, settings):
-    plain, cached = (_stream(_tiny_cache["taesd"], cache, **settings) for cache in (False, True))
+def test_streams_with_the_cache_equal_streams_without(make_stream, settings):
+    plain, cached = (_stream(make_stream, cache, **settings) for cache in (False, True))
     f = plain.config.frame_buffer_size
     shape = (f, SIZE, SIZE, 3) if f > 1 else (SIZE, SIZE, 3)
     for k, frame in enumerate(random_frames(7, shape)):

@@ -115,15 +115,18 @@ class ConditioningCache:
     def _install(self) -> tuple[list[nn.Module], list[tuple[nn.Module, tuple[str, ...]]]]:
         """Put stand-ins in front of every projection the cache covers; the ResNets and cross-attention layers
         (with their projections' names) that have them."""
-        switch = self._switch
-        if self._caches_time():
-            for resnet in self._resnets(wrapped=False):
-                resnet.time_emb_proj = StoredProjection(resnet.time_emb_proj, switch)
-        for attention, names in self._cross_attentions(wrapped=False):
+        resnets = list(self._resnets()) if self._caches_time() else []
+        for resnet in resnets:
+            resnet.time_emb_proj = self._stand_in(resnet.time_emb_proj)
+        attentions = list(self._cross_attentions())
+        for attention, names in attentions:
             for name in names:
-                setattr(attention, name, StoredProjection(getattr(attention, name), switch))
-        self._installed = list(self._resnets()), list(self._cross_attentions())
+                setattr(attention, name, self._stand_in(getattr(attention, name)))
+        self._installed = resnets, attentions
         return self._installed
+
+    def _stand_in(self, module: nn.Module) -> StoredProjection:
+        return module if isinstance(module, StoredProjection) else StoredProjection(module, self._switch)
 
     def _caches_time(self) -> bool:
         """Whether the embedding depends on the timesteps alone (no class labels or added conditions)."""
@@ -137,14 +140,14 @@ class ConditioningCache:
         emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timesteps), None)
         return unet.time_embed_act(emb) if unet.time_embed_act is not None else emb
 
-    def _resnets(self, wrapped: bool = True) -> Iterator[nn.Module]:
+    def _resnets(self) -> Iterator[nn.Module]:
         from diffusers.models.resnet import ResnetBlock2D
 
         for module in self.unet.modules():
-            if isinstance(module, ResnetBlock2D) and _kind(module.time_emb_proj) == _wanted(wrapped):
+            if isinstance(module, ResnetBlock2D) and _coverable(module.time_emb_proj):
                 yield module
 
-    def _cross_attentions(self, wrapped: bool = True) -> Iterator[tuple[nn.Module, tuple[str, ...]]]:
+    def _cross_attentions(self) -> Iterator[tuple[nn.Module, tuple[str, ...]]]:
         """Cross-attention layers with a plain processor, and the names of their key/value projections (none
         where the UNet projects the embeddings first: its layers then attend to other states)."""
         from diffusers.models.attention_processor import Attention
@@ -158,17 +161,11 @@ class ConditioningCache:
                 continue
             fused = type(module.processor).__name__ == "FusedAttnProcessor2_0"
             names = ("to_kv",) if fused else ("to_k", "to_v")
-            if all(_kind(getattr(module, n, None)) == _wanted(wrapped) for n in names):
+            if all(_coverable(getattr(module, n, None)) for n in names):
                 yield module, names
 
 
-def _kind(module: nn.Module | None) -> str:
-    """"stored" for a stand-in, "linear" for a plain nn.Linear it can stand in for (not a subclass such as a
-    LoRA layer, whose forward differs), "other" otherwise."""
-    if isinstance(module, StoredProjection):
-        return "stored"
-    return "linear" if type(module) is nn.Linear else "other"
-
-
-def _wanted(wrapped: bool) -> str:
-    return "stored" if wrapped else "linear"
+def _coverable(module: nn.Module | None) -> bool:
+    """A stand-in already, or a plain nn.Linear one can stand in for (not a subclass such as a LoRA layer,
+    whose forward differs)."""
+    return isinstance(module, StoredProjection) or type(module) is nn.Linear

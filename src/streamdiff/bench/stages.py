@@ -107,13 +107,15 @@ def stage_times(pipe: StreamPipeline, frame: np.ndarray, *, graphs: bool, repeat
         "preprocess": timer(lambda: pipe.device_pixels(frames_dev)),
     }
     for stage, module in modules.items():
-        times[stage] = sum(timer(_call(pipe, stage, module, args, kwargs)) for args, kwargs in calls[stage])
+        times[stage] = sum(timer(stage_call(pipe, stage, module, args, kwargs)) for args, kwargs in calls[stage])
     times["postprocess"] = timer(lambda: out_dev.copy_(to_uint8_hwc(pictures)))
     times["download"] = timer(lambda: out_host.copy_(out_dev, non_blocking=True))
     return {stage: times[stage] for stage in STAGES}
 
 
-def _call(pipe: StreamPipeline, stage: str, module: torch.nn.Module, args: tuple, kwargs: dict) -> Callable[[], Any]:
+def stage_call(pipe: StreamPipeline, stage: str, module: torch.nn.Module, args: tuple,
+               kwargs: dict) -> Callable[[], Any]:
+    """One recorded call of a stage's module, to time or profile alone."""
     if stage == "unet":  # through the denoiser, as the step calls it: it may read stored conditioning
         return lambda: pipe.denoiser(args[0], args[1], kwargs["encoder_hidden_states"])
     return lambda: module(*args, **kwargs)
