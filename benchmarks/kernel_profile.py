@@ -8,6 +8,12 @@ kernels load, the step is captured, timed host-uint8-in to host-uint8-out, and p
 kernels grouped by kind (convolution, matrix product, attention, Triton norm/pointwise, copies), the
 kernel count per frame, and the idle time between kernels inside the replayed graph.
 Models use random weights of their real architectures (SDXS-512: a reconstruction).
+
+    python benchmarks/kernel_profile.py all --out DIR --variants a,b --probe overlap
+
+runs the overlap probe instead of the profile in phase 2: the step's GPU time against its host-to-host
+time, where the host time goes, and whether two steps or a frame's stages run faster side by side.
+`kernel_profile.py fp8 --json FILE` times the UNet's per-frame linear layers in fp16 and in float8.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ VARIANTS: dict[str, Variant] = {
     "sdxs-b1-uncached": Variant(model="sdxs-512", cache_conditioning=False),
     "turbo-2step": Variant(steps=2),
     "turbo-b16": Variant(fbs=16),
+    "turbo-b8": Variant(fbs=8),
     "sdxs-b1": Variant(model="sdxs-512"),
     "turbo-b1-codec-autotune": Variant(codec=AUTOTUNE_CONV, fuse_codec=False),
     "turbo-b1-freeze": Variant(unet={"freezing": True}, codec={"freezing": True}, fuse_codec=False),
@@ -301,6 +308,205 @@ def phase_fusedconv(args: argparse.Namespace) -> None:
     Path(args.json).write_text(json.dumps(rows, indent=1))
 
 
+def _replays_ms(lanes: list, rounds: int = 10, repeats: int = 15) -> float:
+    """Median milliseconds of one round in which every lane (a list of replay functions run one after the
+    other on the lane's own CUDA stream) runs once; `rounds` rounds are queued back to back per sample, so
+    this is the steady state of lanes that overlap on the GPU (one lane: plain back-to-back replays)."""
+    import torch
+
+    main = torch.cuda.current_stream()
+    streams = [torch.cuda.Stream() for _ in lanes]
+    samples = []
+    for _ in range(repeats + 2):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record(main)
+        for stream in streams:
+            stream.wait_stream(main)
+        for _ in range(rounds):
+            for stream, fns in zip(streams, lanes):
+                with torch.cuda.stream(stream):
+                    for fn in fns:
+                        fn()
+        for stream in streams:
+            main.wait_stream(stream)
+        end.record(main)
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / rounds)
+    return float(sorted(samples[2:])[len(samples[2:]) // 2])
+
+
+def _host_breakdown(stream, inputs: list, calls: int = 300) -> dict[str, float]:
+    """Median host milliseconds per call of each part of an accelerated call, the wait for the GPU included
+    (`Event.synchronize`); `call` is the whole img2img. The parts are timed by wrapping their classes' methods."""
+    import numpy as np
+    import torch
+
+    from streamdiff.backends.graphs import FrameBuffers
+    from streamdiff.backends.runner import AcceleratedStream
+    from streamdiff.stream import StreamPipeline
+
+    parts = {"load": (FrameBuffers, "load"), "fetch": (FrameBuffers, "fetch"),
+             "begin": (StreamPipeline, "begin_device_frame"), "end": (StreamPipeline, "end_device_frame"),
+             "launch": (torch.cuda.CUDAGraph, "replay"), "wait": (torch.cuda.Event, "synchronize"),
+             "fast_input": (AcceleratedStream, "_fast_input"), "lookup": (AcceleratedStream, "_lookup")}
+    spent: dict[str, list[float]] = {name: [] for name in [*parts, "call"]}
+    originals = {name: getattr(cls, attr) for name, (cls, attr) in parts.items()}
+
+    def timed(name, fn):
+        def wrapper(*a, **k):
+            start = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[name][-1] += time.perf_counter() - start
+        return wrapper
+
+    for name, (cls, attr) in parts.items():
+        setattr(cls, attr, timed(name, originals[name]))
+    try:
+        for i in range(calls):
+            for values in spent.values():
+                values.append(0.0)
+            start = time.perf_counter()
+            stream.img2img(inputs[i % len(inputs)], output_type="np")
+            spent["call"][-1] = time.perf_counter() - start
+    finally:
+        for name, (cls, attr) in parts.items():
+            setattr(cls, attr, originals[name])
+    return {name: round(float(np.median(v[20:])) * 1000, 4) for name, v in spent.items()}
+
+
+def phase_overlap(args: argparse.Namespace) -> None:
+    """How much of the GPU one step leaves idle: the captured step's device time against its host-to-host
+    latency; two captures of the step replayed on two CUDA streams at once; and the codec and UNet stages
+    (each its own graph) replayed on three streams at once, as a pipeline that overlaps frames would."""
+    import torch
+
+    from streamdiff.backends.graphs import CudaGraphCapture, FrameBuffers
+    from streamdiff.backends.runner import _Step
+    from streamdiff.bench.measure import time_calls
+    from streamdiff.bench.run import _inputs
+    from streamdiff.bench.stages import record_inputs, stage_call
+
+    v = VARIANTS[args.variant]
+    pipe, stream, built, scenario, options = _build(args.variant)
+    inputs = _inputs(scenario, options)
+    measured = time_calls(lambda f: stream.img2img(f, output_type="np"), inputs, warmup=20, calls=200,
+                          device=torch.device("cuda"), min_seconds=2.0)
+    host = _host_breakdown(stream, inputs)
+    step = next(s for s in stream._steps.values() if isinstance(s, _Step))
+    one = _replays_ms([[step.record.replay]])
+    carry = pipe.new_carry()
+    frames = inputs[1 % len(inputs)].reshape(v.fbs, RES, RES, 3)
+    buffers = FrameBuffers.allocate(torch.empty(frames.shape, dtype=torch.uint8), None, pipe.device)
+    buffers.load(frames)
+    own = stream._carry
+    pipe.attach_carry(carry)
+    fn = functools.partial(pipe.device_step, buffers.device_in, carry, True)
+    second, _ = CudaGraphCapture()(fn, (*pipe.step_buffers(), carry.previous_x0, carry.previous_output))
+    pipe.attach_carry(own)
+    two = _replays_ms([[step.record.replay], [second.replay]])
+    vae = pipe.components.vae
+    mods = {"encode": vae.encoder, "unet": pipe.components.unet, "decode": vae.decoder}
+    calls = record_inputs(pipe, inputs[0], mods)
+    graphs = {}
+    with torch.no_grad():
+        for stage, module in mods.items():
+            graphs[stage], _ = CudaGraphCapture()(stage_call(pipe, stage, module, *calls[stage][0]), ())
+    stages_alone = {stage: _replays_ms([[g.replay]]) for stage, g in graphs.items()}
+    sequential = _replays_ms([[g.replay for g in graphs.values()]])
+    overlapped = _replays_ms([[g.replay] for g in graphs.values()])
+    codec_beside_unet = _replays_ms([[graphs["encode"].replay, graphs["decode"].replay], [graphs["unet"].replay]])
+    lat = measured.latency
+    result = {"variant": args.variant, "fbs": v.fbs, "steps": v.steps, "build_seconds": built,
+              "host_to_host_median_ms": lat.median_ms, "host_to_host_p10_ms": lat.p10_ms,
+              "host_breakdown_ms": host, "step_replay_ms": one, "two_lanes_round_ms": two, "two_lanes_ms_per_call": two / 2,
+              "stages_alone_ms": stages_alone, "stages_sequential_ms": sequential,
+              "stages_three_streams_ms": overlapped, "codec_beside_unet_ms": codec_beside_unet}
+    Path(args.json).write_text(json.dumps(result, indent=1))
+    print(json.dumps(result))
+
+
+def _note(seen: dict[str, tuple[int, ...]], name: str, shape: torch.Size) -> None:
+    """A forward hook's record of a layer's input shape (it returns None, so the output stays as it is)."""
+    seen.setdefault(name, tuple(shape))
+
+
+def phase_fp8(args: argparse.Namespace) -> None:
+    """Every per-frame linear layer of the SD-Turbo UNet (those the conditioning cache does not cover) as
+    recorded at batch 1 and 16: fp16 F.linear against float8 e4m3 torch._scaled_mm, each captured and timed
+    alone; the fp8 time with and without quantising the activation (eager, so an upper bound on its cost),
+    and the fp8 result's error against fp16. An upper bound on what fp8 matrix products could save."""
+    import torch
+    import torch.nn.functional as F
+
+    from streamdiff.bench.run import BenchOptions, ModelPool
+    from streamdiff.bench.stages import _timer
+
+    device = torch.device("cuda")
+    pool = ModelPool(BenchOptions(random_weights=True, cache_dir=str(CACHE), device="cuda"), device, torch.float16)
+    unet = pool.get("sd-turbo", True, pristine=True).components.unet
+    skip = ("time_emb_proj", "time_embedding", "attn2.to_k", "attn2.to_v")
+    linears = {n: m for n, m in unet.named_modules() if isinstance(m, torch.nn.Linear) and not any(s in n for s in skip)}
+    timer = _timer(device, True, 30)
+    fp8 = torch.float8_e4m3fn
+    report: dict[str, Any] = {}
+    for batch in (1, 16):
+        seen: dict[str, tuple[int, ...]] = {}
+        handles = [m.register_forward_hook(lambda mod, a, o, n=n: _note(seen, n, a[0].shape))
+                   for n, m in linears.items()]
+        with torch.no_grad():
+            unet(torch.randn(batch, 4, 64, 64, device=device, dtype=torch.float16),
+                 torch.full((batch,), 999, device=device),
+                 encoder_hidden_states=torch.randn(batch, 77, 1024, device=device, dtype=torch.float16))
+        for h in handles:
+            h.remove()
+        totals = {"fp16": 0.0, "fp8_mm": 0.0, "fp8_with_quant": 0.0}
+        errors = []
+        shapes: dict[tuple[int, int, int], int] = defaultdict(int)
+        for n, shape in seen.items():
+            m = linears[n]
+            shapes[(int(torch.tensor(shape[:-1]).prod()), m.in_features, m.out_features)] += 1
+        rows = []
+        for (rows_m, k, n_out), count in sorted(shapes.items()):
+            x = torch.randn(rows_m, k, device=device, dtype=torch.float16)
+            w = torch.randn(n_out, k, device=device, dtype=torch.float16) / k ** 0.5
+            b = torch.randn(n_out, device=device, dtype=torch.float16)
+            b16 = b.to(torch.bfloat16)  # row-wise scaled products write bfloat16 and take its bias
+            w_scale = (w.abs().amax(dim=1, keepdim=True).float() / 448.0).clamp(min=1e-12)
+            w8 = (w.float() / w_scale).to(fp8)
+            x_scale = (x.abs().amax(dim=1, keepdim=True).float() / 448.0).clamp(min=1e-12)
+            x8 = (x.float() / x_scale).to(fp8)
+
+            def quantised_mm(x8=x8, xs=x_scale, w8=w8, ws=w_scale, b=b16):
+                return torch._scaled_mm(x8, w8.t(), scale_a=xs, scale_b=ws.t(), bias=b, out_dtype=torch.bfloat16)
+
+            def full(x=x, w8=w8, ws=w_scale, b=b16):
+                xs = (x.abs().amax(dim=1, keepdim=True).float() / 448.0).clamp(min=1e-12)
+                return torch._scaled_mm((x / xs).to(fp8), w8.t(), scale_a=xs, scale_b=ws.t(), bias=b,
+                                        out_dtype=torch.bfloat16)
+
+            row: dict[str, Any] = {"m": rows_m, "k": k, "n": n_out, "count": count}
+            row["fp16_us"] = timer(functools.partial(F.linear, x, w, b)) * 1000
+            try:
+                row["fp8_mm_us"] = timer(quantised_mm) * 1000
+                row["fp8_with_quant_us"] = timer(full) * 1000
+                ref = F.linear(x.float(), w.float(), b.float())
+                got = quantised_mm().float()
+                row["fp8_rel_err"] = float((got - ref).norm() / ref.norm())
+                row["fp16_rel_err"] = float((F.linear(x, w, b).float() - ref).norm() / ref.norm())
+                errors.append(row["fp8_rel_err"])
+            except Exception as exc:  # noqa: BLE001 - an unsupported shape is itself the answer
+                row["error"] = f"{type(exc).__name__}: {str(exc)[:160]}"
+            for key, total in (("fp16", "fp16_us"), ("fp8_mm", "fp8_mm_us"), ("fp8_with_quant", "fp8_with_quant_us")):
+                totals[key] += row.get(total, row["fp16_us"]) * count / 1000 / batch
+            rows.append(row)
+        report[f"batch{batch}"] = {"ms_per_frame": totals, "layers": sum(shapes.values()), "rows": rows,
+                                   "max_fp8_rel_err": max(errors) if errors else None}
+        print(batch, json.dumps(totals), flush=True)
+    Path(args.json).write_text(json.dumps(report, indent=1))
+
+
 def phase_environment(args: argparse.Namespace) -> None:
     import importlib.util
 
@@ -390,7 +596,7 @@ def run_all(args: argparse.Namespace) -> None:
         path = out / f"m-{n}.json"
         with open(out / "profile.log", "a") as log:
             try:
-                rc = subprocess.run(_me("measure", "--variant", n, "--json", str(path)), check=False, stdout=log,
+                rc = subprocess.run(_me(args.probe, "--variant", n, "--json", str(path)), check=False, stdout=log,
                                     stderr=subprocess.STDOUT, timeout=min(left, 240)).returncode
             except subprocess.TimeoutExpired:
                 rc = "timeout"
@@ -404,12 +610,16 @@ def run_all(args: argparse.Namespace) -> None:
         with open(out / "profile.log", "a") as f:
             f.write(f"\n--- prewarm {n} (tail)\n{tail}\n")
         (out / f"pre-{n}.log").unlink(missing_ok=True)
+    if args.fp8 and deadline - time.time() > 45:
+        subprocess.run(_me("fp8", "--json", str(out / "fp8.json")), check=False,
+                       timeout=max(10.0, deadline - time.time() - 5))
     if args.fusedconv and deadline - time.time() > 45:
         subprocess.run(_me("fusedconv", "--json", str(out / "fusedconv.json")), check=False,
                        timeout=max(10.0, deadline - time.time() - 5))
     if args.pack_cache:
         _pack_cache(out)
-    print_table(results)
+    if args.probe == "measure":
+        print_table(results)
 
 
 def print_table(results: dict[str, Any]) -> None:
@@ -431,7 +641,7 @@ def print_table(results: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["all", "prewarm", "measure", "environment", "fusedconv"])
+    parser.add_argument("what", choices=["all", "prewarm", "measure", "overlap", "fp8", "environment", "fusedconv"])
     parser.add_argument("--out", default=os.environ.get("OUT", "profile-out"))
     parser.add_argument("--budget", type=float, default=560.0)
     parser.add_argument("--prewarm-limit", type=float, default=300.0)
@@ -441,11 +651,14 @@ def main() -> None:
     parser.add_argument("--cache-from", default=None, help="folder holding cache.tgz.N pieces of an earlier call")
     parser.add_argument("--pack-cache", action="store_true")
     parser.add_argument("--fusedconv", action="store_true", help="also time cuDNN's fused conv-bias-ReLU")
+    parser.add_argument("--fp8", action="store_true", help="also time the UNet's linear layers in float8")
+    parser.add_argument("--probe", choices=["measure", "overlap"], default="measure",
+                        help="what runs for each variant after the prewarm")
     args = parser.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     {"all": run_all, "prewarm": phase_prewarm, "measure": phase_measure, "environment": phase_environment,
-     "fusedconv": phase_fusedconv}[args.what](args)
+     "fusedconv": phase_fusedconv, "overlap": phase_overlap, "fp8": phase_fp8}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,8 @@ def _numpy_to_tensor(array: np.ndarray) -> Tensor:
         raise ValueError(f"expected a numpy array of shape (H, W, 3) or (B, H, W, 3); got {array.shape}")
     if array.shape[-1] != 3:
         raise ValueError(f"expected 3 colour channels (RGB) in the last axis; got shape {array.shape}")
+    if not array.flags.writeable:  # torch warns when it shares read-only memory (np.frombuffer, some decoders)
+        array = array.copy()
     return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2)
 
 

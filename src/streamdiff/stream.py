@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -252,6 +252,15 @@ class StreamPipeline:
         mixed = temporal.feedback(latent, self._previous_x0, cfg.feedback)
         x0 = self._advance(batch, batch.first_slot(mixed), mixed)
         return images.to_output(self._decode(x0), output_type or kind)
+
+    def img2img_pipelined(self, frames: Iterable[Any]) -> Iterator[Any]:
+        """img2img(frame, output_type="np") for each frame in turn: the same pictures, in order.
+
+        An accelerated stream launches each frame before it waits for the previous one's pictures, so the
+        host's copies overlap the device's work; here each frame simply runs.
+        """
+        for image in frames:
+            yield self.img2img(image, output_type="np")
 
     @torch.no_grad()
     def txt2img(self, output_type: images.ImageKind = "pil") -> Any:

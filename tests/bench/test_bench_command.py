@@ -25,6 +25,18 @@ def test_bench_writes_json_markdown_and_times_the_diffusers_pipeline(tmp_path, c
     assert "diffusers: tiny img2img 2step" in capsys.readouterr().out
 
 
+def test_pipelined_cases_time_intervals_between_frames_and_txt2img_is_never_pipelined(tmp_path):
+    out = tmp_path / "results"
+    assert main([*TINY, "--task", "img2img,txt2img", "--pipelined", "no,yes", "--device", "cpu",
+                 "--output-dir", str(out)]) == 0
+    results = json.loads((out / "bench.json").read_text())["results"]
+    cases = [(r["scenario"]["task"], r["scenario"]["pipelined"]) for r in results]
+    assert cases == [("img2img", False), ("img2img", True), ("txt2img", False)]
+    pipelined = results[1]
+    assert pipelined["name"].endswith("pipelined") and pipelined["latency"]["calls"] == 2
+    assert "stages_ms" not in pipelined and "stages_ms" in results[0]  # the stages are the unpipelined case's
+
+
 def test_asking_for_cuda_without_one_is_one_clear_line(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
@@ -50,3 +62,6 @@ def test_bad_lists_are_argument_errors(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--compare", "onnx"])
     assert "choose from diffusers, streamdiffusion" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--pipelined", "maybe"])
+    assert "choose from no, yes" in capsys.readouterr().err

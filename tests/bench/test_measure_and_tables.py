@@ -30,6 +30,18 @@ def test_time_calls_runs_warmup_then_at_least_the_calls_and_the_minimum_time():
     assert longer.latency.calls > 2
 
 
+def test_pipelined_timing_leaves_the_device_running_between_calls(monkeypatch):
+    from streamdiff.bench import measure
+
+    waits = []
+    monkeypatch.setattr(measure, "synchronize", waits.append)
+    time_calls(lambda x: x, [0], warmup=1, calls=4, device=torch.device("cpu"))
+    assert len(waits) == 5  # after the warm-up, then after every timed call
+    waits.clear()
+    time_calls(lambda x: x, [0], warmup=1, calls=4, device=torch.device("cpu"), wait_each=False)
+    assert len(waits) == 1
+
+
 def test_energy_is_not_reported_without_a_gpu():
     meter = EnergyMeter(torch.device("cpu"))
     assert not meter.available and meter.read_joules() is None

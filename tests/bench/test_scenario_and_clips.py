@@ -12,7 +12,8 @@ from streamdiff.config import StreamConfig
 
 @pytest.mark.parametrize("bad,message", [({"task": "video"}, "task must be one of"), ({"cfg": "half"}, "cfg_type"),
                                          ({"clip": "noise"}, "clip must be one of"), ({"steps": 0}, "steps must be"),
-                                         ({"resolution": 500}, "multiple of 8")])
+                                         ({"resolution": 500}, "multiple of 8"),
+                                         ({"task": "txt2img", "pipelined": True}, "pipelined frames are img2img")])
 def test_bad_cases_are_refused_with_the_reason(bad, message):
     with pytest.raises(ValueError, match=message):
         Scenario(**bad)
@@ -24,6 +25,7 @@ def test_grid_is_the_product_in_order_and_names_tell_cases_apart():
     assert len({c.name() for c in cases}) == 4
     assert "sequential" in Scenario(batched=False).name() and "fbs4" in Scenario(frame_buffer_size=4).name()
     assert "unfused-codec" in Scenario(codec_fusion=False).name()
+    assert Scenario(pipelined=True).name().endswith(" pipelined")
     assert "unfused-codec" not in Scenario(codec_fusion=False, taesd=False).name()  # nothing to fuse in a KL VAE
 
 

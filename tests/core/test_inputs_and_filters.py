@@ -45,6 +45,16 @@ def test_bad_frames_raise_value_errors(stream, bad, words):
     assert stream.stats.frames == 0  # nothing was consumed: the stream is unchanged
 
 
+
+def test_read_only_frames_are_read_without_warnings(stream, recwarn):
+    frame = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), np.uint8)
+    writable = stream.img2img(frame.copy())
+    stream.reset()
+    frame.setflags(write=False)  # as np.frombuffer over a decoder's bytes gives
+    assert np.array_equal(stream.img2img(frame), writable)
+    assert not [w for w in recwarn if "not writable" in str(w.message)]
+
+
 def test_size_not_multiple_of_8_and_unknown_cfg(tiny_pipe):
     with pytest.raises(ValueError, match="width must be a positive multiple of 8"):
         StreamPipeline.from_diffusers(tiny_pipe, width=100, height=64, device="cpu")

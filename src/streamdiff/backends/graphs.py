@@ -83,13 +83,18 @@ def preserved(tensors: Sequence[Tensor]) -> Iterator[None]:
 
 @dataclass
 class FrameBuffers:
-    """Static input and output of one step shape: device buffers, and pinned host copies on CUDA."""
+    """Static input and output of one step shape: device buffers, and pinned host copies on CUDA.
+
+    The output has two host slots, so that one frame's pictures can travel back while the previous
+    frame's are still being read (pipelined frames): each download takes the slot the last one did not.
+    """
 
     device_in: Tensor | None  # uint8 (F, h, w, 3) or float (F, 3, h, w); None for txt2img
     host_in: Tensor | None  # pinned twin of device_in for uint8 frames from the host
-    host_out: Tensor | None  # pinned (F, H, W, 3) uint8, filled after each replay
-    done: torch.cuda.Event | None  # recorded after the copy back; the only wait of a frame
+    host_out: tuple[Tensor, Tensor] | None  # pinned (F, H, W, 3) uint8 slots, filled after replays
+    done: tuple[torch.cuda.Event, torch.cuda.Event] | None  # recorded after each slot's copy back
     uploaded: torch.cuda.Event | None  # recorded after the upload: host_in is free again once it completes
+    _last_slot: int = 1
 
     @classmethod
     def allocate(cls, example: Tensor | None, out_shape: tuple[int, ...] | None, device: torch.device) -> FrameBuffers:
@@ -100,9 +105,9 @@ class FrameBuffers:
             host_in = torch.empty(example.shape, dtype=torch.uint8, pin_memory=True)
         host_out = None
         if out_shape is not None:
-            host_out = torch.empty(out_shape, dtype=torch.uint8, pin_memory=pinned)
-        events = (torch.cuda.Event(), torch.cuda.Event()) if pinned else (None, None)
-        return cls(device_in, host_in, host_out, *events)
+            host_out = tuple(torch.empty(out_shape, dtype=torch.uint8, pin_memory=pinned) for _ in range(2))
+        done = (torch.cuda.Event(), torch.cuda.Event()) if pinned else None
+        return cls(device_in, host_in, host_out, done, torch.cuda.Event() if pinned else None)
 
     def load(self, frames: np.ndarray | Tensor) -> None:
         """Copy new frames in: numpy through the pinned buffer (non-blocking upload), tensors directly."""
@@ -119,12 +124,22 @@ class FrameBuffers:
         else:
             self.device_in.copy_(frames, non_blocking=True)
 
+    def download(self, out: Tensor) -> int:
+        """Start copying a replay's uint8 output to the host slot the last download did not use; its slot."""
+        assert self.host_out is not None
+        slot = self._last_slot = 1 - self._last_slot
+        self.host_out[slot].copy_(out, non_blocking=self.done is not None)
+        if self.done is not None:
+            self.done[slot].record()
+        return slot
+
+    def collect(self, slot: int) -> np.ndarray:
+        """A download's pictures once they have arrived, as the caller's own array (the slot is reused)."""
+        assert self.host_out is not None
+        if self.done is not None:
+            self.done[slot].synchronize()
+        return self.host_out[slot].numpy().copy()
+
     def fetch(self, out: Tensor) -> np.ndarray:
         """The replay's uint8 output on the host: a non-blocking download, then one wait for it."""
-        assert self.host_out is not None
-        if self.done is None:
-            return out.numpy().copy()
-        self.host_out.copy_(out, non_blocking=True)
-        self.done.record()
-        self.done.synchronize()
-        return self.host_out.numpy().copy()
+        return self.collect(self.download(out))

@@ -12,7 +12,7 @@ import functools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +57,21 @@ class _Step:
     check: SimilarityCheck | None = None  # img2img with the similarity filter on: captured with the step or later
 
 
+@dataclass
+class _Pending:
+    """A pipelined frame: its step replayed, its pictures on their way to a host slot."""
+
+    buffers: FrameBuffers
+    slot: int
+    result: np.ndarray | None = None
+
+    def collect(self) -> np.ndarray:
+        if self.result is None:
+            array = self.buffers.collect(self.slot)
+            self.result = array[0] if len(array) == 1 else array
+        return self.result
+
+
 _EAGER = "eager"  # a shape that ran out of memory while capturing: it stays on the ordinary path
 
 
@@ -73,6 +88,7 @@ class AcceleratedStream:
         self._steps: OrderedDict[StepKey, _Step | str] = OrderedDict()
         self._carry: DeviceCarry | None = None
         self._signature: tuple[int, ...] = ()
+        self._pending: _Pending | None = None  # a pipelined frame whose pictures nobody has waited for yet
 
     def __getattr__(self, name: str) -> Any:
         if name == "pipe":
@@ -87,6 +103,7 @@ class AcceleratedStream:
 
     @torch.no_grad()
     def img2img(self, image: Any, output_type: images.ImageKind | None = None) -> Any:
+        self._settle()
         frames, kind = self._fast_input(image)
         if frames is None or self._capture is None or not self.pipe.warm or not _known_kind(output_type):
             return self._guarded(self.pipe.img2img, image, output_type)
@@ -99,7 +116,33 @@ class AcceleratedStream:
         return self._guarded(self._run, step, frames, kind, output_type or kind)
 
     @torch.no_grad()
+    def img2img_pipelined(self, frames: Iterable[Any]) -> Iterator[Any]:
+        """img2img(frame, output_type="np") for each frame in turn: the same pictures, in order.
+
+        Each warm numpy frame is launched on the device before the previous frame's pictures are waited for,
+        so the host's copies and calls overlap the device's work: more frames per second, one frame more
+        in flight. Live controls changed while iterating apply from the next frame launched (the one after
+        the frame just returned). Frames the captured step does not cover, and streams with the similarity
+        filter on (it reads a number back before each frame), run one at a time as img2img runs them.
+        """
+        pending: _Pending | None = None
+        try:
+            for image in frames:
+                launched = self._guarded(self._launch, image)
+                previous, pending = pending, launched
+                self._pending = launched
+                if previous is not None:
+                    yield previous.collect()
+                if launched is None:
+                    yield self.img2img(image, output_type="np")
+            if pending is not None:
+                yield pending.collect()
+        finally:
+            self._pending = None
+
+    @torch.no_grad()
     def txt2img(self, output_type: images.ImageKind = "pil") -> Any:
+        self._settle()
         if self._capture is None or not self.pipe.warm or not _known_kind(output_type):
             return self._guarded(self.pipe.txt2img, output_type)
         key = StepKey("txt2img", (), None, output_type != "pt")
@@ -210,7 +253,9 @@ class AcceleratedStream:
         self._steps[key] = _Step(buffers, record, out, check)
         self._progress(f"{self.mode}: captured the {key.describe()} step in {time.perf_counter() - start:.1f} s")
 
-    def _run(self, step: _Step, frames: Any, kind: images.ImageKind | None, out_kind: images.ImageKind) -> Any:
+    def _replay(self, step: _Step, frames: Any, kind: images.ImageKind | None) -> bool:
+        """Load the frames and replay the step, with the stream's bookkeeping around it; no wait for the
+        device. False: the similarity filter skipped the frame (nothing was replayed)."""
         pipe, carry = self.pipe, self._carry
         assert carry is not None
         pipe.attach_carry(carry)
@@ -224,10 +269,36 @@ class AcceleratedStream:
             proceed = pipe.begin_device_frame(kind, cosine=check.measure(flt))
             if proceed:
                 check.remember(flt)
-        if not proceed:
+        if proceed:
+            step.record.replay()
+            pipe.end_device_frame(carry, img2img=frames is not None)
+        return proceed
+
+    def _launch(self, image: Any) -> _Pending | None:
+        """Replay a warm uint8 numpy frame's captured step and start its download; None where img2img must
+        answer instead (nothing was done then)."""
+        if (not isinstance(image, np.ndarray) or self._capture is None or not self.pipe.warm
+                or self.pipe.similarity_filter is not None):
+            return None
+        frames, kind = self._fast_input(image)
+        if frames is None:
+            return None
+        step = self._lookup(StepKey("img2img", tuple(frames.shape), torch.uint8, True))
+        if step is None or step.out is None:
+            return None
+        self._replay(step, frames, kind)
+        return _Pending(step.buffers, step.buffers.download(step.out))
+
+    def _settle(self) -> None:
+        """Wait for a pipelined frame's pictures before another call reuses the buffers they arrive in."""
+        if self._pending is not None:
+            self._pending.collect()
+
+    def _run(self, step: _Step, frames: Any, kind: images.ImageKind | None, out_kind: images.ImageKind) -> Any:
+        carry = self._carry
+        assert carry is not None
+        if not self._replay(step, frames, kind):
             return images.to_output(carry.previous_output, out_kind)
-        step.record.replay()
-        pipe.end_device_frame(carry, img2img=frames is not None)
         if out_kind == "pt":
             return carry.previous_output.to(torch.float32, copy=True)
         assert step.out is not None

@@ -52,6 +52,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--resolution", type=_list(int), default=[512], help="square render sizes")
     p.add_argument("--sequential", action="store_true", help="run the steps one after another (no stream batch)")
     p.add_argument("--similarity", type=float, default=None, help="similarity filter threshold (off by default)")
+    p.add_argument("--pipelined", type=_list(lambda text: text == "yes", ("no", "yes")), default=[False],
+                   metavar="no,yes", help="img2img frames pipelined (each launched before the previous one is "
+                                          "waited for): no, yes or no,yes; times are then intervals between frames")
     p.add_argument("--clip", choices=CLIPS, default="moving", help="synthetic input clip")
     p.add_argument("--accel", type=_list(str, tuple(m.value for m in AccelMode)), default=["auto"],
                    help="none, compile, graphs, max, auto (a list times each)")
@@ -89,8 +92,14 @@ def _options(args: argparse.Namespace) -> Any:
 def scenarios_from_args(args: argparse.Namespace) -> list[Scenario]:
     base = Scenario(guidance=args.guidance, taesd=not args.no_taesd, codec_fusion=not args.no_codec_fusion,
                     batched=not args.sequential, similarity=args.similarity, clip=args.clip)
-    return grid(base, model=args.model, task=args.task, steps=args.steps, cfg=args.cfg,
-                frame_buffer_size=args.frame_buffer_size, resolution=args.resolution, accel=args.accel)
+    scenarios = []
+    for model in args.model:
+        for task in args.task:
+            pipelined = args.pipelined if task == "img2img" else [False]  # txt2img has no input to pipeline
+            scenarios += grid(base.with_changes(model=model, task=task), steps=args.steps, cfg=args.cfg,
+                              frame_buffer_size=args.frame_buffer_size, resolution=args.resolution,
+                              accel=args.accel, pipelined=pipelined)
+    return scenarios
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -83,11 +83,14 @@ class Measurement:
 
 
 def time_calls(call: Callable[[Any], Any], inputs: Sequence[Any], *, warmup: int, calls: int,
-               device: torch.device, meter: EnergyMeter | None = None, min_seconds: float = 0.0) -> Measurement:
+               device: torch.device, meter: EnergyMeter | None = None, min_seconds: float = 0.0,
+               wait_each: bool = True) -> Measurement:
     """Run `call` on the inputs in turn: `warmup` untimed calls, then at least `calls` timed ones (and more
     until `min_seconds` have passed, at most 20 times as many: energy counters need time), one clock each.
 
     Every call returns its frame on the host (or is synchronised), so each sample is a whole frame's latency.
+    wait_each=False leaves the device running after each call (pipelined frames, where a call returns one
+    frame and leaves the next one in flight): each sample is then the interval between returned frames.
     """
     for i in range(warmup):
         call(inputs[i % len(inputs)])
@@ -99,7 +102,8 @@ def time_calls(call: Callable[[Any], Any], inputs: Sequence[Any], *, warmup: int
     while i < calls or (time.perf_counter() - begin < min_seconds and i < 20 * calls):
         start = time.perf_counter()
         call(inputs[i % len(inputs)])
-        synchronize(device)
+        if wait_each:
+            synchronize(device)
         samples.append(time.perf_counter() - start)
         i += 1
     wall = time.perf_counter() - begin

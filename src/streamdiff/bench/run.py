@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -170,7 +171,7 @@ def run_scenario(scenario: Scenario, options: BenchOptions, pool: ModelPool, dev
     entry.touched = entry.touched or report.mode != "none"
     result = _time_stream(stream, scenario, options, device)
     result.update(accel=report.__dict__, peak_gpu_memory_mb=peak_memory_mb(device))
-    if options.stages and scenario.task == "img2img" and scenario.similarity is None:
+    if options.stages and scenario.task == "img2img" and scenario.similarity is None and not scenario.pipelined:
         repeats = 20 if device.type == "cuda" else 3
         result["stages_ms"] = stage_times(pipe, _inputs(scenario, options)[0],
                                           graphs=AccelMode.parse(report.mode).graphs, repeats=repeats)
@@ -205,13 +206,20 @@ def _inputs(scenario: Scenario, options: BenchOptions) -> list[np.ndarray]:
 
 def _time_stream(stream: Any, scenario: Scenario, options: BenchOptions, device: torch.device) -> dict[str, Any]:
     inputs = _inputs(scenario, options)
-    if scenario.task == "img2img":
+    returned = stream.img2img_pipelined(itertools.cycle(inputs)) if scenario.pipelined else None
+    if returned is not None:
+        call = lambda frame: next(returned)  # noqa: E731 - the frame leaving; the next one is already launched
+    elif scenario.task == "img2img":
         call = lambda frame: stream.img2img(frame, output_type="np")  # noqa: E731
     else:
         call = lambda frame: stream.txt2img(output_type="np")  # noqa: E731
     meter = EnergyMeter(device)
-    measured = time_calls(call, inputs, warmup=options.warmup, calls=options.calls, device=device, meter=meter,
-                          min_seconds=options.min_seconds)
+    try:
+        measured = time_calls(call, inputs, warmup=options.warmup, calls=options.calls, device=device, meter=meter,
+                              min_seconds=options.min_seconds, wait_each=returned is None)
+    finally:
+        if returned is not None:
+            returned.close()
     stats = stream.stats
     skipped = stats.skipped / max(1, stats.frames)
     return _result(scenario, "streamdiff", measured.latency, measured.joules_per_frame(scenario.frame_buffer_size),

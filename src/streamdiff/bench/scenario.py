@@ -29,6 +29,7 @@ class Scenario:
     clip: str = "moving"
     label: str = ""
     compare: bool = True  # time the baselines (BenchOptions.compare) for this case's workload
+    pipelined: bool = False  # img2img_pipelined: each frame launched before the previous one is waited for
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -39,6 +40,8 @@ class Scenario:
         for name in ("steps", "frame_buffer_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}")
+        if self.pipelined and self.task != "img2img":
+            raise ValueError(f"pipelined frames are img2img frames; got task {self.task!r}")
         if self.resolution < 8 or self.resolution % 8:
             raise ValueError(f"resolution must be a positive multiple of 8; got {self.resolution}")
 
@@ -66,6 +69,8 @@ class Scenario:
             parts.append("unfused-codec")
         if self.similarity is not None:
             parts.append(f"ssf{self.similarity:g}-{self.clip}")
+        if self.pipelined:
+            parts.append("pipelined")
         return " ".join(parts)
 
     def as_dict(self) -> dict[str, Any]:
