@@ -207,6 +207,30 @@ def _build(name: str):
     return pipe, stream, time.time() - start, scenario, options
 
 
+def _built_and_timed(name: str):
+    """The variant's stream as _build gives it, its input frames, and its host-to-host latency (at least 200
+    calls and 2 s, after 20 warm-up calls)."""
+    import torch
+
+    from streamdiff.bench.measure import time_calls
+    from streamdiff.bench.run import _inputs
+
+    pipe, stream, built, scenario, options = _build(name)
+    inputs = _inputs(scenario, options)
+    measured = time_calls(lambda f: stream.img2img(f, output_type="np"), inputs, warmup=20, calls=200,
+                          device=torch.device("cuda"), min_seconds=2.0)
+    return pipe, stream, built, inputs, measured.latency
+
+
+def _stage_inputs(pipe, frame) -> tuple[dict[str, Any], dict[str, list[tuple[tuple, dict]]]]:
+    """The stages' modules (encoder, UNet, decoder) and the inputs one frame gives each."""
+    from streamdiff.bench.stages import record_inputs
+
+    vae = pipe.components.vae
+    modules = {"encode": vae.encoder, "unet": pipe.components.unet, "decode": vae.decoder}
+    return modules, record_inputs(pipe, frame, modules)
+
+
 def phase_prewarm(args: argparse.Namespace) -> None:
     _, _, seconds, _, _ = _build(args.variant)
     print(f"prewarm {args.variant}: built in {seconds:.1f} s")
@@ -215,27 +239,19 @@ def phase_prewarm(args: argparse.Namespace) -> None:
 def phase_measure(args: argparse.Namespace) -> None:
     import torch
 
-    from streamdiff.bench.measure import time_calls
-    from streamdiff.bench.run import _inputs
-    from streamdiff.bench.stages import record_inputs, stage_call, stage_times
+    from streamdiff.bench.stages import stage_call, stage_times
 
     v = VARIANTS[args.variant]
-    pipe, stream, built, scenario, options = _build(args.variant)
-    inputs = _inputs(scenario, options)
-    measured = time_calls(lambda f: stream.img2img(f, output_type="np"), inputs, warmup=20, calls=200,
-                          device=torch.device("cuda"), min_seconds=2.0)
+    pipe, stream, built, inputs, lat = _built_and_timed(args.variant)
     frames = iter(inputs * 100)
     step = profile_kernels(lambda: stream.img2img(next(frames), output_type="np"), calls=20)
     stages = stage_times(pipe, inputs[0], graphs=True, repeats=30)
-    vae = pipe.components.vae
-    mods = {"unet": pipe.components.unet, "encode": vae.encoder, "decode": vae.decoder}
-    calls = record_inputs(pipe, inputs[0], mods)
+    mods, calls = _stage_inputs(pipe, inputs[0])
     modules = {}
     for stage, module in mods.items():
         with torch.no_grad():
             modules[stage] = profile_kernels(stage_call(pipe, stage, module, *calls[stage][0]), calls=10)
     codec_error = _fused_codec_error(pipe, calls) if v.fuse_codec else None
-    lat = measured.latency
     result = {"variant": args.variant, "spec": v.__dict__, "build_seconds": built,
               "median_ms": lat.median_ms, "p10_ms": lat.p10_ms, "p90_ms": lat.p90_ms, "calls": lat.calls,
               "ms_per_frame": lat.median_ms / v.fbs, "fps": 1000.0 * v.fbs / lat.median_ms,
@@ -384,15 +400,10 @@ def phase_overlap(args: argparse.Namespace) -> None:
 
     from streamdiff.backends.graphs import CudaGraphCapture, FrameBuffers
     from streamdiff.backends.runner import _Step
-    from streamdiff.bench.measure import time_calls
-    from streamdiff.bench.run import _inputs
-    from streamdiff.bench.stages import record_inputs, stage_call
+    from streamdiff.bench.stages import stage_call
 
     v = VARIANTS[args.variant]
-    pipe, stream, built, scenario, options = _build(args.variant)
-    inputs = _inputs(scenario, options)
-    measured = time_calls(lambda f: stream.img2img(f, output_type="np"), inputs, warmup=20, calls=200,
-                          device=torch.device("cuda"), min_seconds=2.0)
+    pipe, stream, built, inputs, lat = _built_and_timed(args.variant)
     host = _host_breakdown(stream, inputs)
     step = next(s for s in stream._steps.values() if isinstance(s, _Step))
     one = _replays_ms([[step.record.replay]])
@@ -406,9 +417,7 @@ def phase_overlap(args: argparse.Namespace) -> None:
     second, _ = CudaGraphCapture()(fn, (*pipe.step_buffers(), carry.previous_x0, carry.previous_output))
     pipe.attach_carry(own)
     two = _replays_ms([[step.record.replay], [second.replay]])
-    vae = pipe.components.vae
-    mods = {"encode": vae.encoder, "unet": pipe.components.unet, "decode": vae.decoder}
-    calls = record_inputs(pipe, inputs[0], mods)
+    mods, calls = _stage_inputs(pipe, inputs[0])
     graphs = {}
     with torch.no_grad():
         for stage, module in mods.items():
@@ -417,17 +426,17 @@ def phase_overlap(args: argparse.Namespace) -> None:
     sequential = _replays_ms([[g.replay for g in graphs.values()]])
     overlapped = _replays_ms([[g.replay] for g in graphs.values()])
     codec_beside_unet = _replays_ms([[graphs["encode"].replay, graphs["decode"].replay], [graphs["unet"].replay]])
-    lat = measured.latency
     result = {"variant": args.variant, "fbs": v.fbs, "steps": v.steps, "build_seconds": built,
               "host_to_host_median_ms": lat.median_ms, "host_to_host_p10_ms": lat.p10_ms,
-              "host_breakdown_ms": host, "step_replay_ms": one, "two_lanes_round_ms": two, "two_lanes_ms_per_call": two / 2,
+              "host_breakdown_ms": host, "step_replay_ms": one, "two_lanes_round_ms": two,
+              "two_lanes_ms_per_call": two / 2,
               "stages_alone_ms": stages_alone, "stages_sequential_ms": sequential,
               "stages_three_streams_ms": overlapped, "codec_beside_unet_ms": codec_beside_unet}
     Path(args.json).write_text(json.dumps(result, indent=1))
     print(json.dumps(result))
 
 
-def _note(seen: dict[str, tuple[int, ...]], name: str, shape: torch.Size) -> None:
+def _note(seen: dict[str, tuple[int, ...]], name: str, shape: tuple[int, ...]) -> None:
     """A forward hook's record of a layer's input shape (it returns None, so the output stays as it is)."""
     seen.setdefault(name, tuple(shape))
 
@@ -447,7 +456,8 @@ def phase_fp8(args: argparse.Namespace) -> None:
     pool = ModelPool(BenchOptions(random_weights=True, cache_dir=str(CACHE), device="cuda"), device, torch.float16)
     unet = pool.get("sd-turbo", True, pristine=True).components.unet
     skip = ("time_emb_proj", "time_embedding", "attn2.to_k", "attn2.to_v")
-    linears = {n: m for n, m in unet.named_modules() if isinstance(m, torch.nn.Linear) and not any(s in n for s in skip)}
+    linears = {n: m for n, m in unet.named_modules()
+               if isinstance(m, torch.nn.Linear) and not any(s in n for s in skip)}
     timer = _timer(device, True, 30)
     fp8 = torch.float8_e4m3fn
     report: dict[str, Any] = {}

@@ -139,7 +139,11 @@ def to_output(pictures: Tensor, kind: ImageKind) -> Any:
         raise ValueError(f"output_type must be one of {', '.join(KINDS)}; got {kind!r}")
     if kind == "pt":
         return pictures.float()
-    array = to_uint8_hwc(pictures).cpu().numpy()
+    return host_output(to_uint8_hwc(pictures).cpu().numpy(), kind)
+
+
+def host_output(array: np.ndarray, kind: ImageKind) -> Any:
+    """uint8 (B, H, W, 3) pictures on the host as numpy ("np") or PIL ("pil"); a batch of one becomes one picture."""
     if kind == "np":
         return array[0] if len(array) == 1 else array
     from PIL import Image

@@ -67,8 +67,7 @@ class _Pending:
 
     def collect(self) -> np.ndarray:
         if self.result is None:
-            array = self.buffers.collect(self.slot)
-            self.result = array[0] if len(array) == 1 else array
+            self.result = images.host_output(self.buffers.collect(self.slot), "np")
         return self.result
 
 
@@ -302,13 +301,7 @@ class AcceleratedStream:
         if out_kind == "pt":
             return carry.previous_output.to(torch.float32, copy=True)
         assert step.out is not None
-        array = step.buffers.fetch(step.out)
-        if out_kind == "np":
-            return array[0] if len(array) == 1 else array
-        from PIL import Image
-
-        pictures = [Image.fromarray(a) for a in array]
-        return pictures[0] if len(pictures) == 1 else pictures
+        return images.host_output(step.buffers.fetch(step.out), out_kind)
 
     def _capture_check(self, buffers: FrameBuffers) -> SimilarityCheck:
         """The similarity check over a step's input buffer: captured with the step when the filter is on,
