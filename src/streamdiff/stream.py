@@ -253,6 +253,12 @@ class StreamPipeline:
         x0 = self._advance(batch, batch.first_slot(mixed), mixed)
         return images.to_output(self._decode(x0), output_type or kind)
 
+    @property
+    def pipelines_frames(self) -> bool:
+        """Whether img2img_pipelined overlaps one frame's device work with the host's work on its neighbours
+        (an accelerated stream with captured steps); here it does not."""
+        return False
+
     def img2img_pipelined(self, frames: Iterable[Any]) -> Iterator[Any]:
         """img2img(frame, output_type="np") for each frame in turn: the same pictures, in order.
 

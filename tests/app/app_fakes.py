@@ -19,6 +19,8 @@ class FakeEngine:
     """The engine's app-facing methods. Output = 1 - input (so the AI pane is recognisable), delayed by
     `latency_frames` calls like the stream batch. Records each call and the thread that made it."""
 
+    pipelines_frames = False  # like an engine without captured steps: one frame at a time
+
     def __init__(self, width: int = 64, height: int = 64, latency_frames: int = 0, delay: float = 0.0,
                  fail_after: int | None = None, seed: int = 2, fit: str = "crop") -> None:
         self.config = SimpleNamespace(width=width, height=height, latency_frames=latency_frames, seed=seed, fit=fit)

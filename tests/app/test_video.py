@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import av
+import numpy as np
 import pytest
 from app_fakes import FakeEngine, make_clip
 
@@ -50,8 +51,6 @@ def test_a_clip_shorter_than_the_latency_still_gives_every_frame(tmp_path):
 
 
 def test_audio_that_mp4_cannot_hold_is_re_encoded(tmp_path):
-    import numpy as np
-
     source = tmp_path / "pcm.mkv"
     with av.open(str(source), "w") as container:
         video = container.add_stream("mpeg4", rate=24)
@@ -70,6 +69,31 @@ def test_audio_that_mp4_cannot_hold_is_re_encoded(tmp_path):
     pictures, rate, audio = probe(tmp_path / "out.mp4")
     assert len(pictures) == 24 and abs(float(rate) - 24) < 0.05 and audio == ["aac"]
     assert summary.audio == "pcm_s16le re-encoded to AAC"
+
+
+def test_an_accelerated_engine_pipelines_the_frames_to_the_same_video(tmp_path, tiny_pipe_factory):
+    from streamdiff.backends.graphs import DirectCall
+    from streamdiff.backends.runner import AcceleratedStream
+    from streamdiff.stream import StreamPipeline
+
+    def engine():
+        pipe = StreamPipeline.from_diffusers(tiny_pipe_factory(), width=64, height=64, strength=0.6, steps=2,
+                                             seed=1, device="cpu")
+        pipe.prepare("a watercolor")
+        return AcceleratedStream(pipe, DirectCall.capture, mode="direct")
+
+    source = make_clip(tmp_path / "in.mp4", frames=10, width=64, height=64, audio=False)
+    pipelined, one_by_one = engine(), engine()
+    summary = stylize_video(pipelined, source, tmp_path / "pipelined.mp4")
+    stylize_video(one_by_one, source, tmp_path / "one-by-one.mp4", pipelined=False)
+    # The decoded pictures went to the captured step as they are (uint8 arrays), not as float tensors.
+    assert pipelined.captured == ["img2img of 1 x 64x64 uint8 frames"]
+    assert one_by_one.captured != pipelined.captured
+    got, _, _ = probe(tmp_path / "pipelined.mp4")
+    expected, _, _ = probe(tmp_path / "one-by-one.mp4")
+    assert summary.frames == len(got) == len(expected) == 10  # the stream batch's warm-up and flush included
+    for k, (picture, reference) in enumerate(zip(got, expected)):
+        np.testing.assert_array_equal(picture, reference, err_msg=f"frame {k}")
 
 
 def test_progress_line_shows_frames_rate_and_eta():

@@ -3,6 +3,10 @@
 The stream batch holds `latency_frames` frames in flight: the output of call k shows input
 k - latency. The first `latency` outputs are warm-up and are dropped; the last inputs come out of
 `flush()` at the end, so OUT has exactly the frames of IN, with their timestamps (and the audio).
+
+An accelerated engine takes the decoded pictures as they are and pipelines them (img2img_pipelined): the
+device works on frame k while the host decodes frame k+1 and encodes the output before k, instead of
+each waiting for the other.
 """
 
 from __future__ import annotations
@@ -11,10 +15,12 @@ import argparse
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
+
+import numpy as np
 
 from streamdiff.app.frames import from_engine, to_engine
 from streamdiff.errors import UserError
@@ -74,8 +80,12 @@ def _clock(seconds: float) -> str:
 
 
 def stylize_video(pipe: Any, input_path: str | Path, output_path: str | Path, *, audio: bool = True,
-                  crf: int = 18, progress: TextIO | None = None) -> VideoSummary:
-    """Stylize every frame of INPUT into OUTPUT (H.264 at the render size), keeping timestamps and audio."""
+                  crf: int = 18, progress: TextIO | None = None, pipelined: bool = True) -> VideoSummary:
+    """Stylize every frame of INPUT into OUTPUT (H.264 at the render size), keeping timestamps and audio.
+
+    pipelined=False runs each frame to its end before the next one is decoded, also on an engine that
+    could overlap them (the same pictures; for comparisons).
+    """
     from streamdiff.app.sinks import VideoFileSink
     from streamdiff.app.sources import VideoFile
 
@@ -94,7 +104,7 @@ def stylize_video(pipe: Any, input_path: str | Path, output_path: str | Path, *,
         try:
             audio_note = sink.add_audio(source.audio_stream) if source.audio_stream is not None else "none"
             source.on_audio = sink.write_audio
-            frames = _run_frames(pipe, source, sink, meter.update if meter else None)
+            frames = _run_frames(pipe, source, sink, meter.update if meter else None, pipelined)
             if meter is not None:
                 meter.finish()
         finally:
@@ -106,32 +116,46 @@ def stylize_video(pipe: Any, input_path: str | Path, output_path: str | Path, *,
     return VideoSummary(frames, sink.width, sink.height, fps, time.perf_counter() - start, audio_note)
 
 
-def _run_frames(pipe: Any, source: Any, sink: Any, on_frame: Callable[[int], None] | None) -> int:
-    config = pipe.config
+def _run_frames(pipe: Any, source: Any, sink: Any, on_frame: Callable[[int], None] | None, pipelined: bool) -> int:
     in_flight: deque[int] = deque()  # pts of the inputs whose outputs are not written yet
-    warm_up = config.latency_frames
+    warm_up = pipe.config.latency_frames
     step = _pts_step(source)
+    last_pts = -step
 
-    def emit(output: Any) -> None:
+    def pictures() -> Iterator[np.ndarray]:
+        nonlocal last_pts
+        while (frame := source.read_frame()) is not None:
+            last_pts = frame.pts if frame.pts is not None and frame.pts > last_pts else last_pts + step
+            in_flight.append(last_pts)
+            yield frame.to_ndarray(format="rgb24")
+
+    def emit(picture: np.ndarray) -> None:
         nonlocal warm_up
         if warm_up:
             warm_up -= 1
             return
-        sink.write(from_engine(output, "rgb"), pts=in_flight.popleft())
+        sink.write(picture, pts=in_flight.popleft())
         if on_frame is not None:
             on_frame(sink.frames)
 
-    last_pts = -step
-    while (frame := source.read_frame()) is not None:
-        last_pts = frame.pts if frame.pts is not None and frame.pts > last_pts else last_pts + step
-        in_flight.append(last_pts)
-        pixels = to_engine(frame.to_ndarray(format="rgb24"), "rgb", config.width, config.height, config.fit,
-                           pipe.device)
-        emit(pipe.img2img(pixels, output_type="pt"))
+    for picture in _stylized(pipe, pictures(), pipelined and pipe.pipelines_frames):
+        emit(picture)
     if in_flight:
         for output in pipe.flush(output_type="pt"):
-            emit(output)
+            emit(from_engine(output, "rgb"))
     return sink.frames
+
+
+def _stylized(pipe: Any, pictures: Iterator[np.ndarray], pipelined: bool) -> Iterator[np.ndarray]:
+    """The engine's (H, W, 3) uint8 RGB output for each RGB picture, in order (the stream batch's latency
+    included: the first outputs are its warm-up)."""
+    if pipelined:
+        yield from pipe.img2img_pipelined(pictures)  # the captured step fits each picture on the device
+        return
+    config = pipe.config
+    for picture in pictures:
+        pixels = to_engine(picture, "rgb", config.width, config.height, config.fit, pipe.device)
+        yield from_engine(pipe.img2img(pixels, output_type="pt"), "rgb")
 
 
 def _pts_step(source: Any) -> int:

@@ -114,6 +114,11 @@ class AcceleratedStream:
             return result
         return self._guarded(self._run, step, frames, kind, output_type or kind)
 
+    @property
+    def pipelines_frames(self) -> bool:
+        """Whether img2img_pipelined overlaps frames: it does wherever steps are captured."""
+        return self._capture is not None
+
     @torch.no_grad()
     def img2img_pipelined(self, frames: Iterable[Any]) -> Iterator[Any]:
         """img2img(frame, output_type="np") for each frame in turn: the same pictures, in order.
