@@ -42,6 +42,10 @@ AUTOTUNE_GEMM = {"max_autotune_gemm": True, "max_autotune_gemm_backends": "ATEN,
 # Programmatic dependent launch (Hopper): a Triton kernel starts while the one before it finishes and waits
 # on the device for the data it reads, instead of the graph's ~0.8 us gap between them.
 PDL = {"triton.enable_pdl": True}
+# Convolutions autotuned between cuDNN and Triton templates, matrix products left to cuBLAS (one choice: no
+# benchmarking, which is what made the products' autotuning too slow to start).
+AUTOTUNE_CONV_ONLY = {"max_autotune": True, "max_autotune_conv_backends": "ATEN,TRITON",
+                      "max_autotune_gemm_backends": "ATEN"}
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,7 @@ VARIANTS: dict[str, Variant] = {
     "turbo-2step-pdl": Variant(steps=2, unet=PDL),
     "turbo-b16-pdl": Variant(fbs=16, unet=PDL),
     "sdxs-b1-pdl": Variant(model="sdxs-512", unet=PDL),
+    "turbo-b1-unet-conv-autotune": Variant(unet=AUTOTUNE_CONV_ONLY),
 }
 
 
