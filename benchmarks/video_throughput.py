@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -78,16 +77,11 @@ def measure(stream: Any, args: argparse.Namespace, out: Path) -> list[dict[str, 
     return rows
 
 
-def environment() -> dict[str, Any]:
-    import av
-    import torch
-
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return {"python": platform.python_version(), "torch": torch.__version__, "av": av.__version__,
-            "gpu": gpu, "cpu_count": __import__("os").cpu_count()}
-
-
 def main() -> None:
+    import av
+
+    from streamdiff.bench.report import environment
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
     parser.add_argument("--model", default="sd-turbo", help="registry name, random weights (tiny: its own)")
@@ -102,7 +96,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     stream, engine = build_engine(args)
     rows = measure(stream, args, out)
-    result = {"model": args.model, "engine": engine, "environment": environment(), "rows": rows,
+    recorded = {**environment(stream.device), "av": av.__version__}
+    result = {"model": args.model, "engine": engine, "environment": recorded, "rows": rows,
               "command": "python3 benchmarks/video_throughput.py " + " ".join(
                   f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "out")}
     (out / "video.json").write_text(json.dumps(result, indent=1))

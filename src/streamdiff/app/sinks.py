@@ -174,7 +174,8 @@ class VideoFileSink(BaseSink):
         self.container.mux(self._audio.encode(frame))
 
     def write(self, image: np.ndarray, pts: int | None = None) -> None:
-        frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(image[: self.height, : self.width]), format="rgb24")
+        pixels = np.ascontiguousarray(image[: self.height, : self.width])
+        frame = self._av.VideoFrame.from_ndarray(pixels, format="rgb24")
         frame.pts = self.frames if pts is None else pts
         frame.time_base = self.time_base
         self.container.mux(self.stream.encode(frame))
