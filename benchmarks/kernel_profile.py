@@ -61,7 +61,6 @@ class Variant:
     fuse_codec: bool = True  # TAESD's convolutions as fused cuDNN kernels (then the codec is not compiled)
     cache_conditioning: bool = True  # time projections and cross-attention keys/values stored per prompt
     cudnn_benchmark_limit: int | None = None  # cuDNN algorithms tried per convolution (0: all; None: torch's 10)
-    fuse_geglu: bool = False  # each GEGLU feed-forward projection as one Triton kernel with the gating inside
 
 
 VARIANTS: dict[str, Variant] = {
@@ -93,10 +92,6 @@ VARIANTS: dict[str, Variant] = {
     "turbo-b16-pdl": Variant(fbs=16, unet=PDL),
     "sdxs-b1-pdl": Variant(model="sdxs-512", unet=PDL),
     "turbo-b1-unet-conv-autotune": Variant(unet=AUTOTUNE_CONV_ONLY),
-    "turbo-b1-geglu": Variant(fuse_geglu=True),
-    "turbo-b16-geglu": Variant(fbs=16, fuse_geglu=True),
-    "turbo-b32-geglu": Variant(fbs=32, fuse_geglu=True),
-    "sdxs-b1-geglu": Variant(model="sdxs-512", fuse_geglu=True),
 }
 
 
@@ -220,8 +215,7 @@ def _build(name: str):
     if v.cudnn_benchmark_limit is not None:
         torch.backends.cudnn.benchmark_limit = v.cudnn_benchmark_limit
     start = time.time()
-    stream, _ = accelerate(pipe, "graphs", cache_dir=str(CACHE), fuse_codec=v.fuse_codec, fuse_geglu=v.fuse_geglu,
-                           progress=print)
+    stream, _ = accelerate(pipe, "graphs", cache_dir=str(CACHE), fuse_codec=v.fuse_codec, progress=print)
     return pipe, stream, time.time() - start, scenario, options
 
 

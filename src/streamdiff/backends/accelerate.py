@@ -25,7 +25,7 @@ import torch
 
 from ..errors import UserError
 from ..stream import StreamPipeline
-from . import codec_fusion, geglu_fusion
+from . import codec_fusion
 from . import compile as compiling
 from .conditioning import ConditioningCache
 from .graphs import CudaGraphCapture, DirectCall
@@ -109,12 +109,10 @@ class AccelReport:
 def accelerate(pipe: StreamPipeline, mode: str | AccelMode = "auto", *, fallback: bool = False,
                cache_dir: str | Path | None = None, compile_preset: str = "default",
                input_size: tuple[int, int] | None = None, build: bool = True, fuse_codec: bool = True,
-               fuse_geglu: bool = False,
                progress: Callable[[str], None] | None = None) -> tuple[AcceleratedStream, AccelReport]:
     """Wrap a prepared pipeline for faster frames; with build=True compile and capture now (restarts the stream).
 
     fuse_codec: use cuDNN's fused convolution kernels for TAESD where they can run (CUDA, half precision).
-    fuse_geglu: run the UNet's GEGLU feed-forward projections as one Triton kernel each (CUDA, half precision).
 
     The modules are changed in place (layout, fused projections, compiled forward): keep the eager
     pipeline's numbers from before this call if you compare the two.
@@ -123,7 +121,7 @@ def accelerate(pipe: StreamPipeline, mode: str | AccelMode = "auto", *, fallback
     requested = AccelMode.parse(mode)
     chosen = resolve_mode(requested, pipe.device, fallback=fallback)
     start = time.perf_counter()
-    folder = _prepare_modules(pipe, chosen, cache_dir, compile_preset, fuse_codec, fuse_geglu, say)
+    folder = _prepare_modules(pipe, chosen, cache_dir, compile_preset, fuse_codec, say)
     capture = None
     if chosen is not AccelMode.NONE:
         capture = CudaGraphCapture() if chosen.graphs else DirectCall.capture
@@ -148,7 +146,7 @@ def _prepared(pipe: StreamPipeline) -> bool:
 
 
 def _prepare_modules(pipe: StreamPipeline, mode: AccelMode, cache_dir: str | Path | None, preset: str,
-                     fuse_codec: bool, fuse_geglu: bool, say: Callable[[str], None]) -> Path | None:
+                     fuse_codec: bool, say: Callable[[str], None]) -> Path | None:
     if mode is AccelMode.NONE:
         return None
     unet, vae = pipe.components.unet, pipe.components.vae
@@ -157,10 +155,6 @@ def _prepare_modules(pipe: StreamPipeline, mode: AccelMode, cache_dir: str | Pat
         codec_fusion.fuse(vae)
     elif codec_fusion.is_fused(vae):
         codec_fusion.unfuse(vae)
-    if fuse_geglu and geglu_fusion.unsupported(pipe.device, pipe.dtype) is None:
-        geglu_fusion.fuse(unet)
-    elif geglu_fusion.is_fused(unet):
-        geglu_fusion.unfuse(unet)
     if pipe.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one stream keeps its shapes: the search pays off at once
         unet.to(memory_format=torch.channels_last)
