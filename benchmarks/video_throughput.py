@@ -4,11 +4,12 @@ One frame at a time, the host decodes a frame, the device stylizes it, and the h
 encodes the picture; pipelined (an accelerated engine's default), the device works on frame k while the
 host decodes frame k+1 and encodes the output before k. The clip is the moving synthetic scene, written as
 H.264; every run decodes it, stylizes every frame and writes an H.264 file with `stylize_video` itself.
+--frame-buffer-size F puts F frames in each call, sharing the fixed noise, as `streamdiff video` does.
 
     python3 benchmarks/video_throughput.py --out DIR [--model sd-turbo] [--sizes 512x512,1280x720]
-        [--frames 300] [--repeats 2] [--device cuda] [--accel max] [--compile-cache DIR]
+        [--frames 300] [--repeats 2] [--device cuda] [--accel max] [--compile-cache DIR] [--frame-buffer-size 1]
 
-Writes DIR/video.json (frames/s per input size and mode, with the machine and versions) and prints a table.
+Writes DIR/video-fbsF.json (frames/s per input size and mode, with the machine and versions) and prints a table.
 """
 
 from __future__ import annotations
@@ -44,11 +45,12 @@ def build_engine(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     from streamdiff.stream import StreamPipeline
 
     pipe = StreamPipeline.from_model(args.model, random_weights=args.model != "tiny", device=args.device,
-                                     fit="crop")
+                                     fit="crop", frame_buffer_size=args.frame_buffer_size, shared_noise=True)
     pipe.prepare(prompt="a watercolor painting of a lighthouse at dusk")
     start = time.perf_counter()
     stream, report = accelerate(pipe, args.accel, cache_dir=args.compile_cache, progress=print)
     return stream, {"accel": stream.mode, "build_s": round(time.perf_counter() - start, 1),
+                    "frame_buffer_size": args.frame_buffer_size,
                     "render": f"{pipe.config.width}x{pipe.config.height}", "fused_codec": report.fused_codec}
 
 
@@ -91,6 +93,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--accel", default="max")
     parser.add_argument("--compile-cache", default=None)
+    parser.add_argument("--frame-buffer-size", type=int, default=1, help="frames per engine call")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -100,7 +103,7 @@ def main() -> None:
     result = {"model": args.model, "engine": engine, "environment": recorded, "rows": rows,
               "command": "python3 benchmarks/video_throughput.py " + " ".join(
                   f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "out")}
-    (out / "video.json").write_text(json.dumps(result, indent=1))
+    (out / f"video-fbs{args.frame_buffer_size}.json").write_text(json.dumps(result, indent=1))
     print("| input | mode | frames/s | ms/frame |")
     for row in rows:
         mode = "pipelined" if row["pipelined"] else "one frame at a time"

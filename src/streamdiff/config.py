@@ -61,6 +61,7 @@ class StreamConfig:
     width: int = 512
     height: int = 512
     frame_buffer_size: int = 1
+    shared_noise: bool = False  # the F frames of a call share each step's fixed noise (see _draw_noise)
     use_denoising_batch: bool = True
     do_add_noise: bool = True
     cfg_type: CfgType = CfgType.NONE

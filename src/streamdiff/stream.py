@@ -167,9 +167,15 @@ class StreamPipeline:
             self._filter.reset()
 
     def _draw_noise(self, seed: SeedLike) -> Tensor:
-        """Fixed noise (B, 4, H/8, W/8) drawn on the CPU; several seeds blend keeping unit variance."""
+        """Fixed noise (B, 4, H/8, W/8) drawn on the CPU; several seeds blend keeping unit variance.
+
+        One noise per slot, as StreamDiffusion draws it; with shared_noise the F frames of a call share
+        their step's noise, so consecutive frames get the same noise as with frame_buffer_size 1 (a video
+        stylized F frames per call then keeps the fixed-noise steadiness instead of changing every frame).
+        """
         cfg = self.config
-        shape = (cfg.denoising_steps * cfg.frame_buffer_size, 4, cfg.height // 8, cfg.width // 8)
+        per_step = 1 if cfg.shared_noise else cfg.frame_buffer_size
+        shape = (cfg.denoising_steps * per_step, 4, cfg.height // 8, cfg.width // 8)
         if isinstance(seed, int):
             pairs = [(seed, 1.0)]
         else:
@@ -177,6 +183,8 @@ class StreamPipeline:
         weights = normalized_weights([w for _, w in pairs], "seed")
         noises = [torch.randn(shape, generator=cpu_generator(s)) for s, _ in pairs]
         mixed = sum(n * w for n, w in zip(noises, weights)) / math.sqrt(sum(w * w for w in weights))
+        # Slots are step-major (F frames at step 0, then F at step 1, ...): each step's noise F times over.
+        mixed = mixed.repeat_interleave(cfg.frame_buffer_size // per_step, dim=0)
         return mixed.to(device=self.device, dtype=self.dtype)
 
     @staticmethod

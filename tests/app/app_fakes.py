@@ -22,8 +22,9 @@ class FakeEngine:
     pipelines_frames = False  # like an engine without captured steps: one frame at a time
 
     def __init__(self, width: int = 64, height: int = 64, latency_frames: int = 0, delay: float = 0.0,
-                 fail_after: int | None = None, seed: int = 2, fit: str = "crop") -> None:
-        self.config = SimpleNamespace(width=width, height=height, latency_frames=latency_frames, seed=seed, fit=fit)
+                 fail_after: int | None = None, seed: int = 2, fit: str = "crop", frame_buffer_size: int = 1) -> None:
+        self.config = SimpleNamespace(width=width, height=height, latency_frames=latency_frames, seed=seed, fit=fit,
+                                      frame_buffer_size=frame_buffer_size)
         self.device = torch.device("cpu")
         self.delay, self.fail_after = delay, fail_after
         self.inputs: list[int] = []  # the marker (first pixel value) of every input

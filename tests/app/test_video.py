@@ -23,9 +23,11 @@ def probe(path):
         return pictures, video.average_rate, audio
 
 
+@pytest.mark.parametrize("frames_per_call", [1, 5])
 @pytest.mark.parametrize("latency", [0, 1, 3])
-def test_every_frame_comes_out_in_order_whatever_the_latency(tmp_path, clip, latency):
-    engine = FakeEngine(latency_frames=latency)
+def test_every_frame_comes_out_in_order_whatever_the_latency(tmp_path, clip, latency, frames_per_call):
+    # 12 frames 5 per call: the last call is filled up with copies, whose outputs must not be written.
+    engine = FakeEngine(latency_frames=latency, frame_buffer_size=frames_per_call)
     summary = stylize_video(engine, clip, tmp_path / "out.mp4")
     pictures, rate, audio = probe(tmp_path / "out.mp4")
     assert summary.frames == len(pictures) == 12 and rate == 25 and audio == ["aac"]
@@ -96,6 +98,31 @@ def test_an_accelerated_engine_pipelines_the_frames_to_the_same_video(tmp_path, 
         np.testing.assert_array_equal(picture, reference, err_msg=f"frame {k}")
 
 
+def test_several_frames_per_call_give_the_pictures_of_one_frame_per_call(tmp_path, tiny_pipe_factory):
+    from streamdiff.backends.graphs import DirectCall
+    from streamdiff.backends.runner import AcceleratedStream
+    from streamdiff.stream import StreamPipeline
+
+    def engine(frames_per_call: int, accelerated: bool):
+        pipe = StreamPipeline.from_diffusers(tiny_pipe_factory(), width=64, height=64, strength=0.6, steps=1,
+                                             seed=1, device="cpu", frame_buffer_size=frames_per_call,
+                                             shared_noise=True)
+        pipe.prepare("a watercolor")
+        return AcceleratedStream(pipe, DirectCall.capture, mode="direct") if accelerated else pipe
+
+    source = make_clip(tmp_path / "in.mp4", frames=10, width=64, height=64, audio=False)
+    stylize_video(engine(1, False), source, tmp_path / "one.mp4")
+    expected, _, _ = probe(tmp_path / "one.mp4")
+    for name, stream in (("plain", engine(4, False)), ("pipelined", engine(4, True))):
+        summary = stylize_video(stream, source, tmp_path / f"{name}.mp4")
+        got, _, _ = probe(tmp_path / f"{name}.mp4")
+        assert summary.frames == len(got) == 10, name  # 4 + 4 + 2 (and two copies dropped)
+        for k, (picture, reference) in enumerate(zip(got, expected)):
+            difference = np.abs(picture.astype(int) - reference.astype(int))
+            assert difference.mean() < 0.5 and difference.max() <= 12, f"{name} frame {k}: {difference.max()}"
+    assert stream.captured == ["img2img of 4 x 64x64 uint8 frames"]
+
+
 def test_progress_line_shows_frames_rate_and_eta():
     now = [0.0]
     stream = io.StringIO()
@@ -129,6 +156,15 @@ def test_a_missing_or_corrupt_input_is_a_one_line_error(tmp_path, capsys, conten
     err = capsys.readouterr().err
     assert err.startswith("streamdiff: error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_streamdiff_video_several_frames_per_call(tmp_path, clip, capsys):
+    out = tmp_path / "styled.mp4"
+    assert main(["video", str(clip), str(out), *TINY, "--frame-buffer-size", "5"]) == 0
+    pictures, rate, _ = probe(out)
+    assert len(pictures) == 12 and rate == 25
+    assert main(["video", str(clip), str(out), *TINY, "--frame-buffer-size", "0"]) != 0
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("--frame-buffer-size must be at least 1; got 0")
 
 
 def test_refuses_to_overwrite_its_input(clip, capsys):

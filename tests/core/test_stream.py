@@ -162,6 +162,26 @@ def test_same_seed_same_stream_and_fixed_noise_shape(tiny_pipe_factory):
         torch.testing.assert_close(a.img2img(f), b.img2img(f), rtol=0, atol=0)
 
 
+def test_shared_noise_gives_the_frames_of_a_call_the_noise_of_one_frame(tiny_pipe_factory):
+    # Step-major slots: frames 0-2 at step 0, frames 0-2 at step 1. Each step's noise is the one a
+    # single-frame stream with the same seed draws, F times over; after a new seed too.
+    shared = make(tiny_pipe_factory(), t_index_list=(20, 40), frame_buffer_size=3, shared_noise=True)
+    single = make(tiny_pipe_factory(), t_index_list=(20, 40))
+    for seed in (None, 9):
+        if seed is not None:
+            shared.set_seed(seed)
+            single.set_seed(seed)
+        noise = shared._batch.noise
+        assert noise.shape == (6, 4, SIZE // 8, SIZE // 8)
+        torch.testing.assert_close(noise, single._batch.noise.repeat_interleave(3, dim=0), rtol=0, atol=0)
+    # With one step, three frames per call are the same pictures as one frame per call.
+    one_step = make(tiny_pipe_factory(), t_index_list=(30,), frame_buffer_size=3, shared_noise=True)
+    one_by_one = make(tiny_pipe_factory(), t_index_list=(30,))
+    inputs = frames(3)
+    together = one_step.img2img(torch.cat(inputs))
+    torch.testing.assert_close(together, torch.cat([one_by_one.img2img(f) for f in inputs]), atol=1e-4, rtol=0)
+
+
 def test_txt2img_is_seeded(tiny_pipe_factory):
     a = make(tiny_pipe_factory(), t_index_list=(0,))
     b = make(tiny_pipe_factory(), t_index_list=(0,), seed=5)
