@@ -183,8 +183,8 @@ class StreamPipeline:
         weights = normalized_weights([w for _, w in pairs], "seed")
         noises = [torch.randn(shape, generator=cpu_generator(s)) for s, _ in pairs]
         mixed = sum(n * w for n, w in zip(noises, weights)) / math.sqrt(sum(w * w for w in weights))
-        # Slots are step-major (F frames at step 0, then F at step 1, ...): each step's noise F times over.
-        mixed = mixed.repeat_interleave(cfg.frame_buffer_size // per_step, dim=0)
+        if cfg.shared_noise:  # slots are step-major (F frames at step 0, then F at step 1, ...)
+            mixed = mixed.repeat_interleave(cfg.frame_buffer_size, dim=0)
         return mixed.to(device=self.device, dtype=self.dtype)
 
     @staticmethod

@@ -23,8 +23,10 @@ from typing import Any, TextIO
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from streamdiff.app.frames import from_engine, to_engine
+from streamdiff import images
+from streamdiff.app.frames import to_engine
 from streamdiff.errors import UserError
 
 
@@ -145,13 +147,13 @@ def _run_frames(pipe: Any, source: Any, sink: Any, on_frame: Callable[[int], Non
             on_frame(sink.frames)
 
     calls = pictures() if group == 1 else _groups(pictures(), group, in_flight)
-    for output in _stylized(pipe, calls, pipelined and pipe.pipelines_frames):
-        for picture in _unbatched(output):
+    for outputs in _stylized(pipe, calls, pipelined and pipe.pipelines_frames):
+        for picture in outputs:
             emit(picture)
     if in_flight:
         for output in pipe.flush(output_type="pt"):
-            for k in range(len(output)):
-                emit(from_engine(output[k : k + 1], "rgb"))
+            for picture in _host_pictures(output):
+                emit(picture)
     return sink.frames
 
 
@@ -174,18 +176,23 @@ def _unbatched(output: np.ndarray) -> list[np.ndarray]:
     return [output] if output.ndim == 3 else list(output)
 
 
-def _stylized(pipe: Any, calls: Iterator[np.ndarray], pipelined: bool) -> Iterator[np.ndarray]:
-    """The engine's uint8 RGB output for each call's RGB picture (or stack of pictures), in order (the
+def _host_pictures(output: Tensor) -> list[np.ndarray]:
+    """The (H, W, 3) uint8 RGB pictures of an engine output (F, 3, H, W) in [0, 1], in one download."""
+    return _unbatched(images.to_output(output, "np"))
+
+
+def _stylized(pipe: Any, calls: Iterator[np.ndarray], pipelined: bool) -> Iterator[list[np.ndarray]]:
+    """The engine's uint8 RGB pictures for each call's RGB picture (or stack of pictures), in order (the
     stream batch's latency included: the first outputs are its warm-up)."""
     if pipelined:
-        yield from pipe.img2img_pipelined(calls)  # the captured step fits each picture on the device
+        for output in pipe.img2img_pipelined(calls):  # the captured step fits each picture on the device
+            yield _unbatched(output)
         return
     config = pipe.config
     for pictures in calls:
         stack = pictures[None] if pictures.ndim == 3 else pictures
         pixels = torch.cat([to_engine(p, "rgb", config.width, config.height, config.fit, pipe.device) for p in stack])
-        output = pipe.img2img(pixels, output_type="pt")
-        yield np.stack([from_engine(output[k : k + 1], "rgb") for k in range(len(output))])
+        yield _host_pictures(pipe.img2img(pixels, output_type="pt"))
 
 
 def _pts_step(source: Any) -> int:
