@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 
 import av
 import numpy as np
@@ -11,6 +12,7 @@ from app_fakes import FakeEngine, make_clip
 
 from streamdiff.app.video import Progress, stylize_video
 from streamdiff.cli import main
+from streamdiff.errors import UserError
 
 TINY = ["--model", "tiny", "--render-size", "64", "--strength", "0.6", "--steps", "2", "--prompt", "ink wash"]
 
@@ -52,9 +54,9 @@ def test_a_clip_shorter_than_the_latency_still_gives_every_frame(tmp_path):
     assert [round((255 - int(p[8, 8, 0])) / 20) for p in pictures] == [0, 1]
 
 
-def test_audio_that_mp4_cannot_hold_is_re_encoded(tmp_path):
-    source = tmp_path / "pcm.mkv"
-    with av.open(str(source), "w") as container:
+def make_pcm_clip(path):
+    """24 frames (grey 10k) at 24 fps in MPEG-4 Part 2 with a second of PCM audio, which MP4 cannot hold."""
+    with av.open(str(path), "w") as container:
         video = container.add_stream("mpeg4", rate=24)
         video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
         sound = container.add_stream("pcm_s16le", rate=16000, layout="mono")
@@ -63,14 +65,119 @@ def test_audio_that_mp4_cannot_hold_is_re_encoded(tmp_path):
             frame.pts = k
             container.mux(video.encode(frame))
         container.mux(video.encode(None))
-        samples = np.zeros((1, 16000), np.int16)
+        samples = (1000 * np.sin(np.arange(16000) / 7)).astype(np.int16)[None]
         frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
         frame.sample_rate, frame.pts = 16000, 0
         container.mux(sound.encode(frame))
+    return path
+
+
+def test_audio_that_mp4_cannot_hold_is_re_encoded(tmp_path):
+    source = make_pcm_clip(tmp_path / "pcm.mkv")
     summary = stylize_video(FakeEngine(latency_frames=1), source, tmp_path / "out.mp4")
     pictures, rate, audio = probe(tmp_path / "out.mp4")
     assert len(pictures) == 24 and abs(float(rate) - 24) < 0.05 and audio == ["aac"]
     assert summary.audio == "pcm_s16le re-encoded to AAC"
+
+
+def contents(path):
+    """Every video frame (pts, pixels) and every audio packet (pts, bytes) of a file, stream by stream."""
+    with av.open(str(path)) as container:
+        video = [(f.pts, f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
+    with av.open(str(path)) as container:
+        audio = [(p.pts, bytes(p)) for p in container.demux(audio=0) if p.size]
+    return video, audio
+
+
+@pytest.mark.parametrize("kind, frames_per_call, latency", [("aac", 1, 1), ("pcm", 5, 0)])
+def test_codec_threads_write_the_file_the_calling_thread_writes(tmp_path, kind, frames_per_call, latency):
+    source = make_clip(tmp_path / "in.mp4") if kind == "aac" else make_pcm_clip(tmp_path / "in.mkv")
+    for threads in (True, False):
+        engine = FakeEngine(latency_frames=latency, frame_buffer_size=frames_per_call)
+        stylize_video(engine, source, tmp_path / f"threads-{threads}.mp4", threads=threads)
+    (video, audio), (video_inline, audio_inline) = contents(tmp_path / "threads-True.mp4"), contents(
+        tmp_path / "threads-False.mp4")
+    assert [pts for pts, _ in video] == [pts for pts, _ in video_inline] and len(video) in (12, 24)
+    for (pts, picture), (_, reference) in zip(video, video_inline):
+        np.testing.assert_array_equal(picture, reference, err_msg=f"frame at pts {pts}")
+    assert len(audio) > 5 and audio == audio_inline
+
+
+def test_decoding_and_encoding_run_on_threads_of_their_own(tmp_path, clip, monkeypatch):
+    from streamdiff.app.sinks import VideoFileSink
+    from streamdiff.app.sources import VideoFile
+
+    workers: dict[str, set[str]] = {"read": set(), "write": set(), "write_audio": set()}
+    for cls, name in ((VideoFile, "read_frame"), (VideoFileSink, "write"), (VideoFileSink, "write_audio")):
+        original = getattr(cls, name)
+
+        def spy(self, *args, _original=original, _name=name, **kwargs):
+            workers["read" if _name == "read_frame" else _name].add(threading.current_thread().name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, name, spy)
+    engine = FakeEngine()
+    stylize_video(engine, clip, tmp_path / "out.mp4")
+    assert workers == {"read": {"streamdiff-decode"}, "write": {"streamdiff-encode"},
+                       "write_audio": {"streamdiff-encode"}}
+    assert engine.engine_threads() == {threading.current_thread().name}
+    assert not codec_threads()
+
+
+def codec_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("streamdiff-") and t.is_alive()]
+
+
+@pytest.mark.timeout(60)
+def test_an_engine_failure_mid_clip_stops_the_codec_threads(tmp_path):
+    # Long enough that the decode thread, read-ahead queue full, still waits when the engine fails.
+    clip = make_clip(tmp_path / "long.mp4", frames=40)
+    try:
+        stylize_video(FakeEngine(fail_after=5), clip, tmp_path / "out.mp4")
+    except ValueError as error:  # checked while the traceback still holds the call's frames
+        assert "broke on purpose" in str(error)
+        assert not codec_threads()
+    else:
+        pytest.fail("the engine's failure was not raised")
+
+
+@pytest.mark.timeout(60)
+def test_a_decode_error_mid_clip_is_raised_after_the_frames_before_it(tmp_path, clip, monkeypatch):
+    from streamdiff.app.sources import VideoFile
+
+    read = VideoFile.read_frame
+    decoded = []
+
+    def read_until_the_seventh(self):
+        if len(decoded) == 6:
+            raise UserError(f"{self.name} is corrupt or unsupported: Invalid data found when processing input")
+        frame = read(self)
+        decoded.append(frame)
+        return frame
+
+    monkeypatch.setattr(VideoFile, "read_frame", read_until_the_seventh)
+    engine = FakeEngine()
+    with pytest.raises(UserError, match="corrupt or unsupported"):
+        stylize_video(engine, clip, tmp_path / "out.mp4")
+    assert [round(m / 20) for m in engine.inputs] == list(range(6))
+    assert not codec_threads()
+
+
+@pytest.mark.timeout(60)
+def test_a_failed_write_is_raised_on_the_calling_thread(tmp_path, clip, monkeypatch):
+    from streamdiff.app.sinks import VideoFileSink
+
+    write = VideoFileSink.write
+
+    def write_three(self, image, pts=None):
+        if self.frames == 3:
+            raise OSError(28, "No space left on device")
+        write(self, image, pts)
+
+    monkeypatch.setattr(VideoFileSink, "write", write_three)
+    with pytest.raises(OSError, match="No space left"):
+        stylize_video(FakeEngine(), clip, tmp_path / "out.mp4")
+    assert not codec_threads()
 
 
 def test_an_accelerated_engine_pipelines_the_frames_to_the_same_video(tmp_path, tiny_pipe_factory):

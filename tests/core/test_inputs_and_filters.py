@@ -148,3 +148,16 @@ def test_camera_blend_endpoints_and_kinds():
         blend(cam, ai[:2], 0.5)
     with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
         blend(cam, ai, 1.5)
+
+
+def test_uint8_blend_without_opencv_gives_the_opencv_pictures(monkeypatch):
+    import streamdiff.temporal as temporal
+
+    rng = np.random.default_rng(5)
+    cam, ai = rng.integers(0, 256, (2, 32, 48, 3), np.uint8)
+    with_opencv = blend(cam, ai, 0.37)
+    monkeypatch.setattr(temporal, "_opencv", lambda: None)
+    without = blend(cam, ai, 0.37)
+    assert without.dtype == np.uint8 and np.abs(without.astype(int) - with_opencv.astype(int)).max() <= 1
+    expected = np.clip(np.rint(0.37 * cam + 0.63 * ai), 0, 255)
+    assert np.abs(without.astype(int) - expected).max() <= 1

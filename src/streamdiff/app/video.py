@@ -84,11 +84,13 @@ def _clock(seconds: float) -> str:
 
 
 def stylize_video(pipe: Any, input_path: str | Path, output_path: str | Path, *, audio: bool = True,
-                  crf: int = 18, progress: TextIO | None = None, pipelined: bool = True) -> VideoSummary:
+                  crf: int = 18, progress: TextIO | None = None, pipelined: bool = True,
+                  threads: bool = True) -> VideoSummary:
     """Stylize every frame of INPUT into OUTPUT (H.264 at the render size), keeping timestamps and audio.
 
     pipelined=False runs each frame to its end before the next one is decoded, also on an engine that
-    could overlap them (the same pictures; for comparisons).
+    could overlap them; threads=False decodes and encodes on the calling thread, between the engine's
+    calls (the same pictures either way; for comparisons).
     """
     from streamdiff.app.sinks import VideoFileSink
     from streamdiff.app.sources import VideoFile
@@ -107,8 +109,7 @@ def stylize_video(pipe: Any, input_path: str | Path, output_path: str | Path, *,
         sink = VideoFileSink(output_path, config.width, config.height, fps, time_base=source.stream.time_base, crf=crf)
         try:
             audio_note = sink.add_audio(source.audio_stream) if source.audio_stream is not None else "none"
-            source.on_audio = sink.write_audio
-            frames = _run_frames(pipe, source, sink, meter.update if meter else None, pipelined)
+            frames = _run_frames(pipe, source, sink, meter.update if meter else None, pipelined, threads)
             if meter is not None:
                 meter.finish()
         finally:
@@ -120,55 +121,94 @@ def stylize_video(pipe: Any, input_path: str | Path, output_path: str | Path, *,
     return VideoSummary(frames, sink.width, sink.height, fps, time.perf_counter() - start, audio_note)
 
 
-def _run_frames(pipe: Any, source: Any, sink: Any, on_frame: Callable[[int], None] | None, pipelined: bool) -> int:
+@dataclass(frozen=True)
+class _Call:
+    """One engine call's input pictures and where their outputs go."""
+
+    pictures: np.ndarray  # (H, W, 3) uint8 RGB for one frame per call, else (F, H, W, 3)
+    pts: tuple[int | None, ...]  # each picture's timestamp; None for the copies that fill up the last call
+
+
+class _Inline:
+    """WriteBehind's interface, writing at once on the calling thread."""
+
+    def submit(self, write: Callable[..., Any], *args: Any) -> None:
+        write(*args)
+
+    def finish(self) -> None:
+        pass
+
+
+_READ_AHEAD = 4  # calls decoded ahead of the engine: enough to cover a slow frame, little memory at 16 per call
+
+
+def _run_frames(pipe: Any, source: Any, sink: Any, on_frame: Callable[[int], None] | None, pipelined: bool,
+                threads: bool) -> int:
+    from streamdiff.app.clip_threads import WriteBehind, read_ahead
+
     group = pipe.config.frame_buffer_size
+    writer: WriteBehind | _Inline = WriteBehind("streamdiff-encode") if threads else _Inline()
+    source.on_audio = lambda packet: writer.submit(sink.write_audio, packet)
+    calls = _calls(source, group, _pts_step(source))
+    if threads:
+        calls = read_ahead(calls, _READ_AHEAD, "streamdiff-decode")
     in_flight: deque[int | None] = deque()  # pts of the inputs whose outputs are not written yet (None: padding)
     warm_up = pipe.config.latency_frames * group
-    step = _pts_step(source)
-    last_pts = -step
+    written = 0
 
-    def pictures() -> Iterator[np.ndarray]:
-        nonlocal last_pts
-        while (frame := source.read_frame()) is not None:
-            last_pts = frame.pts if frame.pts is not None and frame.pts > last_pts else last_pts + step
-            in_flight.append(last_pts)
-            yield frame.to_ndarray(format="rgb24")
+    def inputs() -> Iterator[np.ndarray]:
+        for call in calls:
+            in_flight.extend(call.pts)
+            yield call.pictures
 
     def emit(picture: np.ndarray) -> None:
-        nonlocal warm_up
+        nonlocal warm_up, written
         if warm_up:
             warm_up -= 1
             return
         pts = in_flight.popleft()
         if pts is None:
             return
-        sink.write(picture, pts=pts)
+        writer.submit(sink.write, picture, pts)
+        written += 1
         if on_frame is not None:
-            on_frame(sink.frames)
+            on_frame(written)
 
-    calls = pictures() if group == 1 else _groups(pictures(), group, in_flight)
-    for outputs in _stylized(pipe, calls, pipelined and pipe.pipelines_frames):
-        for picture in outputs:
-            emit(picture)
-    if in_flight:
-        for output in pipe.flush(output_type="pt"):
-            for picture in _host_pictures(output):
+    try:
+        for outputs in _stylized(pipe, inputs(), pipelined and pipe.pipelines_frames):
+            for picture in outputs:
                 emit(picture)
+        if in_flight:
+            for output in pipe.flush(output_type="pt"):
+                for picture in _host_pictures(output):
+                    emit(picture)
+    finally:
+        if threads:
+            calls.close()  # stops the decode thread before the encode thread takes its last write
+        writer.finish()
     return sink.frames
 
 
-def _groups(pictures: Iterator[np.ndarray], size: int, in_flight: deque[int | None]) -> Iterator[np.ndarray]:
-    """(size, H, W, 3) stacks of consecutive pictures, for frame_buffer_size > 1; the last one is filled up
-    with copies of the clip's last picture, whose outputs are dropped (None in in_flight)."""
-    batch: list[np.ndarray] = []
-    for picture in pictures:
-        batch.append(picture)
-        if len(batch) == size:
-            yield np.stack(batch)
-            batch = []
-    if batch:
-        in_flight.extend([None] * (size - len(batch)))
-        yield np.stack(batch + [batch[-1]] * (size - len(batch)))
+def _calls(source: Any, group: int, step: int) -> Iterator[_Call]:
+    """The clip's pictures, `group` consecutive ones per call (stacked when group > 1), with their pts; the
+    last call is filled up with copies of the clip's last picture, whose outputs are dropped."""
+    last_pts = -step
+    pictures: list[np.ndarray] = []
+    stamps: list[int | None] = []
+    while (frame := source.read_frame()) is not None:
+        last_pts = frame.pts if frame.pts is not None and frame.pts > last_pts else last_pts + step
+        picture = frame.to_ndarray(format="rgb24")
+        if group == 1:
+            yield _Call(picture, (last_pts,))
+            continue
+        pictures.append(picture)
+        stamps.append(last_pts)
+        if len(pictures) == group:
+            yield _Call(np.stack(pictures), tuple(stamps))
+            pictures, stamps = [], []
+    if pictures:
+        fill = group - len(pictures)
+        yield _Call(np.stack(pictures + [pictures[-1]] * fill), tuple(stamps) + (None,) * fill)
 
 
 def _unbatched(output: np.ndarray) -> list[np.ndarray]:
