@@ -79,6 +79,34 @@ def test_video_file_decodes_every_frame_in_order_with_audio_packets(clip):
     assert len(packets) > 5
 
 
+def test_video_file_pictures_equal_pyav_own_conversion(tmp_path):
+    # A textured, moving clip: VideoFile converts with one converter kept for the stream, PyAV's
+    # to_ndarray with a new one per frame; the pictures must be the same.
+    import av
+
+    from streamdiff.bench.clips import make_clip as make_scene
+
+    path = tmp_path / "scene.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        for k, picture in enumerate(make_scene("moving", 6, 64, 96)):
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            frame.pts = k
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    with av.open(str(path)) as container:
+        expected = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    video = VideoFile(path)
+    got = []
+    while (picture := video.read()) is not None:
+        got.append(picture)
+    video.close()
+    assert len(got) == len(expected) == 6 and expected[3].std() > 10
+    for k, (picture, reference) in enumerate(zip(got, expected)):
+        np.testing.assert_array_equal(picture, reference, err_msg=f"frame {k}")
+
+
 def test_video_file_errors_are_one_line(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such video file"):
         VideoFile(tmp_path / "missing.mp4")

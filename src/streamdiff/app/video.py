@@ -197,7 +197,7 @@ def _calls(source: Any, group: int, step: int) -> Iterator[_Call]:
     stamps: list[int | None] = []
     while (frame := source.read_frame()) is not None:
         last_pts = frame.pts if frame.pts is not None and frame.pts > last_pts else last_pts + step
-        picture = frame.to_ndarray(format="rgb24")
+        picture = source.rgb(frame)
         if group == 1:
             yield _Call(picture, (last_pts,))
             continue
