@@ -36,8 +36,7 @@ def test_read_ahead_raises_the_producers_error_after_the_items_before_it():
 
     seen = []
     with pytest.raises(ValueError, match="frame 3 is corrupt"):
-        for item in read_ahead(items(), 2, "test-reader"):
-            seen.append(item)
+        seen.extend(read_ahead(items(), 2, "test-reader"))
     assert seen == [1, 2]
     assert not alive("test-reader")
 

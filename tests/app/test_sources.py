@@ -107,6 +107,19 @@ def test_video_file_pictures_equal_pyav_own_conversion(tmp_path):
         np.testing.assert_array_equal(picture, reference, err_msg=f"frame {k}")
 
 
+def test_video_file_conversion_follows_a_stream_that_changes_size(clip):
+    # Live streams may change resolution mid-stream; the converter kept for the stream must follow.
+    import av
+
+    video = VideoFile(clip)
+    rng = np.random.default_rng(0)
+    for width, height in ((64, 48), (96, 80), (64, 48)):
+        picture = rng.integers(0, 256, (height, width, 3), np.uint8)
+        frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p")
+        np.testing.assert_array_equal(video.rgb(frame), frame.to_ndarray(format="rgb24"))
+    video.close()
+
+
 def test_video_file_errors_are_one_line(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such video file"):
         VideoFile(tmp_path / "missing.mp4")

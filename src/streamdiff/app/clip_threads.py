@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -22,7 +22,7 @@ T = TypeVar("T")
 _END = object()
 
 
-def read_ahead(items: Iterator[T], depth: int, name: str) -> Iterator[T]:
+def read_ahead(items: Iterator[T], depth: int, name: str) -> Generator[T, None, None]:
     """The items of `items`, produced on a thread named `name` up to `depth` items ahead of the caller.
 
     An exception the producer raises is raised here, in order. Closing this generator early (the caller
@@ -55,7 +55,7 @@ def _produce(items: Iterator[Any], handoff: queue.Queue, stop: threading.Event) 
             if not _offer(handoff, ("item", item), stop):
                 return
         _offer(handoff, ("end", None), stop)
-    except BaseException as exc:  # handed to the consumer, which raises it on its own thread
+    except BaseException as exc:  # noqa: BLE001  handed to the consumer, which raises it on its own thread
         _offer(handoff, ("error", exc), stop)
 
 
@@ -116,5 +116,5 @@ def _write(writes: queue.Queue, errors: list[BaseException]) -> None:
         write, args = item
         try:
             write(*args)
-        except BaseException as exc:  # raised again on the submitting thread
+        except BaseException as exc:  # noqa: BLE001  raised again on the submitting thread
             errors.append(exc)

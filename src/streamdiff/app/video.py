@@ -16,7 +16,7 @@ import argparse
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -151,7 +151,7 @@ def _run_frames(pipe: Any, source: Any, sink: Any, on_frame: Callable[[int], Non
     source.on_audio = lambda packet: writer.submit(sink.write_audio, packet)
     calls = _calls(source, group, _pts_step(source))
     if threads:
-        calls = read_ahead(calls, _READ_AHEAD, "streamdiff-decode")
+        calls = read_ahead(calls, _READ_AHEAD, "streamdiff-decode")  # the same items, decoded on a thread
     in_flight: deque[int | None] = deque()  # pts of the inputs whose outputs are not written yet (None: padding)
     warm_up = pipe.config.latency_frames * group
     written = 0
@@ -183,13 +183,12 @@ def _run_frames(pipe: Any, source: Any, sink: Any, on_frame: Callable[[int], Non
                 for picture in _host_pictures(output):
                     emit(picture)
     finally:
-        if threads:
-            calls.close()  # stops the decode thread before the encode thread takes its last write
+        calls.close()  # stops the decode thread (if any) before the encode thread takes its last write
         writer.finish()
     return sink.frames
 
 
-def _calls(source: Any, group: int, step: int) -> Iterator[_Call]:
+def _calls(source: Any, group: int, step: int) -> Generator[_Call, None, None]:
     """The clip's pictures, `group` consecutive ones per call (stacked when group > 1), with their pts; the
     last call is filled up with copies of the clip's last picture, whose outputs are dropped."""
     last_pts = -step
