@@ -7,7 +7,9 @@ k - latency. The first `latency` outputs are warm-up and are dropped; the last i
 An accelerated engine takes the decoded pictures as they are and pipelines them (img2img_pipelined): the
 device works on frame k while the host decodes frame k+1 and encodes the output before k, instead of
 each waiting for the other. With frame_buffer_size F, F consecutive pictures go in per call (the last
-call filled up with copies of the last picture, whose outputs are dropped).
+call filled up with copies of the last picture, whose outputs are dropped). Decoding runs a few calls ahead
+and encoding behind, each on a thread of its own (app/clip_threads.py), so the calling thread only feeds
+the engine; the encode thread alone writes the output file, audio included.
 """
 
 from __future__ import annotations
