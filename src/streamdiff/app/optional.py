@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 from types import ModuleType
 
@@ -27,9 +28,12 @@ def require(module: str, purpose: str) -> ModuleType:
                         f"{package})") from None
 
 
+@functools.cache
 def import_av() -> ModuleType:
     """PyAV, loaded after OpenCV where both are installed: PyAV's wheels bundle their own libxcb, and
-    OpenCV's Qt window hangs at creation when that copy was loaded first."""
+    OpenCV's Qt window hangs at creation when that copy was loaded first. Looked up once: a video source
+    asks for it at every frame, and where OpenCV is missing a failed import searches the whole import
+    path again each time (a missing PyAV raises, and is not remembered)."""
     try:
         import cv2  # noqa: F401
     except ImportError:
