@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -103,12 +104,14 @@ def together(clip: Path, out: Path, frames: int, pictures: list[np.ndarray], gro
     return (time.perf_counter() - start) / frames
 
 
+def _row(where: str, stage: str, seconds_per_frame: float) -> dict[str, object]:
+    return {"input": where, "stage": stage, "ms_per_frame": round(1000 * seconds_per_frame, 3),
+            "fps": round(1 / seconds_per_frame, 1)}
+
+
 def main() -> None:
-    import sys
-
+    # video_throughput is this script's neighbour: the script's folder is on the path when it runs.
     import av
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from video_throughput import write_clip
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -126,19 +129,13 @@ def main() -> None:
         width, height = (int(v) for v in size.split("x"))
         clip = write_clip(out / f"clip-{size}.mp4", args.frames, width, height)
         for stage, convert in (("decode", None), ("decode + RGB", "rgb24"), ("decode + YUV", "yuv420p")):
-            best = min(decode(clip, convert, args.frame_buffer_size) for _ in range(2))
-            rows.append({"input": size, "stage": stage, "ms_per_frame": round(1000 * best, 3),
-                         "fps": round(1 / best, 1)})
+            rows.append(_row(size, stage, min(decode(clip, convert, args.frame_buffer_size) for _ in range(2))))
         best = min(together(clip, out, args.frames, rgb, args.frame_buffer_size) for _ in range(2))
-        rows.append({"input": size, "stage": "decode + RGB and encode, two threads", "ms_per_frame": round(1000 * best, 3),
-                     "fps": round(1 / best, 1)})
+        rows.append(_row(size, "decode + RGB and encode, two threads", best))
         clip.unlink()
     for stage, pictures, planes in (("encode", rgb, False), ("encode from YUV", yuv, True)):
         best = min(encode(out, args.frames, pictures, args.frame_buffer_size, planes) for _ in range(2))
-        rows.append({"input": f"{args.render}x{args.render} output", "stage": stage,
-                     "ms_per_frame": round(1000 * best, 3), "fps": round(1 / best, 1)})
-    import os
-
+        rows.append(_row(f"{args.render}x{args.render} output", stage, best))
     result = {"rows": rows, "frame_buffer_size": args.frame_buffer_size, "cpu_threads": os.cpu_count(),
               "platform": platform.platform(), "python": platform.python_version(), "av": av.__version__,
               "ffmpeg": av.library_versions.get("libavcodec"),
