@@ -9,7 +9,8 @@ attention, Triton kernels for the norms, the gating, the adds and the layout cha
 
 For each block shape, at each batch: the compiled block, and its products and attention calls alone on
 the same shapes (what any fusion of the rest, in half precision, could at best reach), as CUDA graph
-replays; the compiled block's error against float32; kernels per block. With `resnet_fusion_probe.py`'s
+replays; the compiled block's error against float32; kernels per block, and the compiled block's kernels
+by name. With `resnet_fusion_probe.py`'s
 totals for the 22 ResNet blocks this bounds what fusing norms and pointwise work into the products
 (CUTLASS- or TensorRT-class kernels) could take off a UNet call.
 
@@ -116,7 +117,9 @@ def probe(shape: BlockShape, batch: int) -> dict[str, Any]:
         row: dict[str, Any] = {"channels": shape.channels, "size": shape.size, "count": shape.count, "batch": batch,
                                "compiled_err": rel_err(compiled(x), ref)}
         row["compiled_ms"] = graph_ms(lambda: compiled(x))
-        row["compiled_kernels"] = profile_kernels(lambda: compiled(x), 5)["kernels_per_call"]
+        kernels = profile_kernels(lambda: compiled(x), 5)
+        row["compiled_kernels"] = kernels["kernels_per_call"]
+        row["compiled_top"] = kernels["top"][:30]
         products = _products(block, x)
         row["products_only_ms"] = graph_ms(products)
         row["products_kernels"] = profile_kernels(products, 5)["kernels_per_call"]
