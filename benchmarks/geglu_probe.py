@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from kernel_profile import graph_ms, rel_err
 from torch import Tensor
 
 
@@ -177,20 +178,10 @@ def geglu_tma(x: Tensor, w: Tensor, b: Tensor, c: TileConfig) -> Tensor:
     return out.reshape(*x.shape[:-1], hidden)
 
 
-def _graph_ms(fn) -> float:
-    import triton.testing
-
-    return float(triton.testing.do_bench_cudagraph(fn, rep=100))
-
-
 TMA_SWEEP = [TileConfig(128, 64, 64, 8, 8, 3), TileConfig(128, 128, 64, 8, 8, 3),
              TileConfig(128, 64, 64, 8, 4, 4), TileConfig(64, 128, 64, 8, 4, 4),
              TileConfig(128, 128, 64, 8, 8, 4), TileConfig(128, 256, 64, 8, 8, 3),
              TileConfig(64, 64, 64, 8, 4, 4), TileConfig(128, 64, 128, 8, 8, 3)]
-
-
-def _rel_err(y: Tensor, ref: Tensor) -> float:
-    return float((y.float() - ref).abs().max() / ref.abs().max())
 
 
 def probe_shape(tokens: int, channels: int, hidden: int, frames: int, dtype: torch.dtype) -> dict:
@@ -201,16 +192,16 @@ def probe_shape(tokens: int, channels: int, hidden: int, frames: int, dtype: tor
     ref32 = reference(x.float(), w.float(), b.float())
     compiled = torch.compile(reference, fullgraph=True, dynamic=False)
     row = {"frames": frames, "tokens": tokens, "channels": channels, "hidden": hidden, "dtype": str(dtype),
-           "compiled_err": _rel_err(compiled(x, w, b), ref32)}
-    row["compiled_ms"] = _graph_ms(lambda: compiled(x, w, b))
-    row["product_only_ms"] = _graph_ms(lambda: F.linear(x, w, b))
-    row["fused_err"] = _rel_err(geglu_linear(x, w, b), ref32)
-    row["fused_default_ms"] = _graph_ms(lambda: geglu_linear(x, w, b))
+           "compiled_err": rel_err(compiled(x, w, b), ref32)}
+    row["compiled_ms"] = graph_ms(lambda: compiled(x, w, b))
+    row["product_only_ms"] = graph_ms(lambda: F.linear(x, w, b))
+    row["fused_err"] = rel_err(geglu_linear(x, w, b), ref32)
+    row["fused_default_ms"] = graph_ms(lambda: geglu_linear(x, w, b))
     row["default_tile"] = list(choose_config(frames * tokens, hidden, channels))
     sweep = {}
     for c in SWEEP:
         try:
-            sweep[",".join(map(str, c))] = _graph_ms(lambda c=c: geglu_linear(x, w, b, c))
+            sweep[",".join(map(str, c))] = graph_ms(lambda c=c: geglu_linear(x, w, b, c))
         except Exception as exc:  # a tile too large for shared memory fails to launch: note it and go on
             sweep[",".join(map(str, c))] = f"{type(exc).__name__}"
     row["sweep_ms"] = sweep
@@ -221,8 +212,8 @@ def probe_shape(tokens: int, channels: int, hidden: int, frames: int, dtype: tor
         key = ",".join(map(str, c))
         try:
             if "tma_err" not in row:
-                row["tma_err"] = _rel_err(geglu_tma(x, w, b, c), ref32)
-            tma[key] = _graph_ms(lambda c=c: geglu_tma(x, w, b, c))
+                row["tma_err"] = rel_err(geglu_tma(x, w, b, c), ref32)
+            tma[key] = graph_ms(lambda c=c: geglu_tma(x, w, b, c))
         except Exception as exc:  # as above: note the tile that cannot launch
             tma[key] = f"{type(exc).__name__}: {str(exc)[:120]}"
     row["tma_sweep_ms"] = tma

@@ -180,6 +180,18 @@ def profile_kernels(fn, calls: int) -> dict[str, Any]:
     return summarise(events, calls)
 
 
+def graph_ms(fn) -> float:
+    """fn's time in ms, captured in a CUDA graph and replayed (Triton's `do_bench_cudagraph`)."""
+    import triton.testing
+
+    return float(triton.testing.do_bench_cudagraph(fn, rep=100))
+
+
+def rel_err(y, ref) -> float:
+    """The largest difference of y from the float32 reference, relative to the reference's largest magnitude."""
+    return float((y.float() - ref).abs().max() / ref.abs().max())
+
+
 # ----- phases ---------------------------------------------------------------------------------------
 
 def _build(name: str):

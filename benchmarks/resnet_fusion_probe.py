@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from kernel_profile import profile_kernels
+from kernel_profile import graph_ms, profile_kernels, rel_err
 from torch import Tensor, nn
 
 GROUPS = 32
@@ -110,6 +110,26 @@ def _affine_from_sums(sums: Tensor, pixels: int, weight: Tensor, bias: Tensor) -
             shift.reshape(b, -1, 1, 1).half().contiguous(memory_format=torch.channels_last))
 
 
+def _built(g: Any) -> Tensor:
+    """Check and build a cuDNN graph's plans (the heuristics' first choice, then the fallback); its workspace."""
+    import cudnn
+
+    g.validate()
+    g.build_operation_graph()
+    g.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+    g.check_support()
+    g.build_plans()
+    return torch.empty(g.get_workspace_size(), device="cuda", dtype=torch.uint8)
+
+
+def _execute(handle: Any, graph: Any, pack: dict[Any, Tensor], workspace: Tensor) -> None:
+    import cudnn
+
+    # The handle launches on its own stream: follow whichever stream is current (a capture's, when timed).
+    cudnn.set_stream(handle=handle, stream=torch.cuda.current_stream().cuda_stream)
+    graph.execute(pack, workspace, handle=handle)
+
+
 class FusedConv:
     """One cuDNN graph: [x * scale + shift -> activation ->] 3x3 convolution -> + bias [+ residual], and
     optionally the output's per-channel sum and sum of squares. Without a prologue, x is the activated input."""
@@ -141,20 +161,10 @@ class FusedConv:
             self.sums = g.genstats(input=y)
             for s in self.sums:
                 s.set_output(True).set_data_type(cudnn.data_type.FLOAT)
-        g.validate()
-        g.build_operation_graph()
-        g.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
-        g.check_support()
-        g.build_plans()
-        self.graph = g
-        self.workspace = torch.empty(g.get_workspace_size(), device="cuda", dtype=torch.uint8)
+        self.graph, self.workspace = g, _built(g)
 
     def __call__(self, x: Tensor, scale: Tensor | None, shift: Tensor | None, weight: Tensor, bias: Tensor,
                  out: Tensor, residual: Tensor | None = None, sums: tuple[Tensor, Tensor] | None = None) -> None:
-        import cudnn
-
-        # The handle launches on its own stream: follow whichever stream is current (a capture's, when timed).
-        cudnn.set_stream(handle=self.handle, stream=torch.cuda.current_stream().cuda_stream)
         pack = {self.x: x, self.w: weight, self.bias: bias, self.y: out}
         if self.scale is not None:
             pack[self.scale], pack[self.shift] = scale, shift
@@ -162,17 +172,7 @@ class FusedConv:
             pack[self.residual] = residual
         if self.sums is not None:
             pack[self.sums[0]], pack[self.sums[1]] = sums
-        self.graph.execute(pack, self.workspace, handle=self.handle)
-
-
-def graph_ms(fn) -> float:
-    import triton.testing
-
-    return float(triton.testing.do_bench_cudagraph(fn, rep=100))
-
-
-def rel_err(y: Tensor, ref: Tensor) -> float:
-    return float((y.float() - ref).abs().max() / ref.abs().max())
+        _execute(self.handle, self.graph, pack, self.workspace)
 
 
 def _activated(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
@@ -245,11 +245,10 @@ def probe(shape: BlockShape, batch: int, handle: Any, variants: list[str]) -> di
 
         # Without their biases: PyTorch adds a convolution's bias in a kernel of its own, which the compiled
         # block fuses into the passes after it, so the floor is the convolutions with no bias at all.
-        h = block.conv1(x)
-
         def convs() -> Tensor:
-            F.conv2d(F.conv2d(x, block.conv1.weight, padding=1), block.conv2.weight, padding=1)
-            return F.conv2d(x, block.shortcut.weight) if block.shortcut is not None else h
+            if block.shortcut is not None:
+                F.conv2d(x, block.shortcut.weight)
+            return F.conv2d(F.conv2d(x, block.conv1.weight, padding=1), block.conv2.weight, padding=1)
 
         row["convs_only_ms"] = graph_ms(convs)
         for name, (prologue, genstats) in VARIANTS.items():
@@ -285,20 +284,11 @@ class Fp8Conv:
                          compute_data_type=cudnn.data_type.FLOAT)
         self.y = g.scale(input=y, scale=self.descale)
         self.y.set_output(True).set_data_type(cudnn.data_type.HALF)
-        g.validate()
-        g.build_operation_graph()
-        g.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
-        g.check_support()
-        g.build_plans()
-        self.graph = g
-        self.workspace = torch.empty(g.get_workspace_size(), device="cuda", dtype=torch.uint8)
+        self.graph, self.workspace = g, _built(g)
 
     def __call__(self, x: Tensor, weight: Tensor, descale: Tensor, out: Tensor) -> None:
-        import cudnn
-
-        cudnn.set_stream(handle=self.handle, stream=torch.cuda.current_stream().cuda_stream)
-        self.graph.execute({self.x: x, self.w: weight, self.descale: descale, self.y: out}, self.workspace,
-                           handle=self.handle)
+        _execute(self.handle, self.graph, {self.x: x, self.w: weight, self.descale: descale, self.y: out},
+                 self.workspace)
 
 
 def _e4m3(t: Tensor) -> tuple[Tensor, Tensor]:
@@ -376,11 +366,11 @@ def main() -> None:
            "cudnn_backend": cudnn.backend_version_string()}
     print(json.dumps(env), flush=True)
     picked = [SHAPES[int(i)] for i in args.shapes.split(",")] if args.shapes else SHAPES
+    variants = [v for v in args.variants.split(",") if v in VARIANTS]
     rows = []
     for batch in [int(b) for b in args.batches.split(",")]:
         for shape in picked:
             start = time.perf_counter()
-            variants = [v for v in args.variants.split(",") if v in VARIANTS]
             rows.append(probe_fp8(shape, batch, handle) if args.fp8 else probe(shape, batch, handle, variants))
             rows[-1]["seconds"] = round(time.perf_counter() - start, 1)
             with open(lines, "a") as f:

@@ -26,8 +26,7 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from kernel_profile import profile_kernels
-from resnet_fusion_probe import graph_ms, rel_err
+from kernel_profile import graph_ms, profile_kernels, rel_err
 from torch import Tensor, nn
 
 HEAD = 64
