@@ -192,6 +192,27 @@ def rel_err(y, ref) -> float:
     return float((y.float() - ref).abs().max() / ref.abs().max())
 
 
+def probe_arguments(doc: str) -> argparse.Namespace:
+    """The block and layer probes' command line: --out DIR and --batches, a comma-separated list."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--batches", default="1,16")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def run_probes(probe, items, batches: str) -> list[dict[str, Any]]:
+    """probe(item, batch) for each batch of the comma-separated list and each item, every result printed as
+    one JSON line as it comes."""
+    rows = []
+    for batch in [int(b) for b in batches.split(",")]:
+        for item in items:
+            rows.append(probe(item, batch))
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 # ----- phases ---------------------------------------------------------------------------------------
 
 def _build(name: str):

@@ -19,14 +19,12 @@ totals for the 22 ResNet blocks this bounds what fusing norms and pointwise work
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from kernel_profile import graph_ms, profile_kernels, rel_err
+from kernel_profile import graph_ms, probe_arguments, profile_kernels, rel_err, run_probes
 from torch import Tensor, nn
 
 HEAD = 64
@@ -126,17 +124,9 @@ def probe(shape: BlockShape, batch: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--batches", default="1,16")
-    args = parser.parse_args()
+    args = probe_arguments(__doc__)
     torch._dynamo.config.cache_size_limit = 512
-    args.out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for batch in [int(b) for b in args.batches.split(",")]:
-        for shape in SHAPES:
-            rows.append(probe(shape, batch))
-            print(json.dumps(rows[-1]), flush=True)
+    rows = run_probes(probe, SHAPES, args.batches)
     totals = {str(b): {k: round(sum(r[k] * r["count"] for r in rows if r["batch"] == b), 4)
                        for k in ("compiled_ms", "products_only_ms")} for b in {r["batch"] for r in rows}}
     summary = {"environment": {"device": torch.cuda.get_device_name(), "torch": torch.__version__},

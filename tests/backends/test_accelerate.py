@@ -164,3 +164,20 @@ def test_no_codec_fusion_option():
     add_accel_options(parser)
     assert not parser.parse_args([]).no_codec_fusion
     assert parser.parse_args(["--no-codec-fusion"]).no_codec_fusion
+
+
+def test_upsampling_is_folded_in_accelerated_modes_unless_turned_off(make_stream, monkeypatch, tmp_path):
+    from streamdiff.backends import upsample_fold
+
+    monkeypatch.setenv(compiling.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(compiling, "compile_unsupported", lambda device: None)
+    pipe = make_stream(t_index_list=(30,))
+    _, report = accelerate(pipe, "none", build=False)
+    assert report.folded_upsamplers == 0
+    _, report = accelerate(pipe, "compile", build=False)
+    assert report.folded_upsamplers == 1 == upsample_fold.folded_count(pipe.components.unet)
+    _, report = accelerate(pipe, "compile", build=False, fold_upsampling=False)
+    assert report.folded_upsamplers == 0 == upsample_fold.folded_count(pipe.components.unet)
+    parser = argparse.ArgumentParser()
+    add_accel_options(parser)
+    assert not parser.parse_args([]).no_upsample_fold and parser.parse_args(["--no-upsample-fold"]).no_upsample_fold

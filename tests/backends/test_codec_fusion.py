@@ -13,18 +13,24 @@ from diffusers import AutoencoderKL, AutoencoderTiny
 
 from streamdiff.backends import codec_fusion
 from streamdiff.backends.compile import compiled_parts
+from streamdiff.backends.upsample_fold import upsample_conv
 from streamdiff.models.architectures import TAESD_CONFIG
 
 
 class CountingOps:
-    """relu(conv + bias [+ z]) in plain PyTorch, counting the calls; the real upsampling, counted."""
+    """relu(conv + bias [+ z]) in plain PyTorch, counting the calls; the real upsampling and folded
+    upsampling convolution, counted."""
 
     def __init__(self) -> None:
-        self.calls = {"conv_relu": 0, "conv_add_relu": 0, "upsample_2x": 0}
+        self.calls = {"conv_relu": 0, "conv_add_relu": 0, "upsample_2x": 0, "upsample_conv": 0}
 
     def upsample_2x(self, x):
         self.calls["upsample_2x"] += 1
         return codec_fusion.upsample_nearest_2x(x)
+
+    def upsample_conv(self, x, weight, bias):
+        self.calls["upsample_conv"] += 1
+        return upsample_conv(x, weight, bias)
 
     def conv_relu(self, x, conv):
         self.calls["conv_relu"] += 1
@@ -35,7 +41,7 @@ class CountingOps:
         return F.relu(conv(x) + z)
 
     def ops(self) -> codec_fusion.FusedOps:
-        return codec_fusion.FusedOps(self.conv_relu, self.conv_add_relu, self.upsample_2x)
+        return codec_fusion.FusedOps(self.conv_relu, self.conv_add_relu, self.upsample_2x, self.upsample_conv)
 
 
 def _taesd(seed: int = 0, gain: float = 3.0) -> AutoencoderTiny:
@@ -67,9 +73,11 @@ def test_fused_taesd_computes_what_taesd_computes():
     assert not outer_calls  # replaced by their folded, channel-aligned versions
     blocks = sum(1 for m in vae.modules() if type(m).__name__ == "AutoencoderTinyBlock")
     upsamples = sum(1 for m in vae.modules() if isinstance(m, torch.nn.Upsample))
-    # two conv+ReLU per block and the decoder's first conv+ReLU; one conv+add+ReLU per block
+    # two conv+ReLU per block and the decoder's first conv+ReLU; one conv+add+ReLU per block; each upsampling
+    # and the convolution after it as one transposed convolution
     assert upsamples == 3
-    assert counting.calls == {"conv_relu": 2 * blocks + 1, "conv_add_relu": blocks, "upsample_2x": upsamples}
+    assert counting.calls == {"conv_relu": 2 * blocks + 1, "conv_add_relu": blocks, "upsample_2x": 0,
+                              "upsample_conv": upsamples}
 
 
 @torch.no_grad()
@@ -83,7 +91,7 @@ def test_unfuse_restores_the_modules_and_their_state_dict_never_changes():
     codec_fusion.unfuse(vae)
     assert not codec_fusion.is_fused(vae)
     vae.decoder(torch.randn(1, 4, 8, 8))
-    assert counting.calls == {"conv_relu": 0, "conv_add_relu": 0, "upsample_2x": 0}
+    assert counting.calls == {"conv_relu": 0, "conv_add_relu": 0, "upsample_2x": 0, "upsample_conv": 0}
 
 
 @pytest.mark.parametrize("channels_last,channels,dtype", [(True, 5, torch.float32), (False, 5, torch.float32),
@@ -136,3 +144,22 @@ def test_cudnn_fused_taesd_matches_the_unfused_one_on_the_gpu():
     for e, g in zip(expected, got):
         assert torch.isfinite(e).all() and e.abs().max() > 0
         assert torch.linalg.vector_norm(g - e) / torch.linalg.vector_norm(e) < 5e-3
+
+
+@torch.no_grad()
+def test_an_upsampling_is_folded_only_into_a_plain_3x3_convolution_after_it():
+    torch.manual_seed(2)
+
+    def conv(k: int = 3) -> torch.nn.Conv2d:
+        return torch.nn.Conv2d(4, 4, k, padding=k // 2)
+
+    folds = torch.nn.Sequential(conv(), torch.nn.ReLU(), torch.nn.Upsample(scale_factor=2), conv())
+    keeps = torch.nn.Sequential(conv(), torch.nn.ReLU(), torch.nn.Upsample(scale_factor=2), conv(1))
+    model = torch.nn.ModuleList([folds, keeps])
+    x = torch.randn(2, 4, 5, 6)
+    expected = [folds(x), keeps(x)]
+    counting = CountingOps()
+    assert codec_fusion.fuse(model, counting.ops())
+    for seq, e in zip((folds, keeps), expected):
+        torch.testing.assert_close(seq(x), e, rtol=1e-5, atol=1e-5)
+    assert counting.calls == {"conv_relu": 2, "conv_add_relu": 0, "upsample_2x": 1, "upsample_conv": 1}

@@ -6,9 +6,10 @@ Modes, from plain to fastest:
   graphs   one CUDA graph per step shape over eager kernels: uint8 frame in .. uint8 frame out
   max      compile + graphs
   auto     the fastest mode this machine supports: max on CUDA with Triton, else graphs on CUDA, else none
-On CUDA every mode but none also puts the modules in channels_last layout, fuses the attention
-projections, lets cuDNN pick its fastest convolutions and, for TAESD in half precision, runs each codec
-convolution with its bias, ReLU and residual add as one cuDNN kernel (codec_fusion.py).
+Every mode but none runs the UNet's upsampling layers (nearest 2x, then a 3x3 convolution) as one transposed
+convolution on the small map (upsample_fold.py). On CUDA they also put the modules in channels_last layout,
+fuse the attention projections, let cuDNN pick its fastest convolutions and, for TAESD in half precision,
+run each codec convolution with its bias, ReLU and residual add as one cuDNN kernel (codec_fusion.py).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 
 from ..errors import UserError
 from ..stream import StreamPipeline
-from . import codec_fusion
+from . import codec_fusion, upsample_fold
 from . import compile as compiling
 from .conditioning import ConditioningCache
 from .graphs import CudaGraphCapture, DirectCall
@@ -102,6 +103,7 @@ class AccelReport:
     compile_preset: str | None
     cache_dir: str | None
     fused_codec: bool  # TAESD's convolutions run as fused cuDNN kernels
+    folded_upsamplers: int  # the UNet's upsampling layers run as transposed convolutions
     prepare_seconds: float  # layout changes and compile set-up
     build_seconds: float  # first frames: compilation (or a cache load) and graph capture
 
@@ -109,10 +111,12 @@ class AccelReport:
 def accelerate(pipe: StreamPipeline, mode: str | AccelMode = "auto", *, fallback: bool = False,
                cache_dir: str | Path | None = None, compile_preset: str = "default",
                input_size: tuple[int, int] | None = None, build: bool = True, fuse_codec: bool = True,
+               fold_upsampling: bool = True,
                progress: Callable[[str], None] | None = None) -> tuple[AcceleratedStream, AccelReport]:
     """Wrap a prepared pipeline for faster frames; with build=True compile and capture now (restarts the stream).
 
     fuse_codec: use cuDNN's fused convolution kernels for TAESD where they can run (CUDA, half precision).
+    fold_upsampling: run the UNet's upsampling layers as transposed convolutions (the same numbers).
 
     The modules are changed in place (layout, fused projections, compiled forward): keep the eager
     pipeline's numbers from before this call if you compare the two.
@@ -121,7 +125,7 @@ def accelerate(pipe: StreamPipeline, mode: str | AccelMode = "auto", *, fallback
     requested = AccelMode.parse(mode)
     chosen = resolve_mode(requested, pipe.device, fallback=fallback)
     start = time.perf_counter()
-    folder = _prepare_modules(pipe, chosen, cache_dir, compile_preset, fuse_codec, say)
+    folder = _prepare_modules(pipe, chosen, cache_dir, compile_preset, (fuse_codec, fold_upsampling), say)
     capture = None
     if chosen is not AccelMode.NONE:
         capture = CudaGraphCapture() if chosen.graphs else DirectCall.capture
@@ -132,7 +136,8 @@ def accelerate(pipe: StreamPipeline, mode: str | AccelMode = "auto", *, fallback
         built = _build(stream, chosen, requested, fallback, input_size, say)
         chosen = AccelMode.parse(stream.mode)
     report = AccelReport(requested.value, chosen.value, compile_preset if chosen.compiles else None,
-                         str(folder) if folder else None, codec_fusion.is_fused(pipe.components.vae), prepared, built)
+                         str(folder) if folder else None, codec_fusion.is_fused(pipe.components.vae),
+                         upsample_fold.folded_count(pipe.components.unet), prepared, built)
     return stream, report
 
 
@@ -146,10 +151,15 @@ def _prepared(pipe: StreamPipeline) -> bool:
 
 
 def _prepare_modules(pipe: StreamPipeline, mode: AccelMode, cache_dir: str | Path | None, preset: str,
-                     fuse_codec: bool, say: Callable[[str], None]) -> Path | None:
+                     rewrites: tuple[bool, bool], say: Callable[[str], None]) -> Path | None:
     if mode is AccelMode.NONE:
         return None
     unet, vae = pipe.components.unet, pipe.components.vae
+    fuse_codec, fold_upsampling = rewrites
+    if fold_upsampling:
+        upsample_fold.fold_upsamplers(unet)
+    else:
+        upsample_fold.unfold_upsamplers(unet)
     if fuse_codec and codec_fusion.unsupported(vae, pipe.device, pipe.dtype) is None:
         compiling.uncompile({"encoder": vae.encoder, "decoder": vae.decoder})
         codec_fusion.fuse(vae)
@@ -191,7 +201,8 @@ def _build(stream: AcceleratedStream, chosen: AccelMode, requested: AccelMode, f
         compiling.uncompile(compiling.compiled_parts(pipe.components.unet, pipe.components.vae))
         if chosen.graphs:
             stream.set_capture(CudaGraphCapture(), AccelMode.GRAPHS.value)
-        else:
+        else:  # the eager engine as it is
+            upsample_fold.unfold_upsamplers(pipe.components.unet)
             stream.set_capture(None, AccelMode.NONE.value)
         pipe.reset()
         return stream.build(input_size)
@@ -219,10 +230,14 @@ def add_accel_options(parser: argparse.ArgumentParser) -> None:
                         "start, faster kernels on some GPUs)")
     g.add_argument("--no-codec-fusion", action="store_true",
                    help="run TAESD's convolutions as separate (compiled) kernels instead of fused cuDNN ones")
+    g.add_argument("--no-upsample-fold", action="store_true",
+                   help="run the UNet's upsampling layers as upsampling then convolution, not as one "
+                        "transposed convolution")
 
 
 def accelerate_from_args(pipe: StreamPipeline, args: argparse.Namespace,
                          progress: Callable[[str], None] | None = None) -> AcceleratedStream:
     stream, _ = accelerate(pipe, args.accel, fallback=args.accel_fallback, cache_dir=args.compile_cache,
-                           compile_preset=args.compile_preset, fuse_codec=not args.no_codec_fusion, progress=progress)
+                           compile_preset=args.compile_preset, fuse_codec=not args.no_codec_fusion,
+                           fold_upsampling=not args.no_upsample_fold, progress=progress)
     return stream

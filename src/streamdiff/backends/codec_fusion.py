@@ -5,7 +5,9 @@ residual add and a ReLU. Unfused, every convolution writes its full-resolution o
 kernel reads it back to add the bias and apply the ReLU (and the skip). cuDNN's fused
 convolution-bias-(add)-ReLU kernels do it in one pass: on an H100 a 512x512 layer took 58 us fused against
 130 us as separate kernels (batch 16: 648 against 1769 us); see benchmarks/NOTES-cuda.md. The decoder's
-2x nearest upsampling becomes one broadcast copy in the channels-last layout (PyTorch's own channels-last
+2x nearest upsampling and the convolution after it become one transposed convolution on the small map
+(upsample_fold.py: 4/9 of the work, and the doubled map is never written); an upsampling followed by
+anything else becomes one broadcast copy in the channels-last layout (PyTorch's own channels-last
 upsampling kernel took 140 us per frame for TAESD's three).
 
 The encoder's first and the decoder's last convolution (3 picture channels) run on 8 aligned channels with
@@ -23,6 +25,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from . import upsample_fold
 
 ConvReLU = Callable[[Tensor, nn.Conv2d], Tensor]
 ConvAddReLU = Callable[[Tensor, nn.Conv2d, Tensor], Tensor]
@@ -55,12 +59,13 @@ def _word_aligned(t: Tensor) -> bool:
 
 @dataclass(frozen=True)
 class FusedOps:
-    """relu(conv(x) + bias) and relu(conv(x) + bias + z): cuDNN's fused kernels by default; and the 2x
-    nearest upsampling."""
+    """relu(conv(x) + bias) and relu(conv(x) + bias + z): cuDNN's fused kernels by default; the 2x nearest
+    upsampling; and a 3x3 convolution of the upsampled map, given its folded kernel (upsample_fold.py)."""
 
     conv_relu: ConvReLU
     conv_add_relu: ConvAddReLU
     upsample_2x: Callable[[Tensor], Tensor] = upsample_nearest_2x
+    upsample_conv: Callable[[Tensor, Tensor, Tensor | None], Tensor] = upsample_fold.upsample_conv
 
 
 def _cudnn_conv_relu(x: Tensor, conv: nn.Conv2d) -> Tensor:
@@ -228,15 +233,21 @@ def _decoder_forward(decoder: nn.Module, ops: FusedOps) -> Callable[[Tensor], Te
     return forward
 
 
+@torch.no_grad()
 def _layers_forward(items: list[nn.Module], ops: FusedOps) -> Callable[[Tensor], Tensor]:
     starts = set(_pairs(items))
     upsamples = {i for i, m in enumerate(items) if _is_upsample_2x(m)}
+    folded = {i: upsample_fold.folded_weight(items[i + 1].weight).contiguous(memory_format=torch.channels_last)
+              for i in upsamples if i + 1 < len(items) and upsample_fold.foldable_conv(items[i + 1])}
 
     def forward(x: Tensor) -> Tensor:
         i = 0
         while i < len(items):
             if i in starts:
                 x = ops.conv_relu(x, items[i])
+                i += 2
+            elif i in folded:
+                x = ops.upsample_conv(x, folded[i], items[i + 1].bias)
                 i += 2
             else:
                 x = ops.upsample_2x(x) if i in upsamples else items[i](x)

@@ -43,6 +43,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-taesd", action="store_true", help="decode with the model's full VAE instead of TAESD")
     p.add_argument("--no-codec-fusion", action="store_true",
                    help="run TAESD's convolutions as separate (compiled) kernels instead of fused cuDNN ones")
+    p.add_argument("--no-upsample-fold", action="store_true",
+                   help="run the UNet's upsampling layers as upsampling then convolution, not as one "
+                        "transposed convolution")
     p.add_argument("--task", type=_list(str, TASKS), default=["img2img"], help="img2img, txt2img")
     p.add_argument("--steps", type=_list(int), default=[1], help="denoising steps, e.g. 1,2,4")
     p.add_argument("--cfg", type=_list(str, tuple(m.value for m in CfgType)), default=["none"],
@@ -91,6 +94,7 @@ def _options(args: argparse.Namespace) -> Any:
 
 def scenarios_from_args(args: argparse.Namespace) -> list[Scenario]:
     base = Scenario(guidance=args.guidance, taesd=not args.no_taesd, codec_fusion=not args.no_codec_fusion,
+                    upsample_fold=not args.no_upsample_fold,
                     batched=not args.sequential, similarity=args.similarity, clip=args.clip)
     scenarios = []
     for model in args.model:

@@ -167,7 +167,7 @@ def run_scenario(scenario: Scenario, options: BenchOptions, pool: ModelPool, dev
     reset_peak_memory(device)
     stream, report = accelerate(pipe, scenario.accel, fallback=options.fallback, cache_dir=options.cache_dir,
                                 compile_preset=options.compile_preset, fuse_codec=scenario.codec_fusion,
-                                progress=progress)
+                                fold_upsampling=scenario.upsample_fold, progress=progress)
     entry.touched = entry.touched or report.mode != "none"
     result = _time_stream(stream, scenario, options, device)
     result.update(accel=report.__dict__, peak_gpu_memory_mb=peak_memory_mb(device))

@@ -24,6 +24,7 @@ class Scenario:
     accel: str = "auto"
     taesd: bool = True
     codec_fusion: bool = True  # TAESD's convolutions as fused cuDNN kernels where they can run (CUDA, half)
+    upsample_fold: bool = True  # the UNet's upsampling layers as transposed convolutions (accelerated modes)
     batched: bool = True  # the stream batch; False runs the steps one after another
     similarity: float | None = None  # similarity filter threshold, None: off
     clip: str = "moving"
@@ -67,6 +68,8 @@ class Scenario:
             parts.append("full-vae")
         elif not self.codec_fusion:
             parts.append("unfused-codec")
+        if not self.upsample_fold:
+            parts.append("unfolded-upsampling")
         if self.similarity is not None:
             parts.append(f"ssf{self.similarity:g}-{self.clip}")
         if self.pipelined:
