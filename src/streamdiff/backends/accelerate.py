@@ -118,14 +118,15 @@ def accelerate(pipe: StreamPipeline, mode: str | AccelMode = "auto", *, fallback
     fuse_codec: use cuDNN's fused convolution kernels for TAESD where they can run (CUDA, half precision).
     fold_upsampling: run the UNet's upsampling layers as transposed convolutions (the same numbers).
 
-    The modules are changed in place (layout, fused projections, compiled forward): keep the eager
-    pipeline's numbers from before this call if you compare the two.
+    The modules are changed in place (layout, fused projections, folded upsampling, compiled forward):
+    keep the eager pipeline's numbers from before this call if you compare the two.
     """
     say = progress or logger.info
     requested = AccelMode.parse(mode)
     chosen = resolve_mode(requested, pipe.device, fallback=fallback)
     start = time.perf_counter()
-    folder = _prepare_modules(pipe, chosen, cache_dir, compile_preset, (fuse_codec, fold_upsampling), say)
+    folder = _prepare_modules(pipe, chosen, cache_dir, compile_preset, say, fuse_codec=fuse_codec,
+                              fold_upsampling=fold_upsampling)
     capture = None
     if chosen is not AccelMode.NONE:
         capture = CudaGraphCapture() if chosen.graphs else DirectCall.capture
@@ -151,11 +152,10 @@ def _prepared(pipe: StreamPipeline) -> bool:
 
 
 def _prepare_modules(pipe: StreamPipeline, mode: AccelMode, cache_dir: str | Path | None, preset: str,
-                     rewrites: tuple[bool, bool], say: Callable[[str], None]) -> Path | None:
+                     say: Callable[[str], None], *, fuse_codec: bool, fold_upsampling: bool) -> Path | None:
     if mode is AccelMode.NONE:
         return None
     unet, vae = pipe.components.unet, pipe.components.vae
-    fuse_codec, fold_upsampling = rewrites
     if fold_upsampling:
         upsample_fold.fold_upsamplers(unet)
     else:

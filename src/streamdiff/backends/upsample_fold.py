@@ -1,4 +1,4 @@
-"""Nearest 2x upsampling followed by a 3x3 convolution, as one transposed convolution on the small picture.
+"""Nearest 2x upsampling followed by a 3x3 convolution, as one transposed convolution on the small map.
 
 The UNet's up blocks (diffusers' Upsample2D) and TAESD's decoder double a feature map by repeating each
 pixel, then run a 3x3 convolution (padding 1) over the doubled map. Every output pixel then reads only
