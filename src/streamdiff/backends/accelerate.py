@@ -228,11 +228,16 @@ def add_accel_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--compile-preset", choices=sorted(compiling.COMPILE_PRESETS), default="default",
                    help="compiler settings: default, or tuned (coordinate-descent tuning; a much slower first "
                         "start, faster kernels on some GPUs)")
-    g.add_argument("--no-codec-fusion", action="store_true",
-                   help="run TAESD's convolutions as separate (compiled) kernels instead of fused cuDNN ones")
-    g.add_argument("--no-upsample-fold", action="store_true",
-                   help="run the UNet's upsampling layers as upsampling then convolution, not as one "
-                        "transposed convolution")
+    add_rewrite_options(g)
+
+
+def add_rewrite_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The switches that turn off accelerate()'s module rewrites (also `streamdiff bench`'s)."""
+    parser.add_argument("--no-codec-fusion", action="store_true",
+                        help="run TAESD's convolutions as separate (compiled) kernels instead of fused cuDNN ones")
+    parser.add_argument("--no-upsample-fold", action="store_true",
+                        help="run the UNet's upsampling layers as upsampling then convolution, not as one "
+                             "transposed convolution")
 
 
 def accelerate_from_args(pipe: StreamPipeline, args: argparse.Namespace,

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..backends.accelerate import AccelMode
+from ..backends.accelerate import AccelMode, add_rewrite_options
 from ..backends.compile import COMPILE_PRESETS
 from ..config import CfgType
 from ..errors import UserError
@@ -41,11 +41,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--random-weights", action="store_true",
                    help="the real architecture with random weights: no download, meaningless pictures")
     p.add_argument("--no-taesd", action="store_true", help="decode with the model's full VAE instead of TAESD")
-    p.add_argument("--no-codec-fusion", action="store_true",
-                   help="run TAESD's convolutions as separate (compiled) kernels instead of fused cuDNN ones")
-    p.add_argument("--no-upsample-fold", action="store_true",
-                   help="run the UNet's upsampling layers as upsampling then convolution, not as one "
-                        "transposed convolution")
+    add_rewrite_options(p)
     p.add_argument("--task", type=_list(str, TASKS), default=["img2img"], help="img2img, txt2img")
     p.add_argument("--steps", type=_list(int), default=[1], help="denoising steps, e.g. 1,2,4")
     p.add_argument("--cfg", type=_list(str, tuple(m.value for m in CfgType)), default=["none"],
