@@ -320,6 +320,11 @@ class StreamPipeline:
         self.stats.processed += 1
         return x0
 
+    @property
+    def prompt_changing(self) -> bool:
+        """Whether a prompt transition is under way (each frame then conditions the denoiser again)."""
+        return self._transition is not None
+
     def _advance_prompt(self) -> None:
         if self._transition is not None:
             self._cond.copy_(self._transition.advance().expand_as(self._cond))

@@ -72,3 +72,54 @@ def test_pipelined_replays_match_the_eager_engine(_tiny_cache):
     for k, (picture, frame) in enumerate(zip(pictures, frames)):
         difference = np.abs(picture.astype(int) - eager.img2img(frame).astype(int))
         assert difference.max() <= 3, f"frame {k}: {difference.max()} levels"
+
+
+def test_compiling_in_the_background_serves_graph_replays_until_the_switch(_tiny_cache, tmp_path):
+    from torch._dynamo.utils import counters
+
+    before = counters["stats"]["unique_graphs"]
+    fast, report = accelerate(_stream(_tiny_cache["taesd"], "float16", t_index_list=(30,)), "max",
+                              background=True, cache_dir=tmp_path)
+    assert (report.mode, fast.upgrading) == ("graphs", True) and fast.captured
+    frames = random_frames(4, (64, 64, 3))
+    returned, during = [], 0
+    while fast.upgrading or len(returned) < during + 6:
+        k = len(returned)
+        if k == 2:  # a prompt change while the thread compiles: the text encoder waits for the compile
+            fast.update_prompt("a cat", transition_frames=3)
+        returned.append(fast.img2img(frames[k % len(frames)]))
+        during += fast.upgrading
+        assert len(returned) < 100_000
+    assert fast._upgrade is None and fast.mode == "max" and during >= 1  # replays went on meanwhile
+    compiled = counters["stats"]["unique_graphs"] - before
+    eager = _stream(_tiny_cache["taesd"], "float16", cache_conditioning=False, t_index_list=(30,))
+    for k, picture in enumerate(returned):  # the eager engine runs modules: only now that the compile is done
+        if k == 2:
+            eager.update_prompt("a cat", transition_frames=3)
+        difference = np.abs(picture.astype(int) - eager.img2img(frames[k % len(frames)]).astype(int))
+        assert difference.max() <= 3, f"frame {k}: {difference.max()} levels"
+    assert compiled == counters["stats"]["unique_graphs"] - before == 1  # the thread's UNet, compiled once
+
+
+def test_quitting_while_the_thread_compiles_does_not_wait_for_it(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    script = f"""
+import time
+from streamdiff import StreamPipeline
+from streamdiff.backends.accelerate import accelerate
+from streamdiff.models.tiny import build_tiny_pipeline
+pipe = StreamPipeline.from_diffusers(build_tiny_pipeline(seed=0), device="cuda", dtype="float16", seed=3,
+                                     width=64, height=64)
+pipe.prepare("a red fox")
+stream, _ = accelerate(pipe, "max", background=True, cache_dir={str(tmp_path)!r})
+print(stream.upgrading, time.monotonic(), flush=True)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    ended = time.monotonic()
+    assert done.returncode == 0, done.stderr[-2000:]
+    upgrading, quitting = done.stdout.split()[-2:]
+    assert upgrading == "True"  # the empty cache: the thread was still compiling when the program ended
+    assert ended - float(quitting) < 5.0

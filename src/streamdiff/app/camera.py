@@ -32,6 +32,7 @@ def register(subparsers: Any) -> None:
         description=DESCRIPTION + "\n  ".join(help_lines()), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_engine_options(p)
+    p.set_defaults(compile_in_background=True)  # stylized frames within seconds; the compiled speed follows
     g = p.add_argument_group("camera app")
     g.add_argument("--prompts", nargs="?", const="gallery", default=None, metavar="FILE",
                    help="switch prompts with n/p: the built-in gallery of styles, or a .txt/.yaml file")

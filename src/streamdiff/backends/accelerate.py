@@ -28,6 +28,7 @@ from ..errors import UserError
 from ..stream import StreamPipeline
 from . import codec_fusion, upsample_fold
 from . import compile as compiling
+from .background import BackgroundCompile, CallRecorder
 from .conditioning import ConditioningCache
 from .graphs import CudaGraphCapture, DirectCall
 from .runner import AcceleratedStream
@@ -111,12 +112,15 @@ class AccelReport:
 def accelerate(pipe: StreamPipeline, mode: str | AccelMode = "auto", *, fallback: bool = False,
                cache_dir: str | Path | None = None, compile_preset: str = "default",
                input_size: tuple[int, int] | None = None, build: bool = True, fuse_codec: bool = True,
-               fold_upsampling: bool = True,
+               fold_upsampling: bool = True, background: bool = False,
                progress: Callable[[str], None] | None = None) -> tuple[AcceleratedStream, AccelReport]:
     """Wrap a prepared pipeline for faster frames; with build=True compile and capture now (restarts the stream).
 
     fuse_codec: use cuDNN's fused convolution kernels for TAESD where they can run (CUDA, half precision).
     fold_upsampling: run the UNet's upsampling layers as transposed convolutions (the same numbers).
+    background: for a compiling mode, capture the uncompiled steps now (graphs on CUDA) and compile on a
+      thread of its own; the stream switches to the compiled steps between two frames once they are ready
+      (background.py). The report then says the mode the stream starts in; `stream.mode` says the current one.
 
     The modules are changed in place (layout, fused projections, folded upsampling, compiled forward):
     keep the eager pipeline's numbers from before this call if you compare the two.
@@ -125,15 +129,20 @@ def accelerate(pipe: StreamPipeline, mode: str | AccelMode = "auto", *, fallback
     requested = AccelMode.parse(mode)
     chosen = resolve_mode(requested, pipe.device, fallback=fallback)
     start = time.perf_counter()
+    later = background and build and chosen.compiles and _prepared(pipe)
     folder = _prepare_modules(pipe, chosen, cache_dir, compile_preset, say, fuse_codec=fuse_codec,
-                              fold_upsampling=fold_upsampling)
+                              fold_upsampling=fold_upsampling, compile_now=not later)
     capture = None
     if chosen is not AccelMode.NONE:
         capture = CudaGraphCapture() if chosen.graphs else DirectCall.capture
-    stream = AcceleratedStream(pipe, capture, mode=chosen.value, progress=say)
+    first = (AccelMode.GRAPHS if chosen.graphs else AccelMode.NONE) if later else chosen
+    stream = AcceleratedStream(pipe, capture, mode=first.value, progress=say)
     prepared = time.perf_counter() - start
     built = 0.0
-    if build and chosen is not AccelMode.NONE and _prepared(pipe):
+    if later:
+        built = _build_then_compile(stream, chosen, compile_preset, input_size, say)
+        chosen = first
+    elif build and chosen is not AccelMode.NONE and _prepared(pipe):
         built = _build(stream, chosen, requested, fallback, input_size, say)
         chosen = AccelMode.parse(stream.mode)
     report = AccelReport(requested.value, chosen.value, compile_preset if chosen.compiles else None,
@@ -152,7 +161,8 @@ def _prepared(pipe: StreamPipeline) -> bool:
 
 
 def _prepare_modules(pipe: StreamPipeline, mode: AccelMode, cache_dir: str | Path | None, preset: str,
-                     say: Callable[[str], None], *, fuse_codec: bool, fold_upsampling: bool) -> Path | None:
+                     say: Callable[[str], None], *, fuse_codec: bool, fold_upsampling: bool,
+                     compile_now: bool = True) -> Path | None:
     if mode is AccelMode.NONE:
         return None
     unet, vae = pipe.components.unet, pipe.components.vae
@@ -174,8 +184,9 @@ def _prepare_modules(pipe: StreamPipeline, mode: AccelMode, cache_dir: str | Pat
     if not mode.compiles:
         return None
     folder = compiling.use_cache_dir(cache_dir)
-    compiling.compile_in_place(compiling.compiled_parts(unet, vae), preset)
-    say(f"{mode.value}: compiling the UNet and the codec at the first frames (cache: {folder})")
+    if compile_now:
+        compiling.compile_in_place(compiling.compiled_parts(unet, vae), preset)
+        say(f"{mode.value}: compiling the UNet and the codec at the first frames (cache: {folder})")
     return folder
 
 
@@ -210,6 +221,22 @@ def _build(stream: AcceleratedStream, chosen: AccelMode, requested: AccelMode, f
     return seconds
 
 
+def _build_then_compile(stream: AcceleratedStream, target: AccelMode, preset: str,
+                        input_size: tuple[int, int] | None, say: Callable[[str], None]) -> float:
+    """Capture the uncompiled steps now, recording the modules' first calls, and start compiling them on a
+    thread of its own; the stream switches to `target` once that is done."""
+    pipe = stream.pipe
+    parts = compiling.compiled_parts(pipe.components.unet, pipe.components.vae)
+    with CallRecorder(parts) as recorder:
+        seconds = stream.build(input_size)
+    upgrade = BackgroundCompile(parts, recorder.calls, preset, stream.eager_lock)
+    final = CudaGraphCapture() if target.graphs else DirectCall.capture
+    stream.upgrade_when_ready(upgrade, final, target.value)
+    upgrade.start()
+    say(f"{stream.mode}: ready in {seconds:.1f} s; compiling in the background, then switching to {target.value}")
+    return seconds
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
@@ -228,6 +255,9 @@ def add_accel_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--compile-preset", choices=sorted(compiling.COMPILE_PRESETS), default="default",
                    help="compiler settings: default, or tuned (coordinate-descent tuning; a much slower first "
                         "start, faster kernels on some GPUs)")
+    g.add_argument("--compile-in-background", action=argparse.BooleanOptionalAction, default=None,
+                   help="start at once on uncompiled CUDA graphs and switch to the compiled step when a background "
+                        "thread has compiled it (default: on for the camera app, off for the other commands)")
     add_rewrite_options(g)
 
 
@@ -244,5 +274,6 @@ def accelerate_from_args(pipe: StreamPipeline, args: argparse.Namespace,
                          progress: Callable[[str], None] | None = None) -> AcceleratedStream:
     stream, _ = accelerate(pipe, args.accel, fallback=args.accel_fallback, cache_dir=args.compile_cache,
                            compile_preset=args.compile_preset, fuse_codec=not args.no_codec_fusion,
-                           fold_upsampling=not args.no_upsample_fold, progress=progress)
+                           fold_upsampling=not args.no_upsample_fold,
+                           background=bool(getattr(args, "compile_in_background", None)), progress=progress)
     return stream

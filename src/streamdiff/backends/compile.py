@@ -11,12 +11,13 @@ import importlib.util
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 RECOMPILE_LIMIT = 64
+BACKEND = "inductor"  # torch.compile's backend; the CPU tests of the compile machinery trace with "eager"
 
 # Inductor settings beyond its defaults, by name. "tuned" (the settings diffusers suggests for SDXL) was
 # slower on an H100 for the SD-Turbo step (6.79 vs 6.52 ms) after a 4x longer compile: default stays.
@@ -77,6 +78,26 @@ def compiled_parts(unet: torch.nn.Module, vae: torch.nn.Module) -> dict[str, tor
     return parts
 
 
+def compiled_forward(module: torch.nn.Module, preset: str = "default") -> Callable[..., Any]:
+    """The module's compiled forward (full graph, static shapes), made at the first request and kept on the
+    module; compiling happens at its first call. It is not installed: see compile_in_place."""
+    earlier = module.__dict__.get("_streamdiff_compiled")
+    if earlier is not None and earlier[0] == preset:
+        return earlier[1]
+    eager = type(module).forward.__get__(module)
+    compiled = torch.compile(eager, fullgraph=True, dynamic=False, backend=BACKEND,
+                             options=COMPILE_PRESETS[preset] or None)
+    module.__dict__["_streamdiff_compiled"] = (preset, compiled)
+    return compiled
+
+
+def check_preset(preset: str) -> None:
+    """Raise unless `preset` names one of COMPILE_PRESETS; let forwards hold enough compiled shapes."""
+    if preset not in COMPILE_PRESETS:
+        raise ValueError(f"compile preset must be one of {', '.join(COMPILE_PRESETS)}; got {preset!r}")
+    _allow_recompiles(RECOMPILE_LIMIT)
+
+
 def compile_in_place(parts: dict[str, torch.nn.Module], preset: str = "default") -> None:
     """Compile each module's forward in place (full graph, static shapes); the work happens at the first call.
 
@@ -84,18 +105,9 @@ def compile_in_place(parts: dict[str, torch.nn.Module], preset: str = "default")
     (not on the `_call_impl` that all modules share and whose recompile limit they would exhaust together).
     A module compiled before with the same preset gets its earlier compiled forward back.
     """
-    if preset not in COMPILE_PRESETS:
-        raise ValueError(f"compile preset must be one of {', '.join(COMPILE_PRESETS)}; got {preset!r}")
-    _allow_recompiles(RECOMPILE_LIMIT)
+    check_preset(preset)
     for module in parts.values():
-        earlier = module.__dict__.get("_streamdiff_compiled")
-        if earlier is not None and earlier[0] == preset:
-            compiled = earlier[1]
-        else:
-            eager = type(module).forward.__get__(module)
-            compiled = torch.compile(eager, fullgraph=True, dynamic=False, options=COMPILE_PRESETS[preset] or None)
-            module.__dict__["_streamdiff_compiled"] = (preset, compiled)
-        module.__dict__["forward"] = compiled
+        module.__dict__["forward"] = compiled_forward(module, preset)
 
 
 def _allow_recompiles(limit: int) -> None:

@@ -92,6 +92,11 @@ class ConditioningCache:
                 getattr(attention, name).store(states)
         self.owner = owner
 
+    @property
+    def is_active(self) -> bool:
+        """Whether UNet calls read the stored projections now (inside `active()`)."""
+        return self._switch.on
+
     @contextmanager
     def active(self) -> Iterator[None]:
         """UNet calls inside read the stored projections."""

@@ -8,8 +8,10 @@ flush) goes to the pipeline itself, which shares the state.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -23,7 +25,8 @@ from torch import Tensor
 from .. import images
 from ..errors import UserError
 from ..stream import DeviceCarry, StreamPipeline
-from .graphs import Capture, FrameBuffers, Replayable
+from .background import BackgroundCompile
+from .graphs import Capture, DirectCall, FrameBuffers, Replayable
 from .similarity_check import SimilarityCheck
 
 logger = logging.getLogger("streamdiff.backends")
@@ -88,29 +91,38 @@ class AcceleratedStream:
         self._carry: DeviceCarry | None = None
         self._signature: tuple[int, ...] = ()
         self._pending: _Pending | None = None  # a pipelined frame whose pictures nobody has waited for yet
+        self._upgrade: tuple[BackgroundCompile, Capture, str] | None = None  # compiling on its own thread
+        self.eager_lock = threading.Lock()  # held around the modules' eager calls while an upgrade compiles
 
     def __getattr__(self, name: str) -> Any:
         if name == "pipe":
             raise AttributeError(name)
-        return getattr(self.pipe, name)
+        value = getattr(self.pipe, name)
+        if callable(value) and self.__dict__.get("_upgrade") is not None:
+            return _holding(self.eager_lock, value)  # e.g. update_prompt runs the text encoder
+        return value
 
     # ----- the StreamPipeline API ----------------------------------------------------------------
 
     def prepare(self, *args: Any, **kwargs: Any) -> None:
-        self.pipe.prepare(*args, **kwargs)
+        with self._eager():  # the text encoder and the conditioning run modules
+            self.pipe.prepare(*args, **kwargs)
         self._drop_steps()
 
     @torch.no_grad()
     def img2img(self, image: Any, output_type: images.ImageKind | None = None) -> Any:
         self._settle()
+        self._maybe_upgrade()
         frames, kind = self._fast_input(image)
         if frames is None or self._capture is None or not self.pipe.warm or not _known_kind(output_type):
-            return self._guarded(self.pipe.img2img, image, output_type)
+            with self._eager():
+                return self._guarded(self.pipe.img2img, image, output_type)
         key = StepKey("img2img", tuple(frames.shape), _dtype_of(frames), (output_type or kind) != "pt")
         step = self._lookup(key)
         if step is None:
-            result = self._guarded(self.pipe.img2img, image, output_type)  # checks the new shape, warms the stream
-            self._build(key, frames)
+            with self._eager():
+                result = self._guarded(self.pipe.img2img, image, output_type)  # checks the shape, warms the stream
+                self._build(key, frames)
             return result
         return self._guarded(self._run, step, frames, kind, output_type or kind)
 
@@ -147,18 +159,22 @@ class AcceleratedStream:
     @torch.no_grad()
     def txt2img(self, output_type: images.ImageKind = "pil") -> Any:
         self._settle()
+        self._maybe_upgrade()
         if self._capture is None or not self.pipe.warm or not _known_kind(output_type):
-            return self._guarded(self.pipe.txt2img, output_type)
+            with self._eager():
+                return self._guarded(self.pipe.txt2img, output_type)
         key = StepKey("txt2img", (), None, output_type != "pt")
         step = self._lookup(key)
         if step is None:
-            result = self._guarded(self.pipe.txt2img, output_type)
-            self._build(key, None)
+            with self._eager():
+                result = self._guarded(self.pipe.txt2img, output_type)
+                self._build(key, None)
             return result
         return self._guarded(self._run, step, None, None, output_type)
 
     def flush(self, output_type: images.ImageKind | None = None) -> list[Any]:
-        return self._guarded(self.pipe.flush, output_type)
+        with self._eager():
+            return self._guarded(self.pipe.flush, output_type)
 
     def build(self, input_size: tuple[int, int] | None = None, *, txt2img: bool = False) -> float:
         """Compile and capture now, for frames of input_size (width, height; default the render size).
@@ -178,6 +194,17 @@ class AcceleratedStream:
             if cfg.similarity_threshold is not None:  # the dummy frames drew from its generator: start it afresh
                 self.pipe.set_similarity_filter(cfg.similarity_threshold, cfg.similarity_max_skip)
         return time.perf_counter() - start
+
+    def upgrade_when_ready(self, upgrade: BackgroundCompile, capture: Capture, mode: str) -> None:
+        """Switch to `upgrade`'s compiled modules (and `capture`, `mode`) at the first call after it finished.
+
+        Until then the stream runs as it is, and its eager calls hold eager_lock (upgrade's lock)."""
+        self._upgrade = (upgrade, capture, mode)
+
+    @property
+    def upgrading(self) -> bool:
+        """Whether a background compilation has yet to be switched to."""
+        return self._upgrade is not None
 
     def set_capture(self, capture: Capture | None, mode: str) -> None:
         """Change how steps are captured (e.g. after a failed compilation); drops the captured steps."""
@@ -210,6 +237,28 @@ class AcceleratedStream:
         if frames.shape[0] != self.pipe.config.frame_buffer_size:
             return None, kind
         return frames, kind
+
+    def _eager(self) -> contextlib.AbstractContextManager[Any]:
+        """What an eager call of the modules holds: the lock, while a compilation runs beside the stream."""
+        return self.eager_lock if self._upgrade is not None else contextlib.nullcontext()
+
+    def _maybe_upgrade(self) -> None:
+        """Install a finished background compilation between two frames; its steps are captured again."""
+        if self._upgrade is None or not self._upgrade[0].done.is_set():
+            return
+        upgrade, capture, mode = self._upgrade
+        self._upgrade = None
+        if upgrade.error is not None:
+            logger.warning("compiling in the background failed (%s: %s); staying with %s",
+                           type(upgrade.error).__name__, str(upgrade.error).strip().split("\n")[0], self.mode)
+            return
+        self._settle()
+        if self.pipe.device.type == "cuda":
+            torch.cuda.synchronize(self.pipe.device)  # no replay of the steps about to be dropped is still running
+        upgrade.install()
+        self.set_capture(capture, mode)
+        self._progress(f"{mode}: compiled in the background in {upgrade.seconds:.1f} s; "
+                       "switching to the compiled step")
 
     def _lookup(self, key: StepKey) -> _Step | None:
         """The captured step for key; None when it must be built (or stays on the ordinary path)."""
@@ -266,21 +315,27 @@ class AcceleratedStream:
         flt = pipe.similarity_filter
         if frames is not None:
             step.buffers.load(frames)
-        if frames is None or flt is None:
-            proceed = pipe.begin_device_frame(kind)
-        else:
-            check = step.check = step.check or self._capture_check(step.buffers)
-            proceed = pipe.begin_device_frame(kind, cosine=check.measure(flt))
+        # A direct call runs the modules' code, and so does conditioning again during a prompt transition; a
+        # CUDA graph's replay does not.
+        runs_modules = isinstance(step.record, DirectCall) or pipe.prompt_changing
+        with self._eager() if runs_modules else contextlib.nullcontext():
+            if frames is None or flt is None:
+                proceed = pipe.begin_device_frame(kind)
+            else:
+                check = step.check = step.check or self._capture_check(step.buffers)
+                proceed = pipe.begin_device_frame(kind, cosine=check.measure(flt))
+                if proceed:
+                    check.remember(flt)
             if proceed:
-                check.remember(flt)
+                step.record.replay()
         if proceed:
-            step.record.replay()
             pipe.end_device_frame(carry, img2img=frames is not None)
         return proceed
 
     def _launch(self, image: Any) -> _Pending | None:
         """Replay a warm uint8 numpy frame's captured step and start its download; None where img2img must
         answer instead (nothing was done then)."""
+        self._maybe_upgrade()
         if (not isinstance(image, np.ndarray) or self._capture is None or not self.pipe.warm
                 or self.pipe.similarity_filter is not None):
             return None
@@ -331,6 +386,18 @@ class AcceleratedStream:
                 f"{cfg.frame_buffer_size} and {cfg.denoising_steps} step(s): lower one of them, use the TAESD "
                 "codec, or close other programs using the GPU"
             ) from None
+
+
+def _holding(lock: threading.Lock, method: Callable[..., Any]) -> Callable[..., Any]:
+    """method, called with lock held: while a compilation runs on another thread, PyTorch's tracers patch
+    torch.nn.Module.__call__ for the whole process, so no module may run elsewhere meanwhile."""
+
+    @functools.wraps(method)
+    def held(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            return method(*args, **kwargs)
+
+    return held
 
 
 def _known_kind(output_type: Any) -> bool:

@@ -1,0 +1,130 @@
+"""Compiling a running stream's modules on a thread of its own: stylized frames at once, the compiled speed later.
+
+torch.compile of the UNet takes ~30-50 s on a first start and ~9-10 s from its on-disk cache, while CUDA
+graphs over the eager kernels are captured in ~2 s (benchmarks/startup_probe.py). A live app can show
+frames from those graphs at once while a worker thread compiles each module on copies of the inputs its
+first call saw; between two frames the stream then installs the compiled code and captures its steps
+again (AcceleratedStream.upgrade_when_ready).
+
+The worker calls the modules itself, so nothing else may run them meanwhile: the conditioning cache's
+switch is shared, and while torch.compile traces, PyTorch's FX tracers patch torch.nn.Module.__call__ for
+the whole process, so a module called from another thread then fails. The stream holds `lock` around
+every call that runs module code (eager frames, prompt changes and transitions, other pipeline methods);
+replays of captured CUDA graphs run none and go on. Other code of the program must not call modules
+until the switch either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import compile as compiling
+from .conditioning import ConditioningCache
+
+logger = logging.getLogger("streamdiff.backends")
+
+
+@dataclass
+class RecordedCall:
+    """A module's first call: copies of its tensor arguments, and whether the UNet read the stored conditioning."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    conditioned: bool
+
+
+class CallRecorder:
+    """Records the first eager call of each module (not calls inside a CUDA graph capture) while active."""
+
+    def __init__(self, parts: dict[str, nn.Module]):
+        self.parts = parts
+        self.calls: dict[str, RecordedCall] = {}
+        self._hooks: list[Any] = []
+
+    def __enter__(self) -> CallRecorder:
+        for name, module in self.parts.items():
+            self._hooks.append(module.register_forward_pre_hook(self._hook(name, module), with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+
+    def _hook(self, name: str, module: nn.Module) -> Callable[..., None]:
+        def record(_: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if name in self.calls or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+                return
+            cache = module.__dict__.get("_streamdiff_conditioning")
+            self.calls[name] = RecordedCall(_copied(args), _copied(kwargs), cache is not None and cache.is_active)
+
+        return record
+
+
+def _copied(value: Any) -> Any:
+    """value with every tensor in it cloned (same strides), so the stream may change its own."""
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_copied(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _copied(v) for k, v in value.items()}
+    return value
+
+
+class BackgroundCompile:
+    """Compiles `parts` on a named daemon thread by calling each compiled forward once with its recorded call."""
+
+    def __init__(self, parts: dict[str, nn.Module], calls: dict[str, RecordedCall], preset: str,
+                 lock: threading.Lock):
+        missing = sorted(set(parts) - set(calls))
+        if missing:
+            raise ValueError(f"no recorded call for {', '.join(missing)}: run a frame while recording first")
+        compiling.check_preset(preset)
+        self.parts, self.calls, self.preset, self.lock = parts, calls, preset, lock
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.seconds = 0.0
+        self._thread = threading.Thread(target=self._run, name="streamdiff-compile", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the worker finished (or timeout); whether it did."""
+        return self.done.wait(timeout)
+
+    def install(self) -> None:
+        """Make the compiled forwards the modules' own (on the stream's thread, between frames)."""
+        compiling.compile_in_place(self.parts, self.preset)
+
+    def _run(self) -> None:
+        start = time.perf_counter()
+        try:
+            side = torch.cuda.Stream() if torch.cuda.is_available() else None
+            # Grad mode is per thread: the stream's frames run without autograd, and the guards see it.
+            with torch.no_grad(), torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+                for name, module in self.parts.items():
+                    self._compile_one(module, self.calls[name])
+                if side is not None:
+                    side.synchronize()
+        except BaseException as exc:  # noqa: BLE001 - reported to the stream, which keeps its uncompiled steps
+            self.error = exc
+        finally:
+            self.seconds = time.perf_counter() - start
+            self.done.set()
+
+    def _compile_one(self, module: nn.Module, call: RecordedCall) -> None:
+        forward = compiling.compiled_forward(module, self.preset)
+        conditioned = ConditioningCache.of(module).active() if call.conditioned else contextlib.nullcontext()
+        with self.lock, conditioned:
+            forward(*call.args, **call.kwargs)

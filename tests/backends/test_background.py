@@ -1,0 +1,91 @@
+"""Compiling on a thread of its own while the stream runs (background.py), on the CPU.
+
+Dynamo traces with its "eager" backend here: the same tracing, guards and switch-over as with Inductor,
+without minutes of C++ compilation on the test machine. The device test (test_cuda.py) runs Inductor.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from torch._dynamo.utils import counters
+
+from streamdiff.backends import compile as compiling
+from streamdiff.backends.accelerate import accelerate
+from streamdiff.backends.background import BackgroundCompile, CallRecorder
+
+from conftest import SIZE, random_frames
+
+
+@pytest.fixture
+def eager_dynamo(monkeypatch, tmp_path):
+    monkeypatch.setattr(compiling, "BACKEND", "eager")
+    monkeypatch.setattr(compiling, "compile_unsupported", lambda device: None)
+    monkeypatch.setenv(compiling.CACHE_ENV, str(tmp_path))
+
+
+def test_the_stream_switches_to_the_compiled_modules_once_they_are_ready(make_stream, eager_dynamo):
+    reference = make_stream(t_index_list=(20, 35))
+    pipe = make_stream(t_index_list=(20, 35))
+    unet = pipe.components.unet
+    stream, report = accelerate(pipe, "compile", background=True, fold_upsampling=False)  # bit-equal to eager
+    assert (report.mode, stream.mode, stream.upgrading) == ("none", "none", True)
+    assert not compiling.is_compiled(unet)
+    frames = random_frames(6, (SIZE, SIZE, 3))
+    for frame in frames[:2]:
+        np.testing.assert_array_equal(stream.img2img(frame, output_type="np"), reference.img2img(frame, output_type="np"))
+    assert stream._upgrade[0].wait(300)
+    compiled_graphs = counters["stats"]["unique_graphs"]
+    assert compiled_graphs >= 1
+    for frame in frames[2:]:
+        np.testing.assert_array_equal(stream.img2img(frame, output_type="np"), reference.img2img(frame, output_type="np"))
+    assert (stream.mode, stream.upgrading) == ("compile", False)
+    assert compiling.is_compiled(unet)
+    assert counters["stats"]["unique_graphs"] == compiled_graphs  # the worker's trace is reused, not redone
+
+
+def test_a_failed_background_compile_leaves_the_stream_as_it_was(make_stream, eager_dynamo, monkeypatch, caplog):
+    def broken(module, preset="default"):
+        def fail(*args, **kwargs):
+            raise RuntimeError("backend compiler failed\nC++ compile error: ...")
+        return fail
+
+    monkeypatch.setattr(compiling, "compiled_forward", broken)
+    reference = make_stream(t_index_list=(30,))
+    pipe = make_stream(t_index_list=(30,))
+    stream, _ = accelerate(pipe, "compile", background=True, fold_upsampling=False)
+    assert stream._upgrade[0].wait(60)
+    frame = random_frames(1, (SIZE, SIZE, 3))[0]
+    with caplog.at_level(logging.WARNING, logger="streamdiff.backends"):
+        out = stream.img2img(frame, output_type="np")
+    assert "compiling in the background failed (RuntimeError: backend compiler failed); staying with none" in caplog.text
+    np.testing.assert_array_equal(out, reference.img2img(frame, output_type="np"))
+    assert (stream.mode, stream.upgrading) == ("none", False)
+    assert not compiling.is_compiled(pipe.components.unet)
+
+
+def test_recording_keeps_copies_of_the_first_call_and_compiling_needs_one(make_stream):
+    import torch
+
+    module = torch.nn.Linear(3, 2)
+    x = torch.ones(4, 3)
+    with CallRecorder({"m": module}) as recorder:
+        module(x)
+        module(torch.zeros(1, 3))
+    x.fill_(5.0)
+    assert recorder.calls["m"].args[0].tolist() == [[1.0] * 3] * 4
+    assert not module._forward_pre_hooks
+    with pytest.raises(ValueError, match="no recorded call for m: run a frame while recording first"):
+        BackgroundCompile({"m": module}, {}, "default", lock=None)
+
+
+def test_the_camera_app_compiles_in_the_background_unless_told_not_to():
+    from streamdiff.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["camera"]).compile_in_background is True
+    assert parser.parse_args(["camera", "--no-compile-in-background"]).compile_in_background is False
+    assert not parser.parse_args(["video", "in.mp4", "out.mp4", "--prompt", "ink"]).compile_in_background
+    assert parser.parse_args(["video", "in.mp4", "out.mp4", "--prompt", "ink", "--compile-in-background"]).compile_in_background
