@@ -13,3 +13,9 @@ class ModelUnavailableError(UserError):
 
 class ModelPathNotFoundError(UserError, FileNotFoundError):
     """A model given as a local path (folder or checkpoint file) that does not exist."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one line for a log or a message: its type and its message's first line."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"

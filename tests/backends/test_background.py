@@ -10,13 +10,12 @@ import logging
 
 import numpy as np
 import pytest
+from conftest import SIZE, random_frames
 from torch._dynamo.utils import counters
 
 from streamdiff.backends import compile as compiling
 from streamdiff.backends.accelerate import accelerate
 from streamdiff.backends.background import BackgroundCompile, CallRecorder
-
-from conftest import SIZE, random_frames
 
 
 @pytest.fixture
@@ -36,7 +35,7 @@ def test_the_stream_switches_to_the_compiled_modules_once_they_are_ready(make_st
     frames = random_frames(6, (SIZE, SIZE, 3))
     for frame in frames[:2]:
         np.testing.assert_array_equal(stream.img2img(frame, output_type="np"), reference.img2img(frame, output_type="np"))
-    assert stream._upgrade[0].wait(300)
+    assert stream.upgrade.wait(300)
     compiled_graphs = counters["stats"]["unique_graphs"]
     assert compiled_graphs >= 1
     for frame in frames[2:]:
@@ -56,7 +55,7 @@ def test_a_failed_background_compile_leaves_the_stream_as_it_was(make_stream, ea
     reference = make_stream(t_index_list=(30,))
     pipe = make_stream(t_index_list=(30,))
     stream, _ = accelerate(pipe, "compile", background=True, fold_upsampling=False)
-    assert stream._upgrade[0].wait(60)
+    assert stream.upgrade.wait(60)
     frame = random_frames(1, (SIZE, SIZE, 3))[0]
     with caplog.at_level(logging.WARNING, logger="streamdiff.backends"):
         out = stream.img2img(frame, output_type="np")

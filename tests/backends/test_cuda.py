@@ -90,7 +90,7 @@ def test_compiling_in_the_background_serves_graph_replays_until_the_switch(_tiny
         returned.append(fast.img2img(frames[k % len(frames)]))
         during += fast.upgrading
         assert len(returned) < 100_000
-    assert fast._upgrade is None and fast.mode == "max" and during >= 1  # replays went on meanwhile
+    assert fast.upgrade is None and fast.mode == "max" and during >= 1  # replays went on meanwhile
     compiled = counters["stats"]["unique_graphs"] - before
     eager = _stream(_tiny_cache["taesd"], "float16", cache_conditioning=False, t_index_list=(30,))
     for k, picture in enumerate(returned):  # the eager engine runs modules: only now that the compile is done

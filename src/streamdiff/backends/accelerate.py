@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..stream import StreamPipeline
 from . import codec_fusion, upsample_fold
 from . import compile as compiling
@@ -129,7 +129,8 @@ def accelerate(pipe: StreamPipeline, mode: str | AccelMode = "auto", *, fallback
     requested = AccelMode.parse(mode)
     chosen = resolve_mode(requested, pipe.device, fallback=fallback)
     start = time.perf_counter()
-    later = background and build and chosen.compiles and _prepared(pipe)
+    buildable = build and chosen is not AccelMode.NONE and _prepared(pipe)
+    later = buildable and background and chosen.compiles
     folder = _prepare_modules(pipe, chosen, cache_dir, compile_preset, say, fuse_codec=fuse_codec,
                               fold_upsampling=fold_upsampling, compile_now=not later)
     capture = None
@@ -142,7 +143,7 @@ def accelerate(pipe: StreamPipeline, mode: str | AccelMode = "auto", *, fallback
     if later:
         built = _build_then_compile(stream, chosen, compile_preset, input_size, say)
         chosen = first
-    elif build and chosen is not AccelMode.NONE and _prepared(pipe):
+    elif buildable:
         built = _build(stream, chosen, requested, fallback, input_size, say)
         chosen = AccelMode.parse(stream.mode)
     report = AccelReport(requested.value, chosen.value, compile_preset if chosen.compiles else None,
@@ -207,8 +208,8 @@ def _build(stream: AcceleratedStream, chosen: AccelMode, requested: AccelMode, f
         raise
     except Exception as exc:  # compilers fail in many ways; the message matters, not the type
         if not chosen.compiles or not (fallback or requested is AccelMode.AUTO):
-            raise AccelerationUnavailable(f"--accel {chosen.value} failed to build: {_first_line(exc)}") from exc
-        logger.warning("compilation failed (%s); continuing without it", _first_line(exc))
+            raise AccelerationUnavailable(f"--accel {chosen.value} failed to build: {first_line(exc)}") from exc
+        logger.warning("compilation failed (%s); continuing without it", first_line(exc))
         compiling.uncompile(compiling.compiled_parts(pipe.components.unet, pipe.components.vae))
         if chosen.graphs:
             stream.set_capture(CudaGraphCapture(), AccelMode.GRAPHS.value)
@@ -235,11 +236,6 @@ def _build_then_compile(stream: AcceleratedStream, target: AccelMode, preset: st
     upgrade.start()
     say(f"{stream.mode}: ready in {seconds:.1f} s; compiling in the background, then switching to {target.value}")
     return seconds
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 # ----- command-line options, for every command that builds a stream ---------------------------------

@@ -64,8 +64,7 @@ class CallRecorder:
         def record(_: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             if name in self.calls or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
                 return
-            cache = module.__dict__.get("_streamdiff_conditioning")
-            self.calls[name] = RecordedCall(_copied(args), _copied(kwargs), cache is not None and cache.is_active)
+            self.calls[name] = RecordedCall(_copied(args), _copied(kwargs), ConditioningCache.reading(module))
 
         return record
 

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+_KEY = "_streamdiff_conditioning"  # where a UNet keeps its cache (ConditioningCache.of)
+
 # Processors known to project the keys and values of cross-attention from encoder_hidden_states, unchanged.
 _PLAIN_PROCESSORS = ("AttnProcessor", "AttnProcessor2_0", "FusedAttnProcessor2_0")
 
@@ -73,9 +75,9 @@ class ConditioningCache:
     @classmethod
     def of(cls, unet: nn.Module) -> ConditioningCache:
         """The cache of `unet`, made at the first call."""
-        cache = unet.__dict__.get("_streamdiff_conditioning")
+        cache = unet.__dict__.get(_KEY)
         if cache is None:
-            cache = unet.__dict__["_streamdiff_conditioning"] = cls(unet)
+            cache = unet.__dict__[_KEY] = cls(unet)
         return cache
 
     @torch.no_grad()
@@ -92,10 +94,11 @@ class ConditioningCache:
                 getattr(attention, name).store(states)
         self.owner = owner
 
-    @property
-    def is_active(self) -> bool:
-        """Whether UNet calls read the stored projections now (inside `active()`)."""
-        return self._switch.on
+    @staticmethod
+    def reading(unet: nn.Module) -> bool:
+        """Whether calls of `unet` read stored projections now: it has a cache, and they run inside `active()`."""
+        cache = unet.__dict__.get(_KEY)
+        return cache is not None and cache._switch.on
 
     @contextmanager
     def active(self) -> Iterator[None]:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .. import images
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..stream import DeviceCarry, StreamPipeline
 from .background import BackgroundCompile
 from .graphs import Capture, DirectCall, FrameBuffers, Replayable
@@ -202,6 +202,11 @@ class AcceleratedStream:
         self._upgrade = (upgrade, capture, mode)
 
     @property
+    def upgrade(self) -> BackgroundCompile | None:
+        """The background compilation the stream will switch to, or None (none started, or switched)."""
+        return self._upgrade[0] if self._upgrade is not None else None
+
+    @property
     def upgrading(self) -> bool:
         """Whether a background compilation has yet to be switched to."""
         return self._upgrade is not None
@@ -249,8 +254,8 @@ class AcceleratedStream:
         upgrade, capture, mode = self._upgrade
         self._upgrade = None
         if upgrade.error is not None:
-            logger.warning("compiling in the background failed (%s: %s); staying with %s",
-                           type(upgrade.error).__name__, str(upgrade.error).strip().split("\n")[0], self.mode)
+            logger.warning("compiling in the background failed (%s); staying with %s", first_line(upgrade.error),
+                           self.mode)
             return
         self._settle()
         if self.pipe.device.type == "cuda":
