@@ -12,8 +12,11 @@ then the interval of 50 frames once ready. Runs: `cold` (an empty compile cache)
 cold run left), `graphs` (no compilation: CUDA graphs over the eager kernels, the quickest start), and
 `background-cold` / `background-warm` (accelerate(..., background=True), as the camera app starts: CUDA
 graphs at once while a thread compiles; frames are timed one by one until 50 frames after the switch).
+Background runs ask for frames back to back, or with `--fps N` at most N a second, as a camera delivers
+them (the compile thread then has the interpreter and the GPU between frames).
 
     python benchmarks/startup_probe.py --out DIR --cache DIR --models sd-turbo,sdxs-512 --runs cold,warm,warm,graphs
+    python benchmarks/startup_probe.py --out DIR --cache DIR --models sdxs-512 --runs background-cold,background-warm --fps 30
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 
 
-def child(model: str, mode: str, cache: Path, device: str) -> dict[str, Any]:
+def child(model: str, mode: str, cache: Path, device: str, fps: float = 0.0) -> dict[str, Any]:
     """One start-up in this process, split into its phases (seconds), and the ready stream's frame interval."""
     start = time.perf_counter()
     import numpy as np
@@ -55,7 +58,7 @@ def child(model: str, mode: str, cache: Path, device: str) -> dict[str, Any]:
     frame = np.random.default_rng(0).integers(0, 256, (1, config.height, config.width, 3), np.uint8)
     if mode == "background":
         return {"model": model, "import_s": imported - start, "load_s": ready_model - imported,
-                **_background(pipe, cache, frame, "max" if device == "cuda" else "compile")}
+                **_background(pipe, cache, frame, "max" if device == "cuda" else "compile", fps)}
     stream, report = accelerate(pipe, mode, cache_dir=cache, build=False, progress=lambda _: None)
     prepared = time.perf_counter()
     stream.img2img(frame, output_type="np")
@@ -79,12 +82,15 @@ def child(model: str, mode: str, cache: Path, device: str) -> dict[str, Any]:
     }
 
 
-def _background(pipe: Any, cache: Path, frame: Any, mode: str, after: int = 50, limit_s: float = 400.0) -> dict[str, Any]:
+def _background(pipe: Any, cache: Path, frame: Any, mode: str, fps: float = 0.0, after: int = 50,
+                limit_s: float = 400.0) -> dict[str, Any]:
     """Start as the camera app does, then time every frame: those served while the compile thread works,
-    the frame that switches to the compiled step, and `after` frames past it."""
+    the frame that switches to the compiled step, and `after` frames past it. fps > 0: frames are asked for
+    at most that often, as from a camera."""
     import numpy as np
     from torch._dynamo.utils import counters
 
+    from streamdiff.backends import background
     from streamdiff.backends.accelerate import accelerate
 
     start = time.perf_counter()
@@ -93,7 +99,11 @@ def _background(pipe: Any, cache: Path, frame: Any, mode: str, after: int = 50, 
     upgrade = stream.upgrade
     before: list[float] = []
     switch_s = switched_at = None
+    due = ready
     while stream.upgrading and time.perf_counter() - ready < limit_s:
+        if fps > 0:
+            time.sleep(max(0.0, due - time.perf_counter()))
+            due = max(due + 1.0 / fps, time.perf_counter())
         t = time.perf_counter()
         stream.img2img(frame, output_type="np")
         took = time.perf_counter() - t
@@ -107,7 +117,8 @@ def _background(pipe: Any, cache: Path, frame: Any, mode: str, after: int = 50, 
         stream.img2img(frame, output_type="np")
         after_ms.append(1000 * (time.perf_counter() - t))
     return {
-        "mode": f"{report.mode} -> {stream.mode}", "ready_s": ready - start, "compile_thread_s": upgrade.seconds,
+        "mode": f"{report.mode} -> {stream.mode}", "fps": fps or None, "switch_interval_s": background.SWITCH_INTERVAL,
+        "ready_s": ready - start, "compile_thread_s": upgrade.seconds,
         "switched_after_s": switched_at, "switch_frame_s": switch_s, "frames_while_compiling": len(before),
         "ms_while_compiling": 1000 * float(np.median(before)) if before else None,
         "frame_ms": float(np.median(after_ms)), "captured": stream.captured,
@@ -117,8 +128,9 @@ def _background(pipe: Any, cache: Path, frame: Any, mode: str, after: int = 50, 
     }
 
 
-def _child_run(model: str, mode: str, cache: Path, device: str) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--child", model, mode, "--cache", str(cache), "--device", device]
+def _child_run(model: str, mode: str, cache: Path, device: str, fps: float, switch: float | None) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--child", model, mode, "--cache", str(cache), "--device", device,
+               "--fps", str(fps), *([] if switch is None else ["--switch-interval", str(switch)])]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=False)  # a failed run is a row
     wall = time.perf_counter() - started
@@ -135,10 +147,17 @@ def main() -> None:
     parser.add_argument("--models", default="sd-turbo")
     parser.add_argument("--runs", default="cold,warm,warm,graphs")
     parser.add_argument("--device", default="cuda", help="cuda; cpu to check the script (graphs runs then fail)")
+    parser.add_argument("--fps", type=float, default=0.0, help="background runs: frames a second (0: back to back)")
+    parser.add_argument("--switch-interval", type=float, default=None,
+                        help="background runs: the interpreter switch interval the compile thread sets (seconds)")
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.switch_interval is not None:
+        from streamdiff.backends import background
+
+        background.SWITCH_INTERVAL = args.switch_interval
     if args.child:
-        print(json.dumps(child(args.child[0], args.child[1], args.cache, args.device)), flush=True)
+        print(json.dumps(child(args.child[0], args.child[1], args.cache, args.device, args.fps)), flush=True)
         return
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -149,7 +168,7 @@ def main() -> None:
                 subprocess.run(["rm", "-rf", str(cache)], check=True)
             mode = ("graphs" if run == "graphs" else "background" if run.startswith("background")
                     else "max" if args.device == "cuda" else "compile")
-            row = {"run": run, **_child_run(model, mode, cache, args.device)}
+            row = {"run": run, **_child_run(model, mode, cache, args.device, args.fps, args.switch_interval)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     env = {"cpu_count": os.cpu_count()}

@@ -39,9 +39,7 @@ class StreamBatch:
         self.steps = len(coeffs.timesteps) // frames
         self.use_denoising_batch = use_denoising_batch
         self.do_add_noise = do_add_noise
-        ones = torch.ones_like(coeffs.alpha_sqrt[:frames])
-        self.alpha_next = torch.cat([coeffs.alpha_sqrt[frames:], ones])  # (B, 1, 1, 1)
-        self.beta_next = torch.cat([coeffs.beta_sqrt[frames:], ones])
+        self.alpha_next, self.beta_next = self._next_levels(coeffs)  # (B, 1, 1, 1) each
         self.in_flight = torch.zeros_like(noise[frames:])  # ((n-1) F, 4, h, w)
         self.stock = torch.zeros_like(noise)  # residual noise per slot
         self.filled = False
@@ -57,6 +55,24 @@ class StreamBatch:
         self.in_flight.zero_()
         self.stock.zero_()
         self.filled = False
+
+    def _next_levels(self, coeffs: SlotCoefficients) -> tuple[Tensor, Tensor]:
+        """Each slot's next noise level (alpha, beta), 1 after the last step."""
+        ones = torch.ones_like(coeffs.alpha_sqrt[: self.frames])
+        return torch.cat([coeffs.alpha_sqrt[self.frames :], ones]), torch.cat([coeffs.beta_sqrt[self.frames :], ones])
+
+    def set_coefficients(self, coeffs: SlotCoefficients) -> None:
+        """Move the stream to other timesteps with the same slots, in place (a captured step reads these tensors).
+
+        Latents in flight and residual noise were computed for the old timesteps: where there are any, the
+        stream fills again from its next frame, as a new stream would.
+        """
+        self.coeffs.copy_(coeffs)
+        alpha_next, beta_next = self._next_levels(coeffs)
+        self.alpha_next.copy_(alpha_next)
+        self.beta_next.copy_(beta_next)
+        if self.steps > 1 or self.guidance.tracks_residual:
+            self.reset()
 
     @property
     def ready(self) -> bool:

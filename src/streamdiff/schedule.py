@@ -64,6 +64,14 @@ class SlotCoefficients:
         sl = slice(step * frames, (step + 1) * frames)
         return SlotCoefficients(*(getattr(self, n)[sl] for n in _FIELDS))
 
+    def copy_(self, other: SlotCoefficients) -> None:
+        """Take other's values in place (same slots): what a captured step reads changes with them."""
+        for name in _FIELDS:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine.shape != theirs.shape:
+                raise ValueError(f"{name}: expected shape {tuple(mine.shape)}; got {tuple(theirs.shape)}")
+            mine.copy_(theirs)
+
     def to(self, device: torch.device, dtype: torch.dtype) -> SlotCoefficients:
         values = [self.timesteps.to(device)]
         values += [getattr(self, n).to(device=device, dtype=dtype) for n in _FIELDS[1:]]

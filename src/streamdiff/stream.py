@@ -19,7 +19,7 @@ from . import images, temporal
 from .backends.protocols import Denoiser, LatentCodec
 from .backends.torch import TorchCodec, TorchDenoiser
 from .batch import StreamBatch
-from .config import StreamConfig
+from .config import StreamConfig, strength_to_t_index
 from .devices import cpu_generator, resolve_device, resolve_dtype
 from .guidance import make_guidance
 from .prompts import PromptEncoder, PromptLike, Transition, normalized_weights
@@ -220,6 +220,42 @@ class StreamPipeline:
     def set_seed(self, seed: SeedLike) -> None:
         """Redraw the fixed noise from a seed or a weighted blend of seeds [(seed, weight), ...]."""
         self._require_prepared().set_noise(self._draw_noise(seed))
+
+    @property
+    def strength(self) -> float:
+        """How much of each frame the stream redraws, from the first schedule index: 1.0 starts from pure noise."""
+        cfg = self.config
+        assert cfg.t_index_list is not None
+        return 1.0 - cfg.t_index_list[0] / cfg.num_inference_steps
+
+    def set_strength(self, strength: float) -> None:
+        """Redraw more (toward 1.0) or less of each frame from the next one on, with the same number of steps."""
+        cfg = self.config
+        self.set_t_index_list(strength_to_t_index(strength, cfg.denoising_steps, cfg.num_inference_steps))
+
+    @torch.no_grad()
+    def set_t_index_list(self, t_index_list: Sequence[int]) -> None:
+        """Move the stream to other schedule indices, as many as it has steps, from the next frame on.
+
+        The buffers stay (captured steps stay valid); frames in flight with several steps, and the residual
+        noise of self/initialize guidance, start again from the next frame. Another number of steps changes
+        the stream's shape: build a new stream for that.
+        """
+        batch = self._require_prepared()
+        cfg = self.config
+        indices = tuple(int(i) for i in t_index_list)
+        if len(indices) != cfg.denoising_steps:
+            raise ValueError(f"a running stream keeps its {cfg.denoising_steps} step(s): expected "
+                             f"{cfg.denoising_steps} schedule indices; got {list(indices)}")
+        changed = cfg.with_changes(t_index_list=indices)  # checks the indices before anything changes
+        if indices == cfg.t_index_list:
+            return
+        assert changed.t_index_list is not None
+        coeffs = build_coefficients(self.components.scheduler_config, changed.num_inference_steps,
+                                    changed.t_index_list, changed.frame_buffer_size, self.lcm_boundary)
+        batch.set_coefficients(coeffs.to(self.device, self.dtype))
+        self.config = changed
+        self._recondition()
 
     def set_temporal(self, *, feedback: float | None = None, ema: float | None = None) -> None:
         changes = {k: v for k, v in (("feedback", feedback), ("ema", ema)) if v is not None}

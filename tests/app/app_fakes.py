@@ -26,6 +26,7 @@ class FakeEngine:
         self.config = SimpleNamespace(width=width, height=height, latency_frames=latency_frames, seed=seed, fit=fit,
                                       frame_buffer_size=frame_buffer_size)
         self.device = torch.device("cpu")
+        self.strength = 1.0
         self.delay, self.fail_after = delay, fail_after
         self.inputs: list[int] = []  # the marker (first pixel value) of every input
         self.calls: list[tuple[str, str, tuple]] = []  # (method, thread name, arguments)
@@ -67,6 +68,9 @@ class FakeEngine:
 
     def set_seed(self, seed):
         self._record("set_seed", seed)
+
+    def set_strength(self, strength):
+        self._record("set_strength", strength)
 
     def set_similarity_filter(self, threshold, max_skip=10):
         self._record("set_similarity_filter", threshold, max_skip)

@@ -33,6 +33,15 @@ def test_blend_ema_and_feedback_keys_step_and_stay_in_range():
     assert press("f" * 30).feedback == 0.9 and press("ffv").feedback == pytest.approx(0.05)
 
 
+def test_strength_keys_step_within_their_range():
+    assert press("[").strength == pytest.approx(0.95) and press("]").strength == 1.0
+    assert press("[[[]").strength == pytest.approx(0.9)
+    assert press("[" * 30).strength == 0.1
+    assert press("]", Controls(strength=0.5)).strength == pytest.approx(0.55)
+    assert press("[", Controls(strength=0.04)).strength == 0.04  # below the keys' range: never raised by "less"
+    assert press("]", Controls(strength=0.04)).strength == pytest.approx(0.09)
+
+
 def test_new_seed_is_reproducible_and_different():
     once, again = press("r"), press("r")
     assert once.seed == again.seed != Controls().seed
@@ -51,7 +60,7 @@ def test_toggles_and_commands():
 
 def test_help_names_every_key_the_issue_asks_for():
     text = "\n".join(help_lines())
-    for key in ("q", "s", "n / p", "+ / -", "e / d", "f / v", "r:", "space", "h:"):
+    for key in ("q", "s", "n / p", "+ / -", "e / d", "f / v", "] / [", "r:", "space", "h:"):
         assert key in text
     assert all(b.keys for b in BINDINGS)
 
@@ -61,6 +70,8 @@ def test_controls_refuse_out_of_range_values():
         Controls(blend=1.5)
     with pytest.raises(ValueError, match="ema and feedback"):
         Controls(ema=1.0)
+    with pytest.raises(ValueError, match="strength"):
+        Controls(strength=0.0)
 
 
 def test_gallery_has_at_least_ten_distinct_styles():

@@ -162,7 +162,7 @@ def _watch_notices(runtime: Runtime, notices: list[str]) -> None:
 
 def test_keys_change_controls_and_only_the_inference_thread_touches_the_engine():
     engine = FakeEngine()
-    keys = {2: "n", 4: "+", 6: "e", 8: "f", 10: "r", 12: "p", 14: "p", 30: "q"}
+    keys = {2: "n", 4: "+", 6: "e", 8: "f", 10: "r", 12: "p", 14: "p", 16: "[", 30: "q"}
     runtime = Runtime(engine, CountingSource(), [RecordingSink(keys=keys)], options(display_fps=60.0))
     runtime.run(duration=10)
     c = runtime.controls
@@ -173,6 +173,7 @@ def test_keys_change_controls_and_only_the_inference_thread_touches_the_engine()
     assert prompts == [("second style", 5), ("first style", 5), ("third style", 5)]
     assert ("set_temporal", "streamdiff-inference", (0.05, 0.05)) in engine.calls
     assert ("set_seed", "streamdiff-inference", (c.seed,)) in engine.calls
+    assert [args for method, _, args in engine.calls if method == "set_strength"] == [(0.95,)]
 
 
 def test_pause_stops_inference_and_freezes_the_picture():
@@ -214,10 +215,13 @@ def test_save_key_writes_the_output_picture_as_png(tmp_path):
 
 
 def test_runtime_with_the_tiny_model(tiny_engine):
-    sink = RecordingSink()
+    sink = RecordingSink(keys={3: "]", 4: "]"})
     runtime = Runtime(tiny_engine, CountingSource(period=0.01), [sink], options(display_fps=30))
+    assert runtime.controls.strength == pytest.approx(0.6)  # the engine's, not a default
     summary = runtime.run(duration=2.0)
     assert summary.inferred >= 3 and summary.unjoined == ()
+    assert runtime.controls.strength == pytest.approx(0.7)
+    assert tiny_engine.config.t_index_list == (15, 32) and tiny_engine.strength == pytest.approx(0.7)
     assert runtime.shared.ai.peek()[1].image.shape == (64, 64, 3)
     timings = summary.timings
     assert timings.frames == summary.inferred and timings.engine > 0

@@ -7,6 +7,7 @@ without minutes of C++ compilation on the test machine. The device test (test_cu
 from __future__ import annotations
 
 import logging
+import sys
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from torch._dynamo.utils import counters
 
 from streamdiff.backends import compile as compiling
 from streamdiff.backends.accelerate import accelerate
-from streamdiff.backends.background import BackgroundCompile, CallRecorder
+from streamdiff.backends.background import SWITCH_INTERVAL, BackgroundCompile, CallRecorder
 
 
 @pytest.fixture
@@ -54,8 +55,10 @@ def test_a_failed_background_compile_leaves_the_stream_as_it_was(make_stream, ea
     monkeypatch.setattr(compiling, "compiled_forward", broken)
     reference = make_stream(t_index_list=(30,))
     pipe = make_stream(t_index_list=(30,))
+    interval = sys.getswitchinterval()
     stream, _ = accelerate(pipe, "compile", background=True, fold_upsampling=False)
     assert stream.upgrade.wait(60)
+    assert sys.getswitchinterval() == interval  # restored after a failure too
     frame = random_frames(1, (SIZE, SIZE, 3))[0]
     with caplog.at_level(logging.WARNING, logger="streamdiff.backends"):
         out = stream.img2img(frame, output_type="np")
@@ -63,6 +66,23 @@ def test_a_failed_background_compile_leaves_the_stream_as_it_was(make_stream, ea
     np.testing.assert_array_equal(out, reference.img2img(frame, output_type="np"))
     assert (stream.mode, stream.upgrading) == ("none", False)
     assert not compiling.is_compiled(pipe.components.unet)
+
+
+def test_the_worker_shortens_the_interpreters_switch_interval_while_it_runs(make_stream, eager_dynamo,
+                                                                           monkeypatch):
+    seen = []
+    real = compiling.compiled_forward
+
+    def watched(module, preset="default"):
+        seen.append(sys.getswitchinterval())
+        return real(module, preset)
+
+    monkeypatch.setattr(compiling, "compiled_forward", watched)
+    interval = sys.getswitchinterval()
+    stream, _ = accelerate(make_stream(t_index_list=(30,)), "compile", background=True)
+    assert stream.upgrade.wait(300) and stream.upgrade.error is None
+    assert seen and all(value == pytest.approx(SWITCH_INTERVAL) for value in seen) and SWITCH_INTERVAL < interval
+    assert sys.getswitchinterval() == interval
 
 
 def test_recording_keeps_copies_of_the_first_call_and_compiling_needs_one(make_stream):

@@ -49,6 +49,23 @@ def test_graph_replays_match_the_eager_engine(_tiny_cache, dtype, tolerance, set
         np.testing.assert_array_equal(picture, value, err_msg=f"frame {k} changed after later frames")
 
 
+@pytest.mark.parametrize("settings", [{"t_index_list": (0,)},
+                                      {"t_index_list": (10, 30), "cfg_type": "self", "guidance_scale": 1.4,
+                                       "feedback": 0.2}], ids=["1-step", "2-step-rcfg"])
+def test_strength_changes_reach_the_compiled_graph_replays(_tiny_cache, settings, tmp_path):
+    # The schedule's tensors and the stored time projections change in place: no capture or compile again.
+    eager = _stream(_tiny_cache["taesd"], "float16", cache_conditioning=False, **settings)
+    fast, report = accelerate(_stream(_tiny_cache["taesd"], "float16", **settings), "max", cache_dir=tmp_path)
+    assert report.mode == "max" and len(fast.captured) == 1
+    for k, frame in enumerate(random_frames(9, (64, 64, 3), seed=4)):
+        if k in (3, 6):
+            for stream in (eager, fast):
+                stream.set_strength(0.55 if k == 3 else 0.3)
+        difference = np.abs(fast.img2img(frame).astype(int) - eager.img2img(frame).astype(int))
+        assert difference.max() <= 3, f"frame {k}: {difference.max()} levels"
+    assert len(fast.captured) == 1 and fast.strength == eager.strength == pytest.approx(0.3)
+
+
 def test_running_out_of_memory_is_a_clear_error(_tiny_cache):
     fast, _ = accelerate(_stream(_tiny_cache["taesd"], "float16", t_index_list=(30,)), "graphs")
     fast.img2img(random_frames(1, (64, 64, 3))[0])
@@ -77,6 +94,7 @@ def test_pipelined_replays_match_the_eager_engine(_tiny_cache):
 def test_compiling_in_the_background_serves_graph_replays_until_the_switch(_tiny_cache, tmp_path):
     from torch._dynamo.utils import counters
 
+    torch._dynamo.reset()  # code compiled by earlier tests for the same shapes would serve the thread
     before = counters["stats"]["unique_graphs"]
     fast, report = accelerate(_stream(_tiny_cache["taesd"], "float16", t_index_list=(30,)), "max",
                               background=True, cache_dir=tmp_path)

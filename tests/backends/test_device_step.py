@@ -61,6 +61,24 @@ def test_live_controls_between_replays_take_effect(make_stream):
         np.testing.assert_array_equal(fast.img2img(frame), eager.img2img(frame), err_msg=f"frame {k}")
 
 
+@pytest.mark.parametrize("settings", [{"t_index_list": (0,)},
+                                      {"t_index_list": (10, 30), "cfg_type": "self", "guidance_scale": 1.4,
+                                       "feedback": 0.3}], ids=["1-step", "2-step-self"])
+def test_strength_changes_between_replays_keep_the_captured_step(make_stream, settings):
+    """The schedule's tensors change in place: the step captured before reads the new strength."""
+    eager, fast = _pair(make_stream, **settings)
+    for k, frame in enumerate(random_frames(9, (64, 64, 3), seed=2)):
+        if k == 3:
+            for stream in (eager, fast):
+                stream.set_strength(0.55)
+        if k == 6:
+            for stream in (eager, fast):
+                stream.set_t_index_list(eager.config.t_index_list[:-1] + (47,))
+        np.testing.assert_array_equal(fast.img2img(frame), eager.img2img(frame), err_msg=f"frame {k}")
+    assert fast.captured == ["img2img of 1 x 64x64 uint8 frames"]
+    assert fast.config.t_index_list == eager.config.t_index_list != settings["t_index_list"]
+
+
 def test_float_tensor_and_pil_inputs_keep_their_kinds(make_stream):
     from PIL import Image
 

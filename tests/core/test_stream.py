@@ -1,4 +1,5 @@
-"""Engine behaviour on tiny random components: stream batch, guidance modes, prompts, seeds, outputs."""
+"""Engine behaviour on tiny random components: stream batch, guidance modes, prompts, seeds, live strength,
+outputs."""
 
 from __future__ import annotations
 
@@ -238,3 +239,71 @@ def test_non_square_sizes(tiny_pipe_factory):
     stream = StreamPipeline.from_diffusers(tiny_pipe_factory(), width=96, height=64, device="cpu", t_index_list=(30,))
     stream.prepare("x")
     assert stream.img2img(np.zeros((64, 96, 3), np.uint8)).shape == (64, 96, 3)
+
+
+@pytest.mark.parametrize("cfg", ["none", "full", "self", "initialize"])
+@pytest.mark.parametrize("old,new", [((10,), (30,)), ((10, 30), (20, 45))], ids=["1-step", "2-step"])
+def test_a_new_schedule_continues_as_a_new_stream_would(tiny_pipe_factory, cfg, old, new):
+    """After set_t_index_list the stream's outputs are those of a stream built with the new indices and fed
+    the same frames from there on (no feedback or EMA, which carry pictures across the change on purpose)."""
+    inputs = frames(7)
+    settings = {"cfg_type": cfg, "guidance_scale": 1.5}
+    live = make(tiny_pipe_factory(), t_index_list=old, **settings)
+    kept = make(tiny_pipe_factory(), t_index_list=old, **settings)
+    for frame in inputs[:3]:
+        torch.testing.assert_close(live.img2img(frame), kept.img2img(frame), rtol=0, atol=0)
+    live.set_t_index_list(new)
+    assert live.config.t_index_list == new
+    fresh = make(tiny_pipe_factory(), t_index_list=new, **settings)
+    for k, frame in enumerate(inputs[3:]):
+        out = live.img2img(frame)
+        torch.testing.assert_close(out, fresh.img2img(frame), rtol=0, atol=0, msg=f"frame {k + 3}")
+        assert not torch.equal(out, kept.img2img(frame)), f"frame {k + 3} ignored the new schedule"
+
+
+def test_strength_maps_to_the_first_index_and_keeps_the_steps(tiny_pipe_factory):
+    stream = make(tiny_pipe_factory(), t_index_list=(0,))
+    assert stream.strength == 1.0
+    stream.set_strength(0.5)
+    assert stream.config.t_index_list == (25,) and stream.strength == 0.5
+    two = make(tiny_pipe_factory(), strength=0.8, steps=2)
+    two.set_strength(0.4)
+    assert two.config.t_index_list == (30, 40) and two.strength == pytest.approx(0.4)
+    fresh = make(tiny_pipe_factory(), strength=0.4, steps=2)
+    picture = frames(1)[0]
+    torch.testing.assert_close(two.img2img(picture), fresh.img2img(picture), rtol=0, atol=0)
+
+
+def test_txt2img_follows_the_new_schedule(tiny_pipe_factory):
+    live = make(tiny_pipe_factory(), t_index_list=(0,))
+    live.txt2img("pt")
+    live.set_strength(0.6)
+    fresh = make(tiny_pipe_factory(), t_index_list=(20,))
+    torch.testing.assert_close(live.txt2img("pt"), fresh.txt2img("pt"), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda s: s.set_t_index_list((10, 30)), "keeps its 1 step"),
+    (lambda s: s.set_t_index_list((60,)), r"t_index_list entries must be in \[0, 49\]"),
+    (lambda s: s.set_strength(0.0), r"strength must be in \(0, 1\]"),
+    (lambda s: s.set_strength(1.5), r"strength must be in \(0, 1\]"),
+])
+def test_a_schedule_that_does_not_fit_is_refused_and_changes_nothing(tiny_pipe_factory, change, message):
+    inputs = frames(4)
+    stream = make(tiny_pipe_factory(), t_index_list=(10,), cfg_type="self", guidance_scale=1.5)
+    untouched = make(tiny_pipe_factory(), t_index_list=(10,), cfg_type="self", guidance_scale=1.5)
+    for frame in inputs[:2]:
+        stream.img2img(frame)
+        untouched.img2img(frame)
+    with pytest.raises(ValueError, match=message):
+        change(stream)
+    assert stream.config == untouched.config
+    for frame in inputs[2:]:
+        torch.testing.assert_close(stream.img2img(frame), untouched.img2img(frame), rtol=0, atol=0)
+
+
+def test_several_steps_that_do_not_fit_a_low_strength_are_refused(tiny_pipe_factory):
+    stream = make(tiny_pipe_factory(), t_index_list=(10, 20, 30, 40))
+    with pytest.raises(ValueError, match="steps=4 does not fit strength=0.05"):
+        stream.set_strength(0.05)
+    assert stream.config.t_index_list == (10, 20, 30, 40)

@@ -92,11 +92,11 @@ def _runtime(args: argparse.Namespace, source: Any, reopen: Callable[[], Any], s
     from streamdiff.app.runtime import Runtime, RuntimeOptions
     from streamdiff.cli_options import engine_from_args
 
-    controls = Controls(blend=args.blend, ema=args.ema, feedback=args.feedback, seed=args.seed,
-                        mirror=args.mirror, layout="output" if args.fullscreen else "side")
     prompts = resolve_prompts(args.prompt, args.prompts)
     args.prompt = prompts[0]
     pipe = engine_from_args(args)
+    controls = Controls(blend=args.blend, ema=args.ema, feedback=args.feedback, seed=args.seed,
+                        strength=pipe.strength, mirror=args.mirror, layout="output" if args.fullscreen else "side")
     if pipe.device.type == "cpu":
         set_cpu_threads(args.cpu_threads)
     if args.similarity_filter is not None:

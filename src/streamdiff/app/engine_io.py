@@ -3,6 +3,7 @@ remember when the frame now leaving the stream batch was captured (for the laten
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -13,6 +14,8 @@ import numpy as np
 
 from streamdiff.app.frames import Frame, from_engine, to_engine
 from streamdiff.app.keys import Controls
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ class EngineRunner:
         self._in_flight: deque[Frame] = deque(maxlen=config.latency_frames + 1)
 
     def apply(self, controls: Controls) -> None:
-        """Hand changed controls to the engine: prompt (with a smooth transition), temporal, seed."""
+        """Hand changed controls to the engine: prompt (with a smooth transition), temporal, seed, strength."""
         start = self._clock()
         old = self.applied
         # The engine was prepared with the first prompt: only another one needs handing over.
@@ -68,8 +71,16 @@ class EngineRunner:
             self.engine.set_temporal(feedback=controls.feedback, ema=controls.ema)
         if old is not None and controls.seed != old.seed:
             self.engine.set_seed(controls.seed)
+        if old is not None and controls.strength != old.strength:
+            self._set_strength(controls.strength)
         self.applied = controls
         self.timings.controls += self._clock() - start
+
+    def _set_strength(self, strength: float) -> None:
+        try:
+            self.engine.set_strength(strength)
+        except ValueError as exc:  # too low for this many steps: the stream keeps its strength
+            logger.warning("%s", exc)
 
     def prompt(self, controls: Controls) -> str:
         return self.prompts[controls.prompt_index % len(self.prompts)]

@@ -17,6 +17,8 @@ EMA_STEP = 0.05
 FEEDBACK_STEP = 0.05
 EMA_MAX = 0.95
 FEEDBACK_MAX = 0.9
+STRENGTH_STEP = 0.05
+STRENGTH_MIN = 0.1  # leaves room for up to five steps of a 50-step schedule
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class Controls:
     ema: float = 0.0
     feedback: float = 0.0
     seed: int = 2
+    strength: float = 1.0  # how much of each camera frame the engine redraws (its first schedule index)
     paused: bool = False
     mirror: bool = False
     overlay: bool = True
@@ -39,6 +42,8 @@ class Controls:
             raise ValueError(f"blend must be in [0, 1]; got {self.blend}")
         if not 0.0 <= self.ema < 1.0 or not 0.0 <= self.feedback < 1.0:
             raise ValueError(f"ema and feedback must be in [0, 1); got {self.ema} and {self.feedback}")
+        if not 0.0 < self.strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1]; got {self.strength}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}; got {self.layout!r}")
 
@@ -51,8 +56,9 @@ class Binding:
     change: Callable[[Controls, int], Controls] | None = None
 
 
-def _step(value: float, delta: float, high: float) -> float:
-    return round(min(high, max(0.0, value + delta)), 4)
+def _step(value: float, delta: float, high: float, low: float = 0.0) -> float:
+    # A value already below `low` (a stream started at a lower strength) never moves the wrong way.
+    return round(min(high, max(min(low, value), value + delta)), 4)
 
 
 def _new_seed(controls: Controls, prompts: int) -> Controls:
@@ -68,8 +74,8 @@ def _flag(name: str) -> Callable[[Controls, int], Controls]:
     return lambda c, n: replace(c, **{name: not getattr(c, name)})
 
 
-def _nudge(name: str, delta: float, high: float) -> Callable[[Controls, int], Controls]:
-    return lambda c, n: replace(c, **{name: _step(getattr(c, name), delta, high)})
+def _nudge(name: str, delta: float, high: float, low: float = 0.0) -> Callable[[Controls, int], Controls]:
+    return lambda c, n: replace(c, **{name: _step(getattr(c, name), delta, high, low)})
 
 
 def _next_layout(controls: Controls, prompts: int) -> Controls:
@@ -88,6 +94,9 @@ BINDINGS: tuple[Binding, ...] = (
     Binding(("d",), "set", "", _nudge("ema", -EMA_STEP, EMA_MAX)),
     Binding(("f",), "set", "f / v: more / less latent feedback", _nudge("feedback", FEEDBACK_STEP, FEEDBACK_MAX)),
     Binding(("v",), "set", "", _nudge("feedback", -FEEDBACK_STEP, FEEDBACK_MAX)),
+    Binding(("]",), "set", "] / [: more / less strength (redraw)",
+            _nudge("strength", STRENGTH_STEP, 1.0, STRENGTH_MIN)),
+    Binding(("[",), "set", "", _nudge("strength", -STRENGTH_STEP, 1.0, STRENGTH_MIN)),
     Binding(("r",), "set", "r: new seed", _new_seed),
     Binding((" ",), "set", "space: pause / resume", _flag("paused")),
     Binding(("m",), "set", "m: mirror", _flag("mirror")),

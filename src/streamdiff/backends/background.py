@@ -12,12 +12,18 @@ the whole process, so a module called from another thread then fails. The stream
 every call that runs module code (eager frames, prompt changes and transitions, other pipeline methods);
 replays of captured CUDA graphs run none and go on. Other code of the program must not call modules
 until the switch either.
+
+While the worker runs, the interpreter's switch interval is shortened (SWITCH_INTERVAL): tracing and
+code generation keep the worker in Python for long stretches, and a frame thread that gives up the
+interpreter lock around each device wait would otherwise wait up to 5 ms (Python's default) to get it
+back, several times a frame.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +37,8 @@ from . import compile as compiling
 from .conditioning import ConditioningCache
 
 logger = logging.getLogger("streamdiff.backends")
+
+SWITCH_INTERVAL = 0.0005  # seconds; restored to what it was when the worker ends
 
 
 @dataclass
@@ -108,6 +116,8 @@ class BackgroundCompile:
 
     def _run(self) -> None:
         start = time.perf_counter()
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, SWITCH_INTERVAL))
         try:
             side = torch.cuda.Stream() if torch.cuda.is_available() else None
             # Grad mode is per thread: the stream's frames run without autograd, and the guards see it.
@@ -119,6 +129,7 @@ class BackgroundCompile:
         except BaseException as exc:  # noqa: BLE001 - reported to the stream, which keeps its uncompiled steps
             self.error = exc
         finally:
+            sys.setswitchinterval(interval)
             self.seconds = time.perf_counter() - start
             self.done.set()
 
