@@ -100,6 +100,8 @@ def drive(runtime: Runtime, shots: dict, errors: list) -> None:
         wait_for(lambda: runtime.controls.blend == 1.0)
         time.sleep(0.3)  # let a few frames with the new blend reach the screen
         shots["blended"] = screenshot(window)
+        press(window, "bracketleft")
+        wait_for(lambda: runtime.runner.engine.strength < 0.6)  # the key reached the engine
         press(window, "s")
         wait_for(lambda: len(runtime.display.saved) == 1)
         press(window, "q")
@@ -143,6 +145,7 @@ def test_window_panes_and_keys(xvfb, tiny_engine, tmp_path):
     assert difference(blended[lower, PANE:], expected_camera[lower]) < 3, "blend 1 shows the camera alone"
 
     assert runtime.controls.prompt_index == 1 and runtime.controls.blend == 1.0
+    assert runtime.controls.strength == pytest.approx(0.55) and tiny_engine.config.t_index_list == (22, 36)
     assert engine.prompts == [(gallery_prompts()[1], 4)]
     import cv2
 
