@@ -53,7 +53,7 @@ def test_graph_replays_match_the_eager_engine(_tiny_cache, dtype, tolerance, set
                                       {"t_index_list": (10, 30), "cfg_type": "self", "guidance_scale": 1.4,
                                        "feedback": 0.2}], ids=["1-step", "2-step-rcfg"])
 def test_strength_changes_reach_the_compiled_graph_replays(_tiny_cache, settings, tmp_path):
-    # The schedule's tensors and the stored time projections change in place: no capture or compile again.
+    # The schedule's tensors and the stored time projections change in place: the step is not captured again.
     eager = _stream(_tiny_cache["taesd"], "float16", cache_conditioning=False, **settings)
     fast, report = accelerate(_stream(_tiny_cache["taesd"], "float16", **settings), "max", cache_dir=tmp_path)
     assert report.mode == "max" and len(fast.captured) == 1
