@@ -12,6 +12,7 @@ changes; and that no step was captured again.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import time
@@ -48,7 +49,7 @@ def probe(model: str, steps: int, accel: str, cache: Path | None, device: str, c
     calls, first, later = [], [], []
     for k in range(changes):
         strength = 0.5 if k % 2 == 0 else 0.8
-        calls.append(timed(lambda: stream.set_strength(strength)))
+        calls.append(timed(functools.partial(stream.set_strength, strength)))
         first.append(timed(lambda: stream.img2img(frame)))
         later += [timed(lambda: stream.img2img(frame)) for _ in range(every - 1)]
     return {
