@@ -23,7 +23,7 @@ from .config import StreamConfig, strength_to_t_index
 from .devices import cpu_generator, resolve_device, resolve_dtype
 from .guidance import make_guidance
 from .prompts import PromptEncoder, PromptLike, Transition, normalized_weights
-from .schedule import build_coefficients
+from .schedule import SlotCoefficients, build_coefficients
 from .similarity import SimilarityFilter
 
 SeedLike = int | Sequence[tuple[int, float]]
@@ -143,8 +143,7 @@ class StreamPipeline:
     def prepare(self, prompt: PromptLike = "", negative_prompt: str = "", *, seed: SeedLike | None = None) -> None:
         """Encode prompts, build the schedule, draw the fixed noise and empty the stream."""
         cfg = self.config
-        coeffs = build_coefficients(self.components.scheduler_config, cfg.num_inference_steps, cfg.t_index_list,
-                                    cfg.frame_buffer_size, self.lcm_boundary).to(self.device, self.dtype)
+        coeffs = self._coefficients(cfg)
         slots = len(coeffs.timesteps)
         self._cond = self._expand(self.prompts.encode_weighted(prompt, cfg.prompt_blend), slots)
         self._uncond = self._expand(self.prompts.encode(negative_prompt), slots)
@@ -154,6 +153,12 @@ class StreamPipeline:
                                   use_denoising_batch=cfg.use_denoising_batch, do_add_noise=cfg.do_add_noise)
         self._recondition()
         self.reset()
+
+    def _coefficients(self, cfg: StreamConfig) -> SlotCoefficients:
+        """The per-slot schedule values of cfg's indices, on the stream's device and dtype."""
+        assert cfg.t_index_list is not None
+        return build_coefficients(self.components.scheduler_config, cfg.num_inference_steps, cfg.t_index_list,
+                                  cfg.frame_buffer_size, self.lcm_boundary).to(self.device, self.dtype)
 
     def reset(self) -> None:
         """Start a new stream with the same prompts and noise (e.g. for the next clip)."""
@@ -250,10 +255,7 @@ class StreamPipeline:
         changed = cfg.with_changes(t_index_list=indices)  # checks the indices before anything changes
         if indices == cfg.t_index_list:
             return
-        assert changed.t_index_list is not None
-        coeffs = build_coefficients(self.components.scheduler_config, changed.num_inference_steps,
-                                    changed.t_index_list, changed.frame_buffer_size, self.lcm_boundary)
-        batch.set_coefficients(coeffs.to(self.device, self.dtype))
+        batch.set_coefficients(self._coefficients(changed))
         self.config = changed
         self._recondition()
 
