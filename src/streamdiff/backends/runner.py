@@ -23,8 +23,9 @@ import torch
 from torch import Tensor
 
 from .. import images
+from ..device_steps import DeviceCarry
 from ..errors import UserError, first_line
-from ..stream import DeviceCarry, StreamPipeline
+from ..stream import StreamPipeline
 from .background import BackgroundCompile
 from .graphs import Capture, DirectCall, FrameBuffers, Replayable
 from .similarity_check import SimilarityCheck
