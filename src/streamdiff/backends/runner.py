@@ -13,7 +13,6 @@ import functools
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -27,38 +26,15 @@ from ..device_steps import DeviceCarry
 from ..errors import UserError, first_line
 from ..stream import StreamPipeline
 from .background import BackgroundCompile
-from .graphs import Capture, DirectCall, FrameBuffers, Replayable
+from .graphs import Capture, DirectCall, FrameBuffers
 from .similarity_check import SimilarityCheck
+from .step_cache import Step, StepCache, StepKey
 
 logger = logging.getLogger("streamdiff.backends")
 
 
 class GpuMemoryError(UserError):
     """The GPU ran out of memory for this stream's shape."""
-
-
-@dataclass(frozen=True)
-class StepKey:
-    """What one captured step is specialised for."""
-
-    task: str  # "img2img" or "txt2img"
-    shape: tuple[int, ...]  # input frames: (F, h, w, 3) uint8 or (F, 3, h, w) float; () for txt2img
-    dtype: torch.dtype | None
-    uint8: bool  # whether the step also writes uint8 pictures for the host
-
-    def describe(self) -> str:
-        if self.task == "txt2img":
-            return "txt2img"
-        size = f"{self.shape[2]}x{self.shape[1]}" if self.dtype == torch.uint8 else f"{self.shape[3]}x{self.shape[2]}"
-        return f"img2img of {self.shape[0]} x {size} {'uint8' if self.dtype == torch.uint8 else 'float'} frames"
-
-
-@dataclass
-class _Step:
-    buffers: FrameBuffers
-    record: Replayable
-    out: Tensor | None
-    check: SimilarityCheck | None = None  # img2img with the similarity filter on: captured with the step or later
 
 
 @dataclass
@@ -75,9 +51,6 @@ class _Pending:
         return self.result
 
 
-_EAGER = "eager"  # a shape that ran out of memory while capturing: it stays on the ordinary path
-
-
 class AcceleratedStream:
     """The StreamPipeline API (img2img, txt2img, flush, live controls) over a faster execution of warm frames."""
 
@@ -85,12 +58,10 @@ class AcceleratedStream:
                  progress: Callable[[str], None] | None = None):
         self.pipe = pipe
         self.mode = mode
-        self.max_shapes = max_shapes
         self._capture = capture  # None: every call goes to the pipeline as it is
         self._progress = progress or logger.info
-        self._steps: OrderedDict[StepKey, _Step | str] = OrderedDict()
+        self._steps = StepCache(max_shapes, self._progress)
         self._carry: DeviceCarry | None = None
-        self._signature: tuple[int, ...] = ()
         self._pending: _Pending | None = None  # a pipelined frame whose pictures nobody has waited for yet
         self._upgrade: tuple[BackgroundCompile, Capture, str] | None = None  # compiling on its own thread
         self.eager_lock = threading.Lock()  # held around the modules' eager calls while an upgrade compiles
@@ -108,7 +79,7 @@ class AcceleratedStream:
     def prepare(self, *args: Any, **kwargs: Any) -> None:
         with self._eager():  # the text encoder and the conditioning run modules
             self.pipe.prepare(*args, **kwargs)
-        self._drop_steps()
+        self._steps.clear()
 
     @torch.no_grad()
     def img2img(self, image: Any, output_type: images.ImageKind | None = None) -> Any:
@@ -215,12 +186,12 @@ class AcceleratedStream:
     def set_capture(self, capture: Capture | None, mode: str) -> None:
         """Change how steps are captured (e.g. after a failed compilation); drops the captured steps."""
         self._capture, self.mode = capture, mode
-        self._drop_steps()
+        self._steps.clear()
 
     @property
     def captured(self) -> list[str]:
         """The step shapes ready to replay, described."""
-        return [key.describe() for key, step in self._steps.items() if step != _EAGER]
+        return self._steps.described()
 
     # ----- internals ------------------------------------------------------------------------------
 
@@ -266,26 +237,15 @@ class AcceleratedStream:
         self._progress(f"{mode}: compiled in the background in {upgrade.seconds:.1f} s; "
                        "switching to the compiled step")
 
-    def _lookup(self, key: StepKey) -> _Step | None:
+    def _lookup(self, key: StepKey) -> Step | None:
         """The captured step for key; None when it must be built (or stays on the ordinary path)."""
-        signature = tuple(t.data_ptr() for t in self.pipe.step_buffers())
-        if signature != self._signature:
-            if self._steps:
-                self._progress("the stream was prepared again: its steps will be captured again")
-            self._drop_steps()
-            self._signature = signature
-        step = self._steps.get(key)
-        if isinstance(step, _Step):
-            self._steps.move_to_end(key)
-            return step
-        return None
+        return self._steps.lookup(key, tuple(t.data_ptr() for t in self.pipe.step_buffers()))
 
     def _build(self, key: StepKey, frames: np.ndarray | Tensor | None) -> None:
         pipe = self.pipe
         if key in self._steps or not pipe.warm or self._capture is None:
             return
-        while len(self._steps) >= self.max_shapes:
-            self._steps.popitem(last=False)
+        self._steps.make_room()
         start = time.perf_counter()
         carry = self._carry = self._carry or pipe.new_carry()
         example = frames
@@ -305,14 +265,13 @@ class AcceleratedStream:
             if buffers.device_in is not None and pipe.similarity_filter is not None:
                 check = self._capture_check(buffers)
         except torch.cuda.OutOfMemoryError:
-            self._drop_steps()
-            self._steps[key] = _EAGER
+            self._steps.keep_uncaptured(key)
             logger.warning("out of GPU memory while capturing the %s step: these frames run uncaptured", key.describe())
             return
-        self._steps[key] = _Step(buffers, record, out, check)
+        self._steps.add(key, Step(buffers, record, out, check))
         self._progress(f"{self.mode}: captured the {key.describe()} step in {time.perf_counter() - start:.1f} s")
 
-    def _replay(self, step: _Step, frames: Any, kind: images.ImageKind | None) -> bool:
+    def _replay(self, step: Step, frames: Any, kind: images.ImageKind | None) -> bool:
         """Load the frames and replay the step, with the stream's bookkeeping around it; no wait for the
         device. False: the similarity filter skipped the frame (nothing was replayed)."""
         pipe, carry = self.pipe, self._carry
@@ -359,7 +318,7 @@ class AcceleratedStream:
         if self._pending is not None:
             self._pending.collect()
 
-    def _run(self, step: _Step, frames: Any, kind: images.ImageKind | None, out_kind: images.ImageKind) -> Any:
+    def _run(self, step: Step, frames: Any, kind: images.ImageKind | None, out_kind: images.ImageKind) -> Any:
         carry = self._carry
         assert carry is not None
         if not self._replay(step, frames, kind):
@@ -375,15 +334,12 @@ class AcceleratedStream:
         assert self._capture is not None and buffers.device_in is not None
         return SimilarityCheck.capture(self.pipe, buffers.device_in, self._capture)
 
-    def _drop_steps(self) -> None:
-        self._steps.clear()
-
     def _guarded(self, call: Callable[..., Any], *args: Any) -> Any:
         """Run a frame; running out of GPU memory becomes a message that says what to change."""
         try:
             return call(*args)
         except torch.cuda.OutOfMemoryError:
-            self._drop_steps()
+            self._steps.clear()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             cfg = self.pipe.config
