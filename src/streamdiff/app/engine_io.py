@@ -30,7 +30,10 @@ class AiFrame:
 
 @dataclass
 class StepTimings:
-    """Seconds spent per part of the inference thread's work, summed over `frames`."""
+    """Seconds spent per part of the inference thread's work, summed over `frames`.
+
+    On a GPU the engine call returns once its work is queued: the wait for the device falls into
+    `postprocess`, where the picture is downloaded (no extra synchronisation just to split the time)."""
 
     frames: int = 0
     preprocess: float = 0.0
