@@ -26,21 +26,11 @@ PROMPT = "a watercolor painting of a lighthouse at dusk"
 
 
 def build(model: str, cache: Path, device: str) -> Any:
-    import torch
-
     from streamdiff.backends.accelerate import accelerate
-    from streamdiff.config import StreamConfig
-    from streamdiff.models.loading import load_model
-    from streamdiff.stream import Components, StreamPipeline
+    from streamdiff.stream import StreamPipeline
 
-    dtype = torch.float16 if device == "cuda" else torch.float32
-    loaded = load_model(model, dtype=dtype, device=device, random_weights=True)
-    size = loaded.spec.resolution
-    config = StreamConfig(device=device, dtype=dtype, seed=2, t_index_list=loaded.spec.t_index_list,
-                          width=size, height=size, fit="crop")
-    pipe = StreamPipeline(Components.from_diffusers(loaded.pipe), config, lcm_boundary=loaded.spec.lcm_boundary)
+    pipe = StreamPipeline.from_model(model, random_weights=True, device=device, seed=2, fit="crop", feedback=0.3)
     pipe.prepare(prompt=PROMPT)
-    pipe.set_temporal(feedback=0.3, ema=0.0)
     mode = "max" if device == "cuda" else "none"
     stream, _ = accelerate(pipe, mode, cache_dir=cache, build=True, progress=lambda _: None)
     return stream

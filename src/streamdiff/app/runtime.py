@@ -25,7 +25,7 @@ from streamdiff.app.frames import Frame
 from streamdiff.app.keys import Controls
 from streamdiff.app.slots import LatestSlot, RateMeter
 from streamdiff.app.sources import Source
-from streamdiff.errors import UserError
+from streamdiff.errors import UserError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -243,8 +243,7 @@ class Runtime:
         thread, exc = self.shared.failure
         if isinstance(exc, (UserError, FileNotFoundError)):
             raise exc
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise WorkerError(f"the {thread} thread failed: {type(exc).__name__}: {message}") from exc
+        raise WorkerError(f"the {thread} thread failed: {first_line(exc)}") from exc
 
     def _summary(self, seconds: float, shutdown: float) -> RunSummary:
         shared = self.shared
