@@ -18,8 +18,10 @@ from streamdiff.backends.accelerate import (AccelerationUnavailable, AccelMode, 
 CPU = torch.device("cpu")
 
 
-def test_auto_on_a_machine_without_cuda_is_the_eager_engine():
-    assert resolve_mode("auto", CPU) is AccelMode.NONE
+def test_auto_on_a_machine_without_cuda_is_the_rewritten_eager_engine():
+    assert resolve_mode("auto", CPU) is AccelMode.EAGER
+    # Apple's MPS (not measured with the rewrites) and other devices keep the plain engine
+    assert resolve_mode("auto", torch.device("mps")) is AccelMode.NONE
 
 
 @pytest.mark.parametrize("mode", ["graphs", "max"])
@@ -30,8 +32,8 @@ def test_graphs_without_cuda_say_why_and_do_not_fall_back_unasked(mode):
 
 def test_fallback_when_asked_steps_down_to_a_mode_that_runs(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="streamdiff.backends"):
-        assert resolve_mode("graphs", CPU, fallback=True) is AccelMode.NONE
-    assert "falling back to none" in caplog.text
+        assert resolve_mode("graphs", CPU, fallback=True) is AccelMode.EAGER
+    assert "falling back to eager" in caplog.text
     monkeypatch.setattr(compiling.shutil, "which", lambda name: "/usr/bin/" + name)
     assert resolve_mode("max", CPU, fallback=True) is AccelMode.COMPILE
 
@@ -40,11 +42,11 @@ def test_compile_without_a_cpu_compiler_is_unavailable(monkeypatch):
     monkeypatch.setattr(compiling.shutil, "which", lambda name: None)
     with pytest.raises(AccelerationUnavailable, match="needs a C\\+\\+ compiler"):
         resolve_mode("compile", CPU)
-    assert resolve_mode("compile", CPU, fallback=True) is AccelMode.NONE
+    assert resolve_mode("compile", CPU, fallback=True) is AccelMode.EAGER
 
 
 def test_unknown_names_are_refused():
-    with pytest.raises(ValueError, match="accel must be one of none, compile, graphs, max, auto; got 'fast'"):
+    with pytest.raises(ValueError, match="accel must be one of none, eager, compile, graphs, max, auto; got 'fast'"):
         AccelMode.parse("fast")
     with pytest.raises(ValueError, match="compile preset must be one of"):
         compiling.compile_in_place({}, "fastest")
@@ -56,6 +58,27 @@ def test_none_passes_frames_to_the_engine_unchanged(make_stream):
     assert (report.mode, report.build_seconds, stream.captured) == ("none", 0.0, [])
     for frame in random_frames(3, (64, 64, 3)):
         np.testing.assert_array_equal(stream.img2img(frame), eager.img2img(frame))
+
+
+@pytest.mark.parametrize("steps", [(30,), (20, 35)])
+def test_eager_computes_the_plain_engines_frames_with_folded_upsampling_and_a_fused_codec(make_stream, steps):
+    """eager: the UNet's upsampling folded and TAESD fused with PyTorch's kernels on the CPU, nothing compiled
+    or captured, and every frame (the stream batch's too) what the plain engine computes, to float32 rounding."""
+    from streamdiff.backends import codec_fusion, upsample_fold
+
+    plain, pipe = make_stream(t_index_list=steps), make_stream(t_index_list=steps)
+    stream, report = accelerate(pipe, "eager")
+    unet, vae = pipe.components.unet, pipe.components.vae
+    assert (report.mode, report.fused_codec, report.folded_upsamplers) == ("eager", True, 1)
+    assert upsample_fold.folded_count(unet) == 1 and codec_fusion.is_fused(vae.encoder)
+    assert not any(compiling.is_compiled(m) for m in compiling.compiled_parts(unet, vae).values())
+    assert (report.build_seconds, stream.captured) == (0.0, [])  # the engine's own calls: nothing to build
+    differences = []
+    for frame in random_frames(6, (64, 64, 3)):
+        got, expected = stream.img2img(frame, output_type="pt"), plain.img2img(frame, output_type="pt")
+        assert expected.abs().max() > 0
+        differences.append(float((got - expected).abs().max()))
+    assert max(differences) < 1e-4, differences
 
 
 def test_the_cache_folder_is_ours_unless_the_user_chose_one(tmp_path, monkeypatch):

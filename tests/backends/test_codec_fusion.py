@@ -80,6 +80,33 @@ def test_fused_taesd_computes_what_taesd_computes():
                               "upsample_conv": upsamples}
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@torch.no_grad()
+def test_taesd_fused_with_pytorchs_kernels_computes_what_taesd_computes(layout):
+    """The CPU's fused codec (ReLU and skip in place on each convolution's output, upsampling folded)."""
+    vae = _taesd(3).to(memory_format=layout)
+    pictures = (torch.rand(2, 3, 64, 64) * 2 - 1).contiguous(memory_format=layout)
+    latents = torch.randn(2, 4, 8, 8).contiguous(memory_format=layout)
+    expected = (vae.encoder(pictures), vae.decoder(latents))
+    assert codec_fusion.fuse(vae, codec_fusion.TORCH)
+    got = (vae.encoder(pictures), vae.decoder(latents))
+    for e, g in zip(expected, got):
+        assert e.abs().max() > 0
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5 * float(e.abs().max()))
+
+
+def test_the_fusing_kernels_are_cudnns_where_they_run_else_pytorchs_unless_the_codec_is_compiled():
+    vae, cpu = _taesd(), torch.device("cpu")
+    assert codec_fusion.ops_for(vae, cpu, torch.float32, compiled=False) is codec_fusion.TORCH
+    assert codec_fusion.ops_for(vae, cpu, torch.float32, compiled=True) is None  # the compiler fuses instead
+    kl = AutoencoderKL(block_out_channels=(8,), norm_num_groups=4, latent_channels=4)
+    assert codec_fusion.ops_for(kl, cpu, torch.float32, compiled=False) is None
+    if torch.cuda.is_available():
+        cuda = torch.device("cuda")
+        assert codec_fusion.ops_for(vae, cuda, torch.float16, compiled=True) is codec_fusion.CUDNN
+        assert codec_fusion.ops_for(vae, cuda, torch.float32, compiled=False) is None
+
+
 @torch.no_grad()
 def test_unfuse_restores_the_modules_and_their_state_dict_never_changes():
     vae = _taesd(1)

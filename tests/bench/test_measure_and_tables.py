@@ -65,7 +65,7 @@ def test_each_ablation_group_has_one_reference_and_unique_labels():
     groups = {c.group for c in cases}
     assert all(sum(c.reference for c in cases if c.group == g) == 1 for g in groups)
     assert len({c.scenario.label for c in cases}) == len(cases)
-    assert {c.variant for c in cases if c.group == "acceleration"} == {"none", "compile", "graphs", "max"}
+    assert {c.variant for c in cases if c.group == "acceleration"} == {"none", "eager", "compile", "graphs", "max"}
 
 
 def _result(case, mean_ms, **extra):

@@ -1,15 +1,18 @@
 """Accelerated execution of a stream: choose a mode once, prepare the modules, build at start-up.
 
 Modes, from plain to fastest:
-  none     the eager engine as it is
+  none     the eager engine as it is (the reference numbers)
+  eager    the module rewrites below, with no compiler and no graphs: the same numbers with less work
   compile  torch.compile of the UNet and the codec (static shapes), eager glue between them
   graphs   one CUDA graph per step shape over eager kernels: uint8 frame in .. uint8 frame out
   max      compile + graphs
-  auto     the fastest mode this machine supports: max on CUDA with Triton, else graphs on CUDA, else none
+  auto     the fastest mode this machine supports: max on CUDA with Triton, else graphs on CUDA; eager on
+           the CPU; none on other devices (Apple's MPS: eager is not measured there)
 Every mode but none runs the UNet's upsampling layers (nearest 2x, then a 3x3 convolution) as one transposed
-convolution on the small map (upsample_fold.py). On CUDA they also put the modules in channels_last layout,
-fuse the attention projections, let cuDNN pick its fastest convolutions and, for TAESD in half precision,
-run each codec convolution with its bias, ReLU and residual add as one cuDNN kernel (codec_fusion.py).
+convolution on the small map (upsample_fold.py) and, unless the codec is compiled, TAESD's convolutions with
+their bias, ReLU and residual add fused (codec_fusion.py: one cuDNN kernel each on CUDA in half precision,
+else PyTorch's kernels with the rest done in place). On CUDA they also put the modules in channels_last
+layout, fuse the attention projections and let cuDNN pick its fastest convolutions.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ logger = logging.getLogger("streamdiff.backends")
 
 class AccelMode(str, enum.Enum):
     NONE = "none"
+    EAGER = "eager"
     COMPILE = "compile"
     GRAPHS = "graphs"
     MAX = "max"
@@ -60,8 +64,8 @@ class AccelMode(str, enum.Enum):
 
 
 # What to try instead of a mode that cannot run here, best first (only when fallback is asked for).
-_FALLBACKS = {AccelMode.MAX: (AccelMode.GRAPHS, AccelMode.COMPILE, AccelMode.NONE),
-              AccelMode.GRAPHS: (AccelMode.NONE,), AccelMode.COMPILE: (AccelMode.NONE,)}
+_FALLBACKS = {AccelMode.MAX: (AccelMode.GRAPHS, AccelMode.COMPILE, AccelMode.EAGER),
+              AccelMode.GRAPHS: (AccelMode.EAGER,), AccelMode.COMPILE: (AccelMode.EAGER,)}
 
 
 class AccelerationUnavailable(UserError):
@@ -82,7 +86,7 @@ def resolve_mode(requested: str | AccelMode, device: torch.device, *, fallback: 
     fallback=True steps down (logged) to the best one that runs."""
     mode = AccelMode.parse(requested)
     if mode is AccelMode.AUTO:
-        candidates = (AccelMode.MAX, AccelMode.GRAPHS) if device.type == "cuda" else ()
+        candidates = {"cuda": (AccelMode.MAX, AccelMode.GRAPHS), "cpu": (AccelMode.EAGER,)}.get(device.type, ())
         return next((m for m in candidates if unsupported(m, device) is None), AccelMode.NONE)
     reason = unsupported(mode, device)
     if reason is None:
@@ -103,7 +107,7 @@ class AccelReport:
     mode: str
     compile_preset: str | None
     cache_dir: str | None
-    fused_codec: bool  # TAESD's convolutions run as fused cuDNN kernels
+    fused_codec: bool  # TAESD's convolutions run fused (cuDNN's kernels, or PyTorch's: see codec_fusion)
     folded_upsamplers: int  # the UNet's upsampling layers run as transposed convolutions
     prepare_seconds: float  # layout changes and compile set-up
     build_seconds: float  # first frames: compilation (or a cache load) and graph capture
@@ -116,7 +120,8 @@ def accelerate(pipe: StreamPipeline, mode: str | AccelMode = "auto", *, fallback
                progress: Callable[[str], None] | None = None) -> tuple[AcceleratedStream, AccelReport]:
     """Wrap a prepared pipeline for faster frames; with build=True compile and capture now (restarts the stream).
 
-    fuse_codec: use cuDNN's fused convolution kernels for TAESD where they can run (CUDA, half precision).
+    fuse_codec: run TAESD's convolutions fused where it pays: cuDNN's fused kernels on CUDA in half precision,
+      else PyTorch's kernels with the bias, ReLU and skip in place, unless the codec is compiled.
     fold_upsampling: run the UNet's upsampling layers as transposed convolutions (the same numbers).
     background: for a compiling mode, capture the uncompiled steps now (graphs on CUDA) and compile on a
       thread of its own; the stream switches to the compiled steps between two frames once they are ready
@@ -129,12 +134,12 @@ def accelerate(pipe: StreamPipeline, mode: str | AccelMode = "auto", *, fallback
     requested = AccelMode.parse(mode)
     chosen = resolve_mode(requested, pipe.device, fallback=fallback)
     start = time.perf_counter()
-    buildable = build and chosen is not AccelMode.NONE and _prepared(pipe)
+    buildable = build and (chosen.compiles or chosen.graphs) and _prepared(pipe)
     later = buildable and background and chosen.compiles
     folder = _prepare_modules(pipe, chosen, cache_dir, compile_preset, say, fuse_codec=fuse_codec,
                               fold_upsampling=fold_upsampling, compile_now=not later)
-    capture = None
-    if chosen is not AccelMode.NONE:
+    capture = None  # none and eager: the engine's own calls, on the rewritten modules for eager
+    if chosen.compiles or chosen.graphs:
         capture = CudaGraphCapture() if chosen.graphs else DirectCall.capture
     first = (AccelMode.GRAPHS if chosen.graphs else AccelMode.NONE) if later else chosen
     stream = AcceleratedStream(pipe, capture, mode=first.value, progress=say)
@@ -171,9 +176,10 @@ def _prepare_modules(pipe: StreamPipeline, mode: AccelMode, cache_dir: str | Pat
         upsample_fold.fold_upsamplers(unet)
     else:
         upsample_fold.unfold_upsamplers(unet)
-    if fuse_codec and codec_fusion.unsupported(vae, pipe.device, pipe.dtype) is None:
+    ops = codec_fusion.ops_for(vae, pipe.device, pipe.dtype, compiled=mode.compiles) if fuse_codec else None
+    if ops is not None:
         compiling.uncompile({"encoder": vae.encoder, "decoder": vae.decoder})
-        codec_fusion.fuse(vae)
+        codec_fusion.fuse(vae, ops)
     elif codec_fusion.is_fused(vae):
         codec_fusion.unfuse(vae)
     if pipe.device.type == "cuda":
@@ -243,7 +249,8 @@ def _build_then_compile(stream: AcceleratedStream, target: AccelMode, preset: st
 def add_accel_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("acceleration")
     g.add_argument("--accel", choices=[m.value for m in AccelMode], default="auto",
-                   help="none | compile | graphs | max | auto (default: the fastest this machine supports)")
+                   help="none | eager | compile | graphs | max | auto (default: the fastest this machine "
+                        "supports: max on NVIDIA GPUs, eager on the CPU)")
     g.add_argument("--accel-fallback", action="store_true",
                    help="if the --accel mode cannot run here, use the best one that can instead of stopping")
     g.add_argument("--compile-cache", default=None, metavar="DIR",
@@ -260,7 +267,8 @@ def add_accel_options(parser: argparse.ArgumentParser) -> None:
 def add_rewrite_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """The switches that turn off accelerate()'s module rewrites (also `streamdiff bench`'s)."""
     parser.add_argument("--no-codec-fusion", action="store_true",
-                        help="run TAESD's convolutions as separate (compiled) kernels instead of fused cuDNN ones")
+                        help="run TAESD's convolutions as separate kernels (compiled where the mode compiles) "
+                             "instead of fused ones")
     parser.add_argument("--no-upsample-fold", action="store_true",
                         help="run the UNet's upsampling layers as upsampling then convolution, not as one "
                              "transposed convolution")

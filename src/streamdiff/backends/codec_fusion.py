@@ -15,6 +15,12 @@ the scalings around them and their bias folded into the weights, computed once w
 loading weights. The fused modules keep their parameters and structure (state dicts do not change): only
 `forward` is replaced per instance, and `unfuse` restores it. The fused kernels have no tracing support in
 torch.compile, so a fused codec runs eagerly (inside the captured CUDA graph, where launches are free).
+
+Where cuDNN's fused kernels cannot run (the CPU, or float32), the same rewrite with PyTorch's own kernels
+(`TORCH`: the ReLU and the skip added in place on the convolution's output) still takes the folded
+upsampling's work out and a pass per layer: on a 2-core CPU TAESD's encoder and decoder together took
+1.47-1.54 instead of 1.80-2.26 s at 512x512 (benchmarks/cpu_rewrites_probe.py). It is used off CUDA where the
+codec is not compiled (ops_for).
 """
 
 from __future__ import annotations
@@ -81,8 +87,25 @@ def _cudnn_conv_add_relu(x: Tensor, conv: nn.Conv2d, z: Tensor) -> Tensor:
 CUDNN = FusedOps(_cudnn_conv_relu, _cudnn_conv_add_relu)
 
 
+def _torch_conv_relu(x: Tensor, conv: nn.Conv2d) -> Tensor:
+    return F.relu_(F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups))
+
+
+def _torch_conv_add_relu(x: Tensor, conv: nn.Conv2d, z: Tensor) -> Tensor:
+    out = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return F.relu_(out.add_(z))
+
+
+def _interpolate_2x(x: Tensor) -> Tensor:
+    return F.interpolate(x, scale_factor=2, mode="nearest")  # keeps the input's layout, unlike the word copy
+
+
+# PyTorch's own kernels in the fused structure: for devices and precisions cuDNN's fused kernels do not serve.
+TORCH = FusedOps(_torch_conv_relu, _torch_conv_add_relu, upsample_2x=_interpolate_2x)
+
+
 def unsupported(vae: nn.Module, device: torch.device, dtype: torch.dtype) -> str | None:
-    """Why the codec cannot be fused here, or None when it can."""
+    """Why cuDNN's fused kernels cannot run the codec here, or None when they can."""
     if device.type != "cuda" or not torch.backends.cudnn.is_available():
         return "fused codec convolutions need cuDNN on a CUDA GPU"
     if dtype not in (torch.float16, torch.bfloat16):
@@ -90,6 +113,20 @@ def unsupported(vae: nn.Module, device: torch.device, dtype: torch.dtype) -> str
     if not _plans(vae):
         return "only the tiny autoencoder (TAESD) has fusable convolution blocks"
     return None
+
+
+def ops_for(vae: nn.Module, device: torch.device, dtype: torch.dtype, *, compiled: bool) -> FusedOps | None:
+    """The kernels to fuse the codec with here: cuDNN's where they run; off CUDA, PyTorch's unless the codec
+    is compiled (the compiler fuses its bias and ReLU itself); None for a codec with nothing to fuse.
+
+    CUDA in float32 keeps the plain codec: fused this way, a 1-step frame there differed from the plain
+    engine's by more than one level on an H100 (likely TF32, which its float32 convolutions use by default,
+    rounding the folded weights differently)."""
+    if not _plans(vae):
+        return None
+    if unsupported(vae, device, dtype) is None:
+        return CUDNN
+    return None if compiled or device.type == "cuda" else TORCH
 
 
 def fuse(vae: nn.Module, ops: FusedOps = CUDNN) -> bool:

@@ -4,9 +4,9 @@ Groups (reference variant first, speed-ups are against it):
   stream batch     sequential steps vs the stream batch, at 2 and 4 steps
   residual CFG     full CFG vs onetime-negative (initialize) vs self-negative vs none, at 1 and 2 steps
   similarity       filter off vs on (threshold 0.98), on a static and a moving clip: skip rate, energy
-  codec            the full KL VAE vs TAESD, with its convolutions fused (cuDNN, on CUDA in half precision)
-                   and not fused
-  acceleration     eager vs compile vs CUDA graphs vs both
+  codec            the full KL VAE vs TAESD, with its convolutions fused (cuDNN's kernels on CUDA in half
+                   precision, else PyTorch's) and not fused
+  acceleration     the plain engine vs its exact rewrites (eager) vs compile vs CUDA graphs vs both
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def ablation_cases(model: str = "sd-turbo", resolution: int = 512, accel: str = 
     cases.append(_case("codec", "full VAE", base, True, taesd=False))
     cases.append(_case("codec", "TAESD", base))
     cases.append(_case("codec", "TAESD, convolutions not fused", base, codec_fusion=False))
-    for mode in ("none", "compile", "graphs", "max"):
+    for mode in ("none", "eager", "compile", "graphs", "max"):
         cases.append(_case("acceleration", mode, base, mode == "none", accel=mode))
     return cases
 

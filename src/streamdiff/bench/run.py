@@ -24,7 +24,7 @@ from .stages import stage_times
 
 logger = logging.getLogger("streamdiff.bench")
 
-_MODE_ORDER = {"none": 0, "graphs": 1, "compile": 2, "max": 3}
+_MODE_ORDER = {"none": 0, "eager": 1, "graphs": 2, "compile": 3, "max": 4}
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def order(scenarios: list[Scenario]) -> list[Scenario]:
     first_seen = {}
     for s in scenarios:
         first_seen.setdefault((s.model, s.taesd), len(first_seen))
-    return sorted(scenarios, key=lambda s: (first_seen[(s.model, s.taesd)], _MODE_ORDER.get(s.accel, 3)))
+    return sorted(scenarios, key=lambda s: (first_seen[(s.model, s.taesd)], _MODE_ORDER.get(s.accel, 4)))
 
 
 def run_all(scenarios: list[Scenario], options: BenchOptions, progress: Callable[[str], None] = print,
@@ -161,7 +161,7 @@ def run_scenario(scenario: Scenario, options: BenchOptions, pool: ModelPool, dev
                  progress: Callable[[str], None]) -> dict[str, Any]:
     mode = resolve_mode(scenario.accel, device, fallback=options.fallback)
     entry = pool.get(scenario.model, scenario.taesd, pristine=mode is AccelMode.NONE)
-    if mode is AccelMode.GRAPHS or mode is AccelMode.NONE:
+    if not mode.compiles:
         uncompile(compiled_parts(entry.components.unet, entry.components.vae))
     pipe = prepared_stream(scenario, entry, device, options)
     reset_peak_memory(device)

@@ -23,7 +23,7 @@ class Scenario:
     resolution: int = 512
     accel: str = "auto"
     taesd: bool = True
-    codec_fusion: bool = True  # TAESD's convolutions as fused cuDNN kernels where they can run (CUDA, half)
+    codec_fusion: bool = True  # TAESD's convolutions fused where it pays (codec_fusion.ops_for)
     upsample_fold: bool = True  # the UNet's upsampling layers as transposed convolutions (accelerated modes)
     batched: bool = True  # the stream batch; False runs the steps one after another
     similarity: float | None = None  # similarity filter threshold, None: off
