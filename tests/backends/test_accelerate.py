@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import random_frames
 
+from streamdiff.backends import codec_fusion
 from streamdiff.backends import compile as compiling
 from streamdiff.backends.accelerate import (AccelerationUnavailable, AccelMode, accelerate, add_accel_options,
                                             resolve_mode)
@@ -64,7 +65,7 @@ def test_none_passes_frames_to_the_engine_unchanged(make_stream):
 def test_eager_computes_the_plain_engines_frames_with_folded_upsampling_and_a_fused_codec(make_stream, steps):
     """eager: the UNet's upsampling folded and TAESD fused with PyTorch's kernels on the CPU, nothing compiled
     or captured, and every frame (the stream batch's too) what the plain engine computes, to float32 rounding."""
-    from streamdiff.backends import codec_fusion, upsample_fold
+    from streamdiff.backends import upsample_fold
 
     plain, pipe = make_stream(t_index_list=steps), make_stream(t_index_list=steps)
     stream, report = accelerate(pipe, "eager")
@@ -132,11 +133,14 @@ def test_a_failed_compile_is_reported_or_dropped_when_a_fallback_is_allowed(make
     with pytest.raises(AccelerationUnavailable, match="--accel compile failed to build: RuntimeError: backend "
                                                       "compiler failed"):
         accelerate(make_stream(t_index_list=(30,)), "compile")
-    eager = make_stream(t_index_list=(30,))
-    stream, report = accelerate(make_stream(t_index_list=(30,)), "compile", fallback=True)
-    assert report.mode == "none"
-    for frame in random_frames(3, (64, 64, 3)):
-        np.testing.assert_array_equal(stream.img2img(frame), eager.img2img(frame))
+    plain = make_stream(t_index_list=(30,))
+    pipe = make_stream(t_index_list=(30,))
+    stream, report = accelerate(pipe, "compile", fallback=True)
+    assert report.mode == "eager"  # what resolve_mode falls back to on a CPU, as well
+    assert codec_fusion.is_fused(pipe.components.vae) and not compiling.is_compiled(pipe.components.unet)
+    for frame in random_frames(3, (64, 64, 3)):  # the plain engine's frames, up to float32 rounding
+        difference = stream.img2img(frame).astype(int) - plain.img2img(frame).astype(int)
+        assert np.abs(difference).max() <= 1
 
 
 def test_an_unprepared_stream_builds_at_its_first_frames(_tiny_cache, monkeypatch, tmp_path):

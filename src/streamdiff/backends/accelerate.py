@@ -149,7 +149,7 @@ def accelerate(pipe: StreamPipeline, mode: str | AccelMode = "auto", *, fallback
         built = _build_then_compile(stream, chosen, compile_preset, input_size, say)
         chosen = first
     elif buildable:
-        built = _build(stream, chosen, requested, fallback, input_size, say)
+        built = _build(stream, chosen, requested, fallback, input_size, say, fuse_codec=fuse_codec)
         chosen = AccelMode.parse(stream.mode)
     report = AccelReport(requested.value, chosen.value, compile_preset if chosen.compiles else None,
                          str(folder) if folder else None, codec_fusion.is_fused(pipe.components.vae),
@@ -205,8 +205,9 @@ def _fuse_projections(unet: torch.nn.Module) -> None:
 
 
 def _build(stream: AcceleratedStream, chosen: AccelMode, requested: AccelMode, fallback: bool,
-           input_size: tuple[int, int] | None, say: Callable[[str], None]) -> float:
-    """Build at start-up; a failure raises, or with fallback (or auto) drops compilation and tries again."""
+           input_size: tuple[int, int] | None, say: Callable[[str], None], *, fuse_codec: bool = True) -> float:
+    """Build at start-up; a failure raises, or with fallback (or auto) drops compilation and goes on with the
+    mode resolve_mode would fall back to: graphs on CUDA, else eager."""
     pipe = stream.pipe
     try:
         seconds = stream.build(input_size)
@@ -219,9 +220,11 @@ def _build(stream: AcceleratedStream, chosen: AccelMode, requested: AccelMode, f
         compiling.uncompile(compiling.compiled_parts(pipe.components.unet, pipe.components.vae))
         if chosen.graphs:
             stream.set_capture(CudaGraphCapture(), AccelMode.GRAPHS.value)
-        else:  # the eager engine as it is
-            upsample_fold.unfold_upsamplers(pipe.components.unet)
-            stream.set_capture(None, AccelMode.NONE.value)
+        else:  # eager: the fold stays; the codec, left to the compiler until now, is fused instead
+            ops = codec_fusion.ops_for(pipe.components.vae, pipe.device, pipe.dtype, compiled=False)
+            if fuse_codec and ops is not None:
+                codec_fusion.fuse(pipe.components.vae, ops)
+            stream.set_capture(None, AccelMode.EAGER.value)
         pipe.reset()
         return stream.build(input_size)
     say(f"{chosen.value}: ready in {seconds:.1f} s ({', '.join(stream.captured) or 'no graphs'})")
