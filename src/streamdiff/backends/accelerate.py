@@ -176,12 +176,7 @@ def _prepare_modules(pipe: StreamPipeline, mode: AccelMode, cache_dir: str | Pat
         upsample_fold.fold_upsamplers(unet)
     else:
         upsample_fold.unfold_upsamplers(unet)
-    ops = codec_fusion.ops_for(vae, pipe.device, pipe.dtype, compiled=mode.compiles) if fuse_codec else None
-    if ops is not None:
-        compiling.uncompile({"encoder": vae.encoder, "decoder": vae.decoder})
-        codec_fusion.fuse(vae, ops)
-    elif codec_fusion.is_fused(vae):
-        codec_fusion.unfuse(vae)
+    _set_codec(pipe, fuse_codec, compiled=mode.compiles)
     if pipe.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one stream keeps its shapes: the search pays off at once
         unet.to(memory_format=torch.channels_last)
@@ -195,6 +190,17 @@ def _prepare_modules(pipe: StreamPipeline, mode: AccelMode, cache_dir: str | Pat
         compiling.compile_in_place(compiling.compiled_parts(unet, vae), preset)
         say(f"{mode.value}: compiling the UNet and the codec at the first frames (cache: {folder})")
     return folder
+
+
+def _set_codec(pipe: StreamPipeline, fuse_codec: bool, *, compiled: bool) -> None:
+    """Fuse TAESD's convolutions with the kernels that pay here (then it is not compiled), or run it unfused."""
+    vae = pipe.components.vae
+    ops = codec_fusion.ops_for(vae, pipe.device, pipe.dtype, compiled=compiled) if fuse_codec else None
+    if ops is not None:
+        compiling.uncompile({"encoder": vae.encoder, "decoder": vae.decoder})
+        codec_fusion.fuse(vae, ops)
+    elif codec_fusion.is_fused(vae):
+        codec_fusion.unfuse(vae)
 
 
 def _fuse_projections(unet: torch.nn.Module) -> None:
@@ -221,9 +227,7 @@ def _build(stream: AcceleratedStream, chosen: AccelMode, requested: AccelMode, f
         if chosen.graphs:
             stream.set_capture(CudaGraphCapture(), AccelMode.GRAPHS.value)
         else:  # eager: the fold stays; the codec, left to the compiler until now, is fused instead
-            ops = codec_fusion.ops_for(pipe.components.vae, pipe.device, pipe.dtype, compiled=False)
-            if fuse_codec and ops is not None:
-                codec_fusion.fuse(pipe.components.vae, ops)
+            _set_codec(pipe, fuse_codec, compiled=False)
             stream.set_capture(None, AccelMode.EAGER.value)
         pipe.reset()
         return stream.build(input_size)
