@@ -30,3 +30,14 @@ def tiny_pipe_factory(_tiny_cache):
         return copy.deepcopy(_tiny_cache["vae" if full_vae else "taesd"])
 
     return make
+
+
+@pytest.fixture
+def tiny_engine(tiny_pipe):
+    """The tiny model as a prepared 64x64 stream of two steps on the CPU, as the apps drive it."""
+    from streamdiff.stream import StreamPipeline
+
+    pipe = StreamPipeline.from_diffusers(tiny_pipe, width=64, height=64, strength=0.6, steps=2, seed=1,
+                                         fit="crop", device="cpu")
+    pipe.prepare("a watercolor")
+    return pipe

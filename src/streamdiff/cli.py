@@ -21,6 +21,7 @@ COMMANDS: tuple[str, ...] = (
     "streamdiff.app.video",
     "streamdiff.models.command",
     "streamdiff.bench.command",
+    "streamdiff.web.command",
 )
 
 

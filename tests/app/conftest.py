@@ -36,16 +36,6 @@ def fake_engine():
 
 
 @pytest.fixture
-def tiny_engine(tiny_pipe):
-    from streamdiff.stream import StreamPipeline
-
-    pipe = StreamPipeline.from_diffusers(tiny_pipe, width=64, height=64, strength=0.6, steps=2, seed=1,
-                                         fit="crop", device="cpu")
-    pipe.prepare("a watercolor")
-    return pipe
-
-
-@pytest.fixture
 def clip(tmp_path) -> Path:
     return make_clip(tmp_path / "clip.mp4")
 

@@ -15,6 +15,9 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "mss": ("mss", "camera"),
     "pyvirtualcam": ("pyvirtualcam", "camera"),
     "yaml": ("pyyaml", "camera"),
+    "fastapi": ("fastapi", "web"),
+    "uvicorn": ("uvicorn", "web"),
+    "websockets": ("websockets", "web"),
 }
 
 

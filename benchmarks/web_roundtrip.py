@@ -1,0 +1,189 @@
+"""The web page's path: `streamdiff web`'s server, driven by a WebSocket client that behaves as the page does.
+
+For each model (random weights of the real architecture, the accelerated mode built in the foreground, the
+web command's defaults: latent feedback 0.3, fit crop), the server (uvicorn on a thread of this process,
+serving the same app `streamdiff web` serves) gets 512x512 JPEG pictures (quality 85, as the page sends)
+of a moving pattern from a source of a given frame rate: each new source frame is sent when fewer than two
+pictures wait for an answer, else when an answer frees a place (static/app.js's rule, with the camera's
+frames). A 60 fps source is a camera; 240 fps is faster than the engine, so the server sets the pace.
+Reported after a warm-up:
+- outputs a second, and the round trip from sending a picture to receiving the output made from it;
+- the inference thread's work per frame, split into decode + engine step + JPEG encode;
+- the JPEG decode and encode alone on this host (the step without them is the camera app's).
+Nothing here asserts.
+
+    python3 benchmarks/web_roundtrip.py --out DIR --cache DIR --models sdxs-512,sd-turbo --source-fps 60,240
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PROMPT = "a watercolor painting of a lighthouse at dusk"
+SIZE = 512
+IN_FLIGHT = 2
+
+
+def build_stream(model: str, device: str, mode: str, cache: Path) -> Any:
+    from streamdiff.app.engine_io import EngineRunner
+    from streamdiff.app.keys import Controls
+    from streamdiff.backends.accelerate import accelerate
+    from streamdiff.stream import StreamPipeline
+    from streamdiff.web.bridge import WebStream
+    from streamdiff.web.protocol import PromptBook
+
+    pipe = StreamPipeline.from_model(model, random_weights=True, device=device, seed=2, fit="crop", feedback=0.3,
+                                     width=SIZE, height=SIZE)
+    pipe.prepare(prompt=PROMPT)
+    engine, _ = accelerate(pipe, mode, cache_dir=cache, build=True, progress=lambda _: None)
+    runner = EngineRunner(engine, [PROMPT])
+    return WebStream(runner, Controls(feedback=0.3, strength=engine.strength), PromptBook(runner.prompts), model=model)
+
+
+def pictures(count: int) -> list[bytes]:
+    """JPEGs of a moving pattern: a gradient with a bright square crossing it."""
+    from PIL import Image
+
+    ramp = np.linspace(0, 255, SIZE, dtype=np.float32)
+    encoded = []
+    for i in range(count):
+        image = np.stack([np.add.outer(ramp, ramp) / 2, np.roll(np.tile(ramp, (SIZE, 1)), 8 * i, axis=1),
+                          np.full((SIZE, SIZE), 96.0)], axis=-1).astype(np.uint8)
+        x = (16 * i) % (SIZE - 128)
+        image[192:320, x:x + 128] = 240
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=85)
+        encoded.append(buffer.getvalue())
+    return encoded
+
+
+def serve(stream: Any) -> tuple[Any, str, threading.Thread]:
+    import uvicorn
+
+    from streamdiff.web.command import bind
+    from streamdiff.web.server import create_app
+
+    listener = bind("127.0.0.1", 0)
+    ws = "websockets-sansio" if "websockets-sansio" in uvicorn.config.WS_PROTOCOLS else "websockets"
+    server = uvicorn.Server(uvicorn.Config(create_app(stream), log_level="warning", ws=ws))
+    stream.start()
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name="uvicorn", daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)  # uvicorn offers no event for its start
+    return server, f"ws://127.0.0.1:{listener.getsockname()[1]}/ws", thread
+
+
+async def drive(url: str, frames: list[bytes], source_fps: float, warmup: float, seconds: float) -> dict[str, Any]:
+    """The page's rule: a new source frame is sent when fewer than IN_FLIGHT pictures wait for an answer,
+    else as soon as an answer frees a place; returns outputs a second and round trips after `warmup` s."""
+    import websockets
+
+    from streamdiff.web.protocol import HEADER_IN, HEADER_OUT
+
+    sent_at: dict[int, float] = {}
+    trips: list[float] = []
+    page = {"sequence": 0, "taken": 0, "fresh": False}
+    async with websockets.connect(url, max_size=None, proxy=None) as ws:
+        json.loads(await ws.recv())
+
+        async def pump() -> None:
+            if page["fresh"] and page["sequence"] - page["taken"] < IN_FLIGHT:
+                page["fresh"] = False
+                page["sequence"] += 1
+                sent_at[page["sequence"]] = time.perf_counter()
+                await ws.send(HEADER_IN.pack(page["sequence"]) + frames[page["sequence"] % len(frames)])
+
+        async def source() -> None:
+            while True:
+                page["fresh"] = True
+                await pump()
+                await asyncio.sleep(1.0 / source_fps)
+
+        ticking = asyncio.create_task(source())
+        measured_from = time.perf_counter() + warmup
+        outputs = 0
+        while time.perf_counter() < measured_from + seconds:
+            message = await ws.recv()
+            if isinstance(message, str):
+                continue
+            now = time.perf_counter()
+            taken, shown = HEADER_OUT.unpack_from(message)
+            page["taken"] = max(page["taken"], taken)
+            if now >= measured_from:
+                outputs += 1
+                if shown in sent_at:
+                    trips.append(1000 * (now - sent_at[shown]))
+            await pump()
+        ticking.cancel()
+    return {"source_fps": source_fps, "outputs_per_s": outputs / seconds, "outputs": outputs,
+            "round_trip_ms_median": statistics.median(trips), "round_trip_ms_p90": float(np.percentile(trips, 90))}
+
+
+def codec_ms(frames: list[bytes], repeats: int = 50) -> dict[str, float]:
+    from streamdiff.web.protocol import decode_picture, encode_jpeg
+
+    decode, encode = [], []
+    for i in range(repeats):
+        start = time.perf_counter()
+        image = decode_picture(frames[i % len(frames)])
+        middle = time.perf_counter()
+        encode_jpeg(image, 85)
+        decode.append(middle - start)
+        encode.append(time.perf_counter() - middle)
+    return {"decode_ms": 1000 * statistics.median(decode), "encode_ms": 1000 * statistics.median(encode)}
+
+
+def measure(model: str, device: str, mode: str, cache: Path, source_fps: float, warmup: float,
+            seconds: float) -> dict[str, Any]:
+    stream = build_stream(model, device, mode, cache)
+    frames = pictures(60)
+    server, url, thread = serve(stream)
+    try:
+        result = asyncio.run(drive(url, frames, source_fps, warmup, seconds))
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        stream.close()
+    timings = stream.runner.timings
+    return {"model": model, "mode": getattr(stream.runner.engine, "mode", mode), "size": SIZE, "in_flight": IN_FLIGHT,
+            **result, **codec_ms(frames),
+            "server_step_ms": {part: timings.mean_ms(part) for part in ("preprocess", "engine", "postprocess")},
+            "stylized": stream.counts.stylized, "dropped": stream.counts.dropped}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/streamdiff-compile"))
+    parser.add_argument("--models", default="sdxs-512,sd-turbo")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--mode", default="max")
+    parser.add_argument("--source-fps", default="60,240", help="source frame rates: a camera's, and one above the engine's")
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    import torch
+
+    results = {"device": torch.cuda.get_device_name() if args.device == "cuda" else args.device,
+               "torch": torch.__version__, "runs": []}
+    for model in args.models.split(","):
+        for fps in (float(f) for f in args.source_fps.split(",")):
+            results["runs"].append(measure(model, args.device, args.mode, args.cache, fps, args.warmup, args.seconds))
+            print(json.dumps(results["runs"][-1]), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "web-roundtrip.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""`streamdiff web`: a browser page as the camera and the screen, served by FastAPI over one WebSocket.
+
+protocol.py says what travels (pictures with a small header, JSON controls and reports), bridge.py runs
+the engine on an inference thread of its own, server.py is the FastAPI app and command.py the CLI.
+"""

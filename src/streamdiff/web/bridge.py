@@ -1,0 +1,217 @@
+"""The engine behind the page: an inference thread of its own, fed through latest-value slots.
+
+Handlers on the event loop only put pictures and controls into slots and take outputs from a queue, so
+the model never runs on the event loop and a slow frame never holds up the page's other messages. One
+page drives the stream at a time: a newer page takes it over (a reload opens a new connection before the
+old one is gone), and the older page is told so and closed.
+
+    page --WebSocket--> submit() --> pictures slot --> inference thread --> deliver() --> page
+                        change() --> controls slot --^      (decode, engine, JPEG)
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamdiff.app.engine_io import EngineRunner
+from streamdiff.app.frames import Frame
+from streamdiff.app.keys import Controls
+from streamdiff.app.slots import LatestSlot, RateMeter
+from streamdiff.errors import first_line
+from streamdiff.web.protocol import (
+    PromptBook,
+    ProtocolError,
+    apply_controls,
+    decode_picture,
+    encode_jpeg,
+    pack_output,
+    split_frame,
+)
+
+logger = logging.getLogger(__name__)
+
+# Output for a page: encoded picture bytes, a JSON-ready dict, or CLOSE (end that page's connection).
+CLOSE = object()
+Deliver = Callable[[Any], None]
+
+
+@dataclass(frozen=True)
+class Client:
+    """One connected page; `deliver` hands it an output from any thread."""
+
+    id: int
+    deliver: Deliver
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A picture from the page as it arrived (the inference thread decodes it)."""
+
+    client: int
+    sequence: int
+    data: bytes
+    time: float
+
+
+@dataclass
+class Counts:
+    """Pictures received from pages, taken by the engine, replaced unseen, and shown by the page."""
+
+    received: int = 0
+    stylized: int = 0
+    dropped: int = 0
+    page_shown: int = 0
+    page_fps: float = 0.0
+
+
+@dataclass
+class WebStream:
+    """The stream a page drives: start() the inference thread, then connect() pages and submit() pictures."""
+
+    runner: EngineRunner
+    controls: Controls
+    prompts: PromptBook
+    model: str = ""
+    quality: int = 85
+    on_failure: Callable[[], None] = lambda: None  # the server stops when the inference thread fails
+    pictures: LatestSlot[Picture] = field(default_factory=LatestSlot)
+    applied: LatestSlot[Controls] = field(default_factory=LatestSlot)
+    stop: threading.Event = field(default_factory=threading.Event)
+    rate: RateMeter = field(default_factory=RateMeter)
+    counts: Counts = field(default_factory=Counts)
+    failure: BaseException | None = None
+    _current: Client | None = None
+    _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _thread: threading.Thread | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"JPEG quality must be in 1..100; got {self.quality}")
+        self.applied.put(self.controls)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=_guarded_worker, args=(self,), name="streamdiff-web-inference",
+                                        daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 2.0) -> bool:
+        """Stop the inference thread; True when it ended within `timeout` seconds."""
+        self.stop.set()
+        self.pictures.wake()
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def connect(self, deliver: Deliver) -> Client:
+        """A new page drives the stream from now on; the page before it is told and closed."""
+        client = Client(next(self._ids), deliver)
+        with self._lock:
+            previous, self._current = self._current, client
+        if previous is not None:
+            previous.deliver({"type": "error", "fatal": True,
+                              "message": "another page took over the stream; reload to take it back"})
+            previous.deliver(CLOSE)
+        return client
+
+    def disconnect(self, client: Client) -> None:
+        with self._lock:
+            if self._current is client:
+                self._current = None
+
+    def driver(self) -> Client | None:
+        """The page driving the stream now, if any."""
+        with self._lock:
+            return self._current
+
+    def current(self, client_id: int) -> Client | None:
+        """The page with this id while it drives the stream; None once another took over or it left."""
+        current = self.driver()
+        return current if current is not None and current.id == client_id else None
+
+    def submit(self, client: Client, data: bytes) -> None:
+        """A binary message from a page: its picture replaces any the engine has not taken yet."""
+        sequence, payload = split_frame(data)
+        if self.current(client.id) is None:
+            return  # a page that was taken over: its last pictures no longer count
+        self.counts.received += 1
+        self.pictures.put(Picture(client.id, sequence, payload, time.perf_counter()))
+
+    def change(self, client: Client, message: dict[str, Any]) -> None:
+        """A "controls" message: the inference thread applies the new controls before its next frame."""
+        if self.current(client.id) is None:
+            return
+        with self._lock:
+            self.controls = apply_controls(self.controls, message, self.prompts)
+            self.applied.put(self.controls)
+
+    def page_report(self, message: dict[str, Any]) -> None:
+        """A "shown" message: how many outputs the page has put on screen, and at what rate."""
+        count, fps = message.get("count"), message.get("fps", 0.0)
+        if not isinstance(count, int) or isinstance(count, bool) or not isinstance(fps, (int, float)):
+            raise ProtocolError('expected {"type": "shown", "count": <whole number>, "fps": <number>}')
+        self.counts.page_shown, self.counts.page_fps = count, float(fps)
+
+    def status(self) -> dict[str, Any]:
+        timings = self.runner.timings
+        return {
+            "type": "status", "ai_fps": round(self.rate.rate(), 2), "accel": getattr(self.runner.engine, "mode", None),
+            "received": self.counts.received, "stylized": self.counts.stylized, "dropped": self.counts.dropped,
+            "step_ms": round(sum(timings.mean_ms(p) for p in ("preprocess", "engine", "postprocess")), 2),
+        }
+
+    def state(self) -> dict[str, Any]:
+        """What a page needs to draw its controls, and the counts (GET /api/state returns it too)."""
+        controls = self.controls
+        return {
+            "type": "state", "model": self.model, "width": self.runner.width, "height": self.runner.height,
+            "prompts": list(self.prompts.prompts), "prompt": self.runner.prompt(controls),
+            "controls": {"strength": controls.strength, "ema": controls.ema, "feedback": controls.feedback,
+                         "seed": controls.seed, "mirror": controls.mirror},
+            "page": {"shown": self.counts.page_shown, "fps": self.counts.page_fps},
+            **{key: value for key, value in self.status().items() if key != "type"},
+        }
+
+
+def inference_worker(stream: WebStream) -> None:
+    """Always take the newest picture; apply changed controls between frames; answer the page it came from."""
+    seen = 0
+    while not stream.stop.is_set():
+        version, picture = stream.pictures.wait_newer(seen, timeout=0.5)
+        if version == seen or picture is None:
+            continue
+        stream.counts.dropped += version - seen - 1
+        seen = version
+        client = stream.current(picture.client)
+        if client is None:
+            continue
+        try:
+            image = decode_picture(picture.data)
+        except ProtocolError as exc:
+            client.deliver({"type": "error", "message": str(exc)})
+            continue
+        _, controls = stream.applied.peek()
+        stream.runner.apply(controls)
+        output = stream.runner.step(Frame(image, "rgb", picture.sequence, picture.time), controls.mirror)
+        stream.counts.stylized += 1
+        stream.rate.tick()
+        client.deliver(pack_output(picture.sequence, output.source_index, encode_jpeg(output.image, stream.quality)))
+
+
+def _guarded_worker(stream: WebStream) -> None:
+    try:
+        inference_worker(stream)
+    except BaseException as exc:  # noqa: BLE001  the page and the server must learn of every failure
+        stream.failure = exc
+        logger.error("the inference thread failed: %s", first_line(exc))
+        current = stream.driver()
+        if current is not None:
+            current.deliver({"type": "error", "fatal": True, "message": f"the engine failed: {first_line(exc)}"})
+        stream.on_failure()

@@ -1,0 +1,148 @@
+"""`streamdiff web`: serve the page, with the model loaded before the first page connects."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+from dataclasses import replace
+from typing import Any
+
+from streamdiff.app.optional import require
+from streamdiff.errors import UserError
+
+DESCRIPTION = """Serve a web page that stylizes the browser's camera, a shared screen or a video file live.
+Open the printed address; the page asks for the camera. Browsers give pages the camera only over https
+or on localhost: from other machines, serve with --ssl-certfile and --ssl-keyfile."""
+
+
+def register(subparsers: Any) -> None:
+    from streamdiff.cli_options import add_engine_options
+
+    p = subparsers.add_parser("web", help="a browser page as camera and screen (the same engine, served)",
+                              description=DESCRIPTION)
+    add_engine_options(p)
+    p.set_defaults(compile_in_background=True)  # the page gets frames within seconds; the compiled speed follows
+    g = p.add_argument_group("web page")
+    g.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    g.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    g.add_argument("--prompts", default="gallery", metavar="FILE",
+                   help="the prompts the page offers: a .txt/.yaml file (default: the built-in gallery)")
+    g.add_argument("--ema", type=float, default=0.0, help="output smoothing, 0..0.95")
+    g.add_argument("--feedback", type=float, default=0.3, help="share of the last latent fed back, 0..0.9")
+    g.add_argument("--similarity-filter", nargs="?", type=float, const=0.98, default=None, metavar="THRESHOLD",
+                   help="skip frames that barely changed (default threshold 0.98)")
+    g.add_argument("--transition-frames", type=int, default=8, help="frames a prompt change takes (default 8)")
+    g.add_argument("--quality", type=int, default=85, help="JPEG quality of the pictures sent back, 1..100")
+    g.add_argument("--ssl-certfile", default=None, help="certificate for https (with --ssl-keyfile)")
+    g.add_argument("--ssl-keyfile", default=None, help="private key for https")
+    g.add_argument("--open", action="store_true", help="open the page in the default browser")
+    g.add_argument("--cpu-threads", type=int, default=None,
+                   help="torch threads when the model runs on the CPU (default: all cores but one)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    for module in ("fastapi", "uvicorn", "websockets"):
+        require(module, "the web page")
+    if (args.ssl_certfile is None) != (args.ssl_keyfile is None):
+        raise UserError("https needs both --ssl-certfile and --ssl-keyfile")
+    if not 1 <= args.quality <= 100:
+        raise UserError(f"--quality must be in 1..100; got {args.quality}")
+    listener = bind(args.host, args.port)  # before the model loads: a busy port fails at once
+    try:
+        stream = _stream(args)
+    except BaseException:
+        listener.close()
+        raise
+    url = _url(args, listener)
+    print(f"streamdiff: serving {url} (Ctrl-C stops)", file=sys.stderr, flush=True)
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(url)
+    summary = serve(stream, listener, args.ssl_certfile, args.ssl_keyfile)
+    print(summary)
+    return 0
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket, or a one-line reason why there is none."""
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port must be in 0..65535; got {port}")
+    try:
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise UserError(f"cannot listen on {host!r}: {exc.strerror}") from None
+    listener = socket.socket(info[0], socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(info[4])
+        listener.listen(64)
+    except OSError as exc:
+        listener.close()
+        hint = "; pick another with --port" if exc.errno in (98, 48, 10048) else ""  # EADDRINUSE
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
+    return listener
+
+
+def _url(args: argparse.Namespace, listener: socket.socket) -> str:
+    host, port = listener.getsockname()[:2]
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    shown = f"[{shown}]" if ":" in shown else shown
+    return f"{'https' if args.ssl_certfile else 'http'}://{shown}:{port}/"
+
+
+def _stream(args: argparse.Namespace) -> Any:
+    from streamdiff.app.camera import set_cpu_threads
+    from streamdiff.app.engine_io import EngineRunner
+    from streamdiff.app.gallery import resolve_prompts
+    from streamdiff.app.keys import Controls
+    from streamdiff.cli_options import engine_from_args
+    from streamdiff.models.registry import DEFAULT_MODEL
+    from streamdiff.web.bridge import WebStream
+    from streamdiff.web.protocol import PromptBook
+
+    prompts = resolve_prompts(args.prompt, args.prompts)
+    args.prompt = prompts[0]
+    controls = Controls(ema=args.ema, feedback=args.feedback, seed=args.seed)  # checked before the model loads
+    pipe = engine_from_args(args)
+    if pipe.device.type == "cpu":
+        set_cpu_threads(args.cpu_threads)
+    if args.similarity_filter is not None:
+        pipe.set_similarity_filter(args.similarity_filter)
+    runner = EngineRunner(pipe, prompts, args.fit, args.transition_frames)
+    return WebStream(runner, replace(controls, strength=pipe.strength), PromptBook(runner.prompts),
+                     model=args.model or DEFAULT_MODEL, quality=args.quality)
+
+
+def serve(stream: Any, listener: socket.socket, certfile: str | None = None, keyfile: str | None = None) -> str:
+    """Run the server until Ctrl-C (or the engine fails); returns the one-line summary."""
+    import time
+
+    import uvicorn
+
+    from streamdiff.app.runtime import WorkerError
+    from streamdiff.web.server import create_app
+
+    # uvicorn's sans-I/O websockets protocol replaces its older one (which now warns) where it exists.
+    ws = "websockets-sansio" if "websockets-sansio" in uvicorn.config.WS_PROTOCOLS else "websockets"
+    config = uvicorn.Config(create_app(stream), log_level="warning", ws=ws,
+                            ssl_certfile=certfile, ssl_keyfile=keyfile)
+    server = uvicorn.Server(config)
+    stream.on_failure = lambda: setattr(server, "should_exit", True)
+    start = time.perf_counter()
+    stream.start()
+    try:
+        server.run(sockets=[listener])
+    except KeyboardInterrupt:  # uvicorn raises Ctrl-C again once it has shut down: the usual way to stop
+        pass
+    finally:
+        stream.close()
+        listener.close()
+    if stream.failure is not None:
+        raise WorkerError(f"the inference thread failed: {stream.failure}") from stream.failure
+    seconds = time.perf_counter() - start
+    counts = stream.counts
+    return (f"web: {counts.received} pictures received, {counts.stylized} stylized "
+            f"({counts.stylized / seconds if seconds > 0 else 0.0:.1f} fps), {counts.dropped} replaced unseen")

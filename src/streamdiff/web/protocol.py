@@ -1,0 +1,145 @@
+"""What travels over the page's WebSocket, and how each message is checked.
+
+Binary, page -> server: a 4-byte big-endian sequence number, then one JPEG or PNG picture.
+Binary, server -> page: the number of the newest picture the server took (every earlier one is answered
+by it too: a picture replaced by a newer one before the engine took it is never stylized), the number of
+the picture this output shows (an older one when the stream batch runs several steps), then the
+stylized picture as JPEG. The page keeps at most a few pictures unanswered, so nothing queues up.
+Text: JSON objects with a "type": "controls" and "shown" from the page; "state", "status" and "error"
+from the server.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import struct
+import threading
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from streamdiff.app.keys import Controls
+
+HEADER_IN = struct.Struct(">I")
+HEADER_OUT = struct.Struct(">II")
+MAX_FRAME_BYTES = 8 * 1024 * 1024
+MAX_SIDE = 4096  # pixels; a picture is cropped to the render size anyway
+MAX_PROMPT_CHARS = 1000
+MAX_SEED = 2**63 - 1
+
+# Controls the page may change, with the JSON type each takes. Blend, layout and pausing are the page's own.
+CONTROL_TYPES: dict[str, type] = {
+    "prompt": str, "strength": float, "ema": float, "feedback": float, "seed": int, "mirror": bool,
+}
+
+
+class ProtocolError(ValueError):
+    """A message from the page that cannot be used; the text says what was expected. The connection stays."""
+
+
+def split_frame(data: bytes) -> tuple[int, bytes]:
+    """A binary message from the page: (sequence number, picture bytes)."""
+    if len(data) > MAX_FRAME_BYTES:
+        raise ProtocolError(f"a picture message may be at most {MAX_FRAME_BYTES // 2**20} MiB; got "
+                            f"{len(data) / 2**20:.1f} MiB")
+    if len(data) <= HEADER_IN.size:
+        raise ProtocolError(f"expected a {HEADER_IN.size}-byte sequence number followed by a JPEG or PNG "
+                            f"picture; got {len(data)} bytes")
+    (sequence,) = HEADER_IN.unpack_from(data)
+    return sequence, data[HEADER_IN.size:]
+
+
+def pack_output(taken: int, shown: int, jpeg: bytes) -> bytes:
+    return HEADER_OUT.pack(taken % 2**32, shown % 2**32) + jpeg
+
+
+def decode_picture(data: bytes) -> np.ndarray:
+    """JPEG or PNG bytes as an (H, W, 3) uint8 RGB array."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as picture:
+            if picture.format not in ("JPEG", "PNG"):
+                raise ProtocolError(f"expected a JPEG or PNG picture; got {picture.format}")
+            width, height = picture.size
+            if max(width, height) > MAX_SIDE:
+                raise ProtocolError(f"pictures may be at most {MAX_SIDE} pixels a side; got {width}x{height}")
+            return np.array(picture.convert("RGB"))  # writable: torch refuses to wrap read-only arrays
+    except UnidentifiedImageError:
+        raise ProtocolError(f"expected a JPEG or PNG picture after the {HEADER_IN.size}-byte sequence number; "
+                            f"its {len(data)} bytes are neither") from None
+    except (OSError, Image.DecompressionBombError) as exc:
+        raise ProtocolError(f"cannot read the picture after the sequence number ({exc})") from None
+
+
+def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
+    """An (H, W, 3) uint8 RGB array as JPEG bytes."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def parse_text(text: str) -> dict[str, Any]:
+    """A text message from the page: a JSON object with a string "type"."""
+    try:
+        message = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"expected a JSON object; cannot parse it ({exc.msg} at character {exc.pos})") from None
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ProtocolError('expected a JSON object with a "type", such as {"type": "controls", "strength": 0.6}')
+    return message
+
+
+class PromptBook:
+    """The prompts the stream knows, by index (Controls name prompts by index). The page can add any text;
+    the inference thread reads the list by the index it is handed, after the text was added."""
+
+    def __init__(self, prompts: list[str]) -> None:
+        self.prompts = prompts  # shared with the EngineRunner, which reads it on the inference thread
+        self._lock = threading.Lock()
+
+    def index_of(self, text: str) -> int:
+        with self._lock:
+            if text not in self.prompts:
+                self.prompts.append(text)
+            return self.prompts.index(text)
+
+
+def apply_controls(controls: Controls, message: dict[str, Any], prompts: PromptBook) -> Controls:
+    """The controls after a "controls" message; nothing changes unless every field is valid."""
+    unknown = sorted(set(message) - set(CONTROL_TYPES) - {"type"})
+    if unknown:
+        raise ProtocolError(f"unknown control {', '.join(unknown)}; expected some of {', '.join(CONTROL_TYPES)}")
+    changes = {name: _checked(name, message[name]) for name in CONTROL_TYPES if name in message}
+    prompt = changes.pop("prompt", None)
+    try:
+        changed = replace(controls, **changes)
+    except ValueError as exc:
+        raise ProtocolError(str(exc)) from None
+    if prompt is not None:
+        changed = replace(changed, prompt_index=prompts.index_of(prompt))
+    return changed
+
+
+def _checked(name: str, value: Any) -> Any:
+    kind = CONTROL_TYPES[name]
+    # JSON has one number type and bool is an int in Python: check the JSON-level kinds explicitly.
+    if kind is bool and isinstance(value, bool):
+        return value
+    if kind is str and isinstance(value, str):
+        if len(value) > MAX_PROMPT_CHARS:
+            raise ProtocolError(f"prompt may be at most {MAX_PROMPT_CHARS} characters; got {len(value)}")
+        return value
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value <= MAX_SEED:
+            raise ProtocolError(f"seed must be in [0, 2**63 - 1]; got {value}")
+        return value
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    expected = {bool: "true or false", str: "a string", int: "a whole number", float: "a finite number"}[kind]
+    raise ProtocolError(f"{name} must be {expected}; got {json.dumps(value)}")

@@ -1,0 +1,105 @@
+"""The FastAPI app: the page and its files, the stream's state as JSON, and the page's WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from streamdiff.web.bridge import CLOSE, Client, WebStream
+from streamdiff.web.protocol import ProtocolError, parse_text
+
+STATIC = Path(__file__).parent / "static"
+STATUS_INTERVAL = 0.5  # seconds between status messages to the page
+TAKEN_OVER = 4001  # WebSocket close code for a page another page took the stream from
+
+
+def create_app(stream: WebStream) -> FastAPI:
+    app = FastAPI(title="streamdiff", docs_url=None, redoc_url=None, openapi_url=None)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/api/state")
+    async def state() -> dict[str, Any]:
+        return stream.state()
+
+    @app.websocket("/ws")
+    async def socket(websocket: WebSocket) -> None:
+        await serve_page(websocket, stream)
+
+    return app
+
+
+async def serve_page(websocket: WebSocket, stream: WebStream) -> None:
+    """One page's connection: its pictures and controls go to the stream, outputs and reports come back."""
+    await websocket.accept()
+    outbox: asyncio.Queue[Any] = asyncio.Queue()
+    client = stream.connect(_threadsafe(asyncio.get_running_loop(), outbox))
+    outbox.put_nowait(stream.state())
+    tasks = [asyncio.create_task(_send(websocket, outbox)), asyncio.create_task(_report(outbox, stream))]
+    try:
+        while not tasks[0].done():
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            try:
+                _handle(message, client, stream)
+            except ProtocolError as exc:
+                outbox.put_nowait({"type": "error", "message": str(exc)})
+    except (WebSocketDisconnect, RuntimeError):  # closed from either side while waiting
+        pass
+    finally:
+        stream.disconnect(client)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
+                await task
+
+
+def _handle(message: dict[str, Any], client: Client, stream: WebStream) -> None:
+    if message.get("bytes") is not None:
+        stream.submit(client, message["bytes"])
+        return
+    parsed = parse_text(message.get("text") or "")
+    kind = parsed.pop("type")
+    if kind == "controls":
+        stream.change(client, parsed)
+    elif kind == "shown":
+        stream.page_report(parsed)
+    else:
+        raise ProtocolError(f'unknown message type {kind!r}; expected "controls" or "shown"')
+
+
+def _threadsafe(loop: asyncio.AbstractEventLoop, outbox: asyncio.Queue[Any]):
+    def deliver(item: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the page's loop has closed: nothing left to tell
+            loop.call_soon_threadsafe(outbox.put_nowait, item)
+
+    return deliver
+
+
+async def _send(websocket: WebSocket, outbox: asyncio.Queue[Any]) -> None:
+    while True:
+        item = await outbox.get()
+        if item is CLOSE:
+            await websocket.close(code=TAKEN_OVER, reason="another page took over the stream")
+            return
+        if isinstance(item, bytes):
+            await websocket.send_bytes(item)
+        else:
+            await websocket.send_json(item)
+
+
+async def _report(outbox: asyncio.Queue[Any], stream: WebStream) -> None:
+    while True:
+        await asyncio.sleep(STATUS_INTERVAL)
+        outbox.put_nowait(stream.status())

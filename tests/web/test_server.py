@@ -1,0 +1,189 @@
+"""The server with the tiny model behind it: pictures in and out, controls, bad input, a second page, failures.
+
+The engine is the real tiny stream (64x64, two steps, CPU); the page is starlette's test client.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from streamdiff.app.engine_io import EngineRunner
+from streamdiff.app.keys import Controls
+from streamdiff.web import protocol
+from streamdiff.web.bridge import WebStream
+from streamdiff.web.protocol import PromptBook
+from streamdiff.web.server import TAKEN_OVER, create_app
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def picture(seed: int, width: int = 80, height: int = 48) -> bytes:
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def frame(sequence: int, seed: int | None = None) -> bytes:
+    return protocol.HEADER_IN.pack(sequence) + picture(sequence if seed is None else seed)
+
+
+def next_output(ws) -> tuple[int, int, np.ndarray]:
+    """The next picture from the server, skipping status reports; errors fail the test."""
+    while True:
+        message = ws.receive()
+        if message.get("bytes") is not None:
+            taken, shown = protocol.HEADER_OUT.unpack_from(message["bytes"])
+            return taken, shown, np.asarray(Image.open(io.BytesIO(message["bytes"][8:])))
+        report = json.loads(message["text"])
+        assert report["type"] in ("status", "state"), report
+
+
+def next_error(ws) -> dict:
+    while True:
+        message = ws.receive()
+        if message.get("text") is not None and json.loads(message["text"])["type"] == "error":
+            return json.loads(message["text"])
+
+
+@pytest.fixture
+def stream(tiny_engine):
+    runner = EngineRunner(tiny_engine, ["a watercolor", "ink wash"], transition_frames=0)
+    web = WebStream(runner, Controls(seed=1, strength=tiny_engine.strength), PromptBook(runner.prompts), model="tiny")
+    web.start()
+    yield web
+    assert web.close(timeout=5.0)
+
+
+@pytest.fixture
+def client(stream):
+    with TestClient(create_app(stream)) as client:
+        yield client
+
+
+def test_each_picture_comes_back_stylized_at_the_render_size(client, stream, tiny_engine):
+    latency = tiny_engine.config.latency_frames
+    with client.websocket_connect("/ws") as ws:
+        state = ws.receive_json()
+        assert (state["type"], state["model"], state["width"], state["height"]) == ("state", "tiny", 64, 64)
+        assert state["prompts"] == ["a watercolor", "ink wash"] and state["prompt"] == "a watercolor"
+        outputs = []
+        for sequence in range(1, 6):
+            ws.send_bytes(frame(sequence))
+            outputs.append(next_output(ws))
+    for sequence, (taken, shown, image) in enumerate(outputs, start=1):
+        assert taken == sequence and image.shape == (64, 64, 3)
+        assert shown == max(1, sequence - latency)  # the stream batch shows the frame that entered `latency` calls ago
+    assert outputs[-1][2].std() > 0
+    assert (stream.counts.received, stream.counts.stylized) == (5, 5)
+
+
+def test_the_model_runs_on_the_inference_thread_only(client, tiny_engine, monkeypatch):
+    threads = []
+    img2img = tiny_engine.img2img
+
+    def recording(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return img2img(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_engine, "img2img", recording)
+    with client.websocket_connect("/ws") as ws:
+        ws.receive_json()
+        for sequence in range(1, 4):
+            ws.send_bytes(frame(sequence))
+            next_output(ws)
+    assert threads == ["streamdiff-web-inference"] * 3
+
+
+def test_controls_reach_the_engine_before_its_next_frame(client, stream, tiny_engine):
+    with client.websocket_connect("/ws") as ws:
+        ws.receive_json()
+        ws.send_bytes(frame(1))
+        next_output(ws)
+        ws.send_text(json.dumps({"type": "controls", "prompt": "neon noir", "strength": 0.5, "ema": 0.2}))
+        ws.send_bytes(frame(2))
+        next_output(ws)
+    assert tiny_engine.strength == pytest.approx(0.5)
+    assert tiny_engine.config.ema == pytest.approx(0.2)
+    assert stream.runner.prompt(stream.runner.applied) == "neon noir"
+    state = client.get("/api/state").json()
+    assert state["prompt"] == "neon noir" and state["prompts"][-1] == "neon noir"
+    assert state["controls"]["strength"] == 0.5 and state["stylized"] == 2
+
+
+def test_bad_messages_get_an_error_and_the_page_goes_on(client, stream):
+    with client.websocket_connect("/ws") as ws:
+        ws.receive_json()
+        ws.send_bytes(protocol.HEADER_IN.pack(1) + b"definitely not a jpeg")
+        assert "expected a JPEG or PNG picture" in next_error(ws)["message"]
+        ws.send_bytes(b"\x01")
+        assert "4-byte sequence number" in next_error(ws)["message"]
+        ws.send_text(json.dumps({"type": "controls", "strength": 7}))
+        assert "strength must be in (0, 1]" in next_error(ws)["message"]
+        ws.send_text(json.dumps({"type": "dance"}))
+        assert 'unknown message type \'dance\'; expected "controls" or "shown"' in next_error(ws)["message"]
+        ws.send_text("not json")
+        assert "expected a JSON object" in next_error(ws)["message"]
+        ws.send_bytes(frame(2))
+        taken, _, image = next_output(ws)
+    assert taken == 2 and image.shape == (64, 64, 3)
+    assert stream.controls.strength != 7 and stream.failure is None
+
+
+def test_a_newer_page_takes_the_stream_and_the_older_one_is_told(client, stream):
+    with client.websocket_connect("/ws") as first:
+        first.receive_json()
+        first.send_bytes(frame(1))
+        next_output(first)
+        with client.websocket_connect("/ws") as second:
+            second.receive_json()
+            error = next_error(first)
+            assert error["fatal"] and "another page took over the stream" in error["message"]
+            with pytest.raises(WebSocketDisconnect) as closed:
+                while True:
+                    first.receive_json()  # status reports until the close, which raises
+            assert closed.value.code == TAKEN_OVER
+            second.send_bytes(frame(1, seed=5))
+            taken, _, image = next_output(second)
+    assert taken == 1 and image.shape == (64, 64, 3)
+
+
+def test_the_page_reports_what_it_showed(client):
+    with client.websocket_connect("/ws") as ws:
+        ws.receive_json()
+        ws.send_text(json.dumps({"type": "shown", "count": 12, "fps": 29.5}))
+        ws.send_text(json.dumps({"type": "shown", "count": "many"}))
+        assert '"count": <whole number>' in next_error(ws)["message"]
+    assert client.get("/api/state").json()["page"] == {"shown": 12, "fps": 29.5}
+
+
+def test_the_page_and_its_files_are_served(client):
+    page = client.get("/")
+    assert page.status_code == 200 and '<script src="/static/app.js">' in page.text
+    for name in ("app.js", "style.css"):
+        assert client.get(f"/static/{name}").status_code == 200
+    assert client.get("/static/missing.js").status_code == 404
+
+
+def test_an_engine_failure_tells_the_page_and_stops_the_server(client, stream, tiny_engine, monkeypatch):
+    stopped = threading.Event()
+    stream.on_failure = stopped.set
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+
+    monkeypatch.setattr(tiny_engine, "img2img", failing)
+    with client.websocket_connect("/ws") as ws:
+        ws.receive_json()
+        ws.send_bytes(frame(1))
+        error = next_error(ws)
+    assert error["fatal"] and error["message"] == "the engine failed: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert stopped.wait(5.0) and isinstance(stream.failure, RuntimeError)
