@@ -134,32 +134,100 @@ def test_the_server_answers_a_page_and_stops_cleanly_on_ctrl_c(server):
     assert code == 0 and out.startswith("web: 4 pictures received, 4 stylized"), out
 
 
-def _browser() -> str | None:
-    return next((path for name in ("chromium", "chromium-browser", "google-chrome")
-                 if (path := shutil.which(name))), None)
+class Browser:
+    """Headless Chromium on the page, its fake camera (a moving test picture) allowed without asking, driven
+    through the DevTools protocol as a user's keyboard would drive it."""
+
+    def __init__(self, url: str, profile) -> None:
+        path = next((found for name in ("chromium", "chromium-browser", "google-chrome")
+                     if (found := shutil.which(name))), None)
+        if path is None:
+            pytest.skip("the browser tests need Chromium (apt-get install chromium); CI installs it")
+        self.profile = profile
+        self.process = subprocess.Popen(
+            [path, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-proxy-server",
+             "--no-first-run", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+             "--remote-debugging-port=0", f"--user-data-dir={profile}", url],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._socket = None
+        self._id = 0
+
+    def _page_socket(self):
+        from websockets.sync.client import connect
+
+        if self._socket is None:
+            port_file = self.profile / "DevToolsActivePort"
+            deadline = time.monotonic() + 30
+            while not port_file.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)  # Chromium writes the file once it listens: no event to wait on
+            port = port_file.read_text().split()[0]
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            with opener.open(f"http://127.0.0.1:{port}/json/list", timeout=10) as response:
+                page = next(t for t in json.load(response) if t["type"] == "page")
+            self._socket = connect(page["webSocketDebuggerUrl"], proxy=None, max_size=None)
+        return self._socket
+
+    def call(self, method: str, **params) -> dict:
+        socket = self._page_socket()
+        self._id += 1
+        socket.send(json.dumps({"id": self._id, "method": method, "params": params}))
+        while (reply := json.loads(socket.recv(timeout=30))).get("id") != self._id:
+            pass  # events the page sends meanwhile
+        assert "error" not in reply, reply
+        return reply["result"]
+
+    def press(self, key: str, code: int | None = None) -> None:
+        text = "\r" if key == "Enter" else key
+        extra = {"windowsVirtualKeyCode": code, "code": key} if code else {}
+        self.call("Input.dispatchKeyEvent", type="keyDown", key=key, text=text, **extra)
+        self.call("Input.dispatchKeyEvent", type="keyUp", key=key, **extra)
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def wait_for(server: Server, condition, what: str, timeout: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout
+    state = server.state()
+    while not condition(state):
+        assert time.monotonic() < deadline, f"waited {timeout:g} s for {what}; the server's state: {state}"
+        time.sleep(0.25)  # polling another process's state: there is no event to wait on
+        state = server.state()
+    return state
 
 
 def test_a_browser_page_streams_its_camera_and_applies_settings_from_its_address(server, tmp_path):
-    browser = _browser()
-    if browser is None:
-        pytest.skip("the browser test needs Chromium (apt-get install chromium); CI installs it")
     query = urllib.parse.urlencode({"prompt": "ink wash", "strength": 0.5, "ema": 0.2, "mirror": 1})
-    # Chromium's fake camera (a moving test picture) stands in for a real one, allowed without asking.
-    page = subprocess.Popen([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                             "--no-proxy-server", "--no-first-run", "--use-fake-device-for-media-stream",
-                             "--use-fake-ui-for-media-stream",
-                             f"--user-data-dir={tmp_path / 'profile'}", f"{server.url}?{query}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    browser = Browser(f"{server.url}?{query}", tmp_path / "profile")
     try:
-        deadline = time.monotonic() + 120
-        state = server.state()
-        while state["page"]["shown"] < 10 and time.monotonic() < deadline:
-            time.sleep(0.5)  # polling another process's state: there is no event to wait on
-            state = server.state()
+        state = wait_for(server, lambda s: s["page"]["shown"] >= 10, "the page to show 10 stylized pictures")
     finally:
-        page.terminate()
-        page.wait(timeout=30)
-    assert state["page"]["shown"] >= 10, state  # the page put stylized pictures on its screen
+        browser.close()
     assert state["stylized"] >= state["page"]["shown"] and state["dropped"] <= state["received"]
     assert state["prompt"] == "ink wash"
     assert state["controls"]["strength"] == 0.5 and state["controls"]["ema"] == 0.2 and state["controls"]["mirror"]
+
+
+def test_the_page_keys_and_prompt_box_change_the_stream(server, tmp_path):
+    browser = Browser(f"{server.url}?strength=0.5", tmp_path / "profile")
+    try:
+        first = wait_for(server, lambda s: s["page"]["shown"] >= 3 and s["controls"]["strength"] == 0.5,
+                         "the page to stream at strength 0.5")
+        gallery = first["prompts"]
+        for key in ("]", "]", "e", "m"):
+            browser.press(key)
+        wait_for(server, lambda s: s["controls"]["strength"] == pytest.approx(0.6) and s["controls"]["mirror"]
+                 and s["controls"]["ema"] == pytest.approx(0.05), "] ] e m to reach the stream")
+        browser.press("n")
+        wait_for(server, lambda s: s["prompt"] == gallery[1], "n to choose the next prompt")
+        browser.call("Runtime.evaluate", expression="document.getElementById('prompt').select()")
+        browser.call("Input.insertText", text="a neon noir alley")
+        browser.press("Enter", 13)
+        state = wait_for(server, lambda s: s["prompt"] == "a neon noir alley", "the typed prompt to be applied")
+        shown = state["page"]["shown"]
+        wait_for(server, lambda s: s["page"]["shown"] >= shown + 3, "the page to go on showing pictures")
+    finally:
+        browser.close()
