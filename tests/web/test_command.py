@@ -131,7 +131,7 @@ def test_the_server_answers_a_page_and_stops_cleanly_on_ctrl_c(server):
     assert asyncio.run(page()) == [(s, (64, 64, 3)) for s in range(1, 5)]
     assert server.state()["stylized"] == 4
     code, out = server.stop()
-    assert code == 0 and out.startswith("web: 4 pictures received, 4 stylized"), out
+    assert code == 0 and out.startswith("web: 4 requests received, 4 pictures stylized, 0 made from text"), out
 
 
 class Browser:
@@ -231,3 +231,13 @@ def test_the_page_keys_and_prompt_box_change_the_stream(server, tmp_path):
         wait_for(server, lambda s: s["page"]["shown"] >= shown + 3, "the page to go on showing pictures")
     finally:
         browser.close()
+
+
+def test_a_page_without_a_picture_source_streams_text_to_image(server, tmp_path):
+    browser = Browser(f"{server.url}?source=text&prompt=a%20lighthouse", tmp_path / "profile")
+    try:
+        state = wait_for(server, lambda s: s["page"]["shown"] >= 10, "the page to show 10 text-to-image frames")
+    finally:
+        browser.close()
+    assert state["generated"] >= state["page"]["shown"] and state["stylized"] == 0
+    assert state["prompt"] == "a lighthouse"

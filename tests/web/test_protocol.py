@@ -28,8 +28,12 @@ def test_a_frame_is_a_sequence_number_then_the_picture():
     assert protocol.HEADER_OUT.unpack_from(output) == (5, 3) and output[8:] == b"jpeg"
 
 
+def test_the_sequence_number_alone_asks_for_a_text_to_image_frame():
+    assert protocol.split_frame(protocol.HEADER_IN.pack(9)) == (9, b"")
+
+
 @pytest.mark.parametrize("data, message", [
-    (b"\x00\x00\x01", "4-byte sequence number followed by a JPEG or PNG picture; got 3 bytes"),
+    (b"\x00\x00\x01", "followed by a JPEG or PNG picture unless a text-to-image frame is asked for; got 3 bytes"),
     (b"\x00" * (protocol.MAX_FRAME_BYTES + 1), "at most 8 MiB"),
 ])
 def test_a_frame_without_a_picture_or_too_large_is_refused(data, message):

@@ -86,6 +86,26 @@ def test_each_picture_comes_back_stylized_at_the_render_size(client, stream, tin
     assert (stream.counts.received, stream.counts.stylized) == (5, 5)
 
 
+def test_the_sequence_number_alone_gets_a_text_to_image_frame_of_the_prompt(client, stream, tiny_engine):
+    latency = tiny_engine.config.latency_frames
+    with client.websocket_connect("/ws") as ws:
+        ws.receive_json()
+        outputs = []
+        for sequence in range(1, 4):
+            ws.send_bytes(protocol.HEADER_IN.pack(sequence))
+            outputs.append(next_output(ws))
+        ws.send_text(json.dumps({"type": "controls", "prompt": "ink wash"}))  # transition_frames=0: at once
+        for sequence in range(4, 4 + latency + 1):
+            ws.send_bytes(protocol.HEADER_IN.pack(sequence))
+            outputs.append(next_output(ws))
+    assert [taken for taken, _, _ in outputs] == list(range(1, 5 + latency))
+    assert all(image.shape == (64, 64, 3) for _, _, image in outputs)
+    # The same prompt and fixed noise draw the same picture; another prompt draws another.
+    assert np.array_equal(outputs[latency][2], outputs[latency + 1][2])
+    assert np.abs(outputs[-1][2].astype(int) - outputs[2][2].astype(int)).mean() > 1
+    assert (stream.counts.generated, stream.counts.stylized) == (4 + latency, 0)
+
+
 def test_the_model_runs_on_the_inference_thread_only(client, tiny_engine, monkeypatch):
     threads = []
     img2img = tiny_engine.img2img

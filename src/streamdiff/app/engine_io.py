@@ -59,8 +59,8 @@ class EngineRunner:
         self._clock = clock
         config = engine.config
         self.width, self.height = config.width, config.height
-        # The output of call k shows input k - latency: keep that many capture records to match them.
-        self._in_flight: deque[Frame] = deque(maxlen=config.latency_frames + 1)
+        # The output of call k shows input k - latency: keep that many (index, capture time) records to match them.
+        self._in_flight: deque[tuple[int, float]] = deque(maxlen=config.latency_frames + 1)
 
     def apply(self, controls: Controls) -> None:
         """Hand changed controls to the engine: prompt (with a smooth transition), temporal, seed, strength."""
@@ -97,11 +97,25 @@ class EngineRunner:
         t2 = self._clock()
         image = from_engine(output, frame.order)
         t3 = self._clock()
-        self._in_flight.append(frame)
-        shown = self._in_flight[0]
+        return self._leaving(image, frame.order, frame.index, frame.time, (t0, t1, t2, t3))
+
+    def generate(self, index: int, when: float) -> AiFrame:
+        """One text-to-image frame of the stream (no input picture); `index` and `when` name the request."""
+        t1 = self._clock()
+        output = self.engine.txt2img(output_type="pt")
+        t2 = self._clock()
+        image = from_engine(output, "rgb")
+        return self._leaving(image, "rgb", index, when, (t1, t1, t2, self._clock()))
+
+    def _leaving(self, image: np.ndarray, order: str, index: int, when: float,
+                 marks: tuple[float, float, float, float]) -> AiFrame:
+        """The output with the request it shows (the one that entered the stream batch `latency` calls ago)."""
+        self._in_flight.append((index, when))
+        shown_index, shown_time = self._in_flight[0]
+        t0, t1, t2, t3 = marks
         timings = self.timings
         timings.frames += 1
         timings.preprocess += t1 - t0
         timings.engine += t2 - t1
         timings.postprocess += t3 - t2
-        return AiFrame(image, frame.order, shown.index, shown.time)
+        return AiFrame(image, order, shown_index, shown_time)

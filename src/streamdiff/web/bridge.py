@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamdiff.app.engine_io import EngineRunner
+from streamdiff.app.engine_io import AiFrame, EngineRunner
 from streamdiff.app.frames import Frame
 from streamdiff.app.keys import Controls
 from streamdiff.app.slots import LatestSlot, RateMeter
@@ -51,7 +51,7 @@ class Client:
 
 @dataclass(frozen=True)
 class Picture:
-    """A picture from the page as it arrived (the inference thread decodes it)."""
+    """A picture from the page as it arrived (the inference thread decodes it); no data: a text-to-image frame."""
 
     client: int
     sequence: int
@@ -61,10 +61,11 @@ class Picture:
 
 @dataclass
 class Counts:
-    """Pictures received from pages, taken by the engine, replaced unseen, and shown by the page."""
+    """Pictures received from pages, stylized, replaced unseen, made from text alone, and shown by the page."""
 
     received: int = 0
     stylized: int = 0
+    generated: int = 0
     dropped: int = 0
     page_shown: int = 0
     page_fps: float = 0.0
@@ -163,7 +164,8 @@ class WebStream:
         timings = self.runner.timings
         return {
             "type": "status", "ai_fps": round(self.rate.rate(), 2), "accel": getattr(self.runner.engine, "mode", None),
-            "received": self.counts.received, "stylized": self.counts.stylized, "dropped": self.counts.dropped,
+            "received": self.counts.received, "stylized": self.counts.stylized, "generated": self.counts.generated,
+            "dropped": self.counts.dropped,
             "step_ms": round(sum(timings.mean_ms(p) for p in ("preprocess", "engine", "postprocess")), 2),
         }
 
@@ -193,16 +195,24 @@ def inference_worker(stream: WebStream) -> None:
         if client is None:
             continue
         try:
-            image = decode_picture(picture.data)
+            output = _run(stream, picture)
         except ProtocolError as exc:
             client.deliver({"type": "error", "message": str(exc)})
             continue
-        _, controls = stream.applied.peek()
-        stream.runner.apply(controls)
-        output = stream.runner.step(Frame(image, "rgb", picture.sequence, picture.time), controls.mirror)
-        stream.counts.stylized += 1
         stream.rate.tick()
         client.deliver(pack_output(picture.sequence, output.source_index, encode_jpeg(output.image, stream.quality)))
+
+
+def _run(stream: WebStream, picture: Picture) -> AiFrame:
+    """The engine's output for one request: the picture stylized, or a text-to-image frame for no picture."""
+    image = decode_picture(picture.data) if picture.data else None
+    _, controls = stream.applied.peek()
+    stream.runner.apply(controls)
+    if image is None:
+        stream.counts.generated += 1
+        return stream.runner.generate(picture.sequence, picture.time)
+    stream.counts.stylized += 1
+    return stream.runner.step(Frame(image, "rgb", picture.sequence, picture.time), controls.mirror)
 
 
 def _guarded_worker(stream: WebStream) -> None:

@@ -144,5 +144,6 @@ def serve(stream: Any, listener: socket.socket, certfile: str | None = None, key
         raise WorkerError(f"the inference thread failed: {stream.failure}") from stream.failure
     seconds = time.perf_counter() - start
     counts = stream.counts
-    return (f"web: {counts.received} pictures received, {counts.stylized} stylized "
-            f"({counts.stylized / seconds if seconds > 0 else 0.0:.1f} fps), {counts.dropped} replaced unseen")
+    made = counts.stylized + counts.generated
+    return (f"web: {counts.received} requests received, {counts.stylized} pictures stylized, {counts.generated} "
+            f"made from text ({made / seconds if seconds > 0 else 0.0:.1f} fps), {counts.dropped} replaced unseen")

@@ -1,6 +1,7 @@
 """What travels over the page's WebSocket, and how each message is checked.
 
-Binary, page -> server: a 4-byte big-endian sequence number, then one JPEG or PNG picture.
+Binary, page -> server: a 4-byte big-endian sequence number, then one JPEG or PNG picture; the number alone
+asks for a text-to-image frame (the page has no picture source then).
 Binary, server -> page: the number of the newest picture the server took (every earlier one is answered
 by it too: a picture replaced by a newer one before the engine took it is never stylized), the number of
 the picture this output shows (an older one when the stream batch runs several steps), then the
@@ -41,13 +42,13 @@ class ProtocolError(ValueError):
 
 
 def split_frame(data: bytes) -> tuple[int, bytes]:
-    """A binary message from the page: (sequence number, picture bytes)."""
+    """A binary message from the page: (sequence number, picture bytes; none for a text-to-image frame)."""
     if len(data) > MAX_FRAME_BYTES:
         raise ProtocolError(f"a picture message may be at most {MAX_FRAME_BYTES // 2**20} MiB; got "
                             f"{len(data) / 2**20:.1f} MiB")
-    if len(data) <= HEADER_IN.size:
-        raise ProtocolError(f"expected a {HEADER_IN.size}-byte sequence number followed by a JPEG or PNG "
-                            f"picture; got {len(data)} bytes")
+    if len(data) < HEADER_IN.size:
+        raise ProtocolError(f"expected a {HEADER_IN.size}-byte sequence number, followed by a JPEG or PNG "
+                            f"picture unless a text-to-image frame is asked for; got {len(data)} bytes")
     (sequence,) = HEADER_IN.unpack_from(data)
     return sequence, data[HEADER_IN.size:]
 

@@ -11,7 +11,7 @@ const $ = (id) => document.getElementById(id);
 const page = {
   ws: null, state: null, sequence: 0, taken: 0, sentAt: new Map(), grabbing: false, lastGrab: -1,
   shown: 0, shownTimes: [], latency: null, paused: false, mirror: false, urlApplied: false, status: null,
-  outputUrl: null,
+  outputUrl: null, textOnly: false, frameTick: 0,
 };
 
 function notice(text) {
@@ -72,8 +72,8 @@ function onState(state) {
   drawStatus();
 }
 
-// Settings in the address (?prompt=...&strength=0.6&ema=0.3&feedback=0.2&blend=0.2&seed=7&mirror=1) are
-// applied once, so a look can be bookmarked or shared.
+// Settings in the address (?prompt=...&strength=0.6&ema=0.3&feedback=0.2&blend=0.2&seed=7&mirror=1, and
+// source=text for text to image) are applied once, so a look can be bookmarked or shared.
 function applyUrl() {
   page.urlApplied = true;
   const params = new URLSearchParams(location.search);
@@ -131,24 +131,30 @@ function drawStatus(text) {
 
 // --- sending pictures -------------------------------------------------------------------------------
 
+// A new source frame (a text-only page: a new display frame) goes out when fewer than MAX_IN_FLIGHT wait.
 function pump() {
   const video = $("camera");
   const ws = page.ws;
   if (!ws || ws.readyState !== WebSocket.OPEN || !page.state || page.paused || page.grabbing) return;
-  if (video.readyState < 2 || !video.videoWidth || video.currentTime === page.lastGrab) return;
+  const frame = page.textOnly ? page.frameTick : video.currentTime;
+  if (frame === page.lastGrab || (!page.textOnly && (video.readyState < 2 || !video.videoWidth))) return;
   if (page.sequence - page.taken >= MAX_IN_FLIGHT || ws.bufferedAmount > 1 << 20) return;
+  page.lastGrab = frame;
+  if (page.textOnly) { sendPicture(ws, null); return; } // the number alone asks for a text-to-image frame
   page.grabbing = true;
-  page.lastGrab = video.currentTime;
-  const canvas = grab(video, page.state.width, page.state.height);
-  canvas.toBlob((blob) => {
+  grab(video, page.state.width, page.state.height).toBlob((blob) => {
     page.grabbing = false;
-    if (!blob || ws.readyState !== WebSocket.OPEN) return;
-    page.sequence += 1;
-    const header = new DataView(new ArrayBuffer(4));
-    header.setUint32(0, page.sequence);
-    page.sentAt.set(page.sequence, performance.now());
-    ws.send(new Blob([header.buffer, blob]));
+    if (blob) sendPicture(ws, blob);
   }, "image/jpeg", JPEG_QUALITY);
+}
+
+function sendPicture(ws, blob) {
+  if (ws.readyState !== WebSocket.OPEN) return;
+  page.sequence += 1;
+  const header = new DataView(new ArrayBuffer(4));
+  header.setUint32(0, page.sequence);
+  page.sentAt.set(page.sequence, performance.now());
+  ws.send(blob ? new Blob([header.buffer, blob]) : header.buffer);
 }
 
 // The centre of the picture at the engine's aspect, as the page shows it (object-fit: cover).
@@ -170,12 +176,29 @@ function watchFrames(video) {
     video.requestVideoFrameCallback(onFrame);
   }
   setInterval(pump, 50); // also where frame callbacks are missing or stall
+  const onDisplayFrame = (time) => { page.frameTick = time; if (page.textOnly) pump(); requestAnimationFrame(onDisplayFrame); };
+  requestAnimationFrame(onDisplayFrame); // a text-only page asks for at most one frame a display frame
 }
 
 // --- sources ----------------------------------------------------------------------------------------
 
+function setTextOnly(textOnly) {
+  page.textOnly = textOnly;
+  page.lastGrab = -1;
+  $("input-label").textContent = textOnly ? "no picture: text to image" : "input";
+}
+
+function useText() {
+  stopSource();
+  for (const id of ["camera", "under"]) { $(id).srcObject = null; $(id).removeAttribute("src"); $(id).load(); }
+  setTextOnly(true);
+  $("source").value = "text";
+  notice("");
+}
+
 function useStream(stream) {
   stopSource();
+  setTextOnly(false);
   for (const id of ["camera", "under"]) { $(id).removeAttribute("src"); $(id).srcObject = stream; }
   page.lastGrab = -1;
   notice("");
@@ -197,8 +220,8 @@ async function useCamera(deviceId) {
     useStream(await navigator.mediaDevices.getUserMedia({ video, audio: false }));
     await listCameras();
   } catch (error) {
-    notice(`No camera (${error.name}: ${error.message}). Allow the camera for this page, or choose a screen or ` +
-      "a video file as the source.");
+    notice(`No camera (${error.name}: ${error.message}). Allow the camera for this page, or choose a screen, ` +
+      "a video file or text to image as the source.");
   }
 }
 
@@ -225,6 +248,7 @@ async function useScreen() {
 
 function useFile(file) {
   stopSource();
+  setTextOnly(false);
   const url = URL.createObjectURL(file);
   for (const id of ["camera", "under"]) {
     const video = $(id);
@@ -333,6 +357,7 @@ function bindControls() {
   $("source").addEventListener("change", () => {
     const value = $("source").value;
     if (value === "screen") useScreen();
+    else if (value === "text") useText();
     else if (value === "file") $("file").click();
     else useCamera(value.slice("camera:".length));
   });
@@ -350,7 +375,8 @@ function start() {
   watchFrames($("camera"));
   setInterval(() => { send({ type: "shown", count: page.shown, fps: shownFps() }); drawStatus(); }, REPORT_INTERVAL);
   connect();
-  useCamera();
+  if (new URLSearchParams(location.search).get("source") === "text") useText();
+  else useCamera();
 }
 
 start();
