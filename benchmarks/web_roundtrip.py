@@ -6,13 +6,14 @@ serving the same app `streamdiff web` serves) gets 512x512 JPEG pictures (qualit
 of a moving pattern from a source of a given frame rate: each new source frame is sent when fewer than two
 pictures wait for an answer, else when an answer frees a place (static/app.js's rule, with the camera's
 frames). A 60 fps source is a camera; 240 fps is faster than the engine, so the server sets the pace.
+With --text the page has no picture source and asks for text-to-image frames (the sequence number alone).
 Reported after a warm-up:
 - outputs a second, and the round trip from sending a picture to receiving the output made from it;
 - the inference thread's work per frame, split into decode + engine step + JPEG encode;
 - the JPEG decode and encode alone on this host (the step without them is the camera app's).
 Nothing here asserts.
 
-    python3 benchmarks/web_roundtrip.py --out DIR --cache DIR --models sdxs-512,sd-turbo --source-fps 60,240
+    python3 benchmarks/web_roundtrip.py --out DIR --cache DIR --models sdxs-512,sd-turbo --source-fps 60,240 [--text]
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ async def drive(url: str, frames: list[bytes], source_fps: float, warmup: float,
                 page["fresh"] = False
                 page["sequence"] += 1
                 sent_at[page["sequence"]] = time.perf_counter()
-                await ws.send(HEADER_IN.pack(page["sequence"]) + frames[page["sequence"] % len(frames)])
+                picture = frames[page["sequence"] % len(frames)] if frames else b""  # none: text to image
+                await ws.send(HEADER_IN.pack(page["sequence"]) + picture)
 
         async def source() -> None:
             while True:
@@ -116,6 +118,8 @@ async def drive(url: str, frames: list[bytes], source_fps: float, warmup: float,
         while time.perf_counter() < measured_from + seconds:
             message = await ws.recv()
             if isinstance(message, str):
+                if json.loads(message)["type"] == "error":
+                    raise RuntimeError(f"the server says: {json.loads(message)['message']}")
                 continue
             now = time.perf_counter()
             taken, shown = HEADER_OUT.unpack_from(message)
@@ -145,21 +149,21 @@ def codec_ms(frames: list[bytes], repeats: int = 50) -> dict[str, float]:
 
 
 def measure(model: str, device: str, mode: str, cache: Path, source_fps: float, warmup: float,
-            seconds: float) -> dict[str, Any]:
+            seconds: float, text: bool = False) -> dict[str, Any]:
     stream = build_stream(model, device, mode, cache)
     frames = pictures(60)
     server, url, thread = serve(stream)
     try:
-        result = asyncio.run(drive(url, frames, source_fps, warmup, seconds))
+        result = asyncio.run(drive(url, [] if text else frames, source_fps, warmup, seconds))
     finally:
         server.should_exit = True
         thread.join(10)
         stream.close()
     timings = stream.runner.timings
     return {"model": model, "mode": getattr(stream.runner.engine, "mode", mode), "size": SIZE, "in_flight": IN_FLIGHT,
-            **result, **codec_ms(frames),
+            "source": "text" if text else "pictures", **result, **codec_ms(frames),
             "server_step_ms": {part: timings.mean_ms(part) for part in ("preprocess", "engine", "postprocess")},
-            "stylized": stream.counts.stylized, "dropped": stream.counts.dropped}
+            "stylized": stream.counts.stylized, "generated": stream.counts.generated, "dropped": stream.counts.dropped}
 
 
 def main() -> None:
@@ -170,6 +174,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--mode", default="max")
     parser.add_argument("--source-fps", default="60,240", help="source frame rates: a camera's, and one above the engine's")
+    parser.add_argument("--text", action="store_true", help="a page with no picture source: text-to-image frames")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
@@ -179,10 +184,11 @@ def main() -> None:
                "torch": torch.__version__, "runs": []}
     for model in args.models.split(","):
         for fps in (float(f) for f in args.source_fps.split(",")):
-            results["runs"].append(measure(model, args.device, args.mode, args.cache, fps, args.warmup, args.seconds))
+            results["runs"].append(measure(model, args.device, args.mode, args.cache, fps, args.warmup, args.seconds,
+                                           args.text))
             print(json.dumps(results["runs"][-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "web-roundtrip.json").write_text(json.dumps(results, indent=2))
+    (args.out / f"web-roundtrip{'-text' if args.text else ''}.json").write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -53,6 +53,24 @@ def test_graph_replays_match_the_eager_engine(_tiny_cache, dtype, tolerance, set
         np.testing.assert_array_equal(picture, value, err_msg=f"frame {k} changed after later frames")
 
 
+def test_text_to_image_after_img2img_reuses_the_compiled_unet(_tiny_cache, tmp_path):
+    # The web page's source switch: the compiled UNet saw the codec's channels-last latents; txt2img's noise
+    # reaches it in the same layout, so it is not compiled again (25 s for SDXS-512 before, on an H100).
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    eager = _stream(_tiny_cache["taesd"], "float16", cache_conditioning=False, t_index_list=(30,))
+    fast, _ = accelerate(_stream(_tiny_cache["taesd"], "float16", t_index_list=(30,)), "max", cache_dir=tmp_path)
+    for frame in random_frames(3, (64, 64, 3), seed=6):
+        fast.img2img(frame)
+        eager.img2img(frame)
+    before = counters["stats"]["unique_graphs"]
+    for k in range(3):
+        difference = np.abs(fast.txt2img("np").astype(int) - eager.txt2img("np").astype(int))
+        assert difference.max() <= 3, f"txt2img frame {k}: {difference.max()} levels"
+    assert counters["stats"]["unique_graphs"] == before
+
+
 @pytest.mark.parametrize("settings", [{"t_index_list": (0,)},
                                       {"t_index_list": (10, 30), "cfg_type": "self", "guidance_scale": 1.4,
                                        "feedback": 0.2}], ids=["1-step", "2-step-rcfg"])

@@ -46,7 +46,19 @@ class TorchDenoiser:
             return self._unet(latents, timesteps, embeddings)
 
     def _unet(self, latents: Tensor, timesteps: Tensor, embeddings: Tensor) -> Tensor:
+        # In the UNet's own layout: img2img hands over the codec's channels-last latents and txt2img the plain
+        # noise, and a compiled UNet guards on strides, so a switch between them would compile it again.
+        latents = latents.contiguous(memory_format=_memory_format(self.unet))
         return self.unet(latents, timesteps, encoder_hidden_states=embeddings, return_dict=False)[0]
+
+
+def _memory_format(unet: torch.nn.Module) -> torch.memory_format:
+    """channels_last where the UNet's first convolution holds its weight that way (accelerated on CUDA)."""
+    weight = getattr(getattr(unet, "conv_in", None), "weight", None)
+    if isinstance(weight, Tensor) and weight.dim() == 4 and not weight.is_contiguous() \
+            and weight.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 class TorchCodec:
