@@ -69,14 +69,10 @@ def pictures(count: int) -> list[bytes]:
 
 
 def serve(stream: Any) -> tuple[Any, str, threading.Thread]:
-    import uvicorn
-
-    from streamdiff.web.command import bind
-    from streamdiff.web.server import create_app
+    from streamdiff.web.command import bind, make_server
 
     listener = bind("127.0.0.1", 0)
-    ws = "websockets-sansio" if "websockets-sansio" in uvicorn.config.WS_PROTOCOLS else "websockets"
-    server = uvicorn.Server(uvicorn.Config(create_app(stream), log_level="warning", ws=ws))
+    server = make_server(stream)
     stream.start()
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name="uvicorn", daemon=True)
     thread.start()

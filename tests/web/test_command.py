@@ -52,6 +52,8 @@ def test_a_busy_port_is_a_one_line_error_before_the_model_loads(capsys, no_model
 
 @pytest.mark.parametrize("options, message", [
     (["--ssl-certfile", "cert.pem"], "https needs both --ssl-certfile and --ssl-keyfile"),
+    (["--ssl-certfile", "missing-cert.pem", "--ssl-keyfile", "missing-key.pem"],
+     "--ssl-certfile: no such file: missing-cert.pem"),
     (["--quality", "0"], "--quality must be in 1..100; got 0"),
     (["--port", "70000"], "--port must be in 0..65535; got 70000"),
     (["--host", "no-such-host.invalid"], "cannot listen on 'no-such-host.invalid'"),

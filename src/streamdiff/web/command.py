@@ -6,6 +6,7 @@ import argparse
 import socket
 import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from streamdiff.app.optional import require
@@ -47,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
         require(module, "the web page")
     if (args.ssl_certfile is None) != (args.ssl_keyfile is None):
         raise UserError("https needs both --ssl-certfile and --ssl-keyfile")
+    for option, path in (("--ssl-certfile", args.ssl_certfile), ("--ssl-keyfile", args.ssl_keyfile)):
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"{option}: no such file: {path}")
     if not 1 <= args.quality <= 100:
         raise UserError(f"--quality must be in 1..100; got {args.quality}")
     listener = bind(args.host, args.port)  # before the model loads: a busy port fails at once
@@ -116,13 +120,10 @@ def _stream(args: argparse.Namespace) -> Any:
                      model=args.model or DEFAULT_MODEL, quality=args.quality)
 
 
-def serve(stream: Any, listener: socket.socket, certfile: str | None = None, keyfile: str | None = None) -> str:
-    """Run the server until Ctrl-C (or the engine fails); returns the one-line summary."""
-    import time
-
+def make_server(stream: Any, certfile: str | None = None, keyfile: str | None = None) -> Any:
+    """The uvicorn server of the page's app; it stops when the stream's inference thread fails."""
     import uvicorn
 
-    from streamdiff.app.runtime import WorkerError
     from streamdiff.web.server import create_app
 
     # uvicorn's sans-I/O websockets protocol replaces its older one (which now warns) where it exists.
@@ -131,6 +132,17 @@ def serve(stream: Any, listener: socket.socket, certfile: str | None = None, key
                             ssl_certfile=certfile, ssl_keyfile=keyfile)
     server = uvicorn.Server(config)
     stream.on_failure = lambda: setattr(server, "should_exit", True)
+    return server
+
+
+def serve(stream: Any, listener: socket.socket, certfile: str | None = None, keyfile: str | None = None) -> str:
+    """Run the server until Ctrl-C (or the engine fails); returns the one-line summary."""
+    import time
+
+    from streamdiff.app.runtime import WorkerError
+    from streamdiff.errors import first_line
+
+    server = make_server(stream, certfile, keyfile)
     start = time.perf_counter()
     stream.start()
     try:
@@ -141,7 +153,7 @@ def serve(stream: Any, listener: socket.socket, certfile: str | None = None, key
         stream.close()
         listener.close()
     if stream.failure is not None:
-        raise WorkerError(f"the inference thread failed: {stream.failure}") from stream.failure
+        raise WorkerError(f"the inference thread failed: {first_line(stream.failure)}") from stream.failure
     seconds = time.perf_counter() - start
     counts = stream.counts
     made = counts.stylized + counts.generated
