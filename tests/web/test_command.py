@@ -243,3 +243,23 @@ def test_a_page_without_a_picture_source_streams_text_to_image(server, tmp_path)
         browser.close()
     assert state["generated"] >= state["page"]["shown"] and state["stylized"] == 0
     assert state["prompt"] == "a lighthouse"
+
+
+def test_the_view_page_shows_what_a_driving_page_gets(server, tmp_path):
+    from websockets.sync.client import connect
+
+    browser = Browser(server.url + "view", tmp_path / "profile")
+    try:
+        wait_for(server, lambda s: s["viewers"] == 1, "the view page to connect")
+        with connect(server.url.replace("http://", "ws://") + "ws", proxy=None) as page:
+            for sequence in range(1, 6):
+                page.send(protocol.HEADER_IN.pack(sequence) + jpeg(sequence))
+                while isinstance(page.recv(timeout=60), str):
+                    pass  # reports; the picture comes next
+        deadline = time.monotonic() + 30
+        while (shown := browser.call("Runtime.evaluate", expression="viewer.shown", returnByValue=True)
+               ["result"]["value"]) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)  # another process's page: there is no event to wait on
+    finally:
+        browser.close()
+    assert shown >= 3

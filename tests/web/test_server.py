@@ -36,15 +36,20 @@ def frame(sequence: int, seed: int | None = None) -> bytes:
     return protocol.HEADER_IN.pack(sequence) + picture(sequence if seed is None else seed)
 
 
-def next_output(ws) -> tuple[int, int, np.ndarray]:
-    """The next picture from the server, skipping status reports; errors fail the test."""
+def next_picture(ws) -> bytes:
+    """The next picture message from the server, skipping status reports; errors fail the test."""
     while True:
         message = ws.receive()
         if message.get("bytes") is not None:
-            taken, shown = protocol.HEADER_OUT.unpack_from(message["bytes"])
-            return taken, shown, np.asarray(Image.open(io.BytesIO(message["bytes"][8:])))
+            return message["bytes"]
         report = json.loads(message["text"])
         assert report["type"] in ("status", "state"), report
+
+
+def next_output(ws) -> tuple[int, int, np.ndarray]:
+    data = next_picture(ws)
+    taken, shown = protocol.HEADER_OUT.unpack_from(data)
+    return taken, shown, np.asarray(Image.open(io.BytesIO(data[8:])))
 
 
 def next_error(ws) -> dict:
@@ -174,6 +179,21 @@ def test_a_newer_page_takes_the_stream_and_the_older_one_is_told(client, stream)
             second.send_bytes(frame(1, seed=5))
             taken, _, image = next_output(second)
     assert taken == 1 and image.shape == (64, 64, 3)
+
+
+def test_viewers_get_every_output_the_driving_page_gets(client, stream):
+    with client.websocket_connect("/ws/view") as viewer:
+        assert viewer.receive_json()["type"] == "state"
+        with client.websocket_connect("/ws") as ws:
+            ws.receive_json()
+            for sequence in range(1, 4):
+                ws.send_bytes(frame(sequence))
+                assert next_picture(viewer) == next_picture(ws)
+            assert client.get("/api/state").json()["viewers"] == 1
+            viewer.send_text("viewers send nothing; this is ignored")
+            ws.send_bytes(frame(4))
+            assert next_picture(viewer) == next_picture(ws)
+    assert client.get("/view").status_code == 200
 
 
 def test_the_page_reports_what_it_showed(client):

@@ -3,7 +3,8 @@
 Handlers on the event loop only put pictures and controls into slots and take outputs from a queue, so
 the model never runs on the event loop and a slow frame never holds up the page's other messages. One
 page drives the stream at a time: a newer page takes it over (a reload opens a new connection before the
-old one is gone), and the older page is told so and closed.
+old one is gone), and the older page is told so and closed. Any number of viewers (the output alone, for a
+streaming program's browser source or a projector) get every output too.
 
     page --WebSocket--> submit() --> pictures slot --> inference thread --> deliver() --> page
                         change() --> controls slot --^      (decode, engine, JPEG)
@@ -88,6 +89,7 @@ class WebStream:
     counts: Counts = field(default_factory=Counts)
     failure: BaseException | None = None
     _current: Client | None = None
+    _viewers: dict[int, Client] = field(default_factory=dict)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
@@ -127,6 +129,21 @@ class WebStream:
             if self._current is client:
                 self._current = None
 
+    def watch(self, deliver: Deliver) -> Client:
+        """A viewer: it gets every output from now on (`deliver` should keep only the newest)."""
+        client = Client(next(self._ids), deliver)
+        with self._lock:
+            self._viewers[client.id] = client
+        return client
+
+    def unwatch(self, client: Client) -> None:
+        with self._lock:
+            self._viewers.pop(client.id, None)
+
+    def viewers(self) -> list[Client]:
+        with self._lock:
+            return list(self._viewers.values())
+
     def driver(self) -> Client | None:
         """The page driving the stream now, if any."""
         with self._lock:
@@ -165,7 +182,7 @@ class WebStream:
         return {
             "type": "status", "ai_fps": round(self.rate.rate(), 2), "accel": getattr(self.runner.engine, "mode", None),
             "received": self.counts.received, "stylized": self.counts.stylized, "generated": self.counts.generated,
-            "dropped": self.counts.dropped,
+            "dropped": self.counts.dropped, "viewers": len(self.viewers()),
             "step_ms": round(sum(timings.mean_ms(p) for p in ("preprocess", "engine", "postprocess")), 2),
         }
 
@@ -200,7 +217,9 @@ def inference_worker(stream: WebStream) -> None:
             client.deliver({"type": "error", "message": str(exc)})
             continue
         stream.rate.tick()
-        client.deliver(pack_output(picture.sequence, output.source_index, encode_jpeg(output.image, stream.quality)))
+        message = pack_output(picture.sequence, output.source_index, encode_jpeg(output.image, stream.quality))
+        for receiver in (client, *stream.viewers()):
+            receiver.deliver(message)
 
 
 def _run(stream: WebStream, picture: Picture) -> AiFrame:

@@ -27,6 +27,10 @@ def create_app(stream: WebStream) -> FastAPI:
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
+    @app.get("/view", include_in_schema=False)
+    async def view() -> FileResponse:
+        return FileResponse(STATIC / "view.html", headers={"Cache-Control": "no-cache"})
+
     @app.get("/api/state")
     async def state() -> dict[str, Any]:
         return stream.state()
@@ -34,6 +38,10 @@ def create_app(stream: WebStream) -> FastAPI:
     @app.websocket("/ws")
     async def socket(websocket: WebSocket) -> None:
         await serve_page(websocket, stream)
+
+    @app.websocket("/ws/view")
+    async def view_socket(websocket: WebSocket) -> None:
+        await serve_viewer(websocket, stream)
 
     return app
 
@@ -65,6 +73,26 @@ async def serve_page(websocket: WebSocket, stream: WebStream) -> None:
                 await task
 
 
+async def serve_viewer(websocket: WebSocket, stream: WebStream) -> None:
+    """A viewer's connection: every output, the newest only when the viewer falls behind; nothing comes in."""
+    await websocket.accept()
+    outbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
+    outbox.put_nowait(stream.state())
+    client = stream.watch(_newest_only(asyncio.get_running_loop(), outbox))
+    sender = asyncio.create_task(_send(websocket, outbox))
+    try:
+        while not sender.done():
+            if (await websocket.receive())["type"] == "websocket.disconnect":
+                break
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        stream.unwatch(client)
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
+            await sender
+
+
 def _handle(message: dict[str, Any], client: Client, stream: WebStream) -> None:
     if message.get("bytes") is not None:
         stream.submit(client, message["bytes"])
@@ -83,6 +111,21 @@ def _threadsafe(loop: asyncio.AbstractEventLoop, outbox: asyncio.Queue[Any]):
     def deliver(item: Any) -> None:
         with contextlib.suppress(RuntimeError):  # the page's loop has closed: nothing left to tell
             loop.call_soon_threadsafe(outbox.put_nowait, item)
+
+    return deliver
+
+
+def _newest_only(loop: asyncio.AbstractEventLoop, outbox: asyncio.Queue[Any]):
+    """deliver() for a viewer: a picture not yet sent is replaced by a newer one, so a slow viewer lags no more
+    than one picture behind."""
+    def replace(item: Any) -> None:
+        if outbox.full():
+            outbox.get_nowait()
+        outbox.put_nowait(item)
+
+    def deliver(item: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the viewer's loop has closed
+            loop.call_soon_threadsafe(replace, item)
 
     return deliver
 
