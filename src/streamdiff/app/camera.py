@@ -90,22 +90,30 @@ def _runtime(args: argparse.Namespace, source: Any, reopen: Callable[[], Any], s
              outputs: list[str]) -> Any:
     """Load the model and put the runtime together (the sinks list grows with the outputs opened)."""
     from streamdiff.app.runtime import Runtime, RuntimeOptions
-    from streamdiff.cli_options import engine_from_args
 
-    prompts = resolve_prompts(args.prompt, args.prompts)
-    args.prompt = prompts[0]
-    pipe = engine_from_args(args)
+    pipe, prompts = live_engine(args)
     controls = Controls(blend=args.blend, ema=args.ema, feedback=args.feedback, seed=args.seed,
                         strength=pipe.strength, mirror=args.mirror, layout="output" if args.fullscreen else "side")
-    if pipe.device.type == "cpu":
-        set_cpu_threads(args.cpu_threads)
-    if args.similarity_filter is not None:
-        pipe.set_similarity_filter(args.similarity_filter)
     options = RuntimeOptions(prompts=tuple(prompts), fit=args.fit, display_fps=args.display_fps,
                              pane_height=args.display_size, transition_frames=args.transition_frames,
                              save_dir=Path(args.save_dir), loop=args.loop)
     sinks += _open_outputs(outputs, options, (pipe.config.width, pipe.config.height), source.fps)
     return Runtime(pipe, source, sinks, options, controls, reopen)
+
+
+def live_engine(args: argparse.Namespace) -> tuple[Any, list[str]]:
+    """The engine of a live app (the camera, the web page) and its prompt list: --prompt/--prompts, the model,
+    the CPU's threads and the similarity filter as the command line says."""
+    from streamdiff.cli_options import engine_from_args
+
+    prompts = resolve_prompts(args.prompt, args.prompts)
+    args.prompt = prompts[0]
+    pipe = engine_from_args(args)
+    if pipe.device.type == "cpu":
+        set_cpu_threads(args.cpu_threads)
+    if args.similarity_filter is not None:
+        pipe.set_similarity_filter(args.similarity_filter)
+    return pipe, prompts
 
 
 def set_cpu_threads(threads: int | None) -> int:

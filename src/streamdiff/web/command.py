@@ -98,23 +98,15 @@ def _url(args: argparse.Namespace, listener: socket.socket) -> str:
 
 
 def _stream(args: argparse.Namespace) -> Any:
-    from streamdiff.app.camera import set_cpu_threads
+    from streamdiff.app.camera import live_engine
     from streamdiff.app.engine_io import EngineRunner
-    from streamdiff.app.gallery import resolve_prompts
     from streamdiff.app.keys import Controls
-    from streamdiff.cli_options import engine_from_args
     from streamdiff.models.registry import DEFAULT_MODEL
     from streamdiff.web.bridge import WebStream
     from streamdiff.web.protocol import PromptBook
 
-    prompts = resolve_prompts(args.prompt, args.prompts)
-    args.prompt = prompts[0]
     controls = Controls(ema=args.ema, feedback=args.feedback, seed=args.seed)  # checked before the model loads
-    pipe = engine_from_args(args)
-    if pipe.device.type == "cpu":
-        set_cpu_threads(args.cpu_threads)
-    if args.similarity_filter is not None:
-        pipe.set_similarity_filter(args.similarity_filter)
+    pipe, prompts = live_engine(args)
     runner = EngineRunner(pipe, prompts, args.fit, args.transition_frames)
     return WebStream(runner, replace(controls, strength=pipe.strength), PromptBook(runner.prompts),
                      model=args.model or DEFAULT_MODEL, quality=args.quality)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,27 +51,20 @@ async def serve_page(websocket: WebSocket, stream: WebStream) -> None:
     """One page's connection: its pictures and controls go to the stream, outputs and reports come back."""
     await websocket.accept()
     outbox: asyncio.Queue[Any] = asyncio.Queue()
-    client = stream.connect(_threadsafe(asyncio.get_running_loop(), outbox))
+    client = stream.connect(_threadsafe(asyncio.get_running_loop(), outbox.put_nowait))
     outbox.put_nowait(stream.state())
-    tasks = [asyncio.create_task(_send(websocket, outbox)), asyncio.create_task(_report(outbox, stream))]
+
+    def answer(message: dict[str, Any]) -> None:
+        try:
+            _handle(message, client, stream)
+        except ProtocolError as exc:
+            outbox.put_nowait({"type": "error", "message": str(exc)})
+
     try:
-        while not tasks[0].done():
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                break
-            try:
-                _handle(message, client, stream)
-            except ProtocolError as exc:
-                outbox.put_nowait({"type": "error", "message": str(exc)})
-    except (WebSocketDisconnect, RuntimeError):  # closed from either side while waiting
-        pass
+        await _receive_until_closed(websocket, [asyncio.create_task(_send(websocket, outbox)),
+                                                asyncio.create_task(_report(outbox, stream))], answer)
     finally:
         stream.disconnect(client)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
-                await task
 
 
 async def serve_viewer(websocket: WebSocket, stream: WebStream) -> None:
@@ -78,19 +72,37 @@ async def serve_viewer(websocket: WebSocket, stream: WebStream) -> None:
     await websocket.accept()
     outbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
     outbox.put_nowait(stream.state())
-    client = stream.watch(_newest_only(asyncio.get_running_loop(), outbox))
-    sender = asyncio.create_task(_send(websocket, outbox))
+
+    def replace(item: Any) -> None:  # a picture not yet sent gives way to a newer one: a slow viewer skips ahead
+        if outbox.full():
+            outbox.get_nowait()
+        outbox.put_nowait(item)
+
+    client = stream.watch(_threadsafe(asyncio.get_running_loop(), replace))
     try:
-        while not sender.done():
-            if (await websocket.receive())["type"] == "websocket.disconnect":
-                break
-    except (WebSocketDisconnect, RuntimeError):
-        pass
+        await _receive_until_closed(websocket, [asyncio.create_task(_send(websocket, outbox))], lambda _: None)
     finally:
         stream.unwatch(client)
-        sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
-            await sender
+
+
+async def _receive_until_closed(websocket: WebSocket, tasks: list[asyncio.Task[None]],
+                                handle: Callable[[dict[str, Any]], None]) -> None:
+    """Hand each incoming message to `handle` until either side closes (or the first task, the sender, ends);
+    then stop the tasks."""
+    try:
+        while not tasks[0].done():
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            handle(message)
+    except (WebSocketDisconnect, RuntimeError):  # closed from either side while waiting
+        pass
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
+                await task
 
 
 def _handle(message: dict[str, Any], client: Client, stream: WebStream) -> None:
@@ -107,25 +119,11 @@ def _handle(message: dict[str, Any], client: Client, stream: WebStream) -> None:
         raise ProtocolError(f'unknown message type {kind!r}; expected "controls" or "shown"')
 
 
-def _threadsafe(loop: asyncio.AbstractEventLoop, outbox: asyncio.Queue[Any]):
+def _threadsafe(loop: asyncio.AbstractEventLoop, put: Callable[[Any], None]) -> Callable[[Any], None]:
+    """deliver() for the inference thread: `put` runs on the connection's event loop."""
     def deliver(item: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # the page's loop has closed: nothing left to tell
-            loop.call_soon_threadsafe(outbox.put_nowait, item)
-
-    return deliver
-
-
-def _newest_only(loop: asyncio.AbstractEventLoop, outbox: asyncio.Queue[Any]):
-    """deliver() for a viewer: a picture not yet sent is replaced by a newer one, so a slow viewer lags no more
-    than one picture behind."""
-    def replace(item: Any) -> None:
-        if outbox.full():
-            outbox.get_nowait()
-        outbox.put_nowait(item)
-
-    def deliver(item: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # the viewer's loop has closed
-            loop.call_soon_threadsafe(replace, item)
+        with contextlib.suppress(RuntimeError):  # the connection's loop has closed: nothing left to tell
+            loop.call_soon_threadsafe(put, item)
 
     return deliver
 
