@@ -31,7 +31,6 @@ class StreamBatch:
         use_denoising_batch: bool = True,
         do_add_noise: bool = True,
     ):
-        self.denoiser = denoiser
         self.coeffs = coeffs  # per slot, (B, 1, 1, 1)
         self.noise = noise  # (B, 4, h, w), fixed for the stream's life
         self.guidance = guidance
@@ -44,6 +43,11 @@ class StreamBatch:
         self.stock = torch.zeros_like(noise)  # residual noise per slot
         self.filled = False
         # Denoisers that precompute from the timesteps and embeddings offer condition() and claim() (optional).
+        self.use_denoiser(denoiser)
+
+    def use_denoiser(self, denoiser: Denoiser) -> None:
+        """Run the following calls through another denoiser (another backend of the same model)."""
+        self.denoiser = denoiser
         self._condition = getattr(denoiser, "condition", None)
         self._claim = getattr(denoiser, "claim", None)
 

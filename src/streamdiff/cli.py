@@ -8,8 +8,8 @@ import logging
 import os
 import sys
 import traceback
-from pathlib import Path
 from typing import Sequence
+from pathlib import Path
 
 from .cli_options import add_engine_options, engine_from_args
 
@@ -22,6 +22,7 @@ COMMANDS: tuple[str, ...] = (
     "streamdiff.models.command",
     "streamdiff.bench.command",
     "streamdiff.web.command",
+    "streamdiff.backends.coreml.command",
 )
 
 

@@ -16,7 +16,8 @@ def _t_index(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 32,45; got {text!r}") from None
 
 
-def add_engine_options(parser: argparse.ArgumentParser, *, prompt_required: bool = False) -> None:
+def add_engine_options(parser: argparse.ArgumentParser, *, prompt_required: bool = False,
+                       acceleration: bool = True) -> None:
     g = parser.add_argument_group("model and stream")
     g.add_argument("--prompt", required=prompt_required, default=None if prompt_required else "",
                    help="what the pictures should look like")
@@ -42,9 +43,10 @@ def add_engine_options(parser: argparse.ArgumentParser, *, prompt_required: bool
     g.add_argument("--fit", choices=FITS, default="crop", help="how pictures of another size are adapted")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     g.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: by device)")
-    from .backends.accelerate import add_accel_options
+    if acceleration:
+        from .backends.accelerate import add_accel_options
 
-    add_accel_options(parser)
+        add_accel_options(parser)
 
 
 def engine_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -53,6 +55,10 @@ def engine_settings(args: argparse.Namespace) -> dict[str, Any]:
         "cfg_type": args.cfg, "guidance_scale": args.guidance, "delta": args.delta, "seed": args.seed,
         "fit": args.fit, "device": args.device, "dtype": args.dtype,
     }
+    if args.device == "auto" and getattr(args, "accel", None) == "coreml":
+        # Core ML runs the UNet and the codec; the text encoder and the small per-frame tensor work stay on the
+        # CPU, where the weights are those `streamdiff convert` fingerprinted (float32 on the CPU).
+        settings["device"] = "cpu"
     if args.t_index is not None:
         settings["t_index_list"] = args.t_index
     for name in ("strength", "steps", "num_inference_steps"):

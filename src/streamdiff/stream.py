@@ -201,6 +201,16 @@ class StreamPipeline(DeviceSteps):
             self._cond.copy_(target.expand_as(self._cond))
         self._recondition()
 
+    def set_backend(self, *, denoiser: Denoiser | None = None, codec: LatentCodec | None = None) -> None:
+        """Run the UNet and/or the codec through another backend (e.g. Core ML) from the next frame on."""
+        if codec is not None:
+            self.codec = codec
+        if denoiser is not None:
+            self.denoiser = denoiser
+            if self._batch is not None:
+                self._batch.use_denoiser(denoiser)
+                self._recondition()
+
     def _recondition(self) -> None:
         """Hand the denoiser the prompts after they changed, for what it computes once per conditioning."""
         self._require_prepared().condition(self._cond, self._uncond)

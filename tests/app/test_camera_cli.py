@@ -7,17 +7,12 @@ import logging
 import av
 import pytest
 from app_fakes import make_clip
+from cli_checks import one_line_error
 
 from streamdiff.app import sources
 from streamdiff.cli import main
 
 TINY = ["--model", "tiny", "--render-size", "64", "--display-size", "64"]
-
-
-def one_line_error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert err.startswith("streamdiff: error: ") and err.count("\n") == 1, err
-    return err
 
 
 def test_headless_run_on_the_test_pattern(capsys, tmp_path):

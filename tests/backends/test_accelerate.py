@@ -47,7 +47,7 @@ def test_compile_without_a_cpu_compiler_is_unavailable(monkeypatch):
 
 
 def test_unknown_names_are_refused():
-    with pytest.raises(ValueError, match="accel must be one of none, eager, compile, graphs, max, auto; got 'fast'"):
+    with pytest.raises(ValueError, match="accel must be one of none, eager, compile, graphs, max, coreml, auto; got 'fast'"):
         AccelMode.parse("fast")
     with pytest.raises(ValueError, match="compile preset must be one of"):
         compiling.compile_in_place({}, "fastest")

@@ -16,6 +16,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+from cli_checks import one_line_error
 from PIL import Image
 
 from streamdiff.cli import main
@@ -24,12 +25,6 @@ from streamdiff.web import protocol
 
 pytestmark = pytest.mark.timeout(180)
 TINY = ["--model", "tiny", "--render-size", "64"]
-
-
-def one_line_error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert err.startswith("streamdiff: error: ") and err.count("\n") == 1, err
-    return err
 
 
 @pytest.fixture

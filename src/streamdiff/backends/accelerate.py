@@ -6,6 +6,8 @@ Modes, from plain to fastest:
   compile  torch.compile of the UNet and the codec (static shapes), eager glue between them
   graphs   one CUDA graph per step shape over eager kernels: uint8 frame in .. uint8 frame out
   max      compile + graphs
+  coreml   the UNet and the codec converted to Core ML (coremltools), the rest in PyTorch on the CPU: Apple
+           machines (macOS); parts are converted once per weights and shape and kept on disk (coreml/)
   auto     the fastest mode this machine supports: max on CUDA with Triton, else graphs on CUDA; eager on
            the CPU; none on other devices (Apple's MPS: eager is not measured there)
 Every mode but none runs the UNet's upsampling layers (nearest 2x, then a 3x3 convolution) as one transposed
@@ -45,6 +47,7 @@ class AccelMode(str, enum.Enum):
     COMPILE = "compile"
     GRAPHS = "graphs"
     MAX = "max"
+    COREML = "coreml"
     AUTO = "auto"
 
     @property
@@ -65,7 +68,8 @@ class AccelMode(str, enum.Enum):
 
 # What to try instead of a mode that cannot run here, best first (only when fallback is asked for).
 _FALLBACKS = {AccelMode.MAX: (AccelMode.GRAPHS, AccelMode.COMPILE, AccelMode.EAGER),
-              AccelMode.GRAPHS: (AccelMode.EAGER,), AccelMode.COMPILE: (AccelMode.EAGER,)}
+              AccelMode.GRAPHS: (AccelMode.EAGER,), AccelMode.COMPILE: (AccelMode.EAGER,),
+              AccelMode.COREML: (AccelMode.EAGER, AccelMode.NONE)}
 
 
 class AccelerationUnavailable(UserError):
@@ -78,6 +82,12 @@ def unsupported(mode: AccelMode, device: torch.device) -> str | None:
         return f"CUDA graphs need a CUDA GPU; this stream runs on {device.type}"
     if mode.compiles:
         return compiling.compile_unsupported(device)
+    if mode is AccelMode.COREML:
+        if device.type == "cuda":
+            return "Core ML runs on Apple machines; this stream runs on CUDA"
+        from .coreml.runtime import coreml_unsupported
+
+        return coreml_unsupported()
     return None
 
 
@@ -116,13 +126,15 @@ class AccelReport:
 def accelerate(pipe: StreamPipeline, mode: str | AccelMode = "auto", *, fallback: bool = False,
                cache_dir: str | Path | None = None, compile_preset: str = "default",
                input_size: tuple[int, int] | None = None, build: bool = True, fuse_codec: bool = True,
-               fold_upsampling: bool = True, background: bool = False,
+               fold_upsampling: bool = True, background: bool = False, coreml_dir: str | Path | None = None,
                progress: Callable[[str], None] | None = None) -> tuple[AcceleratedStream, AccelReport]:
     """Wrap a prepared pipeline for faster frames; with build=True compile and capture now (restarts the stream).
 
     fuse_codec: run TAESD's convolutions fused where it pays: cuDNN's fused kernels on CUDA in half precision,
       else PyTorch's kernels with the bias, ReLU and skip in place, unless the codec is compiled.
     fold_upsampling: run the UNet's upsampling layers as transposed convolutions (the same numbers).
+    coreml_dir: for coreml, the folder of converted parts (default coreml.default_dir()); with build=True the
+      parts of this stream's shapes are converted (first time) or opened now.
     background: for a compiling mode, capture the uncompiled steps now (graphs on CUDA) and compile on a
       thread of its own; the stream switches to the compiled steps between two frames once they are ready
       (background.py). The report then says the mode the stream starts in; `stream.mode` says the current one.
@@ -151,6 +163,8 @@ def accelerate(pipe: StreamPipeline, mode: str | AccelMode = "auto", *, fallback
     elif buildable:
         built = _build(stream, chosen, requested, fallback, input_size, say, fuse_codec=fuse_codec)
         chosen = AccelMode.parse(stream.mode)
+    elif chosen is AccelMode.COREML:
+        folder, built = _use_coreml(stream, coreml_dir, input_size, say, build=build and _prepared(pipe))
     report = AccelReport(requested.value, chosen.value, compile_preset if chosen.compiles else None,
                          str(folder) if folder else None, codec_fusion.is_fused(pipe.components.vae),
                          upsample_fold.folded_count(pipe.components.unet), prepared, built)
@@ -169,7 +183,7 @@ def _prepared(pipe: StreamPipeline) -> bool:
 def _prepare_modules(pipe: StreamPipeline, mode: AccelMode, cache_dir: str | Path | None, preset: str,
                      say: Callable[[str], None], *, fuse_codec: bool, fold_upsampling: bool,
                      compile_now: bool = True) -> Path | None:
-    if mode is AccelMode.NONE:
+    if mode in (AccelMode.NONE, AccelMode.COREML):  # Core ML converts the modules as diffusers made them
         return None
     unet, vae = pipe.components.unet, pipe.components.vae
     if fold_upsampling:
@@ -235,6 +249,19 @@ def _build(stream: AcceleratedStream, chosen: AccelMode, requested: AccelMode, f
     return seconds
 
 
+def _use_coreml(stream: AcceleratedStream, root: str | Path | None, input_size: tuple[int, int] | None,
+                say: Callable[[str], None], *, build: bool) -> tuple[Path, float]:
+    """Switch the stream's UNet and codec to Core ML; with build, convert or open its parts now."""
+    from . import coreml
+
+    store = coreml.use_coreml(stream.pipe, root, progress=say)
+    start = time.perf_counter()
+    if build:
+        stream.warm(input_size)
+        say(f"coreml: ready in {time.perf_counter() - start:.1f} s (parts in {store.root})")
+    return store.root, time.perf_counter() - start
+
+
 def _build_then_compile(stream: AcceleratedStream, target: AccelMode, preset: str,
                         input_size: tuple[int, int] | None, say: Callable[[str], None]) -> float:
     """Capture the uncompiled steps now, recording the modules' first calls, and start compiling them on a
@@ -256,8 +283,9 @@ def _build_then_compile(stream: AcceleratedStream, target: AccelMode, preset: st
 def add_accel_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("acceleration")
     g.add_argument("--accel", choices=[m.value for m in AccelMode], default="auto",
-                   help="none | eager | compile | graphs | max | auto (default: the fastest this machine "
-                        "supports: max on NVIDIA GPUs, eager on the CPU)")
+                   help="none | eager | compile | graphs | max | coreml | auto (default: the fastest this "
+                        "machine supports: max on NVIDIA GPUs, eager on the CPU; coreml: Apple machines, see "
+                        "`streamdiff convert`)")
     g.add_argument("--accel-fallback", action="store_true",
                    help="if the --accel mode cannot run here, use the best one that can instead of stopping")
     g.add_argument("--compile-cache", default=None, metavar="DIR",
@@ -268,6 +296,9 @@ def add_accel_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--compile-in-background", action=argparse.BooleanOptionalAction, default=None,
                    help="start at once on uncompiled CUDA graphs and switch to the compiled step when a background "
                         "thread has compiled it (default: on for the camera app, off for the other commands)")
+    g.add_argument("--coreml-dir", default=None, metavar="DIR",
+                   help="with --accel coreml: folder of converted Core ML parts kept between runs (default "
+                        "~/.cache/streamdiff/coreml)")
     add_rewrite_options(g)
 
 
@@ -286,5 +317,6 @@ def accelerate_from_args(pipe: StreamPipeline, args: argparse.Namespace,
     stream, _ = accelerate(pipe, args.accel, fallback=args.accel_fallback, cache_dir=args.compile_cache,
                            compile_preset=args.compile_preset, fuse_codec=not args.no_codec_fusion,
                            fold_upsampling=not args.no_upsample_fold,
-                           background=bool(getattr(args, "compile_in_background", None)), progress=progress)
+                           background=bool(getattr(args, "compile_in_background", None)),
+                           coreml_dir=getattr(args, "coreml_dir", None), progress=progress)
     return stream

@@ -155,17 +155,22 @@ class AcceleratedStream:
         """
         start = time.perf_counter()
         if self._capture is not None:
-            cfg = self.pipe.config
-            width, height = input_size or (cfg.width, cfg.height)
-            dummy = np.random.default_rng(0).integers(0, 256, (cfg.frame_buffer_size, height, width, 3), np.uint8)
-            for _ in range(2):  # the first call warms the stream, the second captures its shape
-                self.img2img(dummy, output_type="np")
-                if txt2img:
-                    self.txt2img(output_type="np")
-            self.pipe.reset()
-            if cfg.similarity_threshold is not None:  # the dummy frames drew from its generator: start it afresh
-                self.pipe.set_similarity_filter(cfg.similarity_threshold, cfg.similarity_max_skip)
+            self.warm(input_size, txt2img=txt2img)
         return time.perf_counter() - start
+
+    def warm(self, input_size: tuple[int, int] | None = None, *, txt2img: bool = False) -> None:
+        """Run two frames of a fixed random picture (and of text, with txt2img), then restart the stream: what
+        a stream builds at its first calls of a shape (captured steps, converted parts) is built now."""
+        cfg = self.pipe.config
+        width, height = input_size or (cfg.width, cfg.height)
+        dummy = np.random.default_rng(0).integers(0, 256, (cfg.frame_buffer_size, height, width, 3), np.uint8)
+        for _ in range(2):  # the first call warms the stream, the second captures its shape
+            self.img2img(dummy, output_type="np")
+            if txt2img:
+                self.txt2img(output_type="np")
+        self.pipe.reset()
+        if cfg.similarity_threshold is not None:  # the dummy frames drew from its generator: start it afresh
+            self.pipe.set_similarity_filter(cfg.similarity_threshold, cfg.similarity_max_skip)
 
     def upgrade_when_ready(self, upgrade: BackgroundCompile, capture: Capture, mode: str) -> None:
         """Switch to `upgrade`'s compiled modules (and `capture`, `mode`) at the first call after it finished.

@@ -1,0 +1,39 @@
+"""Core ML backend (Apple machines): the UNet and the latent codec converted once, run by Core ML.
+
+convert.py turns the modules into ML Programs and keeps them on disk; runtime.py runs them behind the
+engine's Denoiser and LatentCodec protocols. coremltools is imported only when a part is converted or opened.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from ...stream import StreamPipeline
+from .convert import ModelStore
+from .runtime import (
+    CoreMLCodec,
+    CoreMLDenoiser,
+    Loader,
+    coreml_unsupported,
+    load_mlmodel,
+)
+
+__all__ = ["CoreMLCodec", "CoreMLDenoiser", "ModelStore", "coreml_unsupported", "default_dir", "use_coreml"]
+
+
+def default_dir() -> Path:
+    """Where converted parts persist between runs: $XDG_CACHE_HOME/streamdiff/coreml (~/.cache/...)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "streamdiff" / "coreml"
+
+
+def use_coreml(pipe: StreamPipeline, root: str | Path | None = None, *, load: Loader | None = load_mlmodel,
+               progress: Callable[[str], None] | None = None) -> ModelStore:
+    """Run `pipe`'s UNet and codec through Core ML from its next frame on; each input shape is converted (or
+    found in `root`) at its first call. load=None converts and stores only, and the frames run in PyTorch."""
+    store = ModelStore(root or default_dir(), progress)
+    pipe.set_backend(denoiser=CoreMLDenoiser(pipe.components.unet, store, load),
+                     codec=CoreMLCodec(pipe.components.vae, store, load))
+    return store

@@ -1,0 +1,211 @@
+"""The Core ML backend on the tiny model: real conversions with coremltools, the parts' declared interface, the
+store on disk, and the runtime's calls checked against that interface (Core ML itself runs only on macOS)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import coremltools as ct
+import numpy as np
+import pytest
+import torch
+
+from streamdiff import StreamPipeline
+from streamdiff.backends.accelerate import (
+    AccelerationUnavailable,
+    AccelMode,
+    resolve_mode,
+)
+from streamdiff.backends.coreml import use_coreml
+from streamdiff.backends.coreml.convert import (
+    UNET,
+    CodecCall,
+    ModelStore,
+    UnetCall,
+    fingerprint,
+    require_coremltools,
+    trace,
+)
+from streamdiff.backends.runner import AcceleratedStream
+from streamdiff.backends.torch import TorchDenoiser
+from streamdiff.errors import UserError
+
+SIZE = 64
+_FLOAT16 = ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT16
+
+
+@pytest.fixture
+def tiny(_tiny_cache):
+    """A fresh two-step 64x64 stream over a private copy of the tiny components, prepared."""
+
+    def make(**settings) -> StreamPipeline:
+        settings = {"width": SIZE, "height": SIZE, "strength": 0.6, "steps": 2, **settings}
+        pipe = StreamPipeline.from_diffusers(copy.deepcopy(_tiny_cache["taesd"]), device="cpu", seed=3, **settings)
+        pipe.prepare("a red fox", negative_prompt="blurry")
+        return pipe
+
+    return make
+
+
+def _convert_stream(pipe: StreamPipeline, root: Path, *, txt2img: bool = False) -> ModelStore:
+    store = use_coreml(pipe, root, load=None)
+    AcceleratedStream(pipe, None).warm(txt2img=txt2img)
+    return store
+
+
+def _declared(path: Path) -> tuple[dict[str, tuple[list[int], int]], dict[str, tuple[list[int], int]]]:
+    """A stored part's inputs and outputs as its Core ML spec declares them: name -> (shape, data type)."""
+    spec = ct.utils.load_spec(str(path))
+    assert spec.WhichOneof("Type") == "mlProgram"
+
+    def of(features) -> dict[str, tuple[list[int], int]]:
+        return {f.name: (list(f.type.multiArrayType.shape), f.type.multiArrayType.dataType) for f in features}
+
+    return of(spec.description.input), of(spec.description.output)
+
+
+class SpecPredictor:
+    """Stands in for Core ML on a machine without it: it takes exactly the inputs the stored part's spec
+    declares (names, shapes, half precision) and computes the part's output with the module it was made from."""
+
+    calls = 0
+
+    def __init__(self, path: Path, modules: dict[str, torch.nn.Module]):
+        self.inputs, outputs = _declared(path)
+        (self.output, (self.output_shape, _)), = outputs.items()
+        self.module = modules[json.loads((path / "streamdiff.json").read_text())["part"]]
+
+    def predict(self, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert set(data) == set(self.inputs)
+        for name, (shape, kind) in self.inputs.items():
+            assert list(data[name].shape) == shape and kind == _FLOAT16 and data[name].dtype == np.float16
+        SpecPredictor.calls += 1
+        with torch.no_grad():
+            out = self.module(*(torch.from_numpy(data[name]).float() for name in self.inputs))
+        assert list(out.shape) == self.output_shape
+        return {self.output: out.numpy().astype(np.float16)}
+
+
+def test_stored_parts_declare_the_stream_shapes_in_half_precision(tiny, tmp_path):
+    pipe = tiny()
+    store = _convert_stream(pipe, tmp_path)
+    parts = {json.loads((p / "streamdiff.json").read_text())["part"]: p for p in store.asked}
+    assert set(parts) == {"unet", "encoder", "decoder"}
+    assert all(part.seconds is not None and part.path.is_dir() for part in store.asked.values())
+    slots, latent = 2, SIZE // 8  # two steps, no CFG: one UNet sample per step
+    width = pipe.components.text_encoder.config.hidden_size
+    expected = {
+        "unet": ({"sample": [slots, 4, latent, latent], "timestep": [slots],
+                  "encoder_hidden_states": [slots, 77, width]}, {"noise_pred": [slots, 4, latent, latent]}),
+        "encoder": ({"pixels": [1, 3, SIZE, SIZE]}, {"latents": [1, 4, latent, latent]}),
+        "decoder": ({"latents": [1, 4, latent, latent]}, {"pixels": [1, 3, SIZE, SIZE]}),
+    }
+    for part, (inputs, outputs) in expected.items():
+        declared_in, declared_out = _declared(parts[part])
+        assert declared_in == {name: (shape, _FLOAT16) for name, shape in inputs.items()}
+        assert declared_out == {name: (shape, _FLOAT16) for name, shape in outputs.items()}
+    manifest = json.loads((parts["unet"] / "streamdiff.json").read_text())
+    assert manifest["inputs"]["sample"] == [slots, 4, latent, latent] and manifest["coremltools"] == ct.__version__
+    assert not list(tmp_path.rglob(".*"))  # no half-written parts left behind
+
+
+def test_a_second_stream_of_the_same_weights_converts_nothing_and_other_weights_get_their_own(tiny, tmp_path):
+    first = _convert_stream(tiny(), tmp_path)
+    again = _convert_stream(tiny(), tmp_path)
+    assert set(again.asked) == set(first.asked)
+    assert all(part.seconds is None for part in again.asked.values())
+
+    changed = tiny()
+    with torch.no_grad():
+        changed.components.unet.conv_out.weight.mul_(1.01)  # e.g. a LoRA fused into the weights
+    other = _convert_stream(changed, tmp_path)
+    converted = {p.parent.name.split("-")[0] for p, part in other.asked.items() if part.seconds is not None}
+    assert converted == {"unet"}  # the codec's weights did not change: its parts are found
+
+
+def test_fingerprint_follows_the_weights_not_the_copy(tiny):
+    unet = tiny().components.unet
+    twin = copy.deepcopy(unet)
+    assert fingerprint(twin) == fingerprint(unet)
+    with torch.no_grad():
+        twin.conv_in.bias.add_(1e-3)
+    assert fingerprint(twin) != fingerprint(unet)
+
+
+def test_the_traced_graph_coremltools_converts_computes_what_the_stream_computes(tiny):
+    pipe = tiny()
+    latents = torch.randn(2, 4, 8, 8)
+    timesteps = torch.tensor([999.0, 499.0])
+    text = torch.randn(2, 77, pipe.components.text_encoder.config.hidden_size)
+    expected = TorchDenoiser(pipe.components.unet)(latents, timesteps, text)
+    traced = trace(UnetCall(pipe.components.unet), (latents, timesteps, text))
+    other = (torch.randn_like(latents), torch.tensor([259.0, 19.0]), torch.randn_like(text))
+    torch.testing.assert_close(traced(latents, timesteps, text), expected)
+    torch.testing.assert_close(traced(*other), TorchDenoiser(pipe.components.unet)(*other))
+    pixels = torch.rand(1, 3, SIZE, SIZE) * 2 - 1
+    encode = CodecCall(pipe.components.vae, "encode")
+    torch.testing.assert_close(trace(encode, (pixels,))(pixels), pipe.codec.encode(pixels))
+
+
+def test_a_stream_on_the_converted_parts_matches_pytorch_through_their_declared_interface(tiny, tmp_path):
+    reference, pipe = tiny(), tiny()
+    _convert_stream(tiny(), tmp_path, txt2img=True)  # as `streamdiff convert` would, beforehand
+    modules = {"unet": UnetCall(pipe.components.unet), "encoder": CodecCall(pipe.components.vae, "encode"),
+               "decoder": CodecCall(pipe.components.vae, "decode")}
+    opened: list[Path] = []
+
+    def load(path: Path) -> SpecPredictor:
+        opened.append(path)
+        return SpecPredictor(path, modules)
+
+    store = use_coreml(pipe, tmp_path, load=load)
+    SpecPredictor.calls = 0
+    frames = [np.random.default_rng(i).integers(0, 256, (SIZE, SIZE, 3), np.uint8) for i in range(4)]
+    for frame in frames:
+        got, want = pipe.img2img(frame, output_type="np"), reference.img2img(frame, output_type="np")
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 2  # half-precision inputs and outputs
+    text_got, text_want = pipe.txt2img(output_type="np"), reference.txt2img(output_type="np")
+    assert np.abs(text_got.astype(int) - text_want.astype(int)).max() <= 2
+    assert SpecPredictor.calls == 3 * 4 + 2  # every frame went through the parts: encode, UNet, decode
+    assert len(opened) == len(set(opened)) == 3  # each part opened once, at its first call
+    assert all(part.seconds is None for part in store.asked.values())  # converted beforehand, found
+
+
+def test_a_new_shape_converts_at_its_first_call(tiny, tmp_path):
+    pipe = tiny()
+    store = _convert_stream(pipe, tmp_path)
+    before = set(store.asked)
+    pipe.img2img(np.zeros((SIZE, SIZE, 3), np.uint8), output_type="np")
+    assert set(store.asked) == before
+    bigger = tiny(width=SIZE * 2, height=SIZE * 2)
+    grown = _convert_stream(bigger, tmp_path)
+    assert len(set(grown.asked) - before) == 3
+
+
+def test_a_failed_conversion_leaves_nothing_half_written(tmp_path):
+    class Broken(torch.nn.Module):
+        def forward(self, sample, timestep, encoder_hidden_states):
+            raise RuntimeError("cannot trace this")
+
+    store = ModelStore(tmp_path)
+    with pytest.raises(RuntimeError, match="cannot trace"):
+        store.ensure(UNET, Broken(), "0" * 16, [torch.zeros(1, 4, 8, 8), torch.zeros(1), torch.zeros(1, 77, 8)])
+    assert not [p for p in tmp_path.rglob("*") if p.suffix == ".mlpackage"]
+
+
+def test_coremltools_with_a_numpy_it_cannot_convert_with_is_named(monkeypatch):
+    monkeypatch.setattr(np, "__version__", "2.4.1")
+    with pytest.raises(UserError, match=r"numpy<2.4"):
+        require_coremltools()
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="Core ML runs on macOS")
+def test_coreml_mode_off_macos_says_why_and_falls_back_only_when_asked():
+    with pytest.raises(AccelerationUnavailable, match="macOS.*streamdiff convert"):
+        resolve_mode("coreml", torch.device("cpu"))
+    assert resolve_mode("coreml", torch.device("cpu"), fallback=True) is AccelMode.EAGER
+    assert resolve_mode("auto", torch.device("cpu")) is AccelMode.EAGER  # auto never picks an unmeasured mode
+
