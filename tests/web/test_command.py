@@ -45,6 +45,14 @@ def test_a_busy_port_is_a_one_line_error_before_the_model_loads(capsys, no_model
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use; pick another with --port" in one_line_error(capsys)
 
 
+def test_a_busy_osc_port_is_a_one_line_error_before_the_model_loads(capsys, no_model):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        assert main(["web", *TINY, "--port", "0", "--osc", str(port)]) == 2
+    assert f"cannot listen for OSC on 127.0.0.1:{port}" in one_line_error(capsys)
+
+
 @pytest.mark.parametrize("options, message", [
     (["--ssl-certfile", "cert.pem"], "https needs both --ssl-certfile and --ssl-keyfile"),
     (["--ssl-certfile", "missing-cert.pem", "--ssl-keyfile", "missing-key.pem"],
@@ -52,6 +60,7 @@ def test_a_busy_port_is_a_one_line_error_before_the_model_loads(capsys, no_model
     (["--quality", "0"], "--quality must be in 1..100; got 0"),
     (["--port", "70000"], "--port must be in 0..65535; got 70000"),
     (["--host", "no-such-host.invalid"], "cannot listen on 'no-such-host.invalid'"),
+    (["--osc", "ninety"], "--osc expects [HOST:]PORT, such as 9000 or 0.0.0.0:9000; got 'ninety'"),
 ])
 def test_bad_server_options_are_one_line_errors(capsys, no_model, options, message):
     assert main(["web", *TINY, "--port", "0", *options]) == 2

@@ -12,7 +12,9 @@ from typing import Any
 from streamdiff.app.gallery import resolve_prompts
 from streamdiff.app.keys import Controls, help_lines
 from streamdiff.app.optional import require
+from streamdiff.app.osc import add_osc_option, open_listener
 from streamdiff.app.overlay import splash
+from streamdiff.app.remote import CONTROL_TYPES
 from streamdiff.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ def register(subparsers: Any) -> None:
     g.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     g.add_argument("--cpu-threads", type=int, default=None,
                    help="torch threads when the model runs on the CPU (default: all cores but one)")
+    add_osc_option(g)
     p.set_defaults(func=run)
 
 
@@ -65,20 +68,26 @@ def run(args: argparse.Namespace) -> int:
     outputs = args.output or ["window"]
     window = _open_window(outputs, args.fullscreen)  # no display: fail before the model loads
     sinks: list[Any] = [window] if window else []
-    source = None
+    source = osc = None
     try:
+        osc = open_listener(args.osc, CONTROL_TYPES)
         if window is not None:
             window.write(splash(f"loading {args.model or 'the model'}...", 2 * args.display_size, args.display_size))
             window.read_key()  # lets the window appear now
         source, reopen = open_camera(args.camera)
         runtime = _runtime(args, source, reopen, sinks, outputs)
     except BaseException:
-        for sink in sinks:
-            sink.close()
-        if source is not None:
-            source.close()
+        for closable in [*sinks, source, osc]:
+            if closable is not None:
+                closable.close()
         raise
-    summary = runtime.run(duration=args.duration)  # from here the runtime closes the source and sinks
+    try:
+        if osc is not None:
+            osc.start(runtime.remote_change)
+        summary = runtime.run(duration=args.duration)  # from here the runtime closes the source and sinks
+    finally:
+        if osc is not None:
+            osc.close()
     saved = len(runtime.display.saved)
     print(f"camera: {summary.captured} frames captured, {summary.inferred} stylized "
           f"({summary.rate(summary.inferred):.1f} fps), {summary.displayed} shown "

@@ -8,6 +8,7 @@ other sinks get the output picture only; `l` (or --fullscreen) puts the output a
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,10 +19,13 @@ import numpy as np
 from streamdiff.app.frames import convert_order, fit_pane, resize
 from streamdiff.app.keys import Controls, handle_key
 from streamdiff.app.overlay import OverlayInfo, draw_overlay
+from streamdiff.app.remote import ControlError, PromptBook, apply_changes
 from streamdiff.temporal import blend
 
 if TYPE_CHECKING:
     from streamdiff.app.runtime import RuntimeOptions, Shared
+
+logger = logging.getLogger(__name__)
 
 NOTICE_SECONDS = 3.0
 
@@ -36,8 +40,10 @@ class Display:
     """The display loop's state; used from the thread that calls `loop` (the main thread) only."""
 
     def __init__(self, shared: Shared, sinks: Sequence[Any], options: RuntimeOptions,
-                 render_size: tuple[int, int]) -> None:
+                 render_size: tuple[int, int], prompts: list[str] | None = None) -> None:
         self.shared, self.sinks, self.options = shared, list(sinks), options
+        # The inference thread's list: a remote can add prompts to it (the keys then cycle through those too).
+        self.prompt_book = PromptBook(prompts if prompts is not None else list(options.prompts))
         self.pane_width, self.pane_height = pane_size(options.pane_height, render_size)
         _, controls = shared.controls.peek()
         self.controls: Controls = controls or Controls()
@@ -74,7 +80,8 @@ class Display:
         return shared.source_ended.is_set() and shared.consumed == shared.camera.peek()[0]
 
     def tick(self) -> None:
-        """One display frame: compose, write to every sink, read keys."""
+        """One display frame: apply remote changes, compose, write to every sink, read keys."""
+        self._apply_remote()
         output, camera = self._compose()
         monitor: np.ndarray | None = None
         for sink in self.sinks:
@@ -121,7 +128,7 @@ class Display:
         return draw_overlay(view, self._overlay_info(), controls)
 
     def _overlay_info(self) -> OverlayInfo:
-        shared, prompts = self.shared, self.options.prompts
+        shared, prompts = self.shared, self.prompt_book.prompts
         _, ai = shared.ai.peek()
         latency = None if ai is None else 1000.0 * (time.perf_counter() - ai.source_time)
         index = self.controls.prompt_index % len(prompts)
@@ -140,11 +147,27 @@ class Display:
     def say(self, text: str) -> None:
         self._notice, self._notice_until = text, time.perf_counter() + NOTICE_SECONDS
 
-    def on_key(self, key: str, output: np.ndarray) -> None:
-        controls, command = handle_key(key, self.controls, len(self.options.prompts))
+    def _apply_remote(self) -> None:
+        """Changes from a remote (OSC), in the order they came; checked when they were sent."""
+        remote = self.shared.remote
+        while not remote.empty():
+            change = remote.get_nowait()
+            try:
+                self._set_controls(apply_changes(self.controls, change, self.prompt_book))
+            except ControlError as exc:  # valid when sent, not after a change in between
+                logger.warning("OSC: %s", exc)
+                continue
+            self.say(", ".join(f"{name} {value:.2f}" if isinstance(value, float) else f"{name} {value}"
+                               for name, value in change.items()))
+
+    def _set_controls(self, controls: Controls) -> None:
         if controls != self.controls:
             self.controls = controls
             self.shared.controls.put(controls)
+
+    def on_key(self, key: str, output: np.ndarray) -> None:
+        controls, command = handle_key(key, self.controls, len(self.prompt_book.prompts))
+        self._set_controls(controls)
         if command == "quit":
             self.shared.halt()
         elif command == "save":

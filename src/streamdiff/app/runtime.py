@@ -13,6 +13,7 @@ An exception in any thread stops all of them and is raised again on the main thr
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +24,7 @@ from typing import Any
 from streamdiff.app.engine_io import AiFrame, EngineRunner, StepTimings
 from streamdiff.app.frames import Frame
 from streamdiff.app.keys import Controls
+from streamdiff.app.remote import apply_changes
 from streamdiff.app.slots import LatestSlot, RateMeter
 from streamdiff.app.sources import Source
 from streamdiff.errors import UserError, first_line
@@ -65,6 +67,7 @@ class Shared:
     camera: LatestSlot[Frame] = field(default_factory=LatestSlot)
     ai: LatestSlot[AiFrame] = field(default_factory=LatestSlot)
     controls: LatestSlot[Controls] = field(default_factory=LatestSlot)
+    remote: queue.SimpleQueue[dict[str, Any]] = field(default_factory=queue.SimpleQueue)  # checked changes (OSC)
     notice: LatestSlot[str] = field(default_factory=LatestSlot)
     camera_rate: RateMeter = field(default_factory=RateMeter)
     ai_rate: RateMeter = field(default_factory=RateMeter)
@@ -181,7 +184,8 @@ class Runtime:
         self.shared = Shared()
         self.shared.controls.put(controls or Controls(seed=engine.config.seed, strength=engine.strength))
         self.runner = EngineRunner(engine, options.prompts, options.fit, options.transition_frames)
-        self.display = Display(self.shared, self.sinks, options, (engine.config.width, engine.config.height))
+        self.display = Display(self.shared, self.sinks, options, (engine.config.width, engine.config.height),
+                               self.runner.prompts)
         shared = self.shared
         self.threads = [
             _guarded("capture", capture_worker, shared, source, reopen, shared, options.retry_interval, options.loop),
@@ -191,6 +195,12 @@ class Runtime:
     @property
     def controls(self) -> Controls:
         return self.display.controls
+
+    def remote_change(self, change: dict[str, Any]) -> None:
+        """A control change from another thread (OSC): checked now (ControlError), applied by the display loop
+        at its next frame, where the keys are applied."""
+        apply_changes(self.display.controls, change, self.display.prompt_book)
+        self.shared.remote.put(change)
 
     def run(self, duration: float | None = None) -> RunSummary:
         """Block in the display loop (call it from the main thread); raise what any thread raised."""

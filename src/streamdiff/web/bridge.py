@@ -23,9 +23,11 @@ from typing import Any
 from streamdiff.app.engine_io import AiFrame, EngineRunner
 from streamdiff.app.frames import Frame
 from streamdiff.app.keys import Controls
+from streamdiff.app.remote import apply_changes
 from streamdiff.app.slots import LatestSlot, RateMeter
 from streamdiff.errors import first_line
 from streamdiff.web.protocol import (
+    REMOTE_CONTROL_TYPES,
     PromptBook,
     ProtocolError,
     apply_controls,
@@ -169,6 +171,16 @@ class WebStream:
         with self._lock:
             self.controls = apply_controls(self.controls, message, self.prompts)
             self.applied.put(self.controls)
+
+    def remote_change(self, change: dict[str, Any]) -> None:
+        """A control change from another thread (OSC): applied before the next frame; the driving page gets the
+        new state, so that its sliders and prompt follow."""
+        with self._lock:
+            self.controls = apply_changes(self.controls, change, self.prompts, REMOTE_CONTROL_TYPES)
+            self.applied.put(self.controls)
+        driver = self.driver()
+        if driver is not None:
+            driver.deliver(self.state())
 
     def page_report(self, message: dict[str, Any]) -> None:
         """A "shown" message: how many outputs the page has put on screen, and at what rate."""

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from streamdiff.app.optional import require
+from streamdiff.app.osc import add_osc_option, open_listener
 from streamdiff.errors import UserError
+from streamdiff.web.protocol import REMOTE_CONTROL_TYPES
 
 DESCRIPTION = """Serve a web page that stylizes the browser's camera, a shared screen or a video file live.
 Open the printed address; the page asks for the camera. Browsers give pages the camera only over https
@@ -40,6 +42,7 @@ def register(subparsers: Any) -> None:
     g.add_argument("--open", action="store_true", help="open the page in the default browser")
     g.add_argument("--cpu-threads", type=int, default=None,
                    help="torch threads when the model runs on the CPU (default: all cores but one)")
+    add_osc_option(g)
     p.set_defaults(func=run)
 
 
@@ -54,10 +57,14 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.quality <= 100:
         raise UserError(f"--quality must be in 1..100; got {args.quality}")
     listener = bind(args.host, args.port)  # before the model loads: a busy port fails at once
+    osc = None
     try:
+        osc = open_listener(args.osc, REMOTE_CONTROL_TYPES)
         stream = _stream(args)
     except BaseException:
         listener.close()
+        if osc is not None:
+            osc.close()
         raise
     url = _url(args, listener)
     print(f"streamdiff: serving {url} (Ctrl-C stops)", file=sys.stderr, flush=True)
@@ -65,7 +72,13 @@ def run(args: argparse.Namespace) -> int:
         import webbrowser
 
         webbrowser.open(url)
-    summary = serve(stream, listener, args.ssl_certfile, args.ssl_keyfile)
+    try:
+        if osc is not None:
+            osc.start(stream.remote_change)
+        summary = serve(stream, listener, args.ssl_certfile, args.ssl_keyfile)
+    finally:
+        if osc is not None:
+            osc.close()
     print(summary)
     return 0
 

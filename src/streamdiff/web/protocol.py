@@ -14,27 +14,24 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import struct
-import threading
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from streamdiff.app.keys import Controls
+from streamdiff.app.remote import CONTROL_TYPES as REMOTE_TYPES
+from streamdiff.app.remote import ControlError, PromptBook, apply_changes
 
 HEADER_IN = struct.Struct(">I")
 HEADER_OUT = struct.Struct(">II")
 MAX_FRAME_BYTES = 8 * 1024 * 1024
 MAX_SIDE = 4096  # pixels; a picture is cropped to the render size anyway
-MAX_PROMPT_CHARS = 1000
-MAX_SEED = 2**63 - 1
-
 # Controls the page may change, with the JSON type each takes. Blend, layout and pausing are the page's own.
-CONTROL_TYPES: dict[str, type] = {
-    "prompt": str, "strength": float, "ema": float, "feedback": float, "seed": int, "mirror": bool,
-}
+CONTROL_TYPES: dict[str, type] = {name: REMOTE_TYPES[name] for name in
+                                  ("prompt", "strength", "ema", "feedback", "seed", "mirror")}
+# What OSC may change on the page's stream: the same, and a prompt of the list by its index.
+REMOTE_CONTROL_TYPES: dict[str, type] = {**CONTROL_TYPES, "prompt_index": int}
 
 
 class ProtocolError(ValueError):
@@ -96,51 +93,9 @@ def parse_text(text: str) -> dict[str, Any]:
     return message
 
 
-class PromptBook:
-    """The prompts the stream knows, by index (Controls name prompts by index). The page can add any text;
-    the inference thread reads the list by the index it is handed, after the text was added."""
-
-    def __init__(self, prompts: list[str]) -> None:
-        self.prompts = prompts  # shared with the EngineRunner, which reads it on the inference thread
-        self._lock = threading.Lock()
-
-    def index_of(self, text: str) -> int:
-        with self._lock:
-            if text not in self.prompts:
-                self.prompts.append(text)
-            return self.prompts.index(text)
-
-
 def apply_controls(controls: Controls, message: dict[str, Any], prompts: PromptBook) -> Controls:
     """The controls after a "controls" message; nothing changes unless every field is valid."""
-    unknown = sorted(set(message) - set(CONTROL_TYPES) - {"type"})
-    if unknown:
-        raise ProtocolError(f"unknown control {', '.join(unknown)}; expected some of {', '.join(CONTROL_TYPES)}")
-    changes = {name: _checked(name, message[name]) for name in CONTROL_TYPES if name in message}
-    prompt = changes.pop("prompt", None)
     try:
-        changed = replace(controls, **changes)
-    except ValueError as exc:
+        return apply_changes(controls, {k: v for k, v in message.items() if k != "type"}, prompts, CONTROL_TYPES)
+    except ControlError as exc:
         raise ProtocolError(str(exc)) from None
-    if prompt is not None:
-        changed = replace(changed, prompt_index=prompts.index_of(prompt))
-    return changed
-
-
-def _checked(name: str, value: Any) -> Any:
-    kind = CONTROL_TYPES[name]
-    # JSON has one number type and bool is an int in Python: check the JSON-level kinds explicitly.
-    if kind is bool and isinstance(value, bool):
-        return value
-    if kind is str and isinstance(value, str):
-        if len(value) > MAX_PROMPT_CHARS:
-            raise ProtocolError(f"prompt may be at most {MAX_PROMPT_CHARS} characters; got {len(value)}")
-        return value
-    if kind is int and isinstance(value, int) and not isinstance(value, bool):
-        if not 0 <= value <= MAX_SEED:
-            raise ProtocolError(f"seed must be in [0, 2**63 - 1]; got {value}")
-        return value
-    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    expected = {bool: "true or false", str: "a string", int: "a whole number", float: "a finite number"}[kind]
-    raise ProtocolError(f"{name} must be {expected}; got {json.dumps(value)}")

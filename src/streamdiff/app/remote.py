@@ -1,0 +1,80 @@
+"""Control changes that come from outside the keyboard (the web page, OSC): each field checked, then applied
+all together or not at all, so a bad message changes nothing."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from streamdiff.app.keys import Controls
+
+MAX_PROMPT_CHARS = 1000
+MAX_SEED = 2**63 - 1
+
+# Every control a remote may change, with the type it takes; each app offers its own share of them.
+CONTROL_TYPES: dict[str, type] = {
+    "prompt": str, "prompt_index": int, "strength": float, "ema": float, "feedback": float, "seed": int,
+    "mirror": bool, "blend": float, "paused": bool,
+}
+_EXPECTED = {bool: "true or false", str: "a string", int: "a whole number", float: "a finite number"}
+
+
+class ControlError(ValueError):
+    """A change that cannot be applied; the text says what was expected."""
+
+
+class PromptBook:
+    """The prompts the stream knows, by index (Controls name prompts by index). A remote can add any text; the
+    inference thread reads the list by the index it is handed, after the text was added."""
+
+    def __init__(self, prompts: list[str]) -> None:
+        self.prompts = prompts  # shared with the EngineRunner, which reads it on the inference thread
+        self._lock = threading.Lock()
+
+    def index_of(self, text: str) -> int:
+        with self._lock:
+            if text not in self.prompts:
+                self.prompts.append(text)
+            return self.prompts.index(text)
+
+
+def apply_changes(controls: Controls, changes: Mapping[str, Any], prompts: PromptBook,
+                  allowed: Mapping[str, type] = CONTROL_TYPES) -> Controls:
+    """The controls after `changes` (name -> value); ControlError, and nothing changed, unless all are valid."""
+    unknown = sorted(set(changes) - set(allowed))
+    if unknown:
+        raise ControlError(f"unknown control {', '.join(unknown)}; expected some of {', '.join(allowed)}")
+    checked = {name: check(name, changes[name], allowed[name]) for name in allowed if name in changes}
+    prompt = checked.pop("prompt", None)
+    index = checked.get("prompt_index")
+    if index is not None and not 0 <= index < len(prompts.prompts):
+        raise ControlError(f"prompt_index must be in [0, {len(prompts.prompts) - 1}]; got {index}")
+    try:
+        changed = replace(controls, **checked)
+    except ValueError as exc:
+        raise ControlError(str(exc)) from None
+    if prompt is not None:
+        changed = replace(changed, prompt_index=prompts.index_of(prompt))
+    return changed
+
+
+def check(name: str, value: Any, kind: type) -> Any:
+    """`value` as a `kind` control, checked: JSON and OSC types both arrive here."""
+    # bool is an int in Python: check the kinds explicitly.
+    if kind is bool and isinstance(value, bool):
+        return value
+    if kind is str and isinstance(value, str):
+        if len(value) > MAX_PROMPT_CHARS:
+            raise ControlError(f"prompt may be at most {MAX_PROMPT_CHARS} characters; got {len(value)}")
+        return value
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        if name == "seed" and not 0 <= value <= MAX_SEED:
+            raise ControlError(f"seed must be in [0, 2**63 - 1]; got {value}")
+        return value
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    raise ControlError(f"{name} must be {_EXPECTED[kind]}; got {json.dumps(value, default=repr)}")

@@ -1,0 +1,169 @@
+"""OSC control: messages over real UDP to the listener, into the camera runtime and the web page's stream."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+import time
+
+import pytest
+from app_fakes import CountingSource, FakeEngine, RecordingSink
+from cli_checks import one_line_error
+from pythonosc.udp_client import SimpleUDPClient
+
+from streamdiff.app.keys import Controls
+from streamdiff.app.osc import OscListener, osc_change, parse_address
+from streamdiff.app.remote import CONTROL_TYPES, ControlError, PromptBook, apply_changes
+from streamdiff.app.runtime import Runtime, RuntimeOptions
+from streamdiff.cli import main
+from streamdiff.errors import UserError
+
+
+def test_addresses_with_or_without_the_prefix_and_what_controllers_send():
+    assert osc_change("/streamdiff/strength", [0.6], CONTROL_TYPES) == {"strength": 0.6}
+    assert osc_change("/strength", [1], CONTROL_TYPES) == {"strength": 1}
+    assert osc_change("/streamdiff/seed", [42.0], CONTROL_TYPES) == {"seed": 42}  # TouchDesigner sends floats
+    assert osc_change("/mirror", [1.0], CONTROL_TYPES) == {"mirror": True}
+    assert osc_change("/streamdiff/paused", [0], CONTROL_TYPES) == {"paused": False}
+    assert osc_change("/streamdiff/prompt", ["ink wash"], CONTROL_TYPES) == {"prompt": "ink wash"}
+
+
+@pytest.mark.parametrize("address, args, error", [
+    ("/streamdiff/speed", [1.0], r"unknown OSC address /streamdiff/speed; expected /streamdiff/ \(or /\) followed by"),
+    ("/streamdiff/strength", [], "/streamdiff/strength takes one argument; got 0"),
+    ("/streamdiff/strength", [0.5, 0.6], "takes one argument; got 2"),
+])
+def test_bad_addresses_and_argument_counts_are_named(address, args, error):
+    with pytest.raises(ControlError, match=error):
+        osc_change(address, args, CONTROL_TYPES)
+
+
+@pytest.mark.parametrize("change, error", [
+    ({"seed": 4.5}, "seed must be a whole number; got 4.5"),
+    ({"mirror": 2.0}, "mirror must be true or false; got 2.0"),
+    ({"strength": 1.5}, r"strength must be in \(0, 1\]; got 1.5"),
+    ({"prompt_index": 3}, r"prompt_index must be in \[0, 1\]; got 3"),
+    ({"strength": "high"}, 'strength must be a finite number; got "high"'),
+])
+def test_a_bad_value_changes_nothing_and_says_what_was_expected(change, error):
+    controls = Controls()
+    with pytest.raises(ControlError, match=error):
+        apply_changes(controls, {"ema": 0.5, **change}, PromptBook(["a", "b"]))
+
+
+def test_the_address_option_is_host_and_port():
+    assert parse_address("9000") == ("127.0.0.1", 9000)
+    assert parse_address("0.0.0.0:57120") == ("0.0.0.0", 57120)
+    for bad in ("", "nine", "70000", "host:"):
+        with pytest.raises(ValueError, match=r"--osc expects \[HOST:\]PORT"):
+            parse_address(bad)
+
+
+def _wait_for(condition, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_the_listener_hands_on_changes_and_logs_a_repeated_refusal_once(caplog):
+    got: queue.SimpleQueue = queue.SimpleQueue()
+
+    def submit(change):
+        if change.get("strength", 0.5) > 1:
+            raise ControlError("strength must be in (0, 1]")
+        got.put((change, threading.current_thread().name))
+
+    listener = OscListener(CONTROL_TYPES, 0).start(submit)
+    try:
+        sender = SimpleUDPClient("127.0.0.1", listener.port)
+        with caplog.at_level(logging.WARNING, logger="streamdiff.app.osc"):
+            for value in (2.0, 2.0, 2.0):
+                sender.send_message("/streamdiff/strength", value)
+            sender.send_message("/nonsense", 1)
+            sender.send_message("/streamdiff/strength", 0.25)
+            assert got.get(timeout=5) == ({"strength": 0.25}, "streamdiff-osc")
+        refusals = [r.getMessage() for r in caplog.records]
+        assert refusals == ["OSC: strength must be in (0, 1]", "OSC: unknown OSC address /nonsense; expected "
+                            "/streamdiff/ (or /) followed by one of " + ", ".join(CONTROL_TYPES)]
+    finally:
+        listener.close()
+    assert "streamdiff-osc" not in {t.name for t in threading.enumerate()}
+
+
+def test_a_busy_port_is_a_user_error():
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    try:
+        with pytest.raises(UserError, match=r"cannot listen for OSC on 127.0.0.1:\d+ .*pick another"):
+            OscListener(CONTROL_TYPES, taken.getsockname()[1])
+    finally:
+        taken.close()
+
+
+def test_the_camera_runtime_applies_osc_changes_on_its_inference_thread():
+    engine = FakeEngine()
+    options = RuntimeOptions(prompts=("first style", "second style"), pane_height=64, display_fps=60.0,
+                             transition_frames=5)
+    runtime = Runtime(engine, CountingSource(), [RecordingSink()], options)
+    listener = OscListener(CONTROL_TYPES, 0).start(runtime.remote_change)
+    sender = SimpleUDPClient("127.0.0.1", listener.port)
+
+    def perform():
+        _wait_for(lambda: engine.inputs)
+        sender.send_message("/streamdiff/strength", 0.5)
+        sender.send_message("/streamdiff/prompt", "neon noir")
+        sender.send_message("/blend", 0.25)
+        sender.send_message("/streamdiff/strength", 7.0)  # refused: nothing changes
+        _wait_for(lambda: runtime.controls.blend == 0.25 and any(c[0] == "update_prompt" for c in engine.calls))
+        sender.send_message("/streamdiff/prompt_index", 0.0)
+        _wait_for(lambda: runtime.controls.prompt_index == 0)
+        time.sleep(0.2)
+        runtime.shared.halt()
+
+    performer = threading.Thread(target=perform)
+    performer.start()
+    try:
+        runtime.run(duration=20)
+    finally:
+        performer.join()
+        listener.close()
+    assert runtime.controls.strength == 0.5
+    assert runtime.runner.prompts == ["first style", "second style", "neon noir"]
+    assert [args for method, _, args in engine.calls if method == "set_strength"] == [(0.5,)]
+    prompts = [args for method, _, args in engine.calls if method == "update_prompt"]
+    assert prompts == [("neon noir", 5), ("first style", 5)]
+    assert engine.engine_threads() == {"streamdiff-inference"}
+
+
+def test_the_web_stream_applies_osc_changes_and_tells_the_driving_page(tiny_engine):
+    from streamdiff.app.engine_io import EngineRunner
+    from streamdiff.web.bridge import WebStream
+
+    runner = EngineRunner(tiny_engine, ["a watercolor", "ink wash"], transition_frames=0)
+    stream = WebStream(runner, Controls(seed=1, strength=tiny_engine.strength), PromptBook(runner.prompts))
+    delivered: list = []
+    stream.connect(delivered.append)
+    stream.remote_change({"strength": 0.5, "prompt_index": 1})
+    assert (stream.controls.strength, stream.controls.prompt_index) == (0.5, 1)
+    assert stream.applied.peek()[1] == stream.controls
+    assert delivered[-1]["type"] == "state" and delivered[-1]["prompt"] == "ink wash"
+    assert delivered[-1]["controls"]["strength"] == 0.5
+    with pytest.raises(ControlError, match="unknown control blend"):  # the page's own, not the stream's
+        stream.remote_change({"blend": 0.5})
+    assert stream.controls.strength == 0.5 and len(delivered) == 1
+
+
+def test_the_camera_command_checks_its_osc_port_before_the_model_loads(capsys):
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    try:
+        base = ["camera", "--model", "no-such-model", "--camera", "pattern", "--output", "none", "--osc"]
+        assert main([*base, str(taken.getsockname()[1])]) == 2
+        assert "cannot listen for OSC" in one_line_error(capsys)
+        assert main([*base, "ninety"]) == 2
+        assert "--osc expects [HOST:]PORT" in one_line_error(capsys)
+    finally:
+        taken.close()
