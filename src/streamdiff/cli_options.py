@@ -26,6 +26,9 @@ def add_engine_options(parser: argparse.ArgumentParser, *, prompt_required: bool
                    help="registry name (see `streamdiff models`), local diffusers folder, .safetensors file or "
                         "hub id; default sdxs-512. `tiny` runs offline with meaningless pictures")
     g.add_argument("--no-taesd", action="store_true", help="keep the model's own VAE instead of TAESD")
+    g.add_argument("--lora", action="append", default=[], metavar="SOURCE[:SCALE]",
+                   help="a style LoRA fused into the weights: .safetensors file, folder or hub repo, with an optional "
+                        "scale (default 1), e.g. ink.safetensors:0.8; repeat for several")
     g.add_argument("--model-config", default=None,
                    help="for a .safetensors/.ckpt model: a diffusers folder or hub id of its base model")
     g.add_argument("--strength", type=float, default=None, help="how much of the input to redraw, (0, 1]")
@@ -85,6 +88,6 @@ def engine_from_args(args: argparse.Namespace, **overrides: Any):
     settings = {**engine_settings(args), **overrides}
     taesd = False if args.no_taesd else None
     pipe = StreamPipeline.from_model(args.model or DEFAULT_MODEL, taesd=taesd, model_config=args.model_config,
-                                     **settings)
+                                     loras=args.lora, **settings)
     pipe.prepare(prompt=args.prompt or "", negative_prompt=args.negative_prompt)
     return accelerate_from_args(pipe, args, progress=_progress)

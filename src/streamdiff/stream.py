@@ -100,17 +100,21 @@ class StreamPipeline(DeviceSteps):
     @classmethod
     def from_model(cls, name_or_path: str, config: StreamConfig | None = None, *, taesd: bool | None = None,
                    random_weights: bool = False, model_config: str | None = None,
-                   **settings: Any) -> StreamPipeline:
+                   loras: Sequence[Any] = (), **settings: Any) -> StreamPipeline:
         """A registry name (see `streamdiff models`), a local diffusers folder, a .safetensors file or a hub id.
 
         model_config: for a single checkpoint file, the diffusers folder or hub id of its base model.
+        loras: models.lora.StyleLora values (or SOURCE[:SCALE] strings) fused into the weights at load.
         """
         from .models.loading import load_model
 
         base = StreamConfig.from_settings(config, **settings)
         device = resolve_device(base.device)
+        from .models.lora import StyleLora
+
+        styles = [lora if isinstance(lora, StyleLora) else StyleLora.parse(lora) for lora in loras]
         loaded = load_model(name_or_path, dtype=resolve_dtype(base.dtype, device), device=device,
-                            taesd=taesd, random_weights=random_weights, config=model_config)
+                            taesd=taesd, random_weights=random_weights, config=model_config, loras=styles)
         spec = loaded.spec
         defaults: dict[str, Any] = {}
         if "t_index_list" not in settings and "strength" not in settings and "steps" not in settings:

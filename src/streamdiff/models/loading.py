@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,7 @@ import torch
 
 from ..errors import ModelPathNotFoundError, UserError
 from .hub import HubFiles, fetch
+from .lora import LORA_FILES, StyleLora, fuse_style_loras, locate_loras
 from .registry import LCM_T_INDEX, REGISTRY, TAESD_REPO, ModelSpec
 
 if TYPE_CHECKING:
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 TAESD_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
-LORA_FILES = ("*.safetensors",)
 # What from_single_file reads from the base model's diffusers repo: configurations and tokenizer, no weights.
 CONFIG_FILES = ("model_index.json", "*/config.json", "scheduler/*", "tokenizer/*")
 _FAMILY_BY_TEXT_WIDTH = {768: "sd15", 1024: "sd21"}
@@ -57,6 +57,7 @@ def load_model(
     random_weights: bool = False,
     config: str | None = None,
     traits: Mapping[str, Any] | None = None,
+    loras: Sequence[StyleLora] = (),
 ) -> LoadedModel:
     """Load `name_or_path`: a registry name, diffusers folder, .safetensors/.ckpt file or hub id.
 
@@ -64,10 +65,14 @@ def load_model(
     random_weights: a registry model's real architecture with seeded random weights, no download.
     config: for a single file, a diffusers folder or hub id of its base model (default: diffusers'
     choice from the checkpoint's keys). traits: ModelSpec fields to override, e.g. t_index_list.
+    loras: style LoRAs fused into the weights, in order (random weights too, where their shapes fit).
     """
     source = resolve_source(name_or_path)
+    styles = locate_loras(loras)
     if random_weights:
-        return _load_random(source, taesd, dtype, device, traits)
+        loaded = _load_random(source, taesd, dtype, device, traits)
+        fuse_style_loras(loaded.pipe, styles)
+        return loaded
     if source.kind == "registry":
         spec = _with_traits(REGISTRY[source.location], traits)
         use_taesd = _use_taesd(spec, taesd)
@@ -77,6 +82,7 @@ def load_model(
         pipe = _load_other(source, use_taesd, dtype, config).to(device)
         repo_id = source.location if source.kind == "hub" else ""
         spec = _with_traits(spec_from_pipeline(name_or_path, pipe, repo_id=repo_id), traits)
+    fuse_style_loras(pipe, styles)
     pipe.set_progress_bar_config(disable=True)
     return LoadedModel(pipe=pipe, spec=spec.with_traits(use_taesd=use_taesd))
 

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     settings = {**engine_settings(args), "device": "cpu", "dtype": "float32",
                 "frame_buffer_size": args.frame_buffer_size}
     pipe = StreamPipeline.from_model(args.model or DEFAULT_MODEL, taesd=False if args.no_taesd else None,
-                                     model_config=args.model_config, **settings)
+                                     model_config=args.model_config, loras=args.lora, **settings)
     pipe.prepare(prompt=args.prompt or "", negative_prompt=args.negative_prompt)
     store = use_coreml(pipe, args.out, load=None, progress=_say)
     AcceleratedStream(pipe, None).warm(txt2img=args.txt2img)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -24,8 +23,9 @@ import torch
 from torch import Tensor
 
 from ...errors import UserError
+from ...models.digest import weights_digest
 
-FORMAT = 1  # bump when the wrappers below change what a stored file computes
+FORMAT = 1  # bump when the wrappers below change what a stored file computes (it names the store's folders)
 MINIMUM_MACOS = 13  # half-precision inputs and outputs need macOS 13
 
 
@@ -74,17 +74,10 @@ def shape_tag(shapes: Sequence[Sequence[int]]) -> str:
     return "_".join("x".join(str(d) for d in shape) for shape in shapes)
 
 
-def fingerprint(module: torch.nn.Module, samples: int = 1024) -> str:
-    """A digest of a module's weights, so that stored files of other weights (another checkpoint, a LoRA fused
-    in) are never run by mistake. It hashes evenly spaced values of every tensor, exactly (no sums, whose last
-    digits depend on the machine's reduction order): the machine that converts and the Mac that runs agree."""
-    digest = hashlib.sha256(f"format {FORMAT} {type(module).__name__}".encode())
-    for name, tensor in module.state_dict().items():
-        flat = tensor.detach().flatten()
-        picked = flat[:: max(1, flat.numel() // samples)].to("cpu", torch.float32)
-        digest.update(f"{name} {tuple(tensor.shape)} ".encode())
-        digest.update(picked.numpy().tobytes())
-    return digest.hexdigest()[:16]
+def fingerprint(module: torch.nn.Module) -> str:
+    """Which weights a stored part was made from, so that parts of other weights (another checkpoint, a LoRA
+    fused in) are never run by mistake; the machine that converts and the Mac that runs agree on it."""
+    return weights_digest([module])
 
 
 @dataclass(frozen=True)
@@ -104,7 +97,7 @@ class ModelStore:
         self.asked: dict[Path, StoredPart] = {}
 
     def path(self, spec: PartSpec, digest: str, shapes: Sequence[Sequence[int]]) -> Path:
-        return self.root / f"{spec.part}-{digest}" / f"{shape_tag(shapes)}.mlpackage"
+        return self.root / f"{spec.part}-{digest}-v{FORMAT}" / f"{shape_tag(shapes)}.mlpackage"
 
     def ensure(self, spec: PartSpec, module: torch.nn.Module, digest: str, example: Sequence[Tensor]) -> Path:
         """The stored file for these weights and input shapes, converted now if there is none."""
