@@ -22,6 +22,7 @@ from .config import StreamConfig, strength_to_t_index
 from .device_steps import DeviceSteps
 from .devices import cpu_generator, resolve_device, resolve_dtype
 from .guidance import make_guidance
+from .models.lora import StyleLora
 from .prompts import PromptEncoder, PromptLike, Transition, normalized_weights
 from .schedule import SlotCoefficients, build_coefficients
 from .similarity import SimilarityFilter
@@ -100,18 +101,16 @@ class StreamPipeline(DeviceSteps):
     @classmethod
     def from_model(cls, name_or_path: str, config: StreamConfig | None = None, *, taesd: bool | None = None,
                    random_weights: bool = False, model_config: str | None = None,
-                   loras: Sequence[Any] = (), **settings: Any) -> StreamPipeline:
+                   loras: Sequence[StyleLora | str] = (), **settings: Any) -> StreamPipeline:
         """A registry name (see `streamdiff models`), a local diffusers folder, a .safetensors file or a hub id.
 
         model_config: for a single checkpoint file, the diffusers folder or hub id of its base model.
-        loras: models.lora.StyleLora values (or SOURCE[:SCALE] strings) fused into the weights at load.
+        loras: style LoRAs (or SOURCE[:SCALE] strings, as --lora takes them) fused into the weights at load.
         """
         from .models.loading import load_model
 
         base = StreamConfig.from_settings(config, **settings)
         device = resolve_device(base.device)
-        from .models.lora import StyleLora
-
         styles = [lora if isinstance(lora, StyleLora) else StyleLora.parse(lora) for lora in loras]
         loaded = load_model(name_or_path, dtype=resolve_dtype(base.dtype, device), device=device,
                             taesd=taesd, random_weights=random_weights, config=model_config, loras=styles)
