@@ -75,13 +75,13 @@ def engine_settings(args: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
-def _progress(message: str) -> None:
+def progress(message: str) -> None:
+    """A start-up step worth a line on stderr (model loading, compiling, converting)."""
     print(f"streamdiff: {message}", file=sys.stderr, flush=True)
 
 
-def engine_from_args(args: argparse.Namespace, **overrides: Any):
-    """Load the model named by --model, build the stream, encode the prompts and accelerate it (--accel)."""
-    from .backends.accelerate import accelerate_from_args
+def stream_from_args(args: argparse.Namespace, **overrides: Any):
+    """Load the model named by --model (with its --lora styles), build the stream and encode the prompts."""
     from .models.registry import DEFAULT_MODEL
     from .stream import StreamPipeline
 
@@ -90,4 +90,11 @@ def engine_from_args(args: argparse.Namespace, **overrides: Any):
     pipe = StreamPipeline.from_model(args.model or DEFAULT_MODEL, taesd=taesd, model_config=args.model_config,
                                      loras=args.lora, **settings)
     pipe.prepare(prompt=args.prompt or "", negative_prompt=args.negative_prompt)
-    return accelerate_from_args(pipe, args, progress=_progress)
+    return pipe
+
+
+def engine_from_args(args: argparse.Namespace, **overrides: Any):
+    """stream_from_args, then accelerated as --accel says."""
+    from .backends.accelerate import accelerate_from_args
+
+    return accelerate_from_args(stream_from_args(args, **overrides), args, progress=progress)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 DESCRIPTION = """Convert a model's UNet and latent codec to Core ML for `--accel coreml` on a Mac. It runs the
@@ -31,10 +30,8 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from streamdiff.backends.runner import AcceleratedStream
-    from streamdiff.cli_options import engine_settings
+    from streamdiff.cli_options import progress, stream_from_args
     from streamdiff.errors import UserError
-    from streamdiff.models.registry import DEFAULT_MODEL
-    from streamdiff.stream import StreamPipeline
 
     from . import use_coreml
     from .convert import require_coremltools
@@ -44,19 +41,11 @@ def run(args: argparse.Namespace) -> int:
     if args.frame_buffer_size < 1:
         raise UserError(f"--frame-buffer-size must be at least 1; got {args.frame_buffer_size}")
     require_coremltools()  # before the model loads
-    settings = {**engine_settings(args), "device": "cpu", "dtype": "float32",
-                "frame_buffer_size": args.frame_buffer_size}
-    pipe = StreamPipeline.from_model(args.model or DEFAULT_MODEL, taesd=False if args.no_taesd else None,
-                                     model_config=args.model_config, loras=args.lora, **settings)
-    pipe.prepare(prompt=args.prompt or "", negative_prompt=args.negative_prompt)
-    store = use_coreml(pipe, args.out, load=None, progress=_say)
+    pipe = stream_from_args(args, device="cpu", dtype="float32", frame_buffer_size=args.frame_buffer_size)
+    store = use_coreml(pipe, args.out, load=None, progress=progress)
     AcceleratedStream(pipe, None).warm(txt2img=args.txt2img)
     for part in store.asked.values():
         state = "already there" if part.seconds is None else f"converted in {part.seconds:.1f} s"
         print(f"{part.path.parent.name}/{part.path.name}: {state}")
     print(f"{len(store.asked)} parts in {store.root}; on the Mac: --accel coreml --coreml-dir {store.root}")
     return 0
-
-
-def _say(message: str) -> None:
-    print(f"streamdiff: {message}", file=sys.stderr, flush=True)
