@@ -19,7 +19,7 @@ import torch
 
 from ..errors import ModelPathNotFoundError, UserError
 from .hub import HubFiles, fetch
-from .lora import LORA_FILES, StyleLora, fuse_style_loras, locate_loras
+from .lora import LORA_FILES, LocatedLora, StyleLora, fuse_style_loras, locate_loras
 from .registry import LCM_T_INDEX, REGISTRY, TAESD_REPO, ModelSpec
 
 if TYPE_CHECKING:
@@ -163,8 +163,8 @@ def _load_registry(spec: ModelSpec, use_taesd: bool, dtype: torch.dtype, device:
     folders = fetch(wanted, f"model '{spec.name}'")
     vae = load_taesd(folders[1], dtype) if use_taesd else None
     pipe = _from_folder(folders[0], dtype, vae=vae, variant=variant).to(device)
-    if spec.lora_repo:
-        fuse_lora(pipe, folders[-1])  # on the device, where the fusing matmuls are fast
+    if spec.lora_repo:  # on the device, where the fusing matmuls are fast
+        fuse_style_loras(pipe, [LocatedLora(StyleLora(spec.lora_repo), folders[-1], None)])
     return pipe
 
 
@@ -295,14 +295,6 @@ def require_peft(model: str, repo: str) -> None:
 
     if not is_peft_available():
         raise UserError(f"model '{model}' fuses the LoRA {repo}, which needs the peft package: pip install peft")
-
-
-def fuse_lora(pipe: Any, folder: str) -> None:
-    """Fuse a LoRA (e.g. LCM-LoRA) into the weights and drop the adapter: inference pays nothing for it."""
-    with unreadable_model(folder):
-        pipe.load_lora_weights(folder)
-        pipe.fuse_lora()
-        pipe.unload_lora_weights()
 
 
 @contextmanager
