@@ -28,10 +28,15 @@ COMPILE_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def streamdiff_cache_dir(name: str) -> Path:
+    """A folder of files kept between runs: $XDG_CACHE_HOME/streamdiff/<name> (~/.cache/...)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "streamdiff" / name
+
+
 def default_cache_dir() -> Path:
     """Where compiled kernels persist between runs: $XDG_CACHE_HOME/streamdiff/inductor (~/.cache/...)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "streamdiff" / "inductor"
+    return streamdiff_cache_dir("inductor")
 
 
 def use_cache_dir(path: str | Path | None = None) -> Path:

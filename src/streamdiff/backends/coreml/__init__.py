@@ -6,11 +6,11 @@ engine's Denoiser and LatentCodec protocols. coremltools is imported only when a
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from ...stream import StreamPipeline
+from ..compile import streamdiff_cache_dir
 from .convert import ModelStore
 from .runtime import (
     CoreMLCodec,
@@ -25,8 +25,7 @@ __all__ = ["CoreMLCodec", "CoreMLDenoiser", "ModelStore", "coreml_unsupported", 
 
 def default_dir() -> Path:
     """Where converted parts persist between runs: $XDG_CACHE_HOME/streamdiff/coreml (~/.cache/...)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "streamdiff" / "coreml"
+    return streamdiff_cache_dir("coreml")
 
 
 def use_coreml(pipe: StreamPipeline, root: str | Path | None = None, *, load: Loader | None = load_mlmodel,

@@ -85,9 +85,10 @@ def load_mlmodel(path: Path) -> Predictor:
 class _Part:
     """One converted part: its stored files by input shapes, opened on first use."""
 
-    def __init__(self, spec: PartSpec, module: torch.nn.Module, store: ModelStore, load: Loader | None):
+    def __init__(self, spec: PartSpec, module: torch.nn.Module, store: ModelStore, load: Loader | None,
+                 digest: str | None = None):
         self.spec, self.module, self.store, self.load = spec, module, store, load
-        self.digest = fingerprint(module)
+        self.digest = digest or fingerprint(module)
         self._open: dict[tuple[tuple[int, ...], ...], Predictor] = {}
 
     def __call__(self, *inputs: Tensor) -> Tensor:
@@ -120,7 +121,8 @@ class CoreMLCodec:
 
     def __init__(self, vae: torch.nn.Module, store: ModelStore, load: Loader | None = load_mlmodel):
         self.encoder = _Part(ENCODER, CodecCall(vae, "encode"), store, load)
-        self.decoder = _Part(DECODER, CodecCall(vae, "decode"), store, load)
+        # Both directions hold the same VAE: one digest of its weights names both parts' folders.
+        self.decoder = _Part(DECODER, CodecCall(vae, "decode"), store, load, self.encoder.digest)
 
     def encode(self, pixels: Tensor) -> Tensor:
         return self.encoder(pixels)
