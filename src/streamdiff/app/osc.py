@@ -88,8 +88,8 @@ class OscListener:
         try:
             self._server = BlockingOSCUDPServer((host, port), dispatcher)
         except OSError as exc:
-            raise UserError(f"cannot listen for OSC on {host}:{port} ({exc.strerror or exc}); pick another "
-                            "--osc-port") from None
+            raise UserError(f"cannot listen for OSC on {host}:{port} ({exc.strerror or exc}); pick another port "
+                            "with --osc") from None
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
                                         name="streamdiff-osc", daemon=True)
 
