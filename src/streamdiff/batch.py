@@ -42,12 +42,12 @@ class StreamBatch:
         self.in_flight = torch.zeros_like(noise[frames:])  # ((n-1) F, 4, h, w)
         self.stock = torch.zeros_like(noise)  # residual noise per slot
         self.filled = False
-        # Denoisers that precompute from the timesteps and embeddings offer condition() and claim() (optional).
         self.use_denoiser(denoiser)
 
     def use_denoiser(self, denoiser: Denoiser) -> None:
         """Run the following calls through another denoiser (another backend of the same model)."""
         self.denoiser = denoiser
+        # Denoisers that precompute from the timesteps and embeddings offer condition() and claim() (optional).
         self._condition = getattr(denoiser, "condition", None)
         self._claim = getattr(denoiser, "claim", None)
 

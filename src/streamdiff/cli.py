@@ -8,8 +8,8 @@ import logging
 import os
 import sys
 import traceback
-from typing import Sequence
 from pathlib import Path
+from typing import Sequence
 
 from .cli_options import add_engine_options, engine_from_args
 

@@ -38,16 +38,9 @@ _FLOAT16 = ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT16
 
 
 @pytest.fixture
-def tiny(_tiny_cache):
+def tiny(make_stream):
     """A fresh two-step 64x64 stream over a private copy of the tiny components, prepared."""
-
-    def make(**settings) -> StreamPipeline:
-        settings = {"width": SIZE, "height": SIZE, "strength": 0.6, "steps": 2, **settings}
-        pipe = StreamPipeline.from_diffusers(copy.deepcopy(_tiny_cache["taesd"]), device="cpu", seed=3, **settings)
-        pipe.prepare("a red fox", negative_prompt="blurry")
-        return pipe
-
-    return make
+    return lambda **settings: make_stream(**{"strength": 0.6, "steps": 2, **settings})
 
 
 def _convert_stream(pipe: StreamPipeline, root: Path, *, txt2img: bool = False) -> ModelStore:
