@@ -61,6 +61,8 @@ def test_a_busy_osc_port_is_a_one_line_error_before_the_model_loads(capsys, no_m
     (["--port", "70000"], "--port must be in 0..65535; got 70000"),
     (["--host", "no-such-host.invalid"], "cannot listen on 'no-such-host.invalid'"),
     (["--osc", "ninety"], "--osc expects [HOST:]PORT, such as 9000 or 0.0.0.0:9000; got 'ninety'"),
+    (["--ice-server", "stun.example.org"], "--ice-server expects [USERNAME:CREDENTIAL@]URL with a stun:, turn: or"),
+    (["--transport", "websocket", "--ice-server", "stun:stun.example.org:3478"], "--ice-server is for WebRTC"),
 ])
 def test_bad_server_options_are_one_line_errors(capsys, no_model, options, message):
     assert main(["web", *TINY, "--port", "0", *options]) == 2
@@ -157,6 +159,7 @@ class Browser:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._socket = None
         self._id = 0
+        self._events: list[dict] = []
 
     def _page_socket(self):
         from websockets.sync.client import connect
@@ -178,9 +181,21 @@ class Browser:
         self._id += 1
         socket.send(json.dumps({"id": self._id, "method": method, "params": params}))
         while (reply := json.loads(socket.recv(timeout=30))).get("id") != self._id:
-            pass  # events the page sends meanwhile
+            self._events.append(reply)  # events the page sends meanwhile
         assert "error" not in reply, reply
         return reply["result"]
+
+    def event(self, method: str, timeout: float = 60.0) -> dict:
+        """The parameters of the next event `method` (one that came in during a call counts)."""
+        deadline = time.monotonic() + timeout
+        while (found := next((e for e in self._events if e.get("method") == method), None)) is None:
+            assert time.monotonic() < deadline, f"no {method} event within {timeout:g} s"
+            self._events.append(json.loads(self._page_socket().recv(timeout=max(0.1, deadline - time.monotonic()))))
+        self._events.remove(found)
+        return found["params"]
+
+    def evaluate(self, expression: str):
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"]["value"]
 
     def press(self, key: str, code: int | None = None) -> None:
         text = "\r" if key == "Enter" else key
@@ -267,3 +282,42 @@ def test_the_view_page_shows_what_a_driving_page_gets(server, tmp_path):
     finally:
         browser.close()
     assert shown >= 3
+
+
+def test_a_page_sends_its_camera_and_gets_the_output_over_webrtc(tmp_path):
+    server = Server("--transport", "webrtc")
+    try:
+        browser = Browser(server.url, tmp_path / "profile")
+        try:
+            state = wait_for(server, lambda s: s["page"]["shown"] >= 10, "the page to show 10 frames of the track")
+            live, width, status = (browser.evaluate("rtc.live"), browser.evaluate("$('output-video').videoWidth"),
+                                   browser.evaluate("$('status').textContent"))
+        finally:
+            browser.close()
+        assert live and width == 64 and "WebRTC" in status, status
+        assert state["stylized"] >= state["page"]["shown"] and state["transport"]["prefer"] == "webrtc"
+    finally:
+        server.kill()
+
+
+def test_a_page_whose_webrtc_offer_is_refused_goes_on_over_the_websocket(tmp_path):
+    import base64
+
+    server = Server("--transport", "webrtc")
+    try:
+        browser = Browser("about:blank", tmp_path / "profile")
+        try:
+            browser.call("Fetch.enable", patterns=[{"urlPattern": "*/api/webrtc/offer"}])
+            browser.call("Page.navigate", url=server.url)
+            offer = browser.event("Fetch.requestPaused")
+            browser.call("Fetch.fulfillRequest", requestId=offer["requestId"], responseCode=503,
+                         body=base64.b64encode(b'{"error": "refused for the test"}').decode())
+            state = wait_for(server, lambda s: s["page"]["shown"] >= 5, "the page to show 5 frames over the WebSocket")
+            failed, notice = browser.evaluate("rtc.failed"), browser.evaluate("$('notice').textContent")
+        finally:
+            browser.close()
+        assert failed and notice.startswith("WebRTC did not start (refused for the test): pictures go over the "
+                                            "WebSocket instead"), notice
+        assert state["stylized"] >= 5
+    finally:
+        server.kill()

@@ -15,11 +15,7 @@ from PIL import Image
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from streamdiff.app.engine_io import EngineRunner
-from streamdiff.app.keys import Controls
 from streamdiff.web import protocol
-from streamdiff.web.bridge import WebStream
-from streamdiff.web.protocol import PromptBook
 from streamdiff.web.server import TAKEN_OVER, create_app
 
 pytestmark = pytest.mark.timeout(60)
@@ -57,15 +53,6 @@ def next_error(ws) -> dict:
         message = ws.receive()
         if message.get("text") is not None and json.loads(message["text"])["type"] == "error":
             return json.loads(message["text"])
-
-
-@pytest.fixture
-def stream(tiny_engine):
-    runner = EngineRunner(tiny_engine, ["a watercolor", "ink wash"], transition_frames=0)
-    web = WebStream(runner, Controls(seed=1, strength=tiny_engine.strength), PromptBook(runner.prompts), model="tiny")
-    web.start()
-    yield web
-    assert web.close(timeout=5.0)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "fastapi": ("fastapi", "web"),
     "uvicorn": ("uvicorn", "web"),
     "websockets": ("websockets", "web"),
+    "aiortc": ("aiortc", "web"),
     "pythonosc": ("python-osc", "camera"),
 }
 

@@ -8,6 +8,10 @@ streaming program's browser source or a projector) get every output too.
 
     page --WebSocket--> submit() --> pictures slot --> inference thread --> deliver() --> page
                         change() --> controls slot --^      (decode, engine, JPEG)
+    page --WebRTC track--> submit_video() --^                         \--> answer() --> page's track
+
+A picture from a WebRTC track is answered on the page's track (web/webrtc.py), unencoded; viewers still get
+JPEGs.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from streamdiff.app.engine_io import AiFrame, EngineRunner
 from streamdiff.app.frames import Frame
@@ -32,10 +38,12 @@ from streamdiff.web.protocol import (
     ProtocolError,
     apply_controls,
     decode_picture,
+    decode_video,
     encode_jpeg,
     pack_output,
     split_frame,
 )
+from streamdiff.web.transport import Transport
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +62,15 @@ class Client:
 
 @dataclass(frozen=True)
 class Picture:
-    """A picture from the page as it arrived (the inference thread decodes it); no data: a text-to-image frame."""
+    """A picture from the page as it arrived (the inference thread decodes it); no data: a text-to-image frame.
+    From a WebRTC track: `video` is the decoded frame (PyAV) and `answer` takes the output picture."""
 
     client: int
     sequence: int
     data: bytes
     time: float
+    video: Any = None
+    answer: Callable[[np.ndarray], None] | None = None
 
 
 @dataclass
@@ -83,6 +94,7 @@ class WebStream:
     prompts: PromptBook
     model: str = ""
     quality: int = 85
+    transport: Transport = field(default_factory=Transport)
     on_failure: Callable[[], None] = lambda: None  # the server stops when the inference thread fails
     pictures: LatestSlot[Picture] = field(default_factory=LatestSlot)
     applied: LatestSlot[Controls] = field(default_factory=LatestSlot)
@@ -94,6 +106,7 @@ class WebStream:
     _viewers: dict[int, Client] = field(default_factory=dict)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _video_frames: int = 0
     _thread: threading.Thread | None = None
 
     def __post_init__(self) -> None:
@@ -164,6 +177,15 @@ class WebStream:
         self.counts.received += 1
         self.pictures.put(Picture(client.id, sequence, payload, time.perf_counter()))
 
+    def submit_video(self, client: Client, frame: Any, answer: Callable[[np.ndarray], None]) -> None:
+        """A frame of the page's WebRTC track (PyAV): it replaces any the engine has not taken yet; `answer`
+        gets its output."""
+        if self.current(client.id) is None:
+            return
+        self.counts.received += 1
+        self._video_frames += 1
+        self.pictures.put(Picture(client.id, self._video_frames, b"", time.perf_counter(), frame, answer))
+
     def change(self, client: Client, message: dict[str, Any]) -> None:
         """A "controls" message: the inference thread applies the new controls before its next frame."""
         if self.current(client.id) is None:
@@ -207,6 +229,7 @@ class WebStream:
             "controls": {"strength": controls.strength, "ema": controls.ema, "feedback": controls.feedback,
                          "seed": controls.seed, "mirror": controls.mirror},
             "page": {"shown": self.counts.page_shown, "fps": self.counts.page_fps},
+            "transport": self.transport.for_page(),
             **{key: value for key, value in self.status().items() if key != "type"},
         }
 
@@ -229,14 +252,19 @@ def inference_worker(stream: WebStream) -> None:
             client.deliver({"type": "error", "message": str(exc)})
             continue
         stream.rate.tick()
-        message = pack_output(picture.sequence, output.source_index, encode_jpeg(output.image, stream.quality))
-        for receiver in (client, *stream.viewers()):
-            receiver.deliver(message)
+        if picture.answer is not None:
+            picture.answer(output.image)
+        receivers = ([] if picture.answer is not None else [client]) + stream.viewers()
+        if receivers:  # a WebRTC page with no viewers: no JPEG to make
+            message = pack_output(picture.sequence, output.source_index, encode_jpeg(output.image, stream.quality))
+            for receiver in receivers:
+                receiver.deliver(message)
 
 
 def _run(stream: WebStream, picture: Picture) -> AiFrame:
     """The engine's output for one request: the picture stylized, or a text-to-image frame for no picture."""
-    image = decode_picture(picture.data) if picture.data else None
+    image = (decode_video(picture.video) if picture.video is not None
+             else decode_picture(picture.data) if picture.data else None)
     _, controls = stream.applied.peek()
     stream.runner.apply(controls)
     if image is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import socket
 import sys
 from dataclasses import replace
@@ -13,6 +14,7 @@ from streamdiff.app.optional import require
 from streamdiff.app.osc import add_osc_option, open_listener
 from streamdiff.errors import UserError
 from streamdiff.web.protocol import REMOTE_CONTROL_TYPES
+from streamdiff.web.transport import IceServer, Transport, TransportMode
 
 DESCRIPTION = """Serve a web page that stylizes the browser's camera, a shared screen or a video file live.
 Open the printed address; the page asks for the camera. Browsers give pages the camera only over https
@@ -39,6 +41,13 @@ def register(subparsers: Any) -> None:
     g.add_argument("--quality", type=int, default=85, help="JPEG quality of the pictures sent back, 1..100")
     g.add_argument("--ssl-certfile", default=None, help="certificate for https (with --ssl-keyfile)")
     g.add_argument("--ssl-keyfile", default=None, help="private key for https")
+    g.add_argument("--transport", choices=[m.value for m in TransportMode], default="auto",
+                   help="how pictures travel: webrtc (video tracks: a fraction of the bytes, for pages on other "
+                        "machines), websocket (a JPEG per frame), or auto (default: WebRTC for pages opened from "
+                        "other machines when aiortc is installed, the WebSocket on this one)")
+    g.add_argument("--ice-server", action="append", default=[], metavar="[USER:CREDENTIAL@]URL",
+                   help="a STUN or TURN server for WebRTC, such as stun:stun.example.org:3478 (repeatable; "
+                        "default none: pages reach the server directly)")
     g.add_argument("--open", action="store_true", help="open the page in the default browser")
     g.add_argument("--cpu-threads", type=int, default=None,
                    help="torch threads when the model runs on the CPU (default: all cores but one)")
@@ -56,18 +65,19 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{option}: no such file: {path}")
     if not 1 <= args.quality <= 100:
         raise UserError(f"--quality must be in 1..100; got {args.quality}")
+    transport = choose_transport(TransportMode(args.transport), [IceServer.parse(s) for s in args.ice_server])
     listener = bind(args.host, args.port)  # before the model loads: a busy port fails at once
     osc = None
     try:
         osc = open_listener(args.osc, REMOTE_CONTROL_TYPES)
-        stream = _stream(args)
+        stream = _stream(args, transport)
     except BaseException:
         listener.close()
         if osc is not None:
             osc.close()
         raise
     url = _url(args, listener)
-    print(f"streamdiff: serving {url} (Ctrl-C stops)", file=sys.stderr, flush=True)
+    print(f"streamdiff: serving {url} ({_pictures_by(transport)}; Ctrl-C stops)", file=sys.stderr, flush=True)
     if args.open:
         import webbrowser
 
@@ -81,6 +91,34 @@ def run(args: argparse.Namespace) -> int:
             osc.close()
     print(summary)
     return 0
+
+
+def choose_transport(mode: TransportMode, ice_servers: list[IceServer]) -> Transport:
+    """WebRTC where asked for (its library must be there) or where `auto` finds its library installed."""
+    if mode is TransportMode.WEBRTC:
+        require("aiortc", "--transport webrtc")
+    webrtc = mode is not TransportMode.WEBSOCKET and _installed("aiortc")
+    if ice_servers and not webrtc:
+        raise UserError("--ice-server is for WebRTC, which is off here (--transport websocket, or aiortc is not "
+                        "installed)")
+    return Transport(mode, webrtc, tuple(ice_servers))
+
+
+def _installed(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def _pictures_by(transport: Transport) -> str:
+    if transport.webrtc:
+        return ("pictures over WebRTC" if transport.mode is TransportMode.WEBRTC
+                else "pictures over WebRTC from other machines, over the WebSocket from this one")
+    if transport.mode is TransportMode.AUTO:
+        return "pictures over the WebSocket; pip install aiortc for WebRTC"
+    return "pictures over the WebSocket"
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -110,7 +148,7 @@ def _url(args: argparse.Namespace, listener: socket.socket) -> str:
     return f"{'https' if args.ssl_certfile else 'http'}://{shown}:{port}/"
 
 
-def _stream(args: argparse.Namespace) -> Any:
+def _stream(args: argparse.Namespace, transport: Transport) -> Any:
     from streamdiff.app.camera import live_engine
     from streamdiff.app.engine_io import EngineRunner
     from streamdiff.app.keys import Controls
@@ -122,7 +160,7 @@ def _stream(args: argparse.Namespace) -> Any:
     pipe, prompts = live_engine(args)
     runner = EngineRunner(pipe, prompts, args.fit, args.transition_frames)
     return WebStream(runner, replace(controls, strength=pipe.strength), PromptBook(runner.prompts),
-                     model=args.model or DEFAULT_MODEL, quality=args.quality)
+                     model=args.model or DEFAULT_MODEL, quality=args.quality, transport=transport)
 
 
 def make_server(stream: Any, certfile: str | None = None, keyfile: str | None = None) -> Any:
@@ -131,9 +169,14 @@ def make_server(stream: Any, certfile: str | None = None, keyfile: str | None = 
 
     from streamdiff.web.server import create_app
 
+    peers = None
+    if stream.transport.webrtc:
+        from streamdiff.web.webrtc import Peers
+
+        peers = Peers(stream, stream.transport)
     # uvicorn's sans-I/O websockets protocol replaces its older one (which now warns) where it exists.
     ws = "websockets-sansio" if "websockets-sansio" in uvicorn.config.WS_PROTOCOLS else "websockets"
-    config = uvicorn.Config(create_app(stream), log_level="warning", ws=ws,
+    config = uvicorn.Config(create_app(stream, peers), log_level="warning", ws=ws,
                             ssl_certfile=certfile, ssl_keyfile=keyfile)
     server = uvicorn.Server(config)
     stream.on_failure = lambda: setattr(server, "should_exit", True)

@@ -7,7 +7,8 @@ by it too: a picture replaced by a newer one before the engine took it is never 
 the picture this output shows (an older one when the stream batch runs several steps), then the
 stylized picture as JPEG. The page keeps at most a few pictures unanswered, so nothing queues up.
 Text: JSON objects with a "type": "controls" and "shown" from the page; "state", "status" and "error"
-from the server.
+from the server. A connection's first "state" names its "client" number, which a WebRTC offer quotes; with
+WebRTC the pictures travel as video tracks instead (web/webrtc.py) and only text goes over the WebSocket.
 """
 
 from __future__ import annotations
@@ -71,6 +72,13 @@ def decode_picture(data: bytes) -> np.ndarray:
                             f"its {len(data)} bytes are neither") from None
     except (OSError, Image.DecompressionBombError) as exc:
         raise ProtocolError(f"cannot read the picture after the sequence number ({exc})") from None
+
+
+def decode_video(frame: Any) -> np.ndarray:
+    """A decoded frame of the page's WebRTC track (PyAV) as an (H, W, 3) uint8 RGB array."""
+    if max(frame.width, frame.height) > MAX_SIDE:
+        raise ProtocolError(f"pictures may be at most {MAX_SIDE} pixels a side; got {frame.width}x{frame.height}")
+    return frame.to_ndarray(format="rgb24")
 
 
 def encode_jpeg(image: np.ndarray, quality: int) -> bytes:

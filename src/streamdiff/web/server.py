@@ -1,15 +1,16 @@
-"""The FastAPI app: the page and its files, the stream's state as JSON, and the page's WebSocket."""
+"""The FastAPI app: the page and its files, the stream's state as JSON, the page's WebSocket, and the
+answer to a page's WebRTC offer."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect
-from fastapi.responses import FileResponse
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from streamdiff.web.bridge import CLOSE, Client, WebStream
@@ -20,8 +21,16 @@ STATUS_INTERVAL = 0.5  # seconds between status messages to the page
 TAKEN_OVER = 4001  # WebSocket close code for a page another page took the stream from
 
 
-def create_app(stream: WebStream) -> FastAPI:
-    app = FastAPI(title="streamdiff", docs_url=None, redoc_url=None, openapi_url=None)
+def create_app(stream: WebStream, peers: Any = None) -> FastAPI:
+    """The app; `peers` (web.webrtc.Peers) answers WebRTC offers, None where WebRTC is off."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if peers is not None:
+            await peers.close()
+
+    app = FastAPI(title="streamdiff", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -36,9 +45,13 @@ def create_app(stream: WebStream) -> FastAPI:
     async def state() -> dict[str, Any]:
         return stream.state()
 
+    @app.post("/api/webrtc/offer")
+    async def offer(request: Request) -> JSONResponse:
+        return await answer_offer(request, peers)
+
     @app.websocket("/ws")
     async def socket(websocket: WebSocket) -> None:
-        await serve_page(websocket, stream)
+        await serve_page(websocket, stream, peers)
 
     @app.websocket("/ws/view")
     async def view_socket(websocket: WebSocket) -> None:
@@ -47,12 +60,13 @@ def create_app(stream: WebStream) -> FastAPI:
     return app
 
 
-async def serve_page(websocket: WebSocket, stream: WebStream) -> None:
-    """One page's connection: its pictures and controls go to the stream, outputs and reports come back."""
+async def serve_page(websocket: WebSocket, stream: WebStream, peers: Any = None) -> None:
+    """One page's connection: its pictures and controls go to the stream, outputs and reports come back.
+    The first state tells the page its client number, which its WebRTC offer names."""
     await websocket.accept()
     outbox: asyncio.Queue[Any] = asyncio.Queue()
     client = stream.connect(_threadsafe(asyncio.get_running_loop(), outbox.put_nowait))
-    outbox.put_nowait(stream.state())
+    outbox.put_nowait({**stream.state(), "client": client.id})
 
     def answer(message: dict[str, Any]) -> None:
         try:
@@ -65,6 +79,25 @@ async def serve_page(websocket: WebSocket, stream: WebStream) -> None:
                                                 asyncio.create_task(_report(outbox, stream))], answer)
     finally:
         stream.disconnect(client)
+        if peers is not None:
+            await peers.close_client(client.id)
+
+
+async def answer_offer(request: Request, peers: Any) -> JSONResponse:
+    """POST /api/webrtc/offer: the server's session description for the page's, or {"error": ...}."""
+    if peers is None:
+        return JSONResponse({"error": "WebRTC is off on this server (--transport websocket, or aiortc is not "
+                                      "installed): the page sends its pictures over the WebSocket"}, status_code=404)
+    from streamdiff.web.webrtc import OfferError  # WebRTC's library is there whenever peers is
+
+    try:
+        message = await request.json()
+    except ValueError:
+        return JSONResponse({"error": "expected a JSON offer"}, status_code=400)
+    try:
+        return JSONResponse(await peers.answer(message))
+    except OfferError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
 
 async def serve_viewer(websocket: WebSocket, stream: WebStream) -> None:

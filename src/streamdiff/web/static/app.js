@@ -1,8 +1,12 @@
 // streamdiff's page: grabs the source at the engine's size, sends it as JPEG over the WebSocket, shows what
 // comes back. At most MAX_IN_FLIGHT pictures wait for an answer, so nothing queues up on a slow engine.
+// With WebRTC (a page on another machine, or ?transport=webrtc) the source goes up as a video track and the
+// output comes back as one; the WebSocket then carries only controls and reports.
 "use strict";
 
 const MAX_IN_FLIGHT = 2;
+const RTC_CONNECT_TIMEOUT = 8000; // ms before a WebRTC connection that has not come up gives way to the WebSocket
+const ICE_GATHER_TIMEOUT = 3000; // ms to wait for the page's own network addresses before sending the offer
 const JPEG_QUALITY = 0.85;
 const REPORT_INTERVAL = 1000; // ms between "shown" reports to the server
 const SLIDERS = ["strength", "blend", "ema", "feedback"];
@@ -11,8 +15,10 @@ const $ = (id) => document.getElementById(id);
 const page = {
   ws: null, state: null, sequence: 0, taken: 0, sentAt: new Map(), grabbing: false, lastGrab: -1,
   shown: 0, shownTimes: [], latency: null, paused: false, mirror: false, urlApplied: false, status: null,
-  outputUrl: null, textOnly: false, frameTick: 0,
+  outputUrl: null, textOnly: false, frameTick: 0, client: null, source: null,
 };
+// The WebRTC connection, if any: `live` once it carries pictures; `failed` keeps the WebSocket until a reload.
+const rtc = { pc: null, sender: null, track: null, client: null, source: null, live: false, failed: false };
 
 function notice(text) {
   const box = $("notice");
@@ -45,6 +51,8 @@ function connect() {
   ws.onclose = (event) => {
     if (page.ws !== ws) return;
     page.ws = null;
+    page.client = null;
+    stopRtc(); // the server closes a page's WebRTC connection with its WebSocket
     drawStatus("disconnected");
     if (event.code !== 4001) setTimeout(connect, 1000); // 4001: another page took over; stay closed
   };
@@ -58,6 +66,7 @@ function onText(message) {
 }
 
 function onState(state) {
+  if (state.client !== undefined) page.client = state.client; // the first state of a connection names it
   page.state = state;
   page.status = state;
   for (const pane of document.querySelectorAll(".pane")) pane.style.aspectRatio = `${state.width} / ${state.height}`;
@@ -70,6 +79,7 @@ function onState(state) {
   drawMirror();
   if (!page.urlApplied) applyUrl();
   drawStatus();
+  syncTransport();
 }
 
 // Settings in the address (?prompt=...&strength=0.6&ema=0.3&feedback=0.2&blend=0.2&seed=7&mirror=1, and
@@ -105,9 +115,7 @@ function onPicture(buffer) {
   output.onload = () => {
     if (page.outputUrl) URL.revokeObjectURL(page.outputUrl);
     page.outputUrl = url;
-    page.shown += 1;
-    page.shownTimes.push(performance.now());
-    if (page.shownTimes.length > 30) page.shownTimes.shift();
+    countShown();
   };
   output.src = url;
   pump();
@@ -124,8 +132,8 @@ function drawStatus(text) {
   const s = page.status;
   if (text || !s || !page.state) { $("status").textContent = text || "connecting…"; return; }
   const parts = [page.state.model, `${page.state.width}x${page.state.height}`, s.accel && `accel ${s.accel}`,
-    `AI ${s.ai_fps.toFixed(1)} fps`, `shown ${shownFps().toFixed(1)} fps`,
-    page.latency !== null && `latency ${Math.round(page.latency)} ms`, page.paused && "paused"];
+    `AI ${s.ai_fps.toFixed(1)} fps`, `shown ${shownFps().toFixed(1)} fps`, rtc.live ? "WebRTC" : "WebSocket",
+    !rtc.live && page.latency !== null && `latency ${Math.round(page.latency)} ms`, page.paused && "paused"];
   $("status").textContent = parts.filter(Boolean).join(" · ");
 }
 
@@ -136,6 +144,7 @@ function pump() {
   const video = $("camera");
   const ws = page.ws;
   if (!ws || ws.readyState !== WebSocket.OPEN || !page.state || page.paused || page.grabbing) return;
+  if (rtc.pc && !page.textOnly) return; // the source goes up as a video track
   const frame = page.textOnly ? page.frameTick : video.currentTime;
   if (frame === page.lastGrab || (!page.textOnly && (video.readyState < 2 || !video.videoWidth))) return;
   if (page.sequence - page.taken >= MAX_IN_FLIGHT || ws.bufferedAmount > 1 << 20) return;
@@ -170,6 +179,12 @@ function grab(video, width, height) {
   return canvas;
 }
 
+function countShown() {
+  page.shown += 1;
+  page.shownTimes.push(performance.now());
+  if (page.shownTimes.length > 30) page.shownTimes.shift();
+}
+
 function watchFrames(video) {
   if ("requestVideoFrameCallback" in HTMLVideoElement.prototype) {
     const onFrame = () => { pump(); video.requestVideoFrameCallback(onFrame); };
@@ -194,6 +209,7 @@ function useText() {
   setTextOnly(true);
   $("source").value = "text";
   notice("");
+  setSource(null);
 }
 
 function useStream(stream) {
@@ -202,6 +218,7 @@ function useStream(stream) {
   for (const id of ["camera", "under"]) { $(id).removeAttribute("src"); $(id).srcObject = stream; }
   page.lastGrab = -1;
   notice("");
+  setSource(stream);
 }
 
 function stopSource() {
@@ -259,6 +276,110 @@ function useFile(file) {
   }
   page.lastGrab = -1;
   notice("");
+  setSource(null);
+  const camera = $("camera"); // a playing file becomes a track for WebRTC (where the browser can capture one)
+  camera.addEventListener("loadeddata", () => { if (camera.captureStream) setSource(camera.captureStream()); },
+    { once: true });
+}
+
+// --- WebRTC -----------------------------------------------------------------------------------------
+
+function setSource(stream) {
+  page.source = stream;
+  syncTransport();
+}
+
+function wantRtc() {
+  const transport = page.state && page.state.transport;
+  if (!transport || !transport.webrtc || rtc.failed) return false;
+  const asked = new URLSearchParams(location.search).get("transport") || transport.prefer;
+  if (asked === "webrtc") return true;
+  if (asked === "websocket") return false;
+  return !["localhost", "127.0.0.1", "[::1]"].includes(location.hostname); // auto: the page is on another machine
+}
+
+// WebRTC carries the source while the page has a picture source, a client number and WebRTC is wanted.
+function syncTransport() {
+  const source = page.textOnly ? null : page.source;
+  if (!source || !page.client || !page.ws || !wantRtc()) { stopRtc(); return; }
+  if (rtc.pc && rtc.client === page.client && rtc.source === source) return;
+  startRtc(source);
+}
+
+async function startRtc(source) {
+  stopRtc();
+  const track = source.getVideoTracks()[0];
+  if (!track) return;
+  let pc = null;
+  try {
+    pc = new RTCPeerConnection({ iceServers: page.state.transport.ice_servers });
+    Object.assign(rtc, { pc, track, client: page.client, source, live: false });
+    await negotiate(pc, track);
+  } catch (error) {
+    if (pc === rtc.pc) fallBack(`WebRTC did not start (${error.message})`); // not one a newer source replaced
+  }
+}
+
+async function negotiate(pc, track) {
+  // The browser scales the source down to about the engine's size before encoding: fewer bytes to send.
+  const size = track.getSettings();
+  const scale = Math.max(1, Math.min((size.width || 0) / page.state.width, (size.height || 0) / page.state.height));
+  rtc.sender = pc.addTransceiver(track, { direction: "sendrecv", sendEncodings: [{ scaleResolutionDownBy: scale }] }).sender;
+  if (page.paused) rtc.sender.replaceTrack(null);
+  pc.ontrack = (event) => { $("output-video").srcObject = new MediaStream([event.track]); };
+  pc.onconnectionstatechange = () => {
+    if (pc !== rtc.pc) return;
+    if (pc.connectionState === "connected") { rtc.live = true; drawOutput(); drawStatus(); }
+    else if (pc.connectionState === "failed") fallBack("the WebRTC connection failed");
+  };
+  await pc.setLocalDescription(await pc.createOffer());
+  await iceGathered(pc);
+  if (pc !== rtc.pc) return;
+  const response = await fetch("/api/webrtc/offer", { method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer", client: rtc.client }) });
+  const answer = await response.json();
+  if (!response.ok) throw new Error(answer.error);
+  if (pc !== rtc.pc) return;
+  await pc.setRemoteDescription(answer);
+  setTimeout(() => {
+    if (pc === rtc.pc && !rtc.live) fallBack(`no WebRTC connection within ${RTC_CONNECT_TIMEOUT / 1000} s`);
+  }, RTC_CONNECT_TIMEOUT);
+}
+
+// The server does not take candidates one by one: the offer goes out with the addresses found so far.
+function iceGathered(pc) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => { if (pc.iceGatheringState === "complete") resolve(); };
+    pc.addEventListener("icegatheringstatechange", done);
+    setTimeout(resolve, ICE_GATHER_TIMEOUT);
+  });
+}
+
+function stopRtc() {
+  if (rtc.pc) rtc.pc.close();
+  Object.assign(rtc, { pc: null, sender: null, track: null, client: null, source: null, live: false });
+  $("output-video").srcObject = null;
+  drawOutput();
+}
+
+function fallBack(reason) {
+  if (!rtc.pc) return;
+  stopRtc();
+  rtc.failed = true;
+  notice(`${reason}: pictures go over the WebSocket instead, a JPEG each (reload to try WebRTC again).`);
+  drawStatus();
+  pump();
+}
+
+function drawOutput() {
+  $("output-pane").classList.toggle("rtc", rtc.live);
+}
+
+function watchOutputVideo(video) {
+  if (!("requestVideoFrameCallback" in HTMLVideoElement.prototype)) return;
+  const onFrame = () => { if (rtc.live) countShown(); video.requestVideoFrameCallback(onFrame); };
+  video.requestVideoFrameCallback(onFrame);
 }
 
 // --- controls ---------------------------------------------------------------------------------------
@@ -270,7 +391,8 @@ function showSlider(name, value) {
 }
 
 function applyBlend() {
-  $("output").style.opacity = String(1 - Number($("blend").value)); // the camera shows through beneath
+  const opacity = String(1 - Number($("blend").value)); // the camera shows through beneath
+  for (const id of ["output", "output-video"]) $(id).style.opacity = opacity;
 }
 
 function drawMirror() {
@@ -296,17 +418,20 @@ function nudge(name, delta) {
 
 function togglePause() {
   page.paused = !page.paused;
+  if (rtc.sender) rtc.sender.replaceTrack(page.paused ? null : rtc.track);
   $("pause").setAttribute("aria-pressed", String(page.paused));
   drawStatus();
   pump();
 }
 
 function saveOutput() {
-  const output = $("output");
-  if (!output.naturalWidth) return;
+  const output = rtc.live ? $("output-video") : $("output");
+  const width = rtc.live ? output.videoWidth : output.naturalWidth;
+  const height = rtc.live ? output.videoHeight : output.naturalHeight;
+  if (!width) return;
   const canvas = document.createElement("canvas");
-  canvas.width = output.naturalWidth;
-  canvas.height = output.naturalHeight;
+  canvas.width = width;
+  canvas.height = height;
   canvas.getContext("2d").drawImage(output, 0, 0);
   canvas.toBlob((blob) => {
     const link = document.createElement("a");
@@ -373,6 +498,7 @@ function start() {
   showSlider("blend", 0);
   bindControls();
   watchFrames($("camera"));
+  watchOutputVideo($("output-video"));
   setInterval(() => { send({ type: "shown", count: page.shown, fps: shownFps() }); drawStatus(); }, REPORT_INTERVAL);
   connect();
   if (new URLSearchParams(location.search).get("source") === "text") useText();

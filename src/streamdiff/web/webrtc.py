@@ -1,0 +1,156 @@
+"""WebRTC for the driving page: its source goes up as a video track, the stylized stream comes back as one.
+
+The page's WebSocket still carries controls and reports; only the pictures move. A video codec sends each
+frame as its difference from the last, at a bit rate that follows the network (congestion control), where
+the WebSocket sends a whole JPEG per frame each way: the transport for a page on another machine.
+
+    page --track--> receive() --> WebStream.submit_video() --> inference thread --> StylizedTrack --> page
+
+aiortc decodes the page's track on a thread of its own and encodes ours in an executor; the inference
+thread converts each frame to RGB, so the event loop only moves frames along.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from streamdiff.app.optional import import_av
+from streamdiff.errors import first_line
+from streamdiff.web.bridge import Client, WebStream
+from streamdiff.web.transport import Transport
+
+logger = logging.getLogger(__name__)
+
+CLOCK_RATE = 90_000  # RTP's video clock, ticks a second
+
+
+class OfferError(ValueError):
+    """An offer the server cannot answer; `status` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class StylizedTrack(MediaStreamTrack):
+    """The engine's outputs as a video track: the newest one each time the encoder asks; none is repeated."""
+
+    kind = "video"
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._loop = loop
+        self._newest: asyncio.Queue[np.ndarray] = asyncio.Queue(maxsize=1)
+        self._start = time.monotonic()
+        self._pts = -1
+
+    def offer(self, image: np.ndarray) -> None:
+        """An (H, W, 3) uint8 RGB output, from the inference thread."""
+        with contextlib.suppress(RuntimeError):  # the loop has closed: the page is gone
+            self._loop.call_soon_threadsafe(self._replace, image)
+
+    def _replace(self, image: np.ndarray) -> None:
+        if self._newest.full():  # the encoder has not taken the last one: it is skipped, not queued
+            self._newest.get_nowait()
+        self._newest.put_nowait(image)
+
+    async def recv(self) -> Any:
+        if self.readyState != "live":
+            raise MediaStreamError
+        image = await self._newest.get()
+        frame = import_av().VideoFrame.from_ndarray(image, format="rgb24")
+        # Presentation times from the wall clock: the page shows each output as it arrives, at the engine's rate.
+        self._pts = max(self._pts + 1, int((time.monotonic() - self._start) * CLOCK_RATE))
+        frame.pts, frame.time_base = self._pts, fractions.Fraction(1, CLOCK_RATE)
+        return frame
+
+
+class Peers:
+    """The WebRTC connections of the pages, one per page's WebSocket client; closed with that client."""
+
+    def __init__(self, stream: WebStream, transport: Transport) -> None:
+        self.stream = stream
+        self.configuration = RTCConfiguration(iceServers=[
+            RTCIceServer(urls=s.url, username=s.username, credential=s.credential) for s in transport.ice_servers])
+        self._connections: dict[int, RTCPeerConnection] = {}
+
+    async def answer(self, message: Any) -> dict[str, str]:
+        """The server's answer to a page's offer: {"sdp": ..., "type": "answer"}."""
+        sdp, client = _check_offer(message)
+        current = self.stream.current(client)
+        if current is None:
+            raise OfferError("this page does not drive the stream (another page took over, or it reconnected); "
+                             "reload it", status=409)
+        await self.close_client(client)
+        connection = RTCPeerConnection(self.configuration)
+        self._connections[client] = connection
+        output = StylizedTrack(asyncio.get_running_loop())
+        _wire(connection, current, self.stream, output)
+        try:
+            await connection.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            if not any(t.receiver.track is not None and t.receiver.track.kind == "video"
+                       for t in connection.getTransceivers()):
+                raise OfferError("the offer has no video track: expected the page's camera, screen or file as one")
+            await connection.setLocalDescription(await connection.createAnswer())
+        except OfferError:
+            await self.close_client(client)
+            raise
+        except (ValueError, AssertionError, AttributeError, KeyError) as exc:  # aiortc's parser asserts, too
+            await self.close_client(client)
+            raise OfferError(f"cannot use the offer's session description ({first_line(exc)})") from None
+        return {"sdp": connection.localDescription.sdp, "type": connection.localDescription.type}
+
+    async def close_client(self, client: int) -> None:
+        connection = self._connections.pop(client, None)
+        if connection is not None:
+            await connection.close()
+
+    async def close(self) -> None:
+        for client in list(self._connections):
+            await self.close_client(client)
+
+    def count(self) -> int:
+        return len(self._connections)
+
+
+def _check_offer(message: Any) -> tuple[str, int]:
+    if (not isinstance(message, dict) or message.get("type") != "offer" or not isinstance(message.get("sdp"), str)
+            or not isinstance(message.get("client"), int) or isinstance(message.get("client"), bool)):
+        raise OfferError('expected {"type": "offer", "sdp": <session description>, "client": <the page\'s client '
+                         'number from its WebSocket state>}')
+    return message["sdp"], message["client"]
+
+
+def _wire(connection: RTCPeerConnection, client: Client, stream: WebStream, output: StylizedTrack) -> None:
+    """The page's video track feeds the stream; the stylized track goes back on the same transceiver."""
+
+    @connection.on("track")
+    def on_track(track: MediaStreamTrack) -> None:
+        if track.kind != "video":
+            return
+        connection.addTrack(output)
+        task = asyncio.ensure_future(_receive(track, client, stream, output))
+        connection.on("connectionstatechange", lambda: _on_state(connection, task))
+
+
+def _on_state(connection: RTCPeerConnection, task: asyncio.Future[None]) -> None:
+    if connection.connectionState in ("failed", "closed"):
+        task.cancel()
+        logger.info("a page's WebRTC connection %s", connection.connectionState)
+
+
+async def _receive(track: MediaStreamTrack, client: Client, stream: WebStream, output: StylizedTrack) -> None:
+    """Every decoded frame of the page's track goes to the stream (which keeps only the newest)."""
+    with contextlib.suppress(MediaStreamError):
+        while True:
+            frame = await track.recv()
+            stream.submit_video(client, frame, output.offer)
