@@ -35,7 +35,7 @@ SIZE = 512
 IN_FLIGHT = 2
 
 
-def build_stream(model: str, device: str, mode: str, cache: Path) -> Any:
+def build_stream(model: str, device: str, mode: str, cache: Path, strength: float | None = None) -> Any:
     from streamdiff.app.engine_io import EngineRunner
     from streamdiff.app.keys import Controls
     from streamdiff.backends.accelerate import accelerate
@@ -43,8 +43,9 @@ def build_stream(model: str, device: str, mode: str, cache: Path) -> Any:
     from streamdiff.web.bridge import WebStream
     from streamdiff.web.protocol import PromptBook
 
+    settings = {} if strength is None else {"strength": strength}
     pipe = StreamPipeline.from_model(model, random_weights=True, device=device, seed=2, fit="crop", feedback=0.3,
-                                     width=SIZE, height=SIZE)
+                                     width=SIZE, height=SIZE, **settings)
     pipe.prepare(prompt=PROMPT)
     engine, _ = accelerate(pipe, mode, cache_dir=cache, build=True, progress=lambda _: None)
     runner = EngineRunner(engine, [PROMPT])

@@ -1,0 +1,198 @@
+"""The web page's path over WebRTC: `streamdiff web`'s server, driven by an aiortc peer as a page would drive it.
+
+The server is web_roundtrip.py's (uvicorn on a thread of this process, the app `streamdiff web` serves, the
+model's random weights, the accelerated mode built in the foreground), with WebRTC on. The page is an aiortc
+peer in this process: it sends a 512x512 picture (web_roundtrip.py's pattern, standing still, so that
+the only change is the one timed) as a video track at a given frame rate and keeps the frames of the
+server's track. Every `--period` seconds the picture turns dark or bright again; the
+latency is the time from the first frame of a new phase being handed to the page's sender to the first
+output frame that arrives nearer the new phase's typical output than the old one's (each phase's typical
+output: the mean picture of the outputs in the second half of its phases, on a 64x64 grid; random weights
+keep the brightness of the output nearly the same for both phases, and often the picture too: then the
+phases' outputs lie no further apart than the spread within a phase and no latency is reported). That
+covers the page's encode, the server's decode, waiting for the
+engine, the step, the server's encode and the page's decode: what a person sees, less the camera and the
+screen. Strength 0.5, so that the output follows its input's brightness. Both peers' video codecs run in
+this process in software (a browser's may use hardware), sharing the interpreter with the server.
+Nothing here asserts.
+
+    python3 benchmarks/web_webrtc.py --out DIR --cache DIR --models sdxs-512,sd-turbo --source-fps 30,60
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fractions
+import json
+import statistics
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from web_roundtrip import SIZE, build_stream, serve
+
+CLOCK = 90_000
+
+
+def pattern(count: int) -> list[np.ndarray]:
+    """web_roundtrip.py's moving pattern, as pictures rather than JPEGs."""
+    ramp = np.linspace(0, 255, SIZE, dtype=np.float32)
+    frames = []
+    for i in range(count):
+        image = np.stack([np.add.outer(ramp, ramp) / 2, np.roll(np.tile(ramp, (SIZE, 1)), 8 * i, axis=1),
+                          np.full((SIZE, SIZE), 96.0)], axis=-1).astype(np.uint8)
+        image[192:320, (16 * i) % (SIZE - 128):][:, :128] = 240
+        frames.append(image)
+    return frames
+
+
+def source_track(fps: float, period: float) -> Any:
+    from aiortc import VideoStreamTrack
+    from av import VideoFrame
+
+    class FlippingPattern(VideoStreamTrack):
+        """The still pattern at `fps`, dark and bright by turns every `period` s; `flips` holds (time, bright)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.bright = pattern(1)[0]
+            self.dark = self.bright // 5
+            self.sent, self.start, self.flips = 0, None, []
+
+        async def recv(self) -> VideoFrame:
+            if self.start is None:
+                self.start = time.perf_counter()
+            self.sent += 1
+            await asyncio.sleep(max(0.0, self.start + self.sent / fps - time.perf_counter()))
+            now = time.perf_counter()
+            bright = int((now - self.start) / period) % 2 == 1
+            if not self.flips or self.flips[-1][1] != bright:
+                self.flips.append((now, bright))
+            frame = VideoFrame.from_ndarray(self.bright if bright else self.dark, format="rgb24")
+            frame.pts, frame.time_base = int((now - self.start) * CLOCK), fractions.Fraction(1, CLOCK)
+            return frame
+
+    return FlippingPattern()
+
+
+async def drive(base: str, fps: float, period: float, warmup: float, seconds: float) -> dict[str, Any]:
+    import websockets
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+    from aiortc.mediastreams import MediaStreamError
+
+    arrived: list[tuple[float, np.ndarray]] = []  # (time, output on a 64x64 grid) of each output frame
+    async with websockets.connect(base.replace("http", "ws") + "ws", proxy=None) as ws:
+        client = json.loads(await ws.recv())["client"]
+        connection = RTCPeerConnection()
+        source = source_track(fps, period)
+
+        @connection.on("track")
+        def on_track(track: Any) -> None:
+            async def keep() -> None:
+                with contextlib.suppress(MediaStreamError):
+                    while True:
+                        image = (await track.recv()).to_ndarray(format="rgb24")
+                        arrived.append((time.perf_counter(), image[::8, ::8].astype(np.float32)))
+
+            asyncio.ensure_future(keep())
+
+        connection.addTransceiver(source, direction="sendrecv")
+        await connection.setLocalDescription(await connection.createOffer())
+        offer = json.dumps({"sdp": connection.localDescription.sdp, "type": "offer", "client": client}).encode()
+        request = urllib.request.Request(base + "api/webrtc/offer", offer, {"Content-Type": "application/json"})
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        answer = await asyncio.to_thread(lambda: json.load(opener.open(request, timeout=30)))
+        await connection.setRemoteDescription(RTCSessionDescription(**answer))
+        await asyncio.sleep(warmup + seconds)
+        await connection.close()
+    measured_from = source.start + warmup
+    return {"source_fps": fps, "sent": source.sent, "arrived": len(arrived),
+            "outputs_per_s": sum(t >= measured_from for t, _ in arrived) / seconds,
+            **flip_latency(source.flips, arrived, measured_from)}
+
+
+def flip_latency(flips: list[tuple[float, bool]], arrived: list[tuple[float, np.ndarray]],
+                 measured_from: float) -> dict[str, Any]:
+    """Time from each flip to the first output nearer the new phase's typical output than the old one's."""
+    def settled(bright: bool) -> list[np.ndarray]:  # outputs of the second half of each phase of that kind
+        values = []
+        for (start, phase), (end, _) in zip(flips, [*flips[1:], (float("inf"), None)]):
+            if phase == bright:
+                values += [image for t, image in arrived if (start + end) / 2 <= t < end]
+        return values
+
+    dark_outputs, bright_outputs = settled(False), settled(True)
+    dark, bright = np.mean(dark_outputs, axis=0), np.mean(bright_outputs, axis=0)
+
+    def distance(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.abs(a - b).mean())
+
+    delays = []
+    for start, phase in flips:
+        if start < measured_from:
+            continue
+        new, old = (bright, dark) if phase else (dark, bright)
+        first = next((t for t, image in arrived if t >= start and distance(image, new) < distance(image, old)), None)
+        if first is not None:
+            delays.append(1000 * (first - start))
+    # Meaningful only where the typical outputs lie well apart against the spread of each phase's outputs:
+    # random weights draw nearly the same picture from a dark and a bright input, and then none is reported.
+    spread = max(statistics.median(distance(i, dark) for i in dark_outputs),
+                 statistics.median(distance(i, bright) for i in bright_outputs))
+    apart = distance(dark, bright)
+    valid = bool(delays) and apart > 3 * spread
+    return {"typical_outputs_apart": apart, "spread_within_phase": spread, "flips": len(delays),
+            "latency_ms_median": statistics.median(delays) if valid else None,
+            "latency_ms_max": max(delays) if valid else None}
+
+
+def measure(model: str, device: str, mode: str, cache: Path, fps: float, args: argparse.Namespace) -> dict[str, Any]:
+    from streamdiff.web.transport import Transport, TransportMode
+
+    stream = build_stream(model, device, mode, cache, strength=0.5)
+    stream.transport = Transport(TransportMode.WEBRTC, webrtc=True)
+    server, url, thread = serve(stream)
+    base = url.replace("ws://", "http://").removesuffix("ws")
+    try:
+        result = asyncio.run(drive(base, fps, args.period, args.warmup, args.seconds))
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        stream.close()
+    timings = stream.runner.timings
+    return {"model": model, "mode": getattr(stream.runner.engine, "mode", mode), "size": SIZE, **result,
+            "server_step_ms": {part: timings.mean_ms(part) for part in ("preprocess", "engine", "postprocess")},
+            "received": stream.counts.received, "stylized": stream.counts.stylized, "dropped": stream.counts.dropped}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/streamdiff-compile"))
+    parser.add_argument("--models", default="sdxs-512,sd-turbo")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--mode", default="max")
+    parser.add_argument("--source-fps", default="30,60")
+    parser.add_argument("--period", type=float, default=1.0, help="seconds between the pattern's flips")
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    import aiortc
+    import torch
+
+    results = {"device": torch.cuda.get_device_name() if args.device == "cuda" else args.device,
+               "torch": torch.__version__, "aiortc": aiortc.__version__, "runs": []}
+    for model in args.models.split(","):
+        for fps in (float(f) for f in args.source_fps.split(",")):
+            results["runs"].append(measure(model, args.device, args.mode, args.cache, fps, args))
+            print(json.dumps(results["runs"][-1]), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "web-webrtc.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
