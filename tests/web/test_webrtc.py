@@ -7,6 +7,7 @@ and the two meet over the loopback interface as a browser and the server would.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 
 import numpy as np
@@ -44,6 +45,15 @@ class MovingBars(VideoStreamTrack):
         frame = av.VideoFrame.from_ndarray(image, format="rgb24")
         frame.pts, frame.time_base = pts, time_base
         return frame
+
+
+@pytest.fixture(autouse=True)
+def _collect_connections():
+    """aiortc's closed connections leave objects with finalizers; collected later, at an arbitrary moment,
+    they can run inside CPython 3.11's AST builder (as when pytest rewrites a module it imports at the end
+    of the run) and break it with "AST constructor recursion depth mismatch". Collect them here instead."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture

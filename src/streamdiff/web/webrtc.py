@@ -135,8 +135,8 @@ def _wire(connection: RTCPeerConnection, client: Client, stream: WebStream, outp
 
     @connection.on("track")
     def on_track(track: MediaStreamTrack) -> None:
-        if track.kind != "video":
-            return
+        if track.kind != "video" or any(sender.track is output for sender in connection.getSenders()):
+            return  # audio, or a second video track: the page sends one source
         connection.addTrack(output)
         task = asyncio.ensure_future(_receive(track, client, stream, output))
         connection.on("connectionstatechange", lambda: _on_state(connection, task))

@@ -1,12 +1,9 @@
 // streamdiff's page: grabs the source at the engine's size, sends it as JPEG over the WebSocket, shows what
 // comes back. At most MAX_IN_FLIGHT pictures wait for an answer, so nothing queues up on a slow engine.
-// With WebRTC (a page on another machine, or ?transport=webrtc) the source goes up as a video track and the
-// output comes back as one; the WebSocket then carries only controls and reports.
+// With WebRTC (webrtc.js) the source goes up as a video track and the output comes back as one instead.
 "use strict";
 
 const MAX_IN_FLIGHT = 2;
-const RTC_CONNECT_TIMEOUT = 8000; // ms before a WebRTC connection that has not come up gives way to the WebSocket
-const ICE_GATHER_TIMEOUT = 3000; // ms to wait for the page's own network addresses before sending the offer
 const JPEG_QUALITY = 0.85;
 const REPORT_INTERVAL = 1000; // ms between "shown" reports to the server
 const SLIDERS = ["strength", "blend", "ema", "feedback"];
@@ -17,8 +14,6 @@ const page = {
   shown: 0, shownTimes: [], latency: null, paused: false, mirror: false, urlApplied: false, status: null,
   outputUrl: null, textOnly: false, frameTick: 0, client: null, source: null,
 };
-// The WebRTC connection, if any: `live` once it carries pictures; `failed` keeps the WebSocket until a reload.
-const rtc = { pc: null, sender: null, track: null, client: null, source: null, live: false, failed: false };
 
 function notice(text) {
   const box = $("notice");
@@ -280,106 +275,6 @@ function useFile(file) {
   const camera = $("camera"); // a playing file becomes a track for WebRTC (where the browser can capture one)
   camera.addEventListener("loadeddata", () => { if (camera.captureStream) setSource(camera.captureStream()); },
     { once: true });
-}
-
-// --- WebRTC -----------------------------------------------------------------------------------------
-
-function setSource(stream) {
-  page.source = stream;
-  syncTransport();
-}
-
-function wantRtc() {
-  const transport = page.state && page.state.transport;
-  if (!transport || !transport.webrtc || rtc.failed) return false;
-  const asked = new URLSearchParams(location.search).get("transport") || transport.prefer;
-  if (asked === "webrtc") return true;
-  if (asked === "websocket") return false;
-  return !["localhost", "127.0.0.1", "[::1]"].includes(location.hostname); // auto: the page is on another machine
-}
-
-// WebRTC carries the source while the page has a picture source, a client number and WebRTC is wanted.
-function syncTransport() {
-  const source = page.textOnly ? null : page.source;
-  if (!source || !page.client || !page.ws || !wantRtc()) { stopRtc(); return; }
-  if (rtc.pc && rtc.client === page.client && rtc.source === source) return;
-  startRtc(source);
-}
-
-async function startRtc(source) {
-  stopRtc();
-  const track = source.getVideoTracks()[0];
-  if (!track) return;
-  let pc = null;
-  try {
-    pc = new RTCPeerConnection({ iceServers: page.state.transport.ice_servers });
-    Object.assign(rtc, { pc, track, client: page.client, source, live: false });
-    await negotiate(pc, track);
-  } catch (error) {
-    if (pc === rtc.pc) fallBack(`WebRTC did not start (${error.message})`); // not one a newer source replaced
-  }
-}
-
-async function negotiate(pc, track) {
-  // The browser scales the source down to about the engine's size before encoding: fewer bytes to send.
-  const size = track.getSettings();
-  const scale = Math.max(1, Math.min((size.width || 0) / page.state.width, (size.height || 0) / page.state.height));
-  rtc.sender = pc.addTransceiver(track, { direction: "sendrecv", sendEncodings: [{ scaleResolutionDownBy: scale }] }).sender;
-  if (page.paused) rtc.sender.replaceTrack(null);
-  pc.ontrack = (event) => { $("output-video").srcObject = new MediaStream([event.track]); };
-  pc.onconnectionstatechange = () => {
-    if (pc !== rtc.pc) return;
-    if (pc.connectionState === "connected") { rtc.live = true; drawOutput(); drawStatus(); }
-    else if (pc.connectionState === "failed") fallBack("the WebRTC connection failed");
-  };
-  await pc.setLocalDescription(await pc.createOffer());
-  await iceGathered(pc);
-  if (pc !== rtc.pc) return;
-  const response = await fetch("/api/webrtc/offer", { method: "POST", headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer", client: rtc.client }) });
-  const answer = await response.json();
-  if (!response.ok) throw new Error(answer.error);
-  if (pc !== rtc.pc) return;
-  await pc.setRemoteDescription(answer);
-  setTimeout(() => {
-    if (pc === rtc.pc && !rtc.live) fallBack(`no WebRTC connection within ${RTC_CONNECT_TIMEOUT / 1000} s`);
-  }, RTC_CONNECT_TIMEOUT);
-}
-
-// The server does not take candidates one by one: the offer goes out with the addresses found so far.
-function iceGathered(pc) {
-  if (pc.iceGatheringState === "complete") return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => { if (pc.iceGatheringState === "complete") resolve(); };
-    pc.addEventListener("icegatheringstatechange", done);
-    setTimeout(resolve, ICE_GATHER_TIMEOUT);
-  });
-}
-
-function stopRtc() {
-  if (rtc.pc) rtc.pc.close();
-  Object.assign(rtc, { pc: null, sender: null, track: null, client: null, source: null, live: false });
-  $("output-video").srcObject = null;
-  drawOutput();
-}
-
-function fallBack(reason) {
-  if (!rtc.pc) return;
-  stopRtc();
-  rtc.failed = true;
-  notice(`${reason}: pictures go over the WebSocket instead, a JPEG each (reload to try WebRTC again).`);
-  drawStatus();
-  pump();
-}
-
-function drawOutput() {
-  $("output-pane").classList.toggle("rtc", rtc.live);
-}
-
-function watchOutputVideo(video) {
-  if (!("requestVideoFrameCallback" in HTMLVideoElement.prototype)) return;
-  const onFrame = () => { if (rtc.live) countShown(); video.requestVideoFrameCallback(onFrame); };
-  video.requestVideoFrameCallback(onFrame);
 }
 
 // --- controls ---------------------------------------------------------------------------------------
