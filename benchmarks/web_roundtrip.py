@@ -160,7 +160,8 @@ def measure(model: str, device: str, mode: str, cache: Path, source_fps: float, 
     return {"model": model, "mode": getattr(stream.runner.engine, "mode", mode), "size": SIZE, "in_flight": IN_FLIGHT,
             "source": "text" if text else "pictures", **result, **codec_ms(frames),
             "server_step_ms": {part: timings.mean_ms(part) for part in ("preprocess", "engine", "postprocess")},
-            "stylized": stream.counts.stylized, "generated": stream.counts.generated, "dropped": stream.counts.dropped}
+            "server_ms": stream.server_ms(), "stylized": stream.counts.stylized, "generated": stream.counts.generated,
+            "dropped": stream.counts.dropped}
 
 
 def main() -> None:

@@ -126,6 +126,9 @@ def flip_latency(flips: list[tuple[float, bool]], arrived: list[tuple[float, np.
         return values
 
     dark_outputs, bright_outputs = settled(False), settled(True)
+    if not dark_outputs or not bright_outputs:
+        return {"typical_outputs_apart": None, "spread_within_phase": None, "flips": 0,
+                "latency_ms_median": None, "latency_ms_max": None}
     dark, bright = np.mean(dark_outputs, axis=0), np.mean(bright_outputs, axis=0)
 
     def distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -166,7 +169,8 @@ def measure(model: str, device: str, mode: str, cache: Path, fps: float, args: a
     timings = stream.runner.timings
     return {"model": model, "mode": getattr(stream.runner.engine, "mode", mode), "size": SIZE, **result,
             "server_step_ms": {part: timings.mean_ms(part) for part in ("preprocess", "engine", "postprocess")},
-            "received": stream.counts.received, "stylized": stream.counts.stylized, "dropped": stream.counts.dropped}
+            "server_ms": stream.server_ms(), "received": stream.counts.received, "stylized": stream.counts.stylized,
+            "dropped": stream.counts.dropped}
 
 
 def main() -> None:

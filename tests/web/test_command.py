@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -295,6 +296,7 @@ def test_a_page_sends_its_camera_and_gets_the_output_over_webrtc(tmp_path):
         finally:
             browser.close()
         assert live and width == 64 and "WebRTC" in status, status
+        assert re.search(r"server \d+ ms · network round trip \d+ ms", status), status
         assert state["stylized"] >= state["page"]["shown"] and state["transport"]["prefer"] == "webrtc"
     finally:
         server.kill()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -76,6 +77,19 @@ def test_each_picture_comes_back_stylized_at_the_render_size(client, stream, tin
         assert shown == max(1, sequence - latency)  # the stream batch shows the frame that entered `latency` calls ago
     assert outputs[-1][2].std() > 0
     assert (stream.counts.received, stream.counts.stylized) == (5, 5)
+
+
+def test_the_status_says_how_long_the_server_held_the_pictures_its_outputs_show(client):
+    assert client.get("/api/state").json()["server_ms"] is None  # nothing went through yet
+    start = time.perf_counter()
+    with client.websocket_connect("/ws") as ws:
+        ws.receive_json()
+        for sequence in range(1, 6):
+            ws.send_bytes(frame(sequence))
+            next_output(ws)
+    elapsed_ms = 1000 * (time.perf_counter() - start)
+    server_ms = client.get("/api/state").json()["server_ms"]
+    assert 0 < server_ms < elapsed_ms
 
 
 def test_the_sequence_number_alone_gets_a_text_to_image_frame_of_the_prompt(client, stream, tiny_engine):

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,6 +109,7 @@ class WebStream:
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _video_frames: int = 0
+    _server_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=30))
     _thread: threading.Thread | None = None
 
     def __post_init__(self) -> None:
@@ -218,7 +221,20 @@ class WebStream:
             "received": self.counts.received, "stylized": self.counts.stylized, "generated": self.counts.generated,
             "dropped": self.counts.dropped, "viewers": len(self.viewers()),
             "step_ms": round(sum(timings.mean_ms(p) for p in ("preprocess", "engine", "postprocess")), 2),
+            "server_ms": self.server_ms(),
         }
+
+    def note_output(self, output: AiFrame) -> None:
+        """An output leaves: how long since the input it shows arrived (the inference thread calls this)."""
+        with self._lock:
+            self._server_seconds.append(time.perf_counter() - output.source_time)
+
+    def server_ms(self) -> float | None:
+        """The median time, over the last 30 outputs, from an input's arrival at the server to its output
+        leaving: the server's share of the latency a page sees (the rest is the network and the page)."""
+        with self._lock:
+            seconds = list(self._server_seconds)
+        return round(1000 * statistics.median(seconds), 1) if seconds else None
 
     def state(self) -> dict[str, Any]:
         """What a page needs to draw its controls, and the counts (GET /api/state returns it too)."""
@@ -252,13 +268,21 @@ def inference_worker(stream: WebStream) -> None:
             client.deliver({"type": "error", "message": str(exc)})
             continue
         stream.rate.tick()
-        if picture.answer is not None:
-            picture.answer(output.image)
-        receivers = ([] if picture.answer is not None else [client]) + stream.viewers()
-        if receivers:  # a WebRTC page with no viewers: no JPEG to make
-            message = pack_output(picture.sequence, output.source_index, encode_jpeg(output.image, stream.quality))
-            for receiver in receivers:
-                receiver.deliver(message)
+        _hand_over(stream, client, picture, output)
+        stream.note_output(output)
+
+
+def _hand_over(stream: WebStream, client: Client, picture: Picture, output: AiFrame) -> None:
+    """The output to the page (on its WebRTC track, or as a JPEG on its WebSocket) and to every viewer."""
+    receivers = stream.viewers()
+    if picture.answer is not None:
+        picture.answer(output.image)
+    else:
+        receivers.insert(0, client)
+    if receivers:  # a WebRTC page with no viewers: no JPEG to make
+        message = pack_output(picture.sequence, output.source_index, encode_jpeg(output.image, stream.quality))
+        for receiver in receivers:
+            receiver.deliver(message)
 
 
 def _run(stream: WebStream, picture: Picture) -> AiFrame:

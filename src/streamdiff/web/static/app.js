@@ -128,7 +128,9 @@ function drawStatus(text) {
   if (text || !s || !page.state) { $("status").textContent = text || "connecting…"; return; }
   const parts = [page.state.model, `${page.state.width}x${page.state.height}`, s.accel && `accel ${s.accel}`,
     `AI ${s.ai_fps.toFixed(1)} fps`, `shown ${shownFps().toFixed(1)} fps`, rtc.live ? "WebRTC" : "WebSocket",
-    !rtc.live && page.latency !== null && `latency ${Math.round(page.latency)} ms`, page.paused && "paused"];
+    !rtc.live && page.latency !== null && `latency ${Math.round(page.latency)} ms`,
+    rtc.live && s.server_ms !== null && s.server_ms !== undefined && `server ${Math.round(s.server_ms)} ms`,
+    rtc.live && rtc.rtt !== null && `network round trip ${Math.round(rtc.rtt)} ms`, page.paused && "paused"];
   $("status").textContent = parts.filter(Boolean).join(" · ");
 }
 
@@ -394,7 +396,8 @@ function start() {
   bindControls();
   watchFrames($("camera"));
   watchOutputVideo($("output-video"));
-  setInterval(() => { send({ type: "shown", count: page.shown, fps: shownFps() }); drawStatus(); }, REPORT_INTERVAL);
+  setInterval(() => { send({ type: "shown", count: page.shown, fps: shownFps() }); measureRtt(); drawStatus(); },
+    REPORT_INTERVAL);
   connect();
   if (new URLSearchParams(location.search).get("source") === "text") useText();
   else useCamera();

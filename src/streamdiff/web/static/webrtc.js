@@ -7,7 +7,7 @@ const RTC_CONNECT_TIMEOUT = 8000; // ms before a WebRTC connection that has not 
 const ICE_GATHER_TIMEOUT = 3000; // ms to wait for the page's own network addresses before sending the offer
 
 // The WebRTC connection, if any: `live` once it carries pictures; `failed` keeps the WebSocket until a reload.
-const rtc = { pc: null, sender: null, track: null, client: null, source: null, live: false, failed: false };
+const rtc = { pc: null, sender: null, track: null, client: null, source: null, live: false, failed: false, rtt: null };
 
 function setSource(stream) {
   page.source = stream;
@@ -83,7 +83,7 @@ function iceGathered(pc) {
 
 function stopRtc() {
   if (rtc.pc) rtc.pc.close();
-  Object.assign(rtc, { pc: null, sender: null, track: null, client: null, source: null, live: false });
+  Object.assign(rtc, { pc: null, sender: null, track: null, client: null, source: null, live: false, rtt: null });
   $("output-video").srcObject = null;
   drawOutput();
 }
@@ -105,4 +105,17 @@ function watchOutputVideo(video) {
   if (!("requestVideoFrameCallback" in HTMLVideoElement.prototype)) return;
   const onFrame = () => { if (rtc.live) countShown(); video.requestVideoFrameCallback(onFrame); };
   video.requestVideoFrameCallback(onFrame);
+}
+
+// The network's round trip (ms), from the browser's statistics of the address pair the connection uses: with
+// the server's share (its status), the latency the page cannot time picture by picture over WebRTC.
+async function measureRtt() {
+  const pc = rtc.pc;
+  if (!pc || !rtc.live) return;
+  const report = await pc.getStats();
+  for (const entry of report.values()) {
+    if (entry.type === "candidate-pair" && entry.nominated && entry.currentRoundTripTime !== undefined && pc === rtc.pc) {
+      rtc.rtt = 1000 * entry.currentRoundTripTime;
+    }
+  }
 }
