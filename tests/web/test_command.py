@@ -323,3 +323,28 @@ def test_a_page_whose_webrtc_offer_is_refused_goes_on_over_the_websocket(tmp_pat
         assert state["stylized"] >= 5
     finally:
         server.kill()
+
+
+def test_the_view_page_watches_over_webrtc(tmp_path):
+    from websockets.sync.client import connect
+
+    server = Server("--transport", "webrtc")
+    try:
+        browser = Browser(server.url + "view", tmp_path / "profile")
+        try:
+            wait_for(server, lambda s: s["viewers"] == 1, "the view page to connect")
+            deadline = time.monotonic() + 60
+            with connect(server.url.replace("http://", "ws://") + "ws", proxy=None) as page:
+                sequence = 0
+                while browser.evaluate("viewer.shown") < 3:
+                    assert time.monotonic() < deadline, "the view page showed fewer than 3 frames in 60 s"
+                    sequence += 1
+                    page.send(protocol.HEADER_IN.pack(sequence) + jpeg(sequence))
+                    while isinstance(page.recv(timeout=60), str):
+                        pass  # reports; the picture comes next
+            transport = browser.evaluate("viewer.transport")
+        finally:
+            browser.close()
+        assert transport == "webrtc"
+    finally:
+        server.kill()

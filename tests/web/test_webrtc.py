@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import statistics
+import time
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ av = pytest.importorskip("av")
 
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
+from test_server import frame, next_output  # noqa: E402
 
 from streamdiff.app.frames import Frame  # noqa: E402
 from streamdiff.stream import StreamPipeline  # noqa: E402
@@ -64,8 +67,9 @@ def app(stream):
         yield client, peers
 
 
-async def page_over_webrtc(client: TestClient, client_number: int, seconds: float, outputs: list[np.ndarray]) -> None:
-    """Offer the moving bars, keep every output frame the server's track sends for `seconds`."""
+async def over_webrtc(client: TestClient, path: str, offer: dict, source, until, outputs: list[np.ndarray]) -> None:
+    """Offer to `path` (with `offer`'s fields): send `source` and receive (None: receive only), keep every frame
+    the server's track sends until `until()`, run in a thread, returns."""
     connection = RTCPeerConnection()
 
     @connection.on("track")
@@ -76,14 +80,17 @@ async def page_over_webrtc(client: TestClient, client_number: int, seconds: floa
 
         asyncio.ensure_future(keep())
 
-    connection.addTransceiver(MovingBars(), direction="sendrecv")
+    if source is None:
+        connection.addTransceiver("video", direction="recvonly")
+    else:
+        connection.addTransceiver(source, direction="sendrecv")
     await connection.setLocalDescription(await connection.createOffer())
-    offer = {"sdp": connection.localDescription.sdp, "type": "offer", "client": client_number}
-    response = await asyncio.to_thread(client.post, "/api/webrtc/offer", json=offer)
+    offer = {**offer, "sdp": connection.localDescription.sdp, "type": "offer"}
+    response = await asyncio.to_thread(client.post, path, json=offer)
     assert response.status_code == 200, response.text
     await connection.setRemoteDescription(RTCSessionDescription(**response.json()))
     try:
-        await asyncio.sleep(seconds)
+        await asyncio.to_thread(until)
     finally:
         await connection.close()
 
@@ -94,7 +101,8 @@ def test_a_pages_video_track_comes_back_stylized_on_the_servers_track(app, strea
     with client.websocket_connect("/ws") as ws:
         state = ws.receive_json()
         assert state["transport"] == {"webrtc": True, "prefer": "webrtc", "ice_servers": []}
-        asyncio.run(page_over_webrtc(client, state["client"], 6.0, outputs))
+        asyncio.run(over_webrtc(client, "/api/webrtc/offer", {"client": state["client"]}, MovingBars(),
+                                lambda: time.sleep(6.0), outputs))
         assert peers.count() == 1
     assert peers.count() == 0  # closed with the page's WebSocket
     assert len(outputs) >= 10, f"{len(outputs)} frames came back in 6 s"
@@ -130,8 +138,6 @@ def test_a_video_frame_is_answered_with_the_engines_own_output_and_viewers_get_a
 
 
 def _wait(condition, timeout: float = 20.0) -> None:
-    import time
-
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "the inference thread did not answer"
@@ -155,7 +161,38 @@ def test_offers_that_cannot_be_answered_say_why(app):
         assert garbage.status_code == 400, garbage.text
         assert garbage.json()["error"] == ("cannot use the offer's session description (ValueError: ICE username "
                                            "fragment or password is missing)")
+        viewer = client.post("/api/webrtc/view", json={"type": "answer"})
+        assert viewer.status_code == 400 and viewer.json()["error"].startswith('expected {"type": "offer"')
+        silent = client.post("/api/webrtc/view", json={"type": "offer", "sdp": "no video here"})
+        assert silent.status_code == 400 and "the offer has no video" in silent.json()["error"]
         assert peers.count() == 0
+
+
+def test_a_viewer_over_webrtc_gets_what_the_driving_page_gets(app, stream):
+    client, peers = app
+    outputs: list[np.ndarray] = []
+    pages: list[np.ndarray] = []
+
+    def drive() -> None:  # a WebSocket page sends pictures once the viewer's track is up
+        deadline = time.monotonic() + 30
+        while not peers.count() or stream.state()["viewers"] != 1:
+            assert time.monotonic() < deadline, "the viewer did not connect"
+            time.sleep(0.05)  # the viewer connects on another loop: nothing to wait on here
+        with client.websocket_connect("/ws") as ws:
+            ws.receive_json()
+            for sequence in range(1, 16):
+                ws.send_bytes(frame(sequence))
+                pages.append(next_output(ws)[2])
+            while len(outputs) < 5 and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+    asyncio.run(over_webrtc(client, "/api/webrtc/view", {}, None, drive, outputs))
+    assert len(pages) == 15 and len(outputs) >= 5, f"{len(outputs)} frames reached the viewer"
+    assert all(image.shape == (64, 64, 3) for image in outputs)
+    # The viewer's frames are the page's pictures, through two lossy codecs (the page's JPEG, the track's VP8).
+    nearest = [min(np.abs(image.astype(int) - page.astype(int)).mean() for page in pages) for image in outputs]
+    assert statistics.median(nearest) < 12, nearest
+    _wait(lambda: stream.state()["viewers"] == 0 and peers.count() == 0)  # its connection closed
 
 
 def test_a_server_without_webrtc_says_so_to_an_offer(stream):

@@ -10,8 +10,8 @@ streaming program's browser source or a projector) get every output too.
                         change() --> controls slot --^      (decode, engine, JPEG)
     page --WebRTC track--> submit_video() --^                         \--> answer() --> page's track
 
-A picture from a WebRTC track is answered on the page's track (web/webrtc.py), unencoded; viewers still get
-JPEGs.
+A picture from a WebRTC track is answered on the page's track (web/webrtc.py), unencoded; so are viewers
+that watch over WebRTC. A JPEG is made only for those on a WebSocket.
 """
 
 from __future__ import annotations
@@ -106,6 +106,7 @@ class WebStream:
     failure: BaseException | None = None
     _current: Client | None = None
     _viewers: dict[int, Client] = field(default_factory=dict)
+    _video_viewers: dict[int, Client] = field(default_factory=dict)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _video_frames: int = 0
@@ -154,9 +155,21 @@ class WebStream:
             self._viewers[client.id] = client
         return client
 
+    def watch_video(self, offer: Callable[[np.ndarray], None]) -> Client:
+        """A viewer over WebRTC: `offer` gets every output picture, unencoded, from now on."""
+        client = Client(next(self._ids), offer)
+        with self._lock:
+            self._video_viewers[client.id] = client
+        return client
+
     def unwatch(self, client: Client) -> None:
         with self._lock:
             self._viewers.pop(client.id, None)
+            self._video_viewers.pop(client.id, None)
+
+    def video_viewers(self) -> list[Client]:
+        with self._lock:
+            return list(self._video_viewers.values())
 
     def viewers(self) -> list[Client]:
         with self._lock:
@@ -219,7 +232,7 @@ class WebStream:
         return {
             "type": "status", "ai_fps": round(self.rate.rate(), 2), "accel": getattr(self.runner.engine, "mode", None),
             "received": self.counts.received, "stylized": self.counts.stylized, "generated": self.counts.generated,
-            "dropped": self.counts.dropped, "viewers": len(self.viewers()),
+            "dropped": self.counts.dropped, "viewers": len(self.viewers()) + len(self.video_viewers()),
             "step_ms": round(sum(timings.mean_ms(p) for p in ("preprocess", "engine", "postprocess")), 2),
             "server_ms": self.server_ms(),
         }
@@ -273,12 +286,15 @@ def inference_worker(stream: WebStream) -> None:
 
 
 def _hand_over(stream: WebStream, client: Client, picture: Picture, output: AiFrame) -> None:
-    """The output to the page (on its WebRTC track, or as a JPEG on its WebSocket) and to every viewer."""
+    """The output to the page (on its WebRTC track, or as a JPEG on its WebSocket) and to every viewer (on
+    its track, or as a JPEG)."""
     receivers = stream.viewers()
     if picture.answer is not None:
         picture.answer(output.image)
     else:
         receivers.insert(0, client)
+    for viewer in stream.video_viewers():
+        viewer.deliver(output.image)
     if receivers:  # a WebRTC page with no viewers: no JPEG to make
         message = pack_output(picture.sequence, output.source_index, encode_jpeg(output.image, stream.quality))
         for receiver in receivers:

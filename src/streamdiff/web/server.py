@@ -47,7 +47,11 @@ def create_app(stream: WebStream, peers: Any = None) -> FastAPI:
 
     @app.post("/api/webrtc/offer")
     async def offer(request: Request) -> JSONResponse:
-        return await answer_offer(request, peers)
+        return await answer_offer(request, peers, viewer=False)
+
+    @app.post("/api/webrtc/view")
+    async def view_offer(request: Request) -> JSONResponse:
+        return await answer_offer(request, peers, viewer=True)
 
     @app.websocket("/ws")
     async def socket(websocket: WebSocket) -> None:
@@ -83,8 +87,9 @@ async def serve_page(websocket: WebSocket, stream: WebStream, peers: Any = None)
             await peers.close_client(client.id)
 
 
-async def answer_offer(request: Request, peers: Any) -> JSONResponse:
-    """POST /api/webrtc/offer: the server's session description for the page's, or {"error": ...}."""
+async def answer_offer(request: Request, peers: Any, viewer: bool) -> JSONResponse:
+    """POST /api/webrtc/offer (the driving page) and /api/webrtc/view (a viewer): the server's session
+    description for the page's, or {"error": ...}."""
     if peers is None:
         return JSONResponse({"error": "WebRTC is off on this server (--transport websocket, or aiortc is not "
                                       "installed): the page sends its pictures over the WebSocket"}, status_code=404)
@@ -95,7 +100,7 @@ async def answer_offer(request: Request, peers: Any) -> JSONResponse:
     except ValueError:
         return JSONResponse({"error": "expected a JSON offer"}, status_code=400)
     try:
-        return JSONResponse(await peers.answer(message))
+        return JSONResponse(await (peers.answer_viewer(message) if viewer else peers.answer(message)))
     except OfferError as exc:
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
 

@@ -17,6 +17,7 @@ import contextlib
 import fractions
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -75,7 +76,8 @@ class StylizedTrack(MediaStreamTrack):
 
 
 class Peers:
-    """The WebRTC connections of the pages, one per page's WebSocket client; closed with that client."""
+    """The WebRTC connections: one per page's WebSocket client (closed with that client), and one per viewer
+    that watches over WebRTC (until its connection closes or fails)."""
 
     def __init__(self, stream: WebStream, transport: Transport) -> None:
         self.stream = stream
@@ -92,22 +94,40 @@ class Peers:
                              "reload it", status=409)
         await self.close_client(client)
         connection = RTCPeerConnection(self.configuration)
-        self._connections[client] = connection
-        output = StylizedTrack(asyncio.get_running_loop())
-        _wire(connection, current, self.stream, output)
-        try:
-            await connection.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        _wire(connection, current, self.stream, StylizedTrack(asyncio.get_running_loop()))
+
+        def check() -> None:  # the page's track arrived with the offer (and _wire answered it with ours)
             if not any(t.receiver.track is not None and t.receiver.track.kind == "video"
                        for t in connection.getTransceivers()):
                 raise OfferError("the offer has no video track: expected the page's camera, screen or file as one")
-            await connection.setLocalDescription(await connection.createAnswer())
-        except OfferError:
-            await self.close_client(client)
-            raise
-        except (ValueError, AssertionError, AttributeError, KeyError) as exc:  # aiortc's parser asserts, too
-            await self.close_client(client)
-            raise OfferError(f"cannot use the offer's session description ({first_line(exc)})") from None
-        return {"sdp": connection.localDescription.sdp, "type": connection.localDescription.type}
+
+        answer = await _answer(connection, sdp, check)
+        self._connections[client] = connection
+        return answer
+
+    async def answer_viewer(self, message: Any) -> dict[str, str]:
+        """The server's answer to a viewer's offer (it receives the output only): {"sdp": ..., "type": "answer"}."""
+        if not isinstance(message, dict) or message.get("type") != "offer" or not isinstance(message.get("sdp"), str):
+            raise OfferError('expected {"type": "offer", "sdp": <session description>}')
+        connection = RTCPeerConnection(self.configuration)
+        output = StylizedTrack(asyncio.get_running_loop())
+
+        def add_output() -> None:
+            if not any(t.kind == "video" for t in connection.getTransceivers()):
+                raise OfferError("the offer has no video: expected a viewer's offer to receive one")
+            connection.addTrack(output)
+
+        answer = await _answer(connection, message["sdp"], add_output)
+        viewer = self.stream.watch_video(output.offer)
+        self._connections[viewer.id] = connection
+
+        @connection.on("connectionstatechange")
+        async def on_state() -> None:
+            if connection.connectionState in ("failed", "closed"):
+                self.stream.unwatch(viewer)
+                await self.close_client(viewer.id)
+
+        return answer
 
     async def close_client(self, client: int) -> None:
         connection = self._connections.pop(client, None)
@@ -120,6 +140,22 @@ class Peers:
 
     def count(self) -> int:
         return len(self._connections)
+
+
+async def _answer(connection: RTCPeerConnection, sdp: str, prepare: Callable[[], None]) -> dict[str, str]:
+    """Take the offer, let `prepare` check it (OfferError) and add what goes back, and answer; a connection
+    that cannot answer is closed."""
+    try:
+        await connection.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        prepare()
+        await connection.setLocalDescription(await connection.createAnswer())
+    except OfferError:
+        await connection.close()
+        raise
+    except (ValueError, AssertionError, AttributeError, KeyError) as exc:  # aiortc's parser asserts, too
+        await connection.close()
+        raise OfferError(f"cannot use the offer's session description ({first_line(exc)})") from None
+    return {"sdp": connection.localDescription.sdp, "type": connection.localDescription.type}
 
 
 def _check_offer(message: Any) -> tuple[str, int]:
