@@ -348,3 +348,44 @@ def test_the_view_page_watches_over_webrtc(tmp_path):
         assert transport == "webrtc"
     finally:
         server.kill()
+
+
+def webm(path, frames: int = 90) -> str:
+    """A VP8 clip of a square crossing a grey field, which Chromium plays."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libvpx", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        for k in range(frames):
+            image = np.full((120, 160, 3), 90, np.uint8)
+            image[40:80, (2 * k) % 120:][:, :40] = 230
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = k
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return str(path)
+
+
+def test_a_video_file_chosen_on_the_page_goes_up_as_a_webrtc_track(tmp_path):
+    clip = webm(tmp_path / "clip.webm")
+    server = Server("--transport", "webrtc")
+    try:
+        browser = Browser(server.url, tmp_path / "profile")
+        try:
+            wait_for(server, lambda s: s["page"]["shown"] >= 3, "the camera to stream over WebRTC")
+            document = browser.call("DOM.getDocument")["root"]["nodeId"]
+            chooser = browser.call("DOM.querySelector", nodeId=document, selector="#file")["nodeId"]
+            browser.call("DOM.setFileInputFiles", files=[clip], nodeId=chooser)
+            deadline = time.monotonic() + 60
+            while not browser.evaluate("rtc.live && rtc.source === page.source && $('camera').src.startsWith('blob:')"):
+                assert time.monotonic() < deadline, "the file did not become the WebRTC source within 60 s"
+                time.sleep(0.2)  # another process's page: there is no event to wait on
+            shown = server.state()["page"]["shown"]
+            wait_for(server, lambda s: s["page"]["shown"] >= shown + 5, "the file's frames to come back")
+            video_width = browser.evaluate("rtc.track.getSettings().width")
+        finally:
+            browser.close()
+        assert video_width is not None and video_width <= 160  # the clip's own track, not the 640x480 camera's
+    finally:
+        server.kill()

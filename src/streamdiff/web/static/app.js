@@ -275,8 +275,8 @@ function useFile(file) {
   notice("");
   setSource(null);
   const camera = $("camera"); // a playing file becomes a track for WebRTC (where the browser can capture one)
-  camera.addEventListener("loadeddata", () => { if (camera.captureStream) setSource(camera.captureStream()); },
-    { once: true });
+  const capture = camera.captureStream || camera.mozCaptureStream; // Firefox still names it with its prefix
+  camera.addEventListener("loadeddata", () => { if (capture) setSource(capture.call(camera)); }, { once: true });
 }
 
 // --- controls ---------------------------------------------------------------------------------------
