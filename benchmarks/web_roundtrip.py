@@ -25,6 +25,7 @@ import json
 import statistics
 import threading
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -149,19 +150,27 @@ def measure(model: str, device: str, mode: str, cache: Path, source_fps: float, 
             seconds: float, text: bool = False) -> dict[str, Any]:
     stream = build_stream(model, device, mode, cache)
     frames = pictures(60)
+    result, served = run_served(stream, lambda url: drive(url, [] if text else frames, source_fps, warmup, seconds))
+    return {"model": model, "mode": served.pop("mode") or mode, "size": SIZE, "in_flight": IN_FLIGHT,
+            "source": "text" if text else "pictures", **result, **codec_ms(frames), **served}
+
+
+def run_served(stream: Any, play: Callable[[str], Coroutine[Any, Any, dict[str, Any]]]
+               ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Serve `stream`, run the page `play(WebSocket URL)`, stop; its result, and what the server saw."""
     server, url, thread = serve(stream)
     try:
-        result = asyncio.run(drive(url, [] if text else frames, source_fps, warmup, seconds))
+        result = asyncio.run(play(url))
     finally:
         server.should_exit = True
         thread.join(10)
         stream.close()
-    timings = stream.runner.timings
-    return {"model": model, "mode": getattr(stream.runner.engine, "mode", mode), "size": SIZE, "in_flight": IN_FLIGHT,
-            "source": "text" if text else "pictures", **result, **codec_ms(frames),
-            "server_step_ms": {part: timings.mean_ms(part) for part in ("preprocess", "engine", "postprocess")},
-            "server_ms": stream.server_ms(), "stylized": stream.counts.stylized, "generated": stream.counts.generated,
-            "dropped": stream.counts.dropped}
+    timings, counts = stream.runner.timings, stream.counts
+    return result, {
+        "mode": getattr(stream.runner.engine, "mode", None),
+        "server_step_ms": {part: timings.mean_ms(part) for part in ("preprocess", "engine", "postprocess")},
+        "server_ms": stream.server_ms(), "received": counts.received, "stylized": counts.stylized,
+        "generated": counts.generated, "dropped": counts.dropped}
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from web_roundtrip import SIZE, build_stream, serve
+from web_roundtrip import SIZE, build_stream, run_served
 
 CLOCK = 90_000
 
@@ -158,19 +158,9 @@ def measure(model: str, device: str, mode: str, cache: Path, fps: float, args: a
 
     stream = build_stream(model, device, mode, cache, strength=0.5)
     stream.transport = Transport(TransportMode.WEBRTC, webrtc=True)
-    server, url, thread = serve(stream)
-    base = url.replace("ws://", "http://").removesuffix("ws")
-    try:
-        result = asyncio.run(drive(base, fps, args.period, args.warmup, args.seconds))
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        stream.close()
-    timings = stream.runner.timings
-    return {"model": model, "mode": getattr(stream.runner.engine, "mode", mode), "size": SIZE, **result,
-            "server_step_ms": {part: timings.mean_ms(part) for part in ("preprocess", "engine", "postprocess")},
-            "server_ms": stream.server_ms(), "received": stream.counts.received, "stylized": stream.counts.stylized,
-            "dropped": stream.counts.dropped}
+    result, served = run_served(stream, lambda url: drive(url.replace("ws://", "http://").removesuffix("ws"), fps,
+                                                          args.period, args.warmup, args.seconds))
+    return {"model": model, "mode": served.pop("mode") or mode, "size": SIZE, **result, **served}
 
 
 def main() -> None:
