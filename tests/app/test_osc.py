@@ -11,6 +11,7 @@ import time
 import pytest
 from app_fakes import CountingSource, FakeEngine, RecordingSink
 from cli_checks import one_line_error
+from polling import wait_until
 from pythonosc.udp_client import SimpleUDPClient
 
 from streamdiff.app.keys import Controls
@@ -61,13 +62,6 @@ def test_the_address_option_is_host_and_port():
             parse_address(bad)
 
 
-def _wait_for(condition, seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def test_the_listener_hands_on_changes_and_logs_a_repeated_refusal_once(caplog):
     got: queue.SimpleQueue = queue.SimpleQueue()
 
@@ -112,14 +106,15 @@ def test_the_camera_runtime_applies_osc_changes_on_its_inference_thread():
     sender = SimpleUDPClient("127.0.0.1", listener.port)
 
     def perform():
-        _wait_for(lambda: engine.inputs)
+        wait_until(lambda: engine.inputs, "the engine to take a frame", 5.0)
         sender.send_message("/streamdiff/strength", 0.5)
         sender.send_message("/streamdiff/prompt", "neon noir")
         sender.send_message("/blend", 0.25)
         sender.send_message("/streamdiff/strength", 7.0)  # refused: nothing changes
-        _wait_for(lambda: runtime.controls.blend == 0.25 and any(c[0] == "update_prompt" for c in engine.calls))
+        wait_until(lambda: runtime.controls.blend == 0.25 and any(c[0] == "update_prompt" for c in engine.calls),
+                   "the blend and the prompt to change", 5.0)
         sender.send_message("/streamdiff/prompt_index", 0.0)
-        _wait_for(lambda: runtime.controls.prompt_index == 0)
+        wait_until(lambda: runtime.controls.prompt_index == 0, "the first prompt", 5.0)
         time.sleep(0.2)
         runtime.shared.halt()
 

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 from app_fakes import CountingSource
+from polling import wait_until
 
 from streamdiff.app.frames import fit_pane
 from streamdiff.app.gallery import gallery_prompts
@@ -56,14 +57,6 @@ class PromptLog:
 
     def __getattr__(self, name):
         return getattr(self.engine, name)
-
-
-def wait_for(condition, state: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the window did not reach the expected state within {timeout:.0f} s: {state}")
-        time.sleep(0.05)  # another process (the X server) changes this state: nothing to wait on
 
 
 def xdotool(*args: str) -> str:
@@ -117,18 +110,18 @@ def press(window: str, *keys: str) -> None:
 
 def drive(runtime: Runtime, shots: dict, errors: list) -> None:
     try:
-        wait_for(lambda: runtime.shared.ai.peek()[0] > 3 and runtime.display.frames > 10, "frames shown")
+        wait_until(lambda: runtime.shared.ai.peek()[0] > 3 and runtime.display.frames > 10, "frames shown")
         window = xdotool("search", "--name", TITLE).split()[0]
         shots["before"] = settled_screenshot(window, lambda shot: shows_camera(shot, left=True))
         press(window, "n")
-        wait_for(lambda: runtime.controls.prompt_index == 1, "next prompt after 'n'")
+        wait_until(lambda: runtime.controls.prompt_index == 1, "next prompt after 'n'")
         press(window, *["plus"] * 10)
-        wait_for(lambda: runtime.controls.blend == 1.0, "blend 1.0 after ten '+'")
+        wait_until(lambda: runtime.controls.blend == 1.0, "blend 1.0 after ten '+'")
         shots["blended"] = settled_screenshot(window, lambda shot: shows_camera(shot, left=False))
         press(window, "bracketleft")
-        wait_for(lambda: runtime.runner.engine.strength < 0.6, "lower strength after '['")  # reached the engine
+        wait_until(lambda: runtime.runner.engine.strength < 0.6, "lower strength after '['")  # reached the engine
         press(window, "s")
-        wait_for(lambda: len(runtime.display.saved) == 1, "one frame saved after 's'")
+        wait_until(lambda: len(runtime.display.saved) == 1, "one frame saved after 's'")
         press(window, "q")
     except BaseException as exc:  # noqa: BLE001  reported by the test on the main thread
         errors.append(exc)

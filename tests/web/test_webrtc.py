@@ -19,6 +19,7 @@ pytest.importorskip("aiortc")
 av = pytest.importorskip("av")
 
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack  # noqa: E402
+from polling import wait_until  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 from test_server import frame, next_output  # noqa: E402
 
@@ -131,17 +132,10 @@ def test_a_video_frame_is_answered_with_the_engines_own_output_and_viewers_get_a
     for _ in expected:
         before = len(answered)
         stream.submit_video(page, av.VideoFrame.from_ndarray(picture, format="rgb24"), answered.append)
-        _wait(lambda: len(answered) > before)
+        wait_until(lambda: len(answered) > before, "the inference thread to answer")
     assert all(np.array_equal(got, want) for got, want in zip(answered, expected, strict=True))
     assert len(viewed) == 3 and protocol.HEADER_OUT.unpack_from(viewed[-1])[0] == 3
     assert on_socket == []  # the page's outputs went to its track, not its WebSocket
-
-
-def _wait(condition, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "the inference thread did not answer"
-        time.sleep(0.01)  # the inference thread answers through a callback: nothing to wait on here
 
 
 def test_offers_that_cannot_be_answered_say_why(app):
@@ -192,7 +186,7 @@ def test_a_viewer_over_webrtc_gets_what_the_driving_page_gets(app, stream):
     # The viewer's frames are the page's pictures, through two lossy codecs (the page's JPEG, the track's VP8).
     nearest = [min(np.abs(image.astype(int) - page.astype(int)).mean() for page in pages) for image in outputs]
     assert statistics.median(nearest) < 12, nearest
-    _wait(lambda: stream.state()["viewers"] == 0 and peers.count() == 0)  # its connection closed
+    wait_until(lambda: stream.state()["viewers"] == 0 and peers.count() == 0, "the viewer's connection to close")
 
 
 def test_a_server_without_webrtc_says_so_to_an_offer(stream):
