@@ -109,7 +109,6 @@ class WebStream:
     _video_viewers: dict[int, Client] = field(default_factory=dict)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _video_frames: int = 0
     _server_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=30))
     _thread: threading.Thread | None = None
 
@@ -198,9 +197,8 @@ class WebStream:
         gets its output."""
         if self.current(client.id) is None:
             return
-        self.counts.received += 1
-        self._video_frames += 1
-        self.pictures.put(Picture(client.id, self._video_frames, b"", time.perf_counter(), frame, answer))
+        self.counts.received += 1  # numbers the track's frames too: a page sends either track frames or pictures
+        self.pictures.put(Picture(client.id, self.counts.received, b"", time.perf_counter(), frame, answer))
 
     def change(self, client: Client, message: dict[str, Any]) -> None:
         """A "controls" message: the inference thread applies the new controls before its next frame."""

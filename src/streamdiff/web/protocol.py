@@ -63,9 +63,7 @@ def decode_picture(data: bytes) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as picture:
             if picture.format not in ("JPEG", "PNG"):
                 raise ProtocolError(f"expected a JPEG or PNG picture; got {picture.format}")
-            width, height = picture.size
-            if max(width, height) > MAX_SIDE:
-                raise ProtocolError(f"pictures may be at most {MAX_SIDE} pixels a side; got {width}x{height}")
+            _check_side(*picture.size)
             return np.array(picture.convert("RGB"))  # writable: torch refuses to wrap read-only arrays
     except UnidentifiedImageError:
         raise ProtocolError(f"expected a JPEG or PNG picture after the {HEADER_IN.size}-byte sequence number; "
@@ -76,9 +74,13 @@ def decode_picture(data: bytes) -> np.ndarray:
 
 def decode_video(frame: Any) -> np.ndarray:
     """A decoded frame of the page's WebRTC track (PyAV) as an (H, W, 3) uint8 RGB array."""
-    if max(frame.width, frame.height) > MAX_SIDE:
-        raise ProtocolError(f"pictures may be at most {MAX_SIDE} pixels a side; got {frame.width}x{frame.height}")
+    _check_side(frame.width, frame.height)
     return frame.to_ndarray(format="rgb24")
+
+
+def _check_side(width: int, height: int) -> None:
+    if max(width, height) > MAX_SIDE:
+        raise ProtocolError(f"pictures may be at most {MAX_SIDE} pixels a side; got {width}x{height}")
 
 
 def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
