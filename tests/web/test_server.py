@@ -209,7 +209,7 @@ def test_the_page_reports_what_it_showed(client):
 def test_the_page_and_its_files_are_served(client):
     page = client.get("/")
     assert page.status_code == 200 and '<script src="/static/app.js">' in page.text
-    for name in ("app.js", "webrtc.js", "style.css"):
+    for name in ("app.js", "webrtc.js", "transport.js", "style.css"):
         assert client.get(f"/static/{name}").status_code == 200
     assert client.get("/static/missing.js").status_code == 404
 

@@ -3,9 +3,6 @@
 // connection that fails, is refused or is slow to come up gives way to the WebSocket until a reload.
 "use strict";
 
-const RTC_CONNECT_TIMEOUT = 8000; // ms before a WebRTC connection that has not come up gives way to the WebSocket
-const ICE_GATHER_TIMEOUT = 3000; // ms to wait for the page's own network addresses before sending the offer
-
 // The WebRTC connection, if any: `live` once it carries pictures; `failed` keeps the WebSocket until a reload.
 const rtc = { pc: null, sender: null, track: null, client: null, source: null, live: false, failed: false, rtt: null };
 
@@ -15,12 +12,7 @@ function setSource(stream) {
 }
 
 function wantRtc() {
-  const transport = page.state && page.state.transport;
-  if (!transport || !transport.webrtc || rtc.failed) return false;
-  const asked = new URLSearchParams(location.search).get("transport") || transport.prefer;
-  if (asked === "webrtc") return true;
-  if (asked === "websocket") return false;
-  return !["localhost", "127.0.0.1", "[::1]"].includes(location.hostname); // auto: the page is on another machine
+  return !rtc.failed && prefersWebRtc(page.state && page.state.transport);
 }
 
 // WebRTC carries the source while the page has a picture source, a client number and WebRTC is wanted.
@@ -57,28 +49,12 @@ async function negotiate(pc, track) {
     if (pc.connectionState === "connected") { rtc.live = true; drawOutput(); drawStatus(); }
     else if (pc.connectionState === "failed") fallBack("the WebRTC connection failed");
   };
-  await pc.setLocalDescription(await pc.createOffer());
-  await iceGathered(pc);
-  if (pc !== rtc.pc) return;
-  const response = await fetch("/api/webrtc/offer", { method: "POST", headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer", client: rtc.client }) });
-  const answer = await response.json();
-  if (!response.ok) throw new Error(answer.error);
+  const answer = await exchangeOffer(pc, "/api/webrtc/offer", { client: rtc.client }, () => pc === rtc.pc);
   if (pc !== rtc.pc) return;
   await pc.setRemoteDescription(answer);
   setTimeout(() => {
     if (pc === rtc.pc && !rtc.live) fallBack(`no WebRTC connection within ${RTC_CONNECT_TIMEOUT / 1000} s`);
   }, RTC_CONNECT_TIMEOUT);
-}
-
-// The server does not take candidates one by one: the offer goes out with the addresses found so far.
-function iceGathered(pc) {
-  if (pc.iceGatheringState === "complete") return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => { if (pc.iceGatheringState === "complete") resolve(); };
-    pc.addEventListener("icegatheringstatechange", done);
-    setTimeout(resolve, ICE_GATHER_TIMEOUT);
-  });
 }
 
 function stopRtc() {
