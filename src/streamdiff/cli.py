@@ -19,6 +19,7 @@ SAMPLE = "sample"  # names the bundled picture, for a first run with nothing at 
 COMMANDS: tuple[str, ...] = (
     "streamdiff.app.camera",
     "streamdiff.app.video",
+    "streamdiff.app.midi_command",
     "streamdiff.models.command",
     "streamdiff.bench.command",
     "streamdiff.web.command",

@@ -73,3 +73,58 @@ def xvfb():
         os.environ["DISPLAY"] = previous
     server.terminate()
     server.wait(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def jack_server():
+    """A private JACK server with no sound card (its dummy driver), and mido on rtmidi's JACK API: real MIDI
+    ports on a machine without a MIDI system. Skipped where jackd is missing (CI installs it)."""
+    if shutil.which("jackd") is None:
+        pytest.skip("the MIDI tests need a JACK server (apt-get install jackd2); CI installs it")
+    import mido
+
+    name = f"streamdiff-tests-{os.getpid()}"
+    saved = {key: os.environ.get(key) for key in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
+    os.environ.update(JACK_DEFAULT_SERVER=name, JACK_NO_START_SERVER="1")
+    # Synchronous, with a long client timeout: on a busy 2-core machine the server waits for a slow client
+    # instead of dropping its cycle (and the MIDI events in it).
+    server = subprocess.Popen(["jackd", "-n", name, "--no-realtime", "--sync", "--timeout", "5000",
+                               "-d", "dummy", "-r", "48000", "-p", "1024"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    mido.set_backend("mido.backends.rtmidi/UNIX_JACK")
+    try:
+        _wait_for_jack(mido, server)
+        yield name
+    finally:
+        mido.set_backend()
+        server.terminate()
+        server.wait(10)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _wait_for_jack(mido, server: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            mido.get_output_names()
+            return
+        except Exception:  # noqa: BLE001  rtmidi's SystemError until the server answers
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"jackd did not start (exit code {server.poll()})") from None
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def controller(jack_server):
+    """A MIDI controller: a virtual output port on the JACK server, one for the session (JACK ports are made
+    and torn down on the server's own thread; fewer of them, fewer chances for rtmidi's teardown races)."""
+    import mido
+
+    port = mido.open_output("streamdiff-test-controller", virtual=True)
+    yield port
+    port.close()
+

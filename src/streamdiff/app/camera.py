@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,9 @@ from typing import Any
 from streamdiff.app.gallery import resolve_prompts
 from streamdiff.app.keys import Controls, help_lines
 from streamdiff.app.optional import require
-from streamdiff.app.osc import add_osc_option, open_listener
 from streamdiff.app.overlay import splash
 from streamdiff.app.remote import CONTROL_TYPES
+from streamdiff.app.remote_inputs import RemoteInputs, add_remote_options
 from streamdiff.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def register(subparsers: Any) -> None:
     g.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     g.add_argument("--cpu-threads", type=int, default=None,
                    help="torch threads when the model runs on the CPU (default: all cores but one)")
-    add_osc_option(g)
+    add_remote_options(g)
     p.set_defaults(func=run)
 
 
@@ -68,26 +69,26 @@ def run(args: argparse.Namespace) -> int:
     outputs = args.output or ["window"]
     window = _open_window(outputs, args.fullscreen)  # no display: fail before the model loads
     sinks: list[Any] = [window] if window else []
-    source = osc = None
+    source = remotes = None
     try:
-        osc = open_listener(args.osc, CONTROL_TYPES)
+        remotes = RemoteInputs.open(args, CONTROL_TYPES)
         if window is not None:
             window.write(splash(f"loading {args.model or 'the model'}...", 2 * args.display_size, args.display_size))
             window.read_key()  # lets the window appear now
         source, reopen = open_camera(args.camera)
         runtime = _runtime(args, source, reopen, sinks, outputs)
     except BaseException:
-        for closable in [*sinks, source, osc]:
+        for closable in [*sinks, source, remotes]:
             if closable is not None:
                 closable.close()
         raise
+    if remotes.describe():
+        print(remotes.describe(), file=sys.stderr, flush=True)
     try:
-        if osc is not None:
-            osc.start(runtime.remote_change)
+        remotes.start(runtime.remote_change, lambda: len(runtime.display.prompt_book.prompts))
         summary = runtime.run(duration=args.duration)  # from here the runtime closes the source and sinks
     finally:
-        if osc is not None:
-            osc.close()
+        remotes.close()
     saved = len(runtime.display.saved)
     print(f"camera: {summary.captured} frames captured, {summary.inferred} stylized "
           f"({summary.rate(summary.inferred):.1f} fps), {summary.displayed} shown "

@@ -19,7 +19,7 @@ import numpy as np
 from streamdiff.app.frames import convert_order, fit_pane, resize
 from streamdiff.app.keys import Controls, handle_key
 from streamdiff.app.overlay import OverlayInfo, draw_overlay
-from streamdiff.app.remote import ControlError, PromptBook, apply_changes
+from streamdiff.app.remote import ControlError, PromptBook, apply_changes, describe
 from streamdiff.temporal import blend
 
 if TYPE_CHECKING:
@@ -148,17 +148,16 @@ class Display:
         self._notice, self._notice_until = text, time.perf_counter() + NOTICE_SECONDS
 
     def _apply_remote(self) -> None:
-        """Changes from a remote (OSC), in the order they came; checked when they were sent."""
+        """Changes from a remote (OSC, MIDI), in the order they came; checked when they were sent."""
         remote = self.shared.remote
         while not remote.empty():
             change = remote.get_nowait()
             try:
                 self._set_controls(apply_changes(self.controls, change, self.prompt_book))
             except ControlError as exc:  # valid when sent, not after a change in between
-                logger.warning("OSC: %s", exc)
+                logger.warning("remote control: %s", exc)
                 continue
-            self.say(", ".join(f"{name} {value:.2f}" if isinstance(value, float) else f"{name} {value}"
-                               for name, value in change.items()))
+            self.say(describe(change))
 
     def _set_controls(self, controls: Controls) -> None:
         if controls != self.controls:

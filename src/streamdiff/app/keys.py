@@ -106,6 +106,13 @@ BINDINGS: tuple[Binding, ...] = (
 )
 _BY_KEY: dict[str, Binding] = {key: b for b in BINDINGS for key in b.keys}
 
+# What a remote's button (an OSC trigger, a MIDI pad) may do, by name: the keys' relative changes, applied
+# where the keys are, so that two quick presses move two prompts on.
+TRIGGERS: dict[str, Callable[[Controls, int], Controls]] = {
+    "next_prompt": _prompt(1), "previous_prompt": _prompt(-1), "new_seed": _new_seed,
+    "toggle_mirror": _flag("mirror"), "toggle_pause": _flag("paused"),
+}
+
 
 def handle_key(key: str, controls: Controls, prompt_count: int) -> tuple[Controls, str | None]:
     """The controls after `key`, and the command ("quit", "save") the display loop must carry out."""

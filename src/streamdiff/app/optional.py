@@ -20,6 +20,8 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "websockets": ("websockets", "web"),
     "aiortc": ("aiortc", "web"),
     "pythonosc": ("python-osc", "camera"),
+    "mido": ("mido", "midi"),
+    "rtmidi": ("python-rtmidi", "midi"),
 }
 
 

@@ -1,6 +1,8 @@
 """Live controls over OSC (Open Sound Control): what TouchDesigner, Resolume, Max/MSP, Ableton or a phone's
 control surface send. `/streamdiff/strength 0.6` (or `/strength 0.6`) changes one control; the listener runs on a
-thread of its own and hands each change to the app, which applies it where it applies keys."""
+thread of its own and hands each change to the app, which applies it where it applies keys. A trigger
+(`/streamdiff/next_prompt`) acts on a message with no argument or a nonzero one: a button sends 1 when
+pressed and 0 when let go."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from streamdiff.app.optional import require
-from streamdiff.app.remote import ControlError
+from streamdiff.app.remote import ControlError, Trigger
 from streamdiff.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -20,15 +22,24 @@ Submit = Callable[[dict[str, Any]], None]
 
 
 def osc_change(address: str, args: Sequence[Any], allowed: Mapping[str, type]) -> dict[str, Any]:
-    """One OSC message as a change {control: value}; ControlError names what was expected."""
+    """One OSC message as a change {control: value} (none for a button let go); ControlError names what was
+    expected."""
     name = address[len(PREFIX):] if address.startswith(PREFIX + "/") else address
     name = name.strip("/")
     if name not in allowed:
         raise ControlError(f"unknown OSC address {address}; expected {PREFIX}/ (or /) followed by one of "
                            f"{', '.join(allowed)}")
+    if allowed[name] is Trigger:
+        return _press(address, name, args)
     if len(args) != 1:
         raise ControlError(f"{address} takes one argument; got {len(args)}")
     return {name: _as(allowed[name], args[0])}
+
+
+def _press(address: str, name: str, args: Sequence[Any]) -> dict[str, Any]:
+    if len(args) > 1 or (args and not isinstance(args[0], (bool, int, float))):
+        raise ControlError(f"{address} takes no argument or one number (nonzero: pressed); got {list(args)!r}")
+    return {name: True} if not args or args[0] else {}
 
 
 def _as(kind: type, value: Any) -> Any:
@@ -112,7 +123,9 @@ class OscListener:
     def _handle(self, address: str, *args: Any) -> None:
         try:
             assert self._submit is not None  # the server runs only after start()
-            self._submit(osc_change(address, args, self._allowed))
+            change = osc_change(address, args, self._allowed)
+            if change:
+                self._submit(change)
         except ValueError as exc:
             if str(exc) != self._last_refusal:
                 self._last_refusal = str(exc)

@@ -1,5 +1,6 @@
-"""Control changes that come from outside the keyboard (the web page, OSC): each field checked, then applied
-all together or not at all, so a bad message changes nothing."""
+"""Control changes that come from outside the keyboard (the web page, OSC, MIDI): each field checked, then
+applied all together or not at all, so a bad message changes nothing. A change sets controls to values
+(`strength`: 0.6) or presses triggers (`next_prompt`: True), which act on the controls of the moment."""
 
 from __future__ import annotations
 
@@ -10,17 +11,23 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from streamdiff.app.keys import Controls
+from streamdiff.app.keys import TRIGGERS, Controls
 
 MAX_PROMPT_CHARS = 1000
 MAX_SEED = 2**63 - 1
 
+
+class Trigger:
+    """The type of a trigger: a press, which carries no value of its own."""
+
+
 # Every control a remote may change, with the type it takes; each app offers its own share of them.
 CONTROL_TYPES: dict[str, type] = {
     "prompt": str, "prompt_index": int, "strength": float, "ema": float, "feedback": float, "seed": int,
-    "mirror": bool, "blend": float, "paused": bool,
+    "mirror": bool, "blend": float, "paused": bool, **{name: Trigger for name in TRIGGERS},
 }
-_EXPECTED = {bool: "true or false", str: "a string", int: "a whole number", float: "a finite number"}
+_EXPECTED = {bool: "true or false", str: "a string", int: "a whole number", float: "a finite number",
+             Trigger: "true (a press)"}
 
 
 class ControlError(ValueError):
@@ -49,6 +56,9 @@ def apply_changes(controls: Controls, changes: Mapping[str, Any], prompts: Promp
     if unknown:
         raise ControlError(f"unknown control {', '.join(unknown)}; expected some of {', '.join(allowed)}")
     checked = {name: check(name, changes[name], allowed[name]) for name in allowed if name in changes}
+    presses = [name for name in changes if allowed[name] is Trigger]  # in the order they came
+    for name in presses:
+        del checked[name]
     prompt = checked.pop("prompt", None)
     index = checked.get("prompt_index")
     if index is not None and not 0 <= index < len(prompts.prompts):
@@ -59,7 +69,16 @@ def apply_changes(controls: Controls, changes: Mapping[str, Any], prompts: Promp
         raise ControlError(str(exc)) from None
     if prompt is not None:
         changed = replace(changed, prompt_index=prompts.index_of(prompt))
+    for name in presses:
+        changed = TRIGGERS[name](changed, len(prompts.prompts))
     return changed
+
+
+def describe(change: Mapping[str, Any]) -> str:
+    """A change as the overlay shows it: "strength 0.60, next prompt"."""
+    return ", ".join(name.replace("_", " ") if value is True and CONTROL_TYPES.get(name) is Trigger
+                     else f"{name} {value:.2f}" if isinstance(value, float) else f"{name} {value}"
+                     for name, value in change.items())
 
 
 def check(name: str, value: Any, kind: type) -> Any:
@@ -67,6 +86,8 @@ def check(name: str, value: Any, kind: type) -> Any:
     # bool is an int in Python: check the kinds explicitly.
     if kind is bool and isinstance(value, bool):
         return value
+    if kind is Trigger and value is True:
+        return True
     if kind is str and isinstance(value, str):
         if len(value) > MAX_PROMPT_CHARS:
             raise ControlError(f"prompt may be at most {MAX_PROMPT_CHARS} characters; got {len(value)}")

@@ -67,7 +67,7 @@ class Shared:
     camera: LatestSlot[Frame] = field(default_factory=LatestSlot)
     ai: LatestSlot[AiFrame] = field(default_factory=LatestSlot)
     controls: LatestSlot[Controls] = field(default_factory=LatestSlot)
-    remote: queue.SimpleQueue[dict[str, Any]] = field(default_factory=queue.SimpleQueue)  # checked changes (OSC)
+    remote: queue.SimpleQueue[dict[str, Any]] = field(default_factory=queue.SimpleQueue)  # checked changes (OSC, MIDI)
     notice: LatestSlot[str] = field(default_factory=LatestSlot)
     camera_rate: RateMeter = field(default_factory=RateMeter)
     ai_rate: RateMeter = field(default_factory=RateMeter)
@@ -197,7 +197,7 @@ class Runtime:
         return self.display.controls
 
     def remote_change(self, change: dict[str, Any]) -> None:
-        """A control change from another thread (OSC): checked now (ControlError), applied by the display loop
+        """A control change from another thread (OSC, MIDI): checked now (ControlError), applied by the display loop
         at its next frame, where the keys are applied."""
         apply_changes(self.display.controls, change, self.display.prompt_book)
         self.shared.remote.put(change)

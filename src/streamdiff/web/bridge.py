@@ -209,7 +209,7 @@ class WebStream:
             self.applied.put(self.controls)
 
     def remote_change(self, change: dict[str, Any]) -> None:
-        """A control change from another thread (OSC): applied before the next frame; the driving page gets the
+        """A control change from another thread (OSC, MIDI): applied before the next frame; the driving page gets the
         new state, so that its sliders and prompt follow."""
         with self._lock:
             self.controls = apply_changes(self.controls, change, self.prompts, REMOTE_CONTROL_TYPES)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from streamdiff.app.optional import require
-from streamdiff.app.osc import add_osc_option, open_listener
+from streamdiff.app.remote_inputs import RemoteInputs, add_remote_options
 from streamdiff.errors import UserError
 from streamdiff.web.protocol import REMOTE_CONTROL_TYPES
 from streamdiff.web.transport import IceServer, Transport, TransportMode
@@ -51,7 +51,7 @@ def register(subparsers: Any) -> None:
     g.add_argument("--open", action="store_true", help="open the page in the default browser")
     g.add_argument("--cpu-threads", type=int, default=None,
                    help="torch threads when the model runs on the CPU (default: all cores but one)")
-    add_osc_option(g)
+    add_remote_options(g)
     p.set_defaults(func=run)
 
 
@@ -67,28 +67,28 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--quality must be in 1..100; got {args.quality}")
     transport = choose_transport(TransportMode(args.transport), [IceServer.parse(s) for s in args.ice_server])
     listener = bind(args.host, args.port)  # before the model loads: a busy port fails at once
-    osc = None
+    remotes = None
     try:
-        osc = open_listener(args.osc, REMOTE_CONTROL_TYPES)
+        remotes = RemoteInputs.open(args, REMOTE_CONTROL_TYPES)
         stream = _stream(args, transport)
     except BaseException:
         listener.close()
-        if osc is not None:
-            osc.close()
+        if remotes is not None:
+            remotes.close()
         raise
     url = _url(args, listener)
     print(f"streamdiff: serving {url} ({_pictures_by(transport)}; Ctrl-C stops)", file=sys.stderr, flush=True)
+    if remotes.describe():
+        print(remotes.describe(), file=sys.stderr, flush=True)
     if args.open:
         import webbrowser
 
         webbrowser.open(url)
     try:
-        if osc is not None:
-            osc.start(stream.remote_change)
+        remotes.start(stream.remote_change, lambda: len(stream.prompts.prompts))
         summary = serve(stream, listener, args.ssl_certfile, args.ssl_keyfile)
     finally:
-        if osc is not None:
-            osc.close()
+        remotes.close()
     print(summary)
     return 0
 

@@ -31,8 +31,12 @@ MAX_SIDE = 4096  # pixels; a picture is cropped to the render size anyway
 # Controls the page may change, with the JSON type each takes. Blend, layout and pausing are the page's own.
 CONTROL_TYPES: dict[str, type] = {name: REMOTE_TYPES[name] for name in
                                   ("prompt", "strength", "ema", "feedback", "seed", "mirror")}
-# What OSC may change on the page's stream: the same, and a prompt of the list by its index.
-REMOTE_CONTROL_TYPES: dict[str, type] = {**CONTROL_TYPES, "prompt_index": int}
+# What OSC and MIDI may change on the page's stream: the same, a prompt of the list by its index, and the
+# triggers of those controls.
+REMOTE_CONTROL_TYPES: dict[str, type] = {
+    **CONTROL_TYPES, "prompt_index": int,
+    **{name: REMOTE_TYPES[name] for name in ("next_prompt", "previous_prompt", "new_seed", "toggle_mirror")},
+}
 
 
 class ProtocolError(ValueError):
