@@ -18,6 +18,7 @@ import urllib.request
 import numpy as np
 import pytest
 from cli_checks import one_line_error
+from polling import wait_until
 from PIL import Image
 
 from streamdiff.cli import main
@@ -197,6 +198,11 @@ class Browser:
 
     def evaluate(self, expression: str):
         return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"]["value"]
+
+    def run(self, statement: str) -> None:
+        """Run a statement in the page; one that throws fails the test."""
+        result = self.call("Runtime.evaluate", expression=statement)
+        assert "exceptionDetails" not in result, result["exceptionDetails"]
 
     def press(self, key: str, code: int | None = None) -> None:
         text = "\r" if key == "Enter" else key
@@ -389,3 +395,37 @@ def test_a_video_file_chosen_on_the_page_goes_up_as_a_webrtc_track(tmp_path):
         assert video_width is not None and video_width <= 160  # the clip's own track, not the 640x480 camera's
     finally:
         server.kill()
+
+
+# Web MIDI as the browser gives it, with one controller whose messages the test plays (headless Chromium has
+# no MIDI devices of its own).
+FAKE_MIDI = """
+window.testPads = { name: "Test pads", onmidimessage: null };
+Object.defineProperty(navigator, "requestMIDIAccess", { value: async () => ({
+  inputs: new Map([["pads", window.testPads]]), onstatechange: null }) });
+"""
+
+
+def test_a_midi_controller_on_the_pages_machine_drives_the_stream_through_the_servers_map(tmp_path):
+    midi_map = tmp_path / "map.yaml"  # the server has no MIDI system: the map alone opens no input of its own
+    midi_map.write_text("controls: {1: {control: strength, min: 0.2, max: 0.6}, 4: blend}\nnotes: {60: toggle_mirror}\n")
+    server = Server("--midi-map", str(midi_map))
+    browser = Browser("about:blank", tmp_path / "profile")
+    try:
+        browser.call("Page.enable")  # without it, the script below is not kept for the next document
+        browser.call("Page.addScriptToEvaluateOnNewDocument", source=FAKE_MIDI)
+        browser.call("Page.navigate", url=server.url)
+        wait_for(server, lambda s: s["page"]["shown"] >= 3, "the page to stream")
+        browser.run("$('midi').click()")
+        wait_until(lambda: browser.evaluate("midi.inputs.length") == 1, "the page to listen to the pads", 30.0)
+        for data in ([0xB0, 1, 127], [0x90, 60, 100], [0x80, 60, 0], [0xB0, 4, 127], [0xF8]):
+            browser.run(f"testPads.onmidimessage({{ data: new Uint8Array({data}) }})")
+        wait_for(server, lambda s: s["controls"]["strength"] == 0.6 and s["controls"]["mirror"],
+                 "the knob and the pad to reach the stream")
+        wait_until(lambda: browser.evaluate("$('blend').value") == "1", "the blend knob to move the page's slider",
+                   30.0)
+        status, mirrored = browser.evaluate("$('status').textContent"), browser.evaluate("page.mirror")
+    finally:
+        browser.close()
+        server.kill()
+    assert "MIDI Test pads" in status and mirrored, status

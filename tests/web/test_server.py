@@ -49,11 +49,16 @@ def next_output(ws) -> tuple[int, int, np.ndarray]:
     return taken, shown, np.asarray(Image.open(io.BytesIO(data[8:])))
 
 
-def next_error(ws) -> dict:
+def next_text(ws, kind: str) -> dict:
+    """The next text message of type `kind`, skipping any other."""
     while True:
         message = ws.receive()
-        if message.get("text") is not None and json.loads(message["text"])["type"] == "error":
+        if message.get("text") is not None and json.loads(message["text"])["type"] == kind:
             return json.loads(message["text"])
+
+
+def next_error(ws) -> dict:
+    return next_text(ws, "error")
 
 
 @pytest.fixture
@@ -155,7 +160,7 @@ def test_bad_messages_get_an_error_and_the_page_goes_on(client, stream):
         ws.send_text(json.dumps({"type": "controls", "strength": 7}))
         assert "strength must be in (0, 1]" in next_error(ws)["message"]
         ws.send_text(json.dumps({"type": "dance"}))
-        assert 'unknown message type \'dance\'; expected "controls" or "shown"' in next_error(ws)["message"]
+        assert 'unknown message type \'dance\'; expected "controls", "shown" or "midi"' in next_error(ws)["message"]
         ws.send_text("not json")
         assert "expected a JSON object" in next_error(ws)["message"]
         ws.send_bytes(frame(2))
@@ -228,3 +233,24 @@ def test_an_engine_failure_tells_the_page_and_stops_the_server(client, stream, t
         error = next_error(ws)
     assert error["fatal"] and error["message"] == "the engine failed: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
     assert stopped.wait(5.0) and isinstance(stream.failure, RuntimeError)
+
+
+def test_midi_from_the_page_is_mapped_like_the_servers_input(client, stream):
+    with client.websocket_connect("/ws") as ws:
+        ws.receive_json()
+        ws.send_text(json.dumps({"type": "midi", "data": [0xB0, 1, 127]}))  # knob 1: strength all the way
+        ws.send_text(json.dumps({"type": "midi", "data": [0x90, 45, 100]}))  # pad: next prompt
+        state = next_text(ws, "state")
+        assert state["controls"]["strength"] == 1.0
+        assert next_text(ws, "state")["prompt"] == "ink wash"
+        ws.send_text(json.dumps({"type": "midi", "data": [0xB0, 4, 127]}))  # camera blend: the page's own
+        assert next_text(ws, "page_controls") == {"type": "page_controls", "blend": 1.0}
+        ws.send_text(json.dumps({"type": "midi", "data": [0x90, 48, 100]}))
+        assert next_text(ws, "page_controls") == {"type": "page_controls", "toggle_pause": True}
+        ws.send_text(json.dumps({"type": "midi", "data": [0xC0, 5]}))  # program 5: no sixth prompt
+        assert "prompt_index must be in [0, 1]; got 5" in next_error(ws)["message"]
+        ws.send_text(json.dumps({"type": "midi", "data": [300]}))
+        assert 'expected {"type": "midi", "data": [1 to 3 bytes, each 0-255]}; got [300]' in next_error(ws)["message"]
+        ws.send_text(json.dumps({"type": "midi", "data": [0x40, 1]}))  # no status byte
+        assert "not a MIDI message: [64, 1]" in next_error(ws)["message"]
+    assert stream.controls.strength == 1.0 and stream.controls.prompt_index == 1

@@ -9,10 +9,9 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
-from streamdiff.app.midi_map import DEFAULT_MAP, MidiMap, Translator, load_map
+from streamdiff.app.midi_map import DEFAULT_MAP, MidiMap, Translator
 from streamdiff.app.optional import require
 from streamdiff.errors import UserError
 
@@ -27,20 +26,20 @@ def add_midi_options(group: Any) -> None:
                             "input); `streamdiff midi` lists them")
     group.add_argument("--midi-map", default=None, metavar="FILE",
                        help="what the controller's knobs and pads do (YAML; `streamdiff midi --learn FILE` writes "
-                            "one); implies --midi. Default: knobs 1-4 strength, ema, feedback, blend; pads 36-43 "
-                            "prompts 1-8")
+                            "one; camera: alone, it opens the first input; web: it maps the page's controllers too). "
+                            "Default: knobs 1-4 strength, ema, feedback, blend; pads 36-43 prompts 1-8")
 
 
-def open_midi(port: str | None, map_file: str | None, allowed: Mapping[str, type]) -> MidiListener | None:
-    """--midi's listener, its input opened now (before the model loads, so that a missing one fails at once),
-    or None when neither option was given."""
-    if port is None and map_file is None:
+def open_midi(port: str | None, midi_map: MidiMap | None, allowed: Mapping[str, type]) -> MidiListener | None:
+    """--midi's listener with `midi_map` (None: the default map), its input opened now (before the model
+    loads, so that a missing one fails at once), or None when no input was asked for."""
+    if port is None:
         return None
-    midi_map = DEFAULT_MAP if map_file is None else load_map(Path(map_file))
-    ignored = sorted(midi_map.names() - set(allowed))
-    if ignored and map_file is not None:
-        logger.warning("MIDI map: this command has no %s; those entries do nothing here", ", ".join(ignored))
-    return MidiListener(open_input(port or ""), midi_map, allowed)
+    if midi_map is not None:
+        ignored = sorted(midi_map.names() - set(allowed))
+        if ignored:
+            logger.warning("MIDI map: this command's input has no %s; those entries do nothing", ", ".join(ignored))
+    return MidiListener(open_input(port), midi_map or DEFAULT_MAP, allowed)
 
 
 def input_names() -> list[str]:

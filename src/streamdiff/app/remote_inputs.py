@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from streamdiff.app.midi import MidiListener, add_midi_options, open_midi
+from streamdiff.app.midi_map import DEFAULT_MAP, MidiMap, load_map
 from streamdiff.app.osc import OscListener, add_osc_option, open_listener
 
 Submit = Callable[[dict[str, Any]], None]
@@ -23,12 +25,18 @@ def add_remote_options(group: Any) -> None:
 class RemoteInputs:
     osc: OscListener | None = None
     midi: MidiListener | None = None
+    midi_map: MidiMap = DEFAULT_MAP  # --midi-map's, or the default
 
     @classmethod
-    def open(cls, args: argparse.Namespace, allowed: Mapping[str, type]) -> RemoteInputs:
-        inputs = cls(osc=open_listener(args.osc, allowed))
+    def open(cls, args: argparse.Namespace, allowed: Mapping[str, type], map_opens_input: bool = True
+             ) -> RemoteInputs:
+        """`map_opens_input`: --midi-map alone opens the first MIDI input (the camera app has no other use for
+        a map; the web page's own controllers use it too)."""
+        custom = None if args.midi_map is None else load_map(Path(args.midi_map))
+        port = "" if args.midi is None and custom is not None and map_opens_input else args.midi
+        inputs = cls(osc=open_listener(args.osc, allowed), midi_map=custom or DEFAULT_MAP)
         try:
-            inputs.midi = open_midi(args.midi, args.midi_map, allowed)
+            inputs.midi = open_midi(port, custom, allowed)
         except BaseException:
             inputs.close()
             raise

@@ -31,10 +31,13 @@ import numpy as np
 from streamdiff.app.engine_io import AiFrame, EngineRunner
 from streamdiff.app.frames import Frame
 from streamdiff.app.keys import Controls
-from streamdiff.app.remote import apply_changes
+from streamdiff.app.midi_map import DEFAULT_MAP, Translator
+from streamdiff.app.optional import require
+from streamdiff.app.remote import ControlError, apply_changes
 from streamdiff.app.slots import LatestSlot, RateMeter
 from streamdiff.errors import first_line
 from streamdiff.web.protocol import (
+    PAGE_CONTROLS,
     REMOTE_CONTROL_TYPES,
     PromptBook,
     ProtocolError,
@@ -42,6 +45,7 @@ from streamdiff.web.protocol import (
     decode_picture,
     decode_video,
     encode_jpeg,
+    midi_bytes,
     pack_output,
     split_frame,
 )
@@ -98,6 +102,7 @@ class WebStream:
     quality: int = 85
     transport: Transport = field(default_factory=Transport)
     on_failure: Callable[[], None] = lambda: None  # the server stops when the inference thread fails
+    midi: Translator = field(default_factory=lambda: Translator(DEFAULT_MAP))  # for MIDI from the page
     pictures: LatestSlot[Picture] = field(default_factory=LatestSlot)
     applied: LatestSlot[Controls] = field(default_factory=LatestSlot)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -217,6 +222,28 @@ class WebStream:
         driver = self.driver()
         if driver is not None:
             driver.deliver(self.state())
+
+    def page_midi(self, client: Client, message: dict[str, Any]) -> None:
+        """A "midi" message: a controller on the page's machine, mapped like --midi's input. The stream's
+        share is applied like OSC's; the page gets back what it does itself (blend, pause)."""
+        data = midi_bytes(message)
+        if self.current(client.id) is None:
+            return
+        mido = require("mido", "MIDI from the page")
+        try:
+            parsed = mido.Message.from_bytes(data)
+        except ValueError as exc:
+            raise ProtocolError(f"not a MIDI message: {list(data)} ({exc})") from None
+        change = self.midi.change(parsed, len(self.prompts.prompts)) or {}
+        shared = {name: value for name, value in change.items() if name in REMOTE_CONTROL_TYPES}
+        own = {name: value for name, value in change.items() if name in PAGE_CONTROLS}
+        if shared:
+            try:
+                self.remote_change(shared)
+            except ControlError as exc:
+                raise ProtocolError(str(exc)) from None
+        if own:
+            client.deliver({"type": "page_controls", **own})
 
     def page_report(self, message: dict[str, Any]) -> None:
         """A "shown" message: how many outputs the page has put on screen, and at what rate."""

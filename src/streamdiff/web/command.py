@@ -69,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
     listener = bind(args.host, args.port)  # before the model loads: a busy port fails at once
     remotes = None
     try:
-        remotes = RemoteInputs.open(args, REMOTE_CONTROL_TYPES)
-        stream = _stream(args, transport)
+        remotes = RemoteInputs.open(args, REMOTE_CONTROL_TYPES, map_opens_input=False)
+        stream = _stream(args, transport, remotes.midi_map)
     except BaseException:
         listener.close()
         if remotes is not None:
@@ -148,10 +148,11 @@ def _url(args: argparse.Namespace, listener: socket.socket) -> str:
     return f"{'https' if args.ssl_certfile else 'http'}://{shown}:{port}/"
 
 
-def _stream(args: argparse.Namespace, transport: Transport) -> Any:
+def _stream(args: argparse.Namespace, transport: Transport, midi_map: Any) -> Any:
     from streamdiff.app.camera import live_engine
     from streamdiff.app.engine_io import EngineRunner
     from streamdiff.app.keys import Controls
+    from streamdiff.app.midi_map import Translator
     from streamdiff.models.registry import DEFAULT_MODEL
     from streamdiff.web.bridge import WebStream
     from streamdiff.web.protocol import PromptBook
@@ -160,7 +161,8 @@ def _stream(args: argparse.Namespace, transport: Transport) -> Any:
     pipe, prompts = live_engine(args)
     runner = EngineRunner(pipe, prompts, args.fit, args.transition_frames)
     return WebStream(runner, replace(controls, strength=pipe.strength), PromptBook(runner.prompts),
-                     model=args.model or DEFAULT_MODEL, quality=args.quality, transport=transport)
+                     model=args.model or DEFAULT_MODEL, quality=args.quality, transport=transport,
+                     midi=Translator(midi_map))
 
 
 def make_server(stream: Any, certfile: str | None = None, keyfile: str | None = None) -> Any:

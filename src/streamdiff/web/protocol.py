@@ -6,8 +6,8 @@ Binary, server -> page: the number of the newest picture the server took (every 
 by it too: a picture replaced by a newer one before the engine took it is never stylized), the number of
 the picture this output shows (an older one when the stream batch runs several steps), then the
 stylized picture as JPEG. The page keeps at most a few pictures unanswered, so nothing queues up.
-Text: JSON objects with a "type": "controls" and "shown" from the page; "state", "status" and "error"
-from the server. A connection's first "state" names its "client" number, which a WebRTC offer quotes; with
+Text: JSON objects with a "type": "controls", "shown" and "midi" (a controller on the page's machine) from
+the page; "state", "status", "error" and "page_controls" (what a page's MIDI asks of the page) from the server. A connection's first "state" names its "client" number, which a WebRTC offer quotes; with
 WebRTC the pictures travel as video tracks instead (web/webrtc.py) and only text goes over the WebSocket.
 """
 
@@ -37,6 +37,10 @@ REMOTE_CONTROL_TYPES: dict[str, type] = {
     **CONTROL_TYPES, "prompt_index": int,
     **{name: REMOTE_TYPES[name] for name in ("next_prompt", "previous_prompt", "new_seed", "toggle_mirror")},
 }
+
+
+# What a page does itself, so that the server hands them back when the page's MIDI asks for them.
+PAGE_CONTROLS: tuple[str, ...] = ("blend", "paused", "toggle_pause")
 
 
 class ProtocolError(ValueError):
@@ -113,3 +117,13 @@ def apply_controls(controls: Controls, message: dict[str, Any], prompts: PromptB
         return apply_changes(controls, {k: v for k, v in message.items() if k != "type"}, prompts, CONTROL_TYPES)
     except ControlError as exc:
         raise ProtocolError(str(exc)) from None
+
+
+def midi_bytes(message: dict[str, Any]) -> bytes:
+    """A "midi" message's data: one channel message of 1 to 3 bytes (the page forwards no system messages)."""
+    data = message.get("data")
+    if (not isinstance(data, list) or not 1 <= len(data) <= 3
+            or not all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= 255 for b in data)):
+        raise ProtocolError('expected {"type": "midi", "data": [1 to 3 bytes, each 0-255]}; got '
+                            f"{json.dumps(data)[:80]}")
+    return bytes(data)

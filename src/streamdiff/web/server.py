@@ -153,8 +153,10 @@ def _handle(message: dict[str, Any], client: Client, stream: WebStream) -> None:
         stream.change(client, parsed)
     elif kind == "shown":
         stream.page_report(parsed)
+    elif kind == "midi":
+        stream.page_midi(client, parsed)
     else:
-        raise ProtocolError(f'unknown message type {kind!r}; expected "controls" or "shown"')
+        raise ProtocolError(f'unknown message type {kind!r}; expected "controls", "shown" or "midi"')
 
 
 def _threadsafe(loop: asyncio.AbstractEventLoop, put: Callable[[Any], None]) -> Callable[[Any], None]:

@@ -58,6 +58,7 @@ function onText(message) {
   if (message.type === "state") onState(message);
   else if (message.type === "status") { page.status = message; drawStatus(); }
   else if (message.type === "error") notice(message.message);
+  else if (message.type === "page_controls") onPageControls(message);
 }
 
 function onState(state) {
@@ -130,7 +131,8 @@ function drawStatus(text) {
     `AI ${s.ai_fps.toFixed(1)} fps`, `shown ${shownFps().toFixed(1)} fps`, rtc.live ? "WebRTC" : "WebSocket",
     !rtc.live && page.latency !== null && `latency ${Math.round(page.latency)} ms`,
     rtc.live && s.server_ms !== null && s.server_ms !== undefined && `server ${Math.round(s.server_ms)} ms`,
-    rtc.live && rtc.rtt !== null && `network round trip ${Math.round(rtc.rtt)} ms`, page.paused && "paused"];
+    rtc.live && rtc.rtt !== null && `network round trip ${Math.round(rtc.rtt)} ms`, midiStatus(),
+    page.paused && "paused"];
   $("status").textContent = parts.filter(Boolean).join(" · ");
 }
 
@@ -374,6 +376,7 @@ function bindControls() {
   $("seed").addEventListener("click", () => send({ type: "controls", seed: Math.floor(Math.random() * 2 ** 31) }));
   $("mirror").addEventListener("click", () => { page.mirror = !page.mirror; drawMirror(); send({ type: "controls", mirror: page.mirror }); });
   $("pause").addEventListener("click", togglePause);
+  $("midi").addEventListener("click", startMidi);
   $("save").addEventListener("click", saveOutput);
   $("fullscreen").addEventListener("click", fullScreen);
   $("source").addEventListener("change", () => {
