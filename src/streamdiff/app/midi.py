@@ -13,11 +13,10 @@ from typing import Any
 
 from streamdiff.app.midi_map import DEFAULT_MAP, MidiMap, Translator
 from streamdiff.app.optional import require
+from streamdiff.app.remote import RefusalLog, Submit
 from streamdiff.errors import UserError
 
 logger = logging.getLogger(__name__)
-
-Submit = Callable[[dict[str, Any]], None]
 
 
 def add_midi_options(group: Any) -> None:
@@ -102,12 +101,12 @@ class MidiListener:
     A refusal is logged once until a different one comes: a fader sends tens of messages a second."""
 
     def __init__(self, port: Any, midi_map: MidiMap, allowed: Mapping[str, type]) -> None:
-        self.port, self.map = port, midi_map
+        self.port = port
         self._allowed = allowed
         self._translator = Translator(midi_map)
         self._submit: Submit | None = None
         self._prompt_count: Callable[[], int] = lambda: 1
-        self._last_refusal = ""
+        self._refusals = RefusalLog(logger, "MIDI")
 
     def start(self, submit: Submit, prompt_count: Callable[[], int]) -> MidiListener:
         """`prompt_count` says how many prompts the list has now (a prompt knob spreads them over its travel)."""
@@ -129,6 +128,4 @@ class MidiListener:
             assert self._submit is not None  # the callback is set only by start()
             self._submit(change)
         except ValueError as exc:
-            if str(exc) != self._last_refusal:
-                self._last_refusal = str(exc)
-                logger.warning("MIDI: %s", exc)
+            self._refusals.note(exc)

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from streamdiff.app.optional import require
-from streamdiff.app.remote import ControlError, Trigger
+from streamdiff.app.remote import ControlError, RefusalLog, Submit, Trigger
 from streamdiff.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "/streamdiff"
-Submit = Callable[[dict[str, Any]], None]
 
 
 def osc_change(address: str, args: Sequence[Any], allowed: Mapping[str, type]) -> dict[str, Any]:
@@ -93,7 +92,7 @@ class OscListener:
 
         self._submit: Submit | None = None
         self._allowed = allowed
-        self._last_refusal = ""
+        self._refusals = RefusalLog(logger, "OSC")
         dispatcher = Dispatcher()
         dispatcher.set_default_handler(self._handle)
         try:
@@ -127,6 +126,4 @@ class OscListener:
             if change:
                 self._submit(change)
         except ValueError as exc:
-            if str(exc) != self._last_refusal:
-                self._last_refusal = str(exc)
-                logger.warning("OSC: %s", exc)
+            self._refusals.note(exc)

@@ -5,9 +5,10 @@ applied all together or not at all, so a bad message changes nothing. A change s
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -32,6 +33,24 @@ _EXPECTED = {bool: "true or false", str: "a string", int: "a whole number", floa
 
 class ControlError(ValueError):
     """A change that cannot be applied; the text says what was expected."""
+
+
+# Where a remote listener hands its changes; it may refuse one with a ValueError.
+Submit = Callable[[dict[str, Any]], None]
+
+
+class RefusalLog:
+    """Logs a remote's refused change once until a different one comes: a fader sends tens of messages a
+    second, each refused for the same reason."""
+
+    def __init__(self, logger: logging.Logger, source: str) -> None:
+        self._logger, self._source = logger, source
+        self._last = ""
+
+    def note(self, exc: ValueError) -> None:
+        if str(exc) != self._last:
+            self._last = str(exc)
+            self._logger.warning("%s: %s", self._source, exc)
 
 
 class PromptBook:

@@ -12,8 +12,7 @@ from typing import Any
 from streamdiff.app.midi import MidiListener, add_midi_options, open_midi
 from streamdiff.app.midi_map import DEFAULT_MAP, MidiMap, load_map
 from streamdiff.app.osc import OscListener, add_osc_option, open_listener
-
-Submit = Callable[[dict[str, Any]], None]
+from streamdiff.app.remote import Submit
 
 
 def add_remote_options(group: Any) -> None:
