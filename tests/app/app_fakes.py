@@ -1,5 +1,6 @@
 """Fakes for the app's tests: an engine with the real one's app-facing methods, scripted sources and
-sinks that record what reaches them, and generated video clips."""
+sinks that record what reaches them, generated video clips, and a performer that plays a script against a
+running runtime."""
 
 from __future__ import annotations
 
@@ -77,6 +78,29 @@ class FakeEngine:
 
     def engine_threads(self) -> set[str]:
         return {thread for _, thread, _ in self.calls}
+
+
+def run_while_performing(runtime, perform, duration: float = 20.0) -> None:
+    """Run `runtime` on this thread (its display loop wants the main one) while `perform` plays on another;
+    the runtime stops when the script ends, and a script's failure fails the caller."""
+    failures: list[BaseException] = []
+
+    def play() -> None:
+        try:
+            perform()
+        except BaseException as exc:  # noqa: BLE001  raised again on the test's thread below
+            failures.append(exc)
+        finally:
+            runtime.shared.halt()
+
+    performer = threading.Thread(target=play, name="performer")
+    performer.start()
+    try:
+        runtime.run(duration=duration)
+    finally:
+        performer.join()
+    if failures:
+        raise failures[0]
 
 
 def marked(value: int, width: int = 64, height: int = 64) -> np.ndarray:

@@ -9,7 +9,7 @@ import time
 
 import mido
 import pytest
-from app_fakes import CountingSource, FakeEngine, RecordingSink
+from app_fakes import CountingSource, FakeEngine, RecordingSink, run_while_performing
 from cli_checks import one_line_error
 from midi_ports import connect
 from polling import wait_until
@@ -58,14 +58,10 @@ def test_the_camera_runtime_takes_a_controllers_knobs_and_pads(controller):
         controller.send(mido.Message("note_on", note=38, velocity=90))  # the third prompt by its pad
         wait_until(lambda: runtime.controls.prompt_index == 2, "the third prompt", 5.0)
         time.sleep(0.2)
-        runtime.shared.halt()
 
-    performer = threading.Thread(target=perform)
-    performer.start()
     try:
-        runtime.run(duration=20)
+        run_while_performing(runtime, perform)
     finally:
-        performer.join()
         listener.close()
     assert runtime.controls.strength == pytest.approx(0.1)
     assert [args for method, _, args in engine.calls if method == "set_strength"][-1] == (pytest.approx(0.1),)

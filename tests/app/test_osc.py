@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from app_fakes import CountingSource, FakeEngine, RecordingSink
+from app_fakes import CountingSource, FakeEngine, RecordingSink, run_while_performing
 from cli_checks import one_line_error
 from polling import wait_until
 from pythonosc.udp_client import SimpleUDPClient
@@ -116,14 +116,10 @@ def test_the_camera_runtime_applies_osc_changes_on_its_inference_thread():
         sender.send_message("/streamdiff/prompt_index", 0.0)
         wait_until(lambda: runtime.controls.prompt_index == 0, "the first prompt", 5.0)
         time.sleep(0.2)
-        runtime.shared.halt()
 
-    performer = threading.Thread(target=perform)
-    performer.start()
     try:
-        runtime.run(duration=20)
+        run_while_performing(runtime, perform)
     finally:
-        performer.join()
         listener.close()
     assert runtime.controls.strength == 0.5
     assert runtime.runner.prompts == ["first style", "second style", "neon noir"]
