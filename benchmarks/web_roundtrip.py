@@ -173,29 +173,44 @@ def run_served(stream: Any, play: Callable[[str], Coroutine[Any, Any, dict[str, 
         "generated": counts.generated, "dropped": counts.dropped}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def served_parser(description: str) -> argparse.ArgumentParser:
+    """The options the served benchmarks share: where results go, the compile cache, models, device, mode
+    and how long each run warms up and measures."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/streamdiff-compile"))
     parser.add_argument("--models", default="sdxs-512,sd-turbo")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--mode", default="max")
-    parser.add_argument("--source-fps", default="60,240", help="source frame rates: a camera's, and one above the engine's")
-    parser.add_argument("--text", action="store_true", help="a page with no picture source: text-to-image frames")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--seconds", type=float, default=10.0)
-    args = parser.parse_args()
+    return parser
+
+
+def run_grid(args: argparse.Namespace, measure_one: Callable[[str, float], dict[str, Any]], name: str,
+             **versions: str) -> None:
+    """Each model at each source rate (--source-fps): every run printed as it ends, all written to OUT/name
+    with the device and the versions."""
     import torch
 
     results = {"device": torch.cuda.get_device_name() if args.device == "cuda" else args.device,
-               "torch": torch.__version__, "runs": []}
+               "torch": torch.__version__, **versions, "runs": []}
     for model in args.models.split(","):
         for fps in (float(f) for f in args.source_fps.split(",")):
-            results["runs"].append(measure(model, args.device, args.mode, args.cache, fps, args.warmup, args.seconds,
-                                           args.text))
+            results["runs"].append(measure_one(model, fps))
             print(json.dumps(results["runs"][-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"web-roundtrip{'-text' if args.text else ''}.json").write_text(json.dumps(results, indent=2))
+    (args.out / name).write_text(json.dumps(results, indent=2))
+
+
+def main() -> None:
+    parser = served_parser(__doc__.splitlines()[0])
+    parser.add_argument("--source-fps", default="60,240", help="source frame rates: a camera's, and one above the engine's")
+    parser.add_argument("--text", action="store_true", help="a page with no picture source: text-to-image frames")
+    args = parser.parse_args()
+    run_grid(args, lambda model, fps: measure(model, args.device, args.mode, args.cache, fps, args.warmup,
+                                              args.seconds, args.text),
+             f"web-roundtrip{'-text' if args.text else ''}.json")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from web_roundtrip import SIZE, build_stream, run_served
+from web_roundtrip import SIZE, build_stream, run_grid, run_served, served_parser
 
 CLOCK = 90_000
 
@@ -164,28 +164,14 @@ def measure(model: str, device: str, mode: str, cache: Path, fps: float, args: a
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--cache", type=Path, default=Path("/tmp/streamdiff-compile"))
-    parser.add_argument("--models", default="sdxs-512,sd-turbo")
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--mode", default="max")
+    parser = served_parser(__doc__.splitlines()[0])
     parser.add_argument("--source-fps", default="30,60")
     parser.add_argument("--period", type=float, default=1.0, help="seconds between the pattern's flips")
-    parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
     import aiortc
-    import torch
 
-    results = {"device": torch.cuda.get_device_name() if args.device == "cuda" else args.device,
-               "torch": torch.__version__, "aiortc": aiortc.__version__, "runs": []}
-    for model in args.models.split(","):
-        for fps in (float(f) for f in args.source_fps.split(",")):
-            results["runs"].append(measure(model, args.device, args.mode, args.cache, fps, args))
-            print(json.dumps(results["runs"][-1]), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "web-webrtc.json").write_text(json.dumps(results, indent=2))
+    run_grid(args, lambda model, fps: measure(model, args.device, args.mode, args.cache, fps, args), "web-webrtc.json",
+             aiortc=aiortc.__version__)
 
 
 if __name__ == "__main__":
