@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .cli_options import add_engine_options, engine_from_args
+from .errors import UserError
 
 SAMPLE = "sample"  # names the bundled picture, for a first run with nothing at hand
 
@@ -27,18 +28,22 @@ COMMANDS: tuple[str, ...] = (
 )
 
 
-def _img2img(args: argparse.Namespace) -> int:
+def _read_picture(name: str, role: str = "input picture"):
     from PIL import Image, UnidentifiedImageError
 
-    source = Path(args.input)
-    if args.input == SAMPLE and not source.exists():
+    source = Path(name)
+    if name == SAMPLE and not source.exists():
         source = Path(__file__).parent / "assets" / "sample.png"
     if not source.is_file():
-        raise FileNotFoundError(f"input picture not found: {source}")
+        raise FileNotFoundError(f"{role} not found: {source}")
     try:
-        picture = Image.open(source).convert("RGB")
+        return Image.open(source).convert("RGB")
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"cannot read {source} as a picture ({exc})") from None
+
+
+def _img2img(args: argparse.Namespace) -> int:
+    picture = _read_picture(args.input)
     # One picture: run the steps one after another, the same math as the stream batch without its latency.
     pipe = engine_from_args(args, use_denoising_batch=False)
     _save(pipe.img2img(picture, output_type="pil"), args.output)
@@ -46,7 +51,13 @@ def _img2img(args: argparse.Namespace) -> int:
 
 
 def _txt2img(args: argparse.Namespace) -> int:
+    if (args.controlnet is None) != (args.control_image is None):
+        raise UserError("txt2img with --controlnet needs --control-image PICTURE, and --control-image needs "
+                        "--controlnet")
+    control = _read_picture(args.control_image, "control picture") if args.control_image else None
     pipe = engine_from_args(args, use_denoising_batch=False)
+    if control is not None:
+        pipe.set_control_image(control)
     _save(pipe.txt2img(output_type="pil"), args.output)
     return 0
 
@@ -74,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("txt2img", help="one picture from a prompt")
     p.add_argument("output", help="output picture path")
     add_engine_options(p, prompt_required=True)
+    p.add_argument("--control-image", default=None, metavar="PICTURE",
+                   help=f"with --controlnet: the picture whose edges (or itself, for depth) steer the drawing; "
+                        f"`{SAMPLE}` uses the bundled landscape")
     p.set_defaults(func=_txt2img)
     for name in COMMANDS:
         try:
@@ -111,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("streamdiff: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, PermissionError, _user_error()) as exc:
+    except (ValueError, FileNotFoundError, PermissionError, UserError) as exc:
         print(f"streamdiff: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except Exception as exc:  # the CLI's promise: one line, never a traceback (unless asked for)
@@ -120,12 +134,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"streamdiff: error: {type(exc).__name__}: {_one_line(exc)} "
               "(set STREAMDIFF_TRACEBACK=1 for details)", file=sys.stderr)
         return 1
-
-
-def _user_error() -> type[Exception]:
-    from .errors import UserError
-
-    return UserError
 
 
 def _one_line(exc: BaseException) -> str:

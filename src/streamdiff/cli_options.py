@@ -6,7 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from .config import FITS, CfgType
+from .config import CONTROL_PREPROCESSES, FITS, CfgType
+from .errors import UserError
 
 
 def _t_index(text: str) -> tuple[int, ...]:
@@ -14,6 +15,14 @@ def _t_index(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in text.replace(" ", "").split(",") if part)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 32,45; got {text!r}") from None
+
+
+def _thresholds(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(part) for part in text.replace(" ", "").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers LOW,HIGH such as 100,200; got {text!r}") from None
+    return low, high
 
 
 def add_engine_options(parser: argparse.ArgumentParser, *, prompt_required: bool = False,
@@ -46,10 +55,37 @@ def add_engine_options(parser: argparse.ArgumentParser, *, prompt_required: bool
     g.add_argument("--fit", choices=FITS, default="crop", help="how pictures of another size are adapted")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     g.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: by device)")
+    _add_control_options(parser)
     if acceleration:
         from .backends.accelerate import add_accel_options
 
         add_accel_options(parser)
+
+
+def _add_control_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("ControlNet")
+    g.add_argument("--controlnet", default=None, metavar="KIND|FOLDER|HUB_ID",
+                   help="steer the pictures with a ControlNet: canny (the input's edges) or depth (the input is a "
+                        "depth map), the published one for the model's family; or a diffusers ControlNet folder or "
+                        "hub id. Not for sdxs-512 or tiny-sd (no middle stage): use sd-turbo or sd15-lcm")
+    g.add_argument("--control-scale", type=float, default=None,
+                   help="how strongly the ControlNet steers, [0, 5] (default 1: as trained)")
+    g.add_argument("--control-preprocess", choices=CONTROL_PREPROCESSES, default=None,
+                   help="how a frame becomes the control picture: canny edges, or none (the frame itself); "
+                        "default: the kind's own, none for a folder or hub id")
+    g.add_argument("--canny-thresholds", type=_thresholds, default=None, metavar="LOW,HIGH",
+                   help="Canny's hysteresis thresholds on 0-255 gradients (default 100,200; lower: more edges)")
+
+
+CONTROL_SETTINGS = {"control_scale": "--control-scale", "control_preprocess": "--control-preprocess",
+                    "canny_thresholds": "--canny-thresholds"}
+
+
+def _control_settings(args: argparse.Namespace) -> dict[str, Any]:
+    given = {name: getattr(args, name) for name in CONTROL_SETTINGS if getattr(args, name, None) is not None}
+    if given and getattr(args, "controlnet", None) is None:
+        raise UserError(f"{CONTROL_SETTINGS[next(iter(given))]} needs --controlnet")
+    return given
 
 
 def engine_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -72,7 +108,7 @@ def engine_settings(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, name) or size
         if value is not None:
             settings[name] = value
-    return settings
+    return settings | _control_settings(args)
 
 
 def progress(message: str) -> None:
@@ -88,7 +124,7 @@ def stream_from_args(args: argparse.Namespace, **overrides: Any):
     settings = {**engine_settings(args), **overrides}
     taesd = False if args.no_taesd else None
     pipe = StreamPipeline.from_model(args.model or DEFAULT_MODEL, taesd=taesd, model_config=args.model_config,
-                                     loras=args.lora, **settings)
+                                     loras=args.lora, controlnet=args.controlnet, **settings)
     pipe.prepare(prompt=args.prompt or "", negative_prompt=args.negative_prompt)
     return pipe
 

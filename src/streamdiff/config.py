@@ -10,6 +10,8 @@ import torch
 
 Fit = Literal["exact", "crop", "pad", "stretch"]
 FITS: tuple[str, ...] = ("exact", "crop", "pad", "stretch")
+ControlPreprocess = Literal["canny", "none"]
+CONTROL_PREPROCESSES: tuple[str, ...] = ("canny", "none")
 
 
 class CfgType(str, enum.Enum):
@@ -76,6 +78,10 @@ class StreamConfig:
     similarity_threshold: float | None = None
     similarity_max_skip: int = 10
     prompt_blend: Literal["linear", "slerp"] = "linear"
+    # With a ControlNet (see control.py): how strongly it steers, and how a frame becomes its control picture.
+    control_scale: float = 1.0
+    control_preprocess: ControlPreprocess = "canny"
+    canny_thresholds: tuple[float, float] = (100.0, 200.0)  # OpenCV's units: gradients of 0..255 intensities
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cfg_type", CfgType.parse(self.cfg_type))
@@ -131,6 +137,22 @@ class StreamConfig:
             raise ValueError(f"similarity_threshold must be in [0, 1]; got {thr}")
         if self.similarity_max_skip < 0:
             raise ValueError(f"similarity_max_skip must be >= 0; got {self.similarity_max_skip}")
+        self._check_control()
+
+    def _check_control(self) -> None:
+        if not 0.0 <= self.control_scale <= 5.0:
+            raise ValueError(f"control_scale must be in [0, 5]; got {self.control_scale}")
+        if self.control_preprocess not in CONTROL_PREPROCESSES:
+            raise ValueError(f"control_preprocess must be one of {', '.join(CONTROL_PREPROCESSES)}; "
+                             f"got {self.control_preprocess!r}")
+        given = self.canny_thresholds
+        try:
+            low, high = (float(v) for v in given)
+        except (TypeError, ValueError):
+            low, high = -1.0, -1.0
+        if not 0.0 <= low <= high:
+            raise ValueError(f"canny_thresholds must be two numbers with 0 <= low <= high; got {given!r}")
+        object.__setattr__(self, "canny_thresholds", (low, high))
 
     @property
     def denoising_steps(self) -> int:

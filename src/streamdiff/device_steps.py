@@ -56,7 +56,8 @@ class DeviceSteps:
     def step_buffers(self: StreamPipeline) -> tuple[Tensor, ...]:
         """The persistent tensors a device step reads or updates in place (a captured graph holds their addresses)."""
         batch = self._require_prepared()
-        return (batch.noise, batch.in_flight, batch.stock, self._cond, self._uncond)
+        control = self.control.buffers() if self.control is not None else ()
+        return (batch.noise, batch.in_flight, batch.stock, self._cond, self._uncond, *control)
 
     def new_carry(self: StreamPipeline) -> DeviceCarry:
         cfg = self.config
@@ -122,7 +123,10 @@ class DeviceSteps:
         if frames is None:
             x0 = batch.step(batch.noise[: self.config.frame_buffer_size], None, self._cond, self._uncond)
         else:
-            latent = self.codec.encode(self.device_pixels(frames))  # (F, 4, h, w)
+            pixels = self.device_pixels(frames)
+            if self.control is not None:
+                self.control.update(pixels)
+            latent = self.codec.encode(pixels)  # (F, 4, h, w)
             carry.last_latent.copy_(latent)
             mixed = torch.lerp(latent, carry.previous_x0, carry.weights[0])
             x0 = batch.step(batch.first_slot(mixed), mixed, self._cond, self._uncond)

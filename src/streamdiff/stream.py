@@ -19,6 +19,7 @@ from .backends.protocols import Denoiser, LatentCodec
 from .backends.torch import TorchCodec, TorchDenoiser
 from .batch import StreamBatch
 from .config import StreamConfig, strength_to_t_index
+from .control import Control
 from .device_steps import DeviceSteps
 from .devices import cpu_generator, resolve_device, resolve_dtype
 from .guidance import make_guidance
@@ -40,20 +41,25 @@ class StreamStats:
 
 @dataclass(frozen=True)
 class Components:
-    """The diffusers parts the engine uses; any SD 1.x / 2.x pipeline provides them."""
+    """The diffusers parts the engine uses; any SD 1.x / 2.x pipeline provides them (a ControlNet pipeline its
+    ControlNet too)."""
 
     tokenizer: Any
     text_encoder: torch.nn.Module
     unet: torch.nn.Module
     vae: torch.nn.Module
     scheduler_config: dict
+    controlnet: torch.nn.Module | None = None  # a diffusers ControlNetModel steering the UNet (control.py)
 
     @classmethod
-    def from_diffusers(cls, pipe: Any) -> Components:
+    def from_diffusers(cls, pipe: Any, controlnet: torch.nn.Module | None = None) -> Components:
         missing = [n for n in ("tokenizer", "text_encoder", "unet", "vae", "scheduler") if getattr(pipe, n, None) is None]
         if missing:
             raise ValueError(f"expected a diffusers Stable Diffusion pipeline; it lacks {', '.join(missing)}")
-        return cls(pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae, dict(pipe.scheduler.config))
+        controlnet = controlnet if controlnet is not None else getattr(pipe, "controlnet", None)
+        if controlnet is not None and not hasattr(controlnet, "controlnet_cond_embedding"):
+            raise ValueError(f"expected one diffusers ControlNetModel; got {type(controlnet).__name__}")
+        return cls(pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae, dict(pipe.scheduler.config), controlnet)
 
 
 def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
@@ -81,10 +87,13 @@ class StreamPipeline(DeviceSteps):
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.lcm_boundary = lcm_boundary
-        for module in (components.text_encoder, components.unet, components.vae):
-            _place(module, self.device, self.dtype)
+        for module in (components.text_encoder, components.unet, components.vae, components.controlnet):
+            if module is not None:
+                _place(module, self.device, self.dtype)
         self.components = components
-        self.denoiser = denoiser or TorchDenoiser(components.unet)
+        self.control = None if components.controlnet is None else \
+            Control(components.controlnet, config, self.device, self.dtype)
+        self.denoiser = denoiser or TorchDenoiser(components.unet, control=self.control)
         self.codec = codec or TorchCodec(components.vae)
         self.prompts = PromptEncoder(components.tokenizer, components.text_encoder, self.device, self.dtype)
         self.stats = StreamStats()
@@ -101,14 +110,21 @@ class StreamPipeline(DeviceSteps):
     @classmethod
     def from_model(cls, name_or_path: str, config: StreamConfig | None = None, *, taesd: bool | None = None,
                    random_weights: bool = False, model_config: str | None = None,
-                   loras: Sequence[StyleLora | str] = (), **settings: Any) -> StreamPipeline:
+                   loras: Sequence[StyleLora | str] = (), controlnet: str | None = None,
+                   **settings: Any) -> StreamPipeline:
         """A registry name (see `streamdiff models`), a local diffusers folder, a .safetensors file or a hub id.
 
         model_config: for a single checkpoint file, the diffusers folder or hub id of its base model.
         loras: style LoRAs (or SOURCE[:SCALE] strings, as --lora takes them) fused into the weights at load.
+        controlnet: a ControlNet kind ("canny", "depth"), folder or hub id steering the UNet (control.py); its
+        control_preprocess is the kind's own unless the settings say otherwise.
         """
+        from .models.controlnets import load_controlnet, prefetch_controlnet
         from .models.loading import load_model
 
+        control_folder = None
+        if controlnet is not None:
+            control_folder = prefetch_controlnet(controlnet, name_or_path, random_weights=random_weights)
         base = StreamConfig.from_settings(config, **settings)
         device = resolve_device(base.device)
         styles = [lora if isinstance(lora, StyleLora) else StyleLora.parse(lora) for lora in loras]
@@ -120,8 +136,15 @@ class StreamPipeline(DeviceSteps):
             defaults.update(t_index_list=spec.t_index_list, num_inference_steps=spec.num_inference_steps)
         if config is None:
             defaults.update({k: spec.resolution for k in ("width", "height") if k not in settings})
+        control = None
+        if controlnet is not None:
+            control = load_controlnet(controlnet, spec, loaded.pipe.unet, dtype=resolve_dtype(base.dtype, device),
+                                      device=device, random_weights=random_weights, folder=control_folder)
+            if "control_preprocess" not in settings:
+                defaults["control_preprocess"] = control.preprocess
         cfg = base.with_changes(**defaults) if defaults else base
-        return cls(Components.from_diffusers(loaded.pipe), cfg, lcm_boundary=spec.lcm_boundary)
+        components = Components.from_diffusers(loaded.pipe, control.module if control else None)
+        return cls(components, cfg, lcm_boundary=spec.lcm_boundary)
 
     # ----- set-up -------------------------------------------------------------------------------
 
@@ -255,6 +278,27 @@ class StreamPipeline(DeviceSteps):
         self.config = changed
         self._recondition()
 
+    def set_control_scale(self, scale: float) -> None:
+        """How strongly the ControlNet steers from the next frame on (0: not at all, 1: as trained)."""
+        control = self._require_control()
+        self.config = self.config.with_changes(control_scale=scale)  # checks the value first
+        control.set_scale(scale)
+
+    @torch.no_grad()
+    def set_control_image(self, image: Any) -> None:
+        """Make the control picture from an image (its edges for canny), for txt2img; img2img replaces it."""
+        control = self._require_control()
+        cfg = self.config
+        pixels, _ = images.prepare_input(image, cfg.width, cfg.height, cfg.fit, self.device, self.dtype)
+        if pixels.shape[0] not in (1, cfg.frame_buffer_size):
+            raise ValueError(f"expected 1 or {cfg.frame_buffer_size} control picture(s); got {pixels.shape[0]}")
+        control.update(pixels.expand(cfg.frame_buffer_size, -1, -1, -1))
+
+    def _require_control(self) -> Control:
+        if self.control is None:
+            raise ValueError("this stream has no ControlNet (from_model(..., controlnet=...) adds one)")
+        return self.control
+
     def set_temporal(self, *, feedback: float | None = None, ema: float | None = None) -> None:
         changes = {k: v for k, v in (("feedback", feedback), ("ema", ema)) if v is not None}
         self.config = self.config.with_changes(**changes)
@@ -289,6 +333,8 @@ class StreamPipeline(DeviceSteps):
         self.stats.frames += 1
         if self._skip(pixels):
             return images.to_output(self._previous_output, output_type or kind)
+        if self.control is not None:
+            self.control.update(pixels)
         latent = self.codec.encode(pixels)  # (F, 4, h, w)
         self._last_latent = latent
         mixed = temporal.feedback(latent, self._previous_x0, cfg.feedback)
@@ -312,7 +358,8 @@ class StreamPipeline(DeviceSteps):
 
     @torch.no_grad()
     def txt2img(self, output_type: images.ImageKind = "pil") -> Any:
-        """One picture from the prompt, starting from the fixed noise (set_seed for another)."""
+        """One picture from the prompt, starting from the fixed noise (set_seed for another); a ControlNet steers
+        it with the last control picture (set_control_image, or the last img2img frame's; black before any)."""
         batch = self._require_prepared()
         self.stats.frames += 1
         x0 = self._advance(batch, batch.noise[: self.config.frame_buffer_size], None)

@@ -42,6 +42,17 @@ def test_strength_keys_step_within_their_range():
     assert press("]", Controls(strength=0.04)).strength == pytest.approx(0.09)
 
 
+def test_controlnet_keys_step_the_scale_and_do_nothing_without_a_controlnet():
+    assert press("c", Controls(control_scale=1.0)).control_scale == pytest.approx(1.1)
+    assert press("xxx", Controls(control_scale=1.0)).control_scale == pytest.approx(0.7)
+    assert press("c" * 30, Controls(control_scale=1.0)).control_scale == 2.0
+    assert press("x" * 30, Controls(control_scale=1.0)).control_scale == 0.0
+    assert press("c", Controls(control_scale=3.0)).control_scale == 3.0  # started above the keys' range
+    assert press("cx") == Controls()  # no ControlNet: the keys change nothing
+    with pytest.raises(ValueError, match=r"control_scale must be in \[0, 5\]; got 6"):
+        Controls(control_scale=6)
+
+
 def test_new_seed_is_reproducible_and_different():
     once, again = press("r"), press("r")
     assert once.seed == again.seed != Controls().seed

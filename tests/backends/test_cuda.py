@@ -71,6 +71,17 @@ def test_text_to_image_after_img2img_reuses_the_compiled_unet(_tiny_cache, tmp_p
     assert counters["stats"]["unique_graphs"] == before
 
 
+def _replay_with_changes(eager: StreamPipeline, fast, seed: int, change) -> None:
+    """Nine frames through both streams, `change(stream, k)` applied to both before frames 3 and 6; the pictures
+    stay within 3 levels of each other."""
+    for k, frame in enumerate(random_frames(9, (64, 64, 3), seed=seed)):
+        if k in (3, 6):
+            for stream in (eager, fast):
+                change(stream, k)
+        difference = np.abs(fast.img2img(frame).astype(int) - eager.img2img(frame).astype(int))
+        assert difference.max() <= 3, f"frame {k}: {difference.max()} levels"
+
+
 @pytest.mark.parametrize("settings", [{"t_index_list": (0,)},
                                       {"t_index_list": (10, 30), "cfg_type": "self", "guidance_scale": 1.4,
                                        "feedback": 0.2}], ids=["1-step", "2-step-rcfg"])
@@ -79,12 +90,7 @@ def test_strength_changes_reach_the_compiled_graph_replays(_tiny_cache, settings
     eager = _stream(_tiny_cache["taesd"], "float16", cache_conditioning=False, **settings)
     fast, report = accelerate(_stream(_tiny_cache["taesd"], "float16", **settings), "max", cache_dir=tmp_path)
     assert report.mode == "max" and len(fast.captured) == 1
-    for k, frame in enumerate(random_frames(9, (64, 64, 3), seed=4)):
-        if k in (3, 6):
-            for stream in (eager, fast):
-                stream.set_strength(0.55 if k == 3 else 0.3)
-        difference = np.abs(fast.img2img(frame).astype(int) - eager.img2img(frame).astype(int))
-        assert difference.max() <= 3, f"frame {k}: {difference.max()} levels"
+    _replay_with_changes(eager, fast, 4, lambda stream, k: stream.set_strength(0.55 if k == 3 else 0.3))
     assert len(fast.captured) == 1 and fast.strength == eager.strength == pytest.approx(0.3)
 
 
@@ -163,3 +169,30 @@ print(stream.upgrading, time.monotonic(), flush=True)
     upgrading, quitting = done.stdout.split()[-2:]
     assert upgrading == "True"  # the empty cache: the thread was still compiling when the program ended
     assert ended - float(quitting) < 5.0
+
+
+def _controlled(tiny, cache_conditioning: bool = True, **settings) -> StreamPipeline:
+    from streamdiff.config import StreamConfig
+    from streamdiff.models.controlnets import random_controlnet
+    from streamdiff.stream import Components
+
+    pipe = copy.deepcopy(tiny)
+    config = StreamConfig(device="cuda", dtype="float16", seed=3, width=64, height=64, fit="crop",
+                          canny_thresholds=(40, 120), **settings)
+    stream = StreamPipeline(Components.from_diffusers(pipe, random_controlnet(pipe.unet)), config)
+    stream.denoiser = TorchDenoiser(pipe.unet, cache_conditioning=cache_conditioning, control=stream.control)
+    stream.prepare("a red fox", negative_prompt="blurry")
+    return stream
+
+
+@pytest.mark.parametrize("mode", ["graphs", "max"])
+@pytest.mark.parametrize("settings", [{"t_index_list": (20,)},
+                                      {"t_index_list": (10, 30), "cfg_type": "full", "guidance_scale": 1.4}],
+                         ids=["1-step", "2-step-full-cfg"])
+def test_controlnet_replays_match_the_eager_engine(_tiny_cache, mode, settings, tmp_path):
+    # The Canny edges are computed inside the captured step; the scale is a tensor the replays read.
+    eager = _controlled(_tiny_cache["taesd"], cache_conditioning=False, **settings)
+    fast, report = accelerate(_controlled(_tiny_cache["taesd"], **settings), mode, cache_dir=tmp_path)
+    assert report.mode == mode and len(fast.captured) == 1
+    _replay_with_changes(eager, fast, 8, lambda stream, k: stream.set_control_scale(0.4 if k == 3 else 1.6))
+    assert len(fast.captured) == 1

@@ -37,6 +37,21 @@ def test_bundled_sample_and_txt2img(tmp_path):
     assert Image.open(out2).size == (64, 64)
 
 
+def test_controlnet_steers_img2img_and_txt2img(tmp_path):
+    pictures = {}
+    for name, extra in (("plain", []), ("canny", ["--controlnet", "canny", "--canny-thresholds", "20,60"]),
+                        ("weak", ["--controlnet", "canny", "--canny-thresholds", "20,60", "--control-scale", "0"])):
+        out = tmp_path / f"{name}.png"
+        assert main(["img2img", "sample", str(out), "--prompt", "x", "--model", "tiny", "--device", "cpu", *extra]) == 0
+        pictures[name] = np.asarray(Image.open(out), dtype=int)
+    assert np.abs(pictures["canny"] - pictures["plain"]).max() > 3  # the ControlNet steered
+    assert np.abs(pictures["weak"] - pictures["plain"]).max() <= 1  # at scale 0 it does not
+    out = tmp_path / "drawn.png"
+    assert main(["txt2img", str(out), "--prompt", "x", "--model", "tiny", "--device", "cpu", "--controlnet", "depth",
+                 "--control-image", "sample"]) == 0
+    assert Image.open(out).size == (64, 64)
+
+
 @pytest.mark.parametrize(
     "args, words",
     [
@@ -47,6 +62,16 @@ def test_bundled_sample_and_txt2img(tmp_path):
          "t_index_list entries must be in [0, 49]"),
         (["img2img", "sample", "no/such/dir/o.png", "--prompt", "x", "--model", "tiny"], "output folder does not exist"),
         (["txt2img", "o.png", "--prompt", "x", "--model", "tiny", "--device", "cuda"], "no usable CUDA GPU"),
+        (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--control-scale", "0.5"],
+         "--control-scale needs --controlnet"),
+        (["img2img", "sample", "o.png", "--prompt", "x", "--controlnet", "canny"],
+         "model 'sdxs-512' has no middle stage for a ControlNet to feed"),
+        (["txt2img", "o.png", "--prompt", "x", "--model", "tiny", "--controlnet", "canny"],
+         "txt2img with --controlnet needs --control-image PICTURE"),
+        (["txt2img", "o.png", "--prompt", "x", "--model", "tiny", "--controlnet", "canny", "--control-image", "no.png"],
+         "control picture not found: no.png"),
+        (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--controlnet", "canny",
+          "--canny-thresholds", "200,100"], "canny_thresholds must be two numbers with 0 <= low <= high"),
     ],
 )
 def test_errors_print_one_line_and_exit_non_zero(args, words, tmp_path):

@@ -63,7 +63,8 @@ class EngineRunner:
         self._in_flight: deque[tuple[int, float]] = deque(maxlen=config.latency_frames + 1)
 
     def apply(self, controls: Controls) -> None:
-        """Hand changed controls to the engine: prompt (with a smooth transition), temporal, seed, strength."""
+        """Hand changed controls to the engine: prompt (with a smooth transition), temporal, seed, strength and
+        the ControlNet's scale."""
         start = self._clock()
         old = self.applied
         # The engine was prepared with the first prompt: only another one needs handing over.
@@ -76,6 +77,9 @@ class EngineRunner:
             self.engine.set_seed(controls.seed)
         if old is not None and controls.strength != old.strength:
             self._set_strength(controls.strength)
+        scale = controls.control_scale
+        if scale is not None and (old is None or scale != old.control_scale):
+            self.engine.set_control_scale(scale)
         self.applied = controls
         self.timings.controls += self._clock() - start
 

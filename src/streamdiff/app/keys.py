@@ -19,6 +19,8 @@ EMA_MAX = 0.95
 FEEDBACK_MAX = 0.9
 STRENGTH_STEP = 0.05
 STRENGTH_MIN = 0.1  # leaves room for up to five steps of a 50-step schedule
+CONTROL_STEP = 0.1
+CONTROL_MAX = 2.0  # ControlNet scales past 2 burn the edges into the picture
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class Controls:
     feedback: float = 0.0
     seed: int = 2
     strength: float = 1.0  # how much of each camera frame the engine redraws (its first schedule index)
+    control_scale: float | None = None  # how strongly the ControlNet steers; None: the stream has none
     paused: bool = False
     mirror: bool = False
     overlay: bool = True
@@ -44,8 +47,17 @@ class Controls:
             raise ValueError(f"ema and feedback must be in [0, 1); got {self.ema} and {self.feedback}")
         if not 0.0 < self.strength <= 1.0:
             raise ValueError(f"strength must be in (0, 1]; got {self.strength}")
+        if self.control_scale is not None and not 0.0 <= self.control_scale <= 5.0:
+            raise ValueError(f"control_scale must be in [0, 5]; got {self.control_scale}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}; got {self.layout!r}")
+
+
+def control_scale(engine: object) -> float | None:
+    """The scale of the engine's ControlNet, the Controls' starting value; None for a stream without one."""
+    if getattr(engine, "control", None) is None:
+        return None
+    return float(engine.config.control_scale)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,17 @@ def _nudge(name: str, delta: float, high: float, low: float = 0.0) -> Callable[[
     return lambda c, n: replace(c, **{name: _step(getattr(c, name), delta, high, low)})
 
 
+def _control(delta: float) -> Callable[[Controls, int], Controls]:
+    """A nudge of the ControlNet's scale; nothing for a stream without one."""
+
+    def change(c: Controls, n: int) -> Controls:
+        if c.control_scale is None:
+            return c
+        return replace(c, control_scale=_step(c.control_scale, delta, max(CONTROL_MAX, c.control_scale)))
+
+    return change
+
+
 def _next_layout(controls: Controls, prompts: int) -> Controls:
     index = (LAYOUTS.index(controls.layout) + 1) % len(LAYOUTS)
     return replace(controls, layout=LAYOUTS[index])
@@ -97,6 +120,8 @@ BINDINGS: tuple[Binding, ...] = (
     Binding(("]",), "set", "] / [: more / less strength (redraw)",
             _nudge("strength", STRENGTH_STEP, 1.0, STRENGTH_MIN)),
     Binding(("[",), "set", "", _nudge("strength", -STRENGTH_STEP, 1.0, STRENGTH_MIN)),
+    Binding(("c",), "set", "c / x: more / less ControlNet steering (--controlnet)", _control(CONTROL_STEP)),
+    Binding(("x",), "set", "", _control(-CONTROL_STEP)),
     Binding(("r",), "set", "r: new seed", _new_seed),
     Binding((" ",), "set", "space: pause / resume", _flag("paused")),
     Binding(("m",), "set", "m: mirror", _flag("mirror")),

@@ -9,12 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-from streamdiff.app.keys import EMA_MAX, FEEDBACK_MAX, STRENGTH_MIN, TRIGGERS
+from streamdiff.app.keys import CONTROL_MAX, EMA_MAX, FEEDBACK_MAX, STRENGTH_MIN, TRIGGERS
 from streamdiff.app.optional import require
 
 # Controls a knob or fader sets from its position, 0-127: a range of values, ...
 KNOB_RANGES: dict[str, tuple[float, float]] = {
     "strength": (STRENGTH_MIN, 1.0), "ema": (0.0, EMA_MAX), "feedback": (0.0, FEEDBACK_MAX), "blend": (0.0, 1.0),
+    "control_scale": (0.0, CONTROL_MAX),
 }
 # ... or the prompt list spread over the travel, the seed (the position itself), or a switch.
 KNOB_CONTROLS: tuple[str, ...] = (*KNOB_RANGES, "prompt_index", "seed", "mirror", "paused")

@@ -28,6 +28,7 @@ def status_lines(info: OverlayInfo, controls: Controls) -> list[str]:
     settings = (
         f"strength {controls.strength:.2f}  blend {controls.blend:.1f}  ema {controls.ema:.2f}  "
         f"feedback {controls.feedback:.2f}  seed {controls.seed}"
+        + (f"  control {controls.control_scale:.1f}" if controls.control_scale is not None else "")
     )
     lines = [
         f"[{info.prompt_number}/{info.prompt_count}] {info.prompt}",

@@ -25,7 +25,7 @@ class Trigger:
 # Every control a remote may change, with the type it takes; each app offers its own share of them.
 CONTROL_TYPES: dict[str, type] = {
     "prompt": str, "prompt_index": int, "strength": float, "ema": float, "feedback": float, "seed": int,
-    "mirror": bool, "blend": float, "paused": bool, **{name: Trigger for name in TRIGGERS},
+    "mirror": bool, "blend": float, "paused": bool, "control_scale": float, **{name: Trigger for name in TRIGGERS},
 }
 _EXPECTED = {bool: "true or false", str: "a string", int: "a whole number", float: "a finite number",
              Trigger: "true (a press)"}
@@ -79,6 +79,8 @@ def apply_changes(controls: Controls, changes: Mapping[str, Any], prompts: Promp
     for name in presses:
         del checked[name]
     prompt = checked.pop("prompt", None)
+    if "control_scale" in checked and controls.control_scale is None:
+        raise ControlError("control_scale steers a ControlNet, and this stream has none (start it with --controlnet)")
     index = checked.get("prompt_index")
     if index is not None and not 0 <= index < len(prompts.prompts):
         raise ControlError(f"prompt_index must be in [0, {len(prompts.prompts) - 1}]; got {index}")

@@ -193,17 +193,24 @@ def _prepare_modules(pipe: StreamPipeline, mode: AccelMode, cache_dir: str | Pat
     _set_codec(pipe, fuse_codec, compiled=mode.compiles)
     if pipe.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one stream keeps its shapes: the search pays off at once
-        unet.to(memory_format=torch.channels_last)
-        vae.to(memory_format=torch.channels_last)
-        if hasattr(unet, "fuse_qkv_projections") and getattr(unet, "original_attn_processors", None) is None:
-            _fuse_projections(unet)
+        for module in (unet, vae, pipe.components.controlnet):
+            if module is not None:
+                module.to(memory_format=torch.channels_last)
+        for module in (unet, pipe.components.controlnet):
+            if hasattr(module, "fuse_qkv_projections") and getattr(module, "original_attn_processors", None) is None:
+                _fuse_projections(module)
     if not mode.compiles:
         return None
     folder = compiling.use_cache_dir(cache_dir)
     if compile_now:
-        compiling.compile_in_place(compiling.compiled_parts(unet, vae), preset)
+        compiling.compile_in_place(_compiled_parts(pipe), preset)
         say(f"{mode.value}: compiling the UNet and the codec at the first frames (cache: {folder})")
     return folder
+
+
+def _compiled_parts(pipe: StreamPipeline) -> dict[str, torch.nn.Module]:
+    parts = pipe.components
+    return compiling.compiled_parts(parts.unet, parts.vae, parts.controlnet)
 
 
 def _set_codec(pipe: StreamPipeline, fuse_codec: bool, *, compiled: bool) -> None:
@@ -237,7 +244,7 @@ def _build(stream: AcceleratedStream, chosen: AccelMode, requested: AccelMode, f
         if not chosen.compiles or not (fallback or requested is AccelMode.AUTO):
             raise AccelerationUnavailable(f"--accel {chosen.value} failed to build: {first_line(exc)}") from exc
         logger.warning("compilation failed (%s); continuing without it", first_line(exc))
-        compiling.uncompile(compiling.compiled_parts(pipe.components.unet, pipe.components.vae))
+        compiling.uncompile(_compiled_parts(pipe))
         if chosen.graphs:
             stream.set_capture(CudaGraphCapture(), AccelMode.GRAPHS.value)
         else:  # eager: the fold stays; the codec, left to the compiler until now, is fused instead
@@ -267,7 +274,7 @@ def _build_then_compile(stream: AcceleratedStream, target: AccelMode, preset: st
     """Capture the uncompiled steps now, recording the modules' first calls, and start compiling them on a
     thread of its own; the stream switches to `target` once that is done."""
     pipe = stream.pipe
-    parts = compiling.compiled_parts(pipe.components.unet, pipe.components.vae)
+    parts = _compiled_parts(pipe)
     with CallRecorder(parts) as recorder:
         seconds = stream.build(input_size)
     upgrade = BackgroundCompile(parts, recorder.calls, preset, stream.eager_lock)

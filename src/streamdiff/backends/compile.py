@@ -71,12 +71,14 @@ def compile_unsupported(device: torch.device) -> str | None:
     return f"torch.compile is not supported on {device.type} devices by this engine"
 
 
-def compiled_parts(unet: torch.nn.Module, vae: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """The modules worth compiling: the UNet, and the VAE's encoder and decoder (TAESD or KL) unless their
-    convolutions are fused (cuDNN's fused kernels cannot be traced; the graph capture covers them)."""
+def compiled_parts(unet: torch.nn.Module, vae: torch.nn.Module,
+                   controlnet: torch.nn.Module | None = None) -> dict[str, torch.nn.Module]:
+    """The modules worth compiling: the UNet (and its ControlNet), and the VAE's encoder and decoder (TAESD or
+    KL) unless their convolutions are fused (cuDNN's fused kernels cannot be traced; the graph capture covers
+    them)."""
     from .codec_fusion import is_fused
 
-    parts = {"unet": unet}
+    parts = {"unet": unet} | ({"controlnet": controlnet} if controlnet is not None else {})
     for name in ("encoder", "decoder"):
         part = getattr(vae, name, None)
         if isinstance(part, torch.nn.Module) and not is_fused(part):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
 
@@ -22,4 +22,10 @@ class LatentCodec(Protocol):
 
     def decode(self, latents: Tensor) -> Tensor:
         """Scaled latents (B, 4, H/8, W/8) to pictures (B, 3, H, W) in [-1, 1]."""
+        ...
+
+
+class ControlResiduals(Protocol):
+    def residuals(self, latents: Tensor, timesteps: Tensor, embeddings: Tensor) -> dict[str, Any]:
+        """A ControlNet's additions to the UNet call on these inputs, as the UNet's keyword arguments."""
         ...

@@ -6,14 +6,18 @@ import torch
 from torch import Tensor
 
 from .conditioning import ConditioningCache
+from .protocols import ControlResiduals
 
 
 class TorchDenoiser:
     """A diffusers UNet2DConditionModel; with cache_conditioning, what depends only on the timesteps and the
-    text embeddings is computed once per `condition` instead of at every call."""
+    text embeddings is computed once per `condition` instead of at every call. With `control`, a ControlNet's
+    residuals join every call."""
 
-    def __init__(self, unet: torch.nn.Module, *, cache_conditioning: bool = True):
+    def __init__(self, unet: torch.nn.Module, *, cache_conditioning: bool = True,
+                 control: ControlResiduals | None = None):
         self.unet = unet
+        self.control = control
         self.conditioning = ConditioningCache.of(unet) if cache_conditioning else None
         self._given: tuple[Tensor, Tensor] | None = None
 
@@ -49,7 +53,8 @@ class TorchDenoiser:
         # In the UNet's own layout: img2img hands over the codec's channels-last latents and txt2img the plain
         # noise, and a compiled UNet guards on strides, so a switch between them would compile it again.
         latents = latents.contiguous(memory_format=_memory_format(self.unet))
-        return self.unet(latents, timesteps, encoder_hidden_states=embeddings, return_dict=False)[0]
+        extra = self.control.residuals(latents, timesteps, embeddings) if self.control is not None else {}
+        return self.unet(latents, timesteps, encoder_hidden_states=embeddings, return_dict=False, **extra)[0]
 
 
 def _memory_format(unet: torch.nn.Module) -> torch.memory_format:

@@ -162,7 +162,7 @@ def run_scenario(scenario: Scenario, options: BenchOptions, pool: ModelPool, dev
     mode = resolve_mode(scenario.accel, device, fallback=options.fallback)
     entry = pool.get(scenario.model, scenario.taesd, pristine=mode is AccelMode.NONE)
     if not mode.compiles:
-        uncompile(compiled_parts(entry.components.unet, entry.components.vae))
+        uncompile(compiled_parts(entry.components.unet, entry.components.vae, entry.components.controlnet))
     pipe = prepared_stream(scenario, entry, device, options)
     reset_peak_memory(device)
     stream, report = accelerate(pipe, scenario.accel, fallback=options.fallback, cache_dir=options.cache_dir,

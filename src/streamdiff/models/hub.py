@@ -22,8 +22,14 @@ class HubFiles:
     instead: str = ""  # an alternative that avoids this repo
 
 
-def fetch(wanted: Sequence[HubFiles], subject: str) -> list[str]:
-    """Local folders of every wanted repo (downloading into the hub cache); all failures in one error."""
+# What a model can be given as instead of a hub repo, offered when a repo cannot be fetched.
+MODEL_ALTERNATIVES = ("a local diffusers folder (one with model_index.json)", "a single .safetensors file",
+                      "--model tiny for an offline check of the pipeline (random weights, meaningless pictures)")
+
+
+def fetch(wanted: Sequence[HubFiles], subject: str, alternatives: Sequence[str] = MODEL_ALTERNATIVES) -> list[str]:
+    """Local folders of every wanted repo (downloading into the hub cache); all failures in one error that
+    offers the repos' own alternatives, then `alternatives`."""
     folders: list[str] = []
     failures: list[tuple[HubFiles, str]] = []
     last: BaseException | None = None
@@ -37,7 +43,7 @@ def fetch(wanted: Sequence[HubFiles], subject: str) -> list[str]:
             failures.append((files, reason))
             last = exc
     if failures:
-        raise ModelUnavailableError(unavailable_message(subject, failures)) from last
+        raise ModelUnavailableError(unavailable_message(subject, failures, alternatives)) from last
     return folders
 
 
@@ -109,7 +115,8 @@ _REASONS = {
 }
 
 
-def unavailable_message(subject: str, failures: Sequence[tuple[HubFiles, str]]) -> str:
+def unavailable_message(subject: str, failures: Sequence[tuple[HubFiles, str]],
+                        alternatives: Sequence[str] = MODEL_ALTERNATIVES) -> str:
     """One paragraph: what is missing, why, what to pass instead, how to download it beforehand."""
     from huggingface_hub import constants
 
@@ -117,8 +124,7 @@ def unavailable_message(subject: str, failures: Sequence[tuple[HubFiles, str]]) 
     missing = _join([f"{files.repo} ({files.role})" for files, _ in failures])
     reasons = _join(sorted({_REASONS[reason] for _, reason in failures})).format(endpoint=constants.ENDPOINT)
     instead = [files.instead for files, _ in failures if files.instead]
-    instead += ["a local diffusers folder (one with model_index.json)", "a single .safetensors file",
-                "--model tiny for an offline check of the pipeline (random weights, meaningless pictures)"]
+    instead += list(alternatives)
     downloads = _join([f"`hf download {files.repo}`" for files, _ in failures])
     return (
         f"{subject} cannot be loaded: {missing} {'are' if many else 'is'} not in the local Hugging Face cache "

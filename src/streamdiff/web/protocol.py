@@ -34,7 +34,7 @@ CONTROL_TYPES: dict[str, type] = {name: REMOTE_TYPES[name] for name in
 # What OSC and MIDI may change on the page's stream: the same, a prompt of the list by its index, and the
 # triggers of those controls.
 REMOTE_CONTROL_TYPES: dict[str, type] = {
-    **CONTROL_TYPES, "prompt_index": int,
+    **CONTROL_TYPES, "prompt_index": int, "control_scale": float,
     **{name: REMOTE_TYPES[name] for name in ("next_prompt", "previous_prompt", "new_seed", "toggle_mirror")},
 }
 

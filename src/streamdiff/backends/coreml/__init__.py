@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from ...errors import UserError
 from ...stream import StreamPipeline
 from ..compile import streamdiff_cache_dir
 from .convert import ModelStore
@@ -23,6 +24,10 @@ from .runtime import (
 __all__ = ["CoreMLCodec", "CoreMLDenoiser", "ModelStore", "coreml_unsupported", "default_dir", "use_coreml"]
 
 
+NO_CONTROLNET = ("Core ML runs the UNet alone and does not convert a ControlNet: run ControlNet streams with "
+                 "--accel auto (PyTorch on MPS or the CPU) instead")
+
+
 def default_dir() -> Path:
     """Where converted parts persist between runs: $XDG_CACHE_HOME/streamdiff/coreml (~/.cache/...)."""
     return streamdiff_cache_dir("coreml")
@@ -32,6 +37,8 @@ def use_coreml(pipe: StreamPipeline, root: str | Path | None = None, *, load: Lo
                progress: Callable[[str], None] | None = None) -> ModelStore:
     """Run `pipe`'s UNet and codec through Core ML from its next frame on; each input shape is converted (or
     found in `root`) at its first call. load=None converts and stores only, and the frames run in PyTorch."""
+    if pipe.control is not None:
+        raise UserError(NO_CONTROLNET)
     store = ModelStore(root or default_dir(), progress)
     pipe.set_backend(denoiser=CoreMLDenoiser(pipe.components.unet, store, load),
                      codec=CoreMLCodec(pipe.components.vae, store, load))

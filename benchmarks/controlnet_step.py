@@ -1,0 +1,140 @@
+"""What a ControlNet costs a frame: the same model with and without one, per acceleration mode, beside
+diffusers' own ControlNet img2img pipeline on the same weights.
+
+Each case: a uint8 frame on the host in, a uint8 frame on the host out (img2img, one step unless --steps),
+median / p10 / p90 over --calls frames after --warmup; a moving clip so the Canny edges change every frame.
+The diffusers baseline runs StableDiffusionControlNetImg2ImgPipeline with TAESD, one step, as a user would.
+
+    python3 benchmarks/controlnet_step.py --out DIR [--model sd-turbo] [--accel none,max] [--steps 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+PROMPT = "a watercolor painting of a lighthouse at dusk"
+
+
+def clip(size: int, count: int) -> list[Any]:
+    """Frames of a bright square moving over a gradient: edges in every frame, somewhere else each time."""
+    import numpy as np
+
+    ramp = np.linspace(40, 200, size, dtype=np.float32)
+    base = np.stack([np.add.outer(ramp, ramp) / 2] * 3, axis=-1)
+    frames = []
+    for k in range(count):
+        frame = base.copy()
+        x = (k * 7) % (size // 2)
+        frame[size // 4 : size // 4 + size // 3, x : x + size // 3] = (230, 90, 40)
+        frames.append(frame.astype(np.uint8))
+    return frames
+
+
+def timed(call: Any, frames: list[Any], warmup: int, calls: int) -> dict[str, float]:
+    import torch
+
+    for k in range(warmup):
+        call(frames[k % len(frames)])
+    times = []
+    for k in range(calls):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        call(frames[k % len(frames)])
+        torch.cuda.synchronize()
+        times.append(1000 * (time.perf_counter() - start))
+    times.sort()
+    return {"median_ms": statistics.median(times), "p10_ms": times[len(times) // 10],
+            "p90_ms": times[(9 * len(times)) // 10], "fps": 1000 / statistics.median(times)}
+
+
+def stream_case(model: str, controlnet: str | None, accel: str, steps: int, cache: Path | None,
+                frames: list[Any], warmup: int, calls: int) -> dict[str, Any]:
+    import torch
+
+    from streamdiff.backends.accelerate import accelerate
+    from streamdiff.stream import StreamPipeline
+
+    pipe = StreamPipeline.from_model(model, random_weights=True, device="cuda", dtype=torch.float16,
+                                     controlnet=controlnet, strength=1.0, steps=steps)
+    pipe.prepare(prompt=PROMPT)
+    start = time.perf_counter()
+    stream, report = accelerate(pipe, accel, cache_dir=cache, progress=lambda _: None)
+    for frame in frames[:3]:
+        stream.img2img(frame)
+    built = time.perf_counter() - start
+    torch.cuda.reset_peak_memory_stats()
+    result = timed(stream.img2img, frames, warmup, calls)
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    del stream, pipe
+    torch.cuda.empty_cache()
+    return {"model": model, "controlnet": controlnet, "accel": report.mode, "steps": steps, **result,
+            "start_s": built, "peak_gib": peak}
+
+
+def diffusers_case(model: str, frames: list[Any], warmup: int, calls: int) -> dict[str, Any]:
+    """diffusers' ControlNet img2img pipeline on random weights of the same architecture, TAESD, one step."""
+    import torch
+    from diffusers import StableDiffusionControlNetImg2ImgPipeline
+    from PIL import Image
+
+    from streamdiff.edges import canny_edges
+    from streamdiff.models.architectures import build_random_pipeline
+    from streamdiff.models.controlnets import random_controlnet
+    from streamdiff.models.registry import get_spec
+
+    base = build_random_pipeline(get_spec(model), taesd=True, dtype=torch.float16, device="cuda")
+    controlnet = random_controlnet(base.unet).to(torch.float16)
+    pipe = StableDiffusionControlNetImg2ImgPipeline(**base.components, controlnet=controlnet)
+    pipe.set_progress_bar_config(disable=True)
+
+    def call(frame: Any) -> Any:
+        pixels = torch.from_numpy(frame).cuda().permute(2, 0, 1)[None].half() / 255
+        edges = canny_edges(pixels)  # the same device Canny the stream uses: the pipeline itself is timed
+        out = pipe(PROMPT, image=Image.fromarray(frame), control_image=edges, strength=1.0,
+                   num_inference_steps=1, guidance_scale=1.0, output_type="np").images[0]
+        return (out * 255).round().astype("uint8")
+
+    result = timed(call, frames, warmup, calls)
+    return {"model": model, "controlnet": "canny", "accel": "diffusers", "steps": 1, **result}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--model", default="sd-turbo")
+    parser.add_argument("--accel", default="none,max")
+    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--compile-cache", type=Path)
+    parser.add_argument("--calls", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--no-diffusers", action="store_true")
+    args = parser.parse_args()
+    import torch
+
+    from streamdiff.bench.report import environment
+
+    frames = clip(512, 24)
+    rows = []
+    cases = [(accel, control) for accel in args.accel.split(",") for control in (None, "canny")]
+    for accel, control in cases:
+        rows.append(stream_case(args.model, control, accel, args.steps, args.compile_cache, frames,
+                                args.warmup, args.calls))
+        print(json.dumps(rows[-1]), flush=True)
+    if not args.no_diffusers:
+        rows.append(diffusers_case(args.model, frames, args.warmup, min(args.calls, 30)))
+        print(json.dumps(rows[-1]), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    record = {"environment": environment(torch.device("cuda")), "results": rows,
+              "command": "python3 benchmarks/controlnet_step.py " + " ".join(
+                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+                  if v not in (None, False) and k != "out")}
+    (args.out / "controlnet_step.json").write_text(json.dumps(record, indent=2))
+
+
+if __name__ == "__main__":
+    main()

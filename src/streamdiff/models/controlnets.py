@@ -1,0 +1,179 @@
+"""ControlNets: which one a model takes, where its weights come from, and loading it.
+
+A ControlNet is named by kind ("canny", "depth": the registry picks the published ControlNet of the
+model's family), or given as a local diffusers folder or a hub id. It must fit the UNet it steers: the
+same stages and text width, and a middle stage to feed (SDXS-512 and tiny-sd have none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ..errors import ModelPathNotFoundError, UserError
+from .hub import HubFiles, fetch
+from .registry import ModelSpec
+
+Preprocess = Literal["canny", "none"]
+PREPROCESSES: tuple[str, ...] = ("canny", "none")
+CONTROLNET_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
+# Traits of a UNet that a ControlNet's residuals must match, stage by stage.
+_MATCHING = ("block_out_channels", "cross_attention_dim", "in_channels")
+
+
+@dataclass(frozen=True)
+class ControlKind:
+    """A kind of control picture and the published ControlNet for it per model family."""
+
+    name: str
+    description: str
+    preprocess: Preprocess  # what turns an input frame into the control picture; none: the frame itself
+    repos: Mapping[str, str]  # family -> hub id
+
+
+CONTROL_KINDS: dict[str, ControlKind] = {
+    kind.name: kind
+    for kind in (
+        ControlKind("canny", "edges of each input frame (Canny, computed on the engine's device)", "canny",
+                    {"sd21": "thibaud/controlnet-sd21-canny-diffusers", "sd15": "lllyasviel/control_v11p_sd15_canny"}),
+        ControlKind("depth", "the input frame is a depth map already (near is bright), e.g. a depth camera's feed",
+                    "none",
+                    {"sd21": "thibaud/controlnet-sd21-depth-diffusers", "sd15": "lllyasviel/control_v11f1p_sd15_depth"}),
+    )
+}
+
+
+@dataclass
+class LoadedControlNet:
+    module: torch.nn.Module  # a diffusers ControlNetModel
+    preprocess: Preprocess  # the kind's own; "none" for a folder or hub id (the user may say otherwise)
+    source: str  # what was loaded, for messages
+
+
+def check_takes_controlnet(unet_config: Mapping[str, Any], model: str) -> None:
+    """A UserError unless a UNet with this configuration can be steered by a ControlNet."""
+    if unet_config.get("mid_block_type", "UNetMidBlock2DCrossAttn") is None:
+        raise UserError(f"model {model!r} has no middle stage for a ControlNet to feed; use a model that has "
+                        "one, such as sd-turbo (SD 2.1) or sd15-lcm (SD 1.5)")
+
+
+def prefetch_controlnet(ref: str, model: str, *, random_weights: bool = False) -> str | None:
+    """Before the model loads: refuse a model without a middle stage, and fetch the ControlNet where it is known
+    already (a folder, a hub id, or a kind for a registry model), so that a missing one is named at once.
+    Its local folder, or None where load_controlnet decides (random weights, a kind for another model)."""
+    from .architectures import UNET_CONFIGS
+    from .registry import REGISTRY
+
+    if model in UNET_CONFIGS:
+        check_takes_controlnet(UNET_CONFIGS[model], model)
+    kind = CONTROL_KINDS.get(ref)
+    if kind is None:
+        return _locate(ref)
+    spec = REGISTRY.get(model)
+    if random_weights or spec is None or spec.family == "tiny":
+        return None
+    return _kind_folder(kind, spec)
+
+
+def load_controlnet(ref: str, spec: ModelSpec, unet: torch.nn.Module, *, dtype: torch.dtype,
+                    device: torch.device | str, random_weights: bool = False,
+                    folder: str | None = None) -> LoadedControlNet:
+    """The ControlNet `ref` (a kind, a diffusers folder or a hub id) for the model of `spec` and `unet`;
+    folder: where prefetch_controlnet found it."""
+    check_takes_controlnet(unet.config, spec.name)
+    kind = CONTROL_KINDS.get(ref)
+    if kind is not None and (random_weights or spec.family == "tiny"):
+        module = random_controlnet(unet)
+        return LoadedControlNet(_cast(module, dtype, device), kind.preprocess, f"{kind.name} [random weights]")
+    if kind is None:
+        folder, preprocess, source = folder or _locate(ref), "none", ref
+    else:
+        folder, preprocess, source = folder or _kind_folder(kind, spec), kind.preprocess, kind.repos[spec.family]
+    module = _from_folder(folder, dtype)
+    check_fits(module, unet, source)
+    return LoadedControlNet(_cast(module, dtype, device), preprocess, source)
+
+
+def _kind_folder(kind: ControlKind, spec: ModelSpec) -> str:
+    repo = kind.repos.get(spec.family)
+    if repo is None:
+        raise UserError(f"no {kind.name} ControlNet is known for model {spec.name!r} (family {spec.family}); "
+                        "give a ControlNet folder or hub id that fits it")
+    return _fetch(repo, kind.name)
+
+
+def _locate(ref: str) -> str:
+    """The local folder of a ControlNet given as a folder or a hub id."""
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"{path} is a folder but not a diffusers ControlNet: it has no config.json")
+        return str(path)
+    if ref.startswith((".", "~", "/")) or ref.count("/") > 1:
+        raise ModelPathNotFoundError(f"ControlNet path {ref} does not exist")
+    if ref.count("/") != 1:
+        raise UserError(f"unknown ControlNet {ref!r}: give a kind ({', '.join(CONTROL_KINDS)}), a diffusers "
+                        "folder or a hub id such as thibaud/controlnet-sd21-canny-diffusers")
+    return _fetch(ref, ref)
+
+
+def _fetch(repo: str, name: str) -> str:
+    files = HubFiles(repo, "the ControlNet", CONTROLNET_FILES)
+    instead = ("a local ControlNet folder (one with config.json)",
+               "--model tiny for an offline check with a random-weight ControlNet (meaningless pictures)")
+    return fetch([files], f"ControlNet '{name}'", instead)[0]
+
+
+def _from_folder(folder: str, dtype: torch.dtype) -> torch.nn.Module:
+    from diffusers import ControlNetModel
+
+    from .loading import _dtype_keyword, unreadable_model
+
+    with unreadable_model(folder):
+        return ControlNetModel.from_pretrained(folder, local_files_only=True, **{_dtype_keyword(): dtype})
+
+
+def check_fits(controlnet: torch.nn.Module, unet: torch.nn.Module, source: str) -> None:
+    """A UserError naming the first trait where the ControlNet's stages differ from the UNet's."""
+    for name in _MATCHING:
+        theirs, ours = controlnet.config.get(name), unet.config.get(name)
+        if _plain(theirs) != _plain(ours):
+            raise UserError(f"ControlNet {source} does not fit this model: its {name} is {_plain(theirs)}, the "
+                            f"model's is {_plain(ours)} (a ControlNet of another Stable Diffusion version?)")
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def random_controlnet(unet: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
+    """A ControlNet of `unet`'s architecture with seeded random weights, created on the UNet's device.
+
+    A trained ControlNet's zero convolutions (the control picture's way in and the residuals' ways out) start
+    at zero and learn to matter; here they get random weights, and the picture's embedding keeps its
+    variance, so that the control picture does reach the UNet (tests can see it).
+    """
+    from diffusers import ControlNetModel
+
+    from .architectures import _seeded
+
+    device = next(unet.parameters()).device
+    with _seeded(device, seed):
+        module = ControlNetModel.from_unet(unet, load_weights_from_unet=False)
+        if device.type != "meta":
+            for conv in [*module.controlnet_down_blocks, module.controlnet_mid_block]:
+                conv.reset_parameters()  # PyTorch's default initialisation, as any other layer has
+            for conv in module.controlnet_cond_embedding.modules():  # variance-preserving: the picture shows
+                if isinstance(conv, torch.nn.Conv2d):
+                    torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+    return module
+
+
+def _cast(module: torch.nn.Module, dtype: torch.dtype, device: torch.device | str) -> torch.nn.Module:
+    from .architectures import cast
+
+    return cast(module, dtype, device)

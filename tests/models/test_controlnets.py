@@ -1,0 +1,104 @@
+"""ControlNets by kind, folder and hub id: loaded offline from a hub cache or a folder, checked against the
+model they steer, and refused with one clear line where they cannot be had or do not fit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from streamdiff import StreamPipeline
+from streamdiff.errors import ModelPathNotFoundError, ModelUnavailableError, UserError
+from streamdiff.models.controlnets import CONTROL_KINDS, random_controlnet
+
+CPU = {"device": "cpu", "dtype": torch.float32}
+SD21_CANNY = CONTROL_KINDS["canny"].repos["sd21"]
+
+
+@pytest.fixture(scope="module")
+def tiny_controlnet(tiny_reference):
+    return random_controlnet(tiny_reference.unet)
+
+
+@pytest.fixture
+def controlnet_folder(tmp_path, tiny_controlnet):
+    folder = tmp_path / "controlnet"
+    tiny_controlnet.save_pretrained(folder)
+    return folder
+
+
+def _with_taesd_cached(helpers, offline_hub, tmp_path) -> None:
+    from streamdiff.models.tiny import build_tiny_taesd
+
+    taesd_folder = tmp_path / "taesd"
+    build_tiny_taesd().save_pretrained(taesd_folder)
+    helpers.add_to_hub_cache(offline_hub, "madebyollin/taesd", taesd_folder)
+
+
+def test_a_kind_loads_the_published_controlnet_of_the_family_from_the_hub_cache(
+        helpers, offline_hub, tiny_folder, controlnet_folder, tiny_controlnet, tmp_path):
+    _with_taesd_cached(helpers, offline_hub, tmp_path)
+    helpers.add_to_hub_cache(offline_hub, "stabilityai/sd-turbo", tiny_folder)
+    helpers.add_to_hub_cache(offline_hub, SD21_CANNY, controlnet_folder)
+    stream = StreamPipeline.from_model("sd-turbo", controlnet="canny", **CPU)
+    loaded = stream.components.controlnet
+    assert stream.config.control_preprocess == "canny" and stream.control is not None
+    state, expected = loaded.state_dict(), tiny_controlnet.state_dict()
+    assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in state)
+    told = StreamPipeline.from_model("sd-turbo", controlnet=str(controlnet_folder), control_preprocess="canny", **CPU)
+    assert told.config.control_preprocess == "canny"  # the setting wins over a folder's default (none)
+
+
+def test_a_folder_or_hub_id_takes_the_picture_itself_unless_told(helpers, offline_hub, controlnet_folder):
+    helpers.add_to_hub_cache(offline_hub, "someone/tiny-controlnet", controlnet_folder)
+    for ref in (str(controlnet_folder), "someone/tiny-controlnet"):
+        stream = StreamPipeline.from_model("tiny", controlnet=ref, **CPU)
+        assert stream.config.control_preprocess == "none" and stream.control is not None
+
+
+def test_a_missing_controlnet_is_named_before_the_model_loads(helpers, offline_hub, tiny_folder, tmp_path):
+    _with_taesd_cached(helpers, offline_hub, tmp_path)
+    helpers.add_to_hub_cache(offline_hub, "stabilityai/sd-turbo", tiny_folder)
+    with pytest.raises(ModelUnavailableError) as info:
+        StreamPipeline.from_model("sd-turbo", controlnet="canny", **CPU)
+    message = str(info.value)
+    assert message.startswith(f"ControlNet 'canny' cannot be loaded: {SD21_CANNY} (the ControlNet)")
+    assert "a local ControlNet folder (one with config.json)" in message and "model_index.json" not in message
+
+
+def test_a_controlnet_of_another_architecture_is_refused(tmp_path):
+    from diffusers import ControlNetModel
+
+    other = ControlNetModel(block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                            cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8, layers_per_block=1)
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(UserError, match=r"does not fit this model: its block_out_channels is \[16, 32\], "
+                                        r"the model's is \[32, 64\]"):
+        StreamPipeline.from_model("tiny", controlnet=str(tmp_path / "other"), **CPU)
+
+
+@pytest.mark.parametrize("model,ref,error,message", [
+    ("sdxs-512", "canny", UserError, "model 'sdxs-512' has no middle stage for a ControlNet to feed"),
+    ("tiny-sd", "canny", UserError, "model 'tiny-sd' has no middle stage"),
+    ("tiny", "scribble", UserError, r"unknown ControlNet 'scribble': give a kind \(canny, depth\)"),
+    ("tiny", "./no/such/folder", ModelPathNotFoundError, "ControlNet path ./no/such/folder does not exist"),
+])
+def test_what_cannot_be_steered_or_found_says_so(offline_hub, model, ref, error, message):
+    with pytest.raises(error, match=message):
+        StreamPipeline.from_model(model, controlnet=ref, random_weights=model != "tiny", **CPU)
+
+
+def test_a_folder_without_a_configuration_is_refused(offline_hub, tmp_path):
+    with pytest.raises(UserError, match="is a folder but not a diffusers ControlNet: it has no config.json"):
+        StreamPipeline.from_model("tiny", controlnet=str(tmp_path), **CPU)
+
+
+def test_random_weights_build_the_published_architecture_of_the_model():
+    from streamdiff.models.architectures import build_random_pipeline
+    from streamdiff.models.registry import get_spec
+
+    pipe = build_random_pipeline(get_spec("sd-turbo"), taesd=True, dtype=torch.float16, device="meta")
+    controlnet = random_controlnet(pipe.unet)
+    # SD 2.1's ControlNets: the UNet's encoder and middle stage, 364 M parameters.
+    assert 360e6 < sum(p.numel() for p in controlnet.parameters()) < 368e6
+    assert list(controlnet.config.block_out_channels) == [320, 640, 1280, 1280]
+    assert controlnet.config.cross_attention_dim == 1024
