@@ -109,3 +109,31 @@ def test_returned_frames_do_not_change_with_later_frames(make_stream):
     for a, b in zip(kept, copies):
         np.testing.assert_array_equal(a, b)
     torch.testing.assert_close(pt, pt_copy, rtol=0, atol=0)
+
+
+def test_controlnet_replays_make_each_frames_edges(_tiny_cache):
+    """A replayed step computes the new frame's Canny edges itself: a step that kept the edges of its capture
+    would drift from the engine here. (That a replay reads a changed scale needs real CUDA graphs: the GPU
+    tests check it.)"""
+    import copy
+
+    from streamdiff import StreamPipeline
+    from streamdiff.config import StreamConfig
+    from streamdiff.models.controlnets import random_controlnet
+    from streamdiff.stream import Components
+
+    def make() -> StreamPipeline:
+        pipe = copy.deepcopy(_tiny_cache["taesd"])
+        config = StreamConfig(device="cpu", seed=3, width=64, height=64, t_index_list=(20, 40),
+                              canny_thresholds=(40, 120))
+        stream = StreamPipeline(Components.from_diffusers(pipe, random_controlnet(pipe.unet)), config)
+        stream.prepare("a red fox")
+        return stream
+
+    eager, fast = make(), AcceleratedStream(make(), DirectCall.capture, mode="direct")
+    for k, frame in enumerate(random_frames(7, (64, 64, 3), seed=2)):
+        if k == 4:
+            for stream in (eager, fast):
+                stream.set_control_scale(0.3)
+        np.testing.assert_array_equal(fast.img2img(frame), eager.img2img(frame), err_msg=f"frame {k}")
+    assert len(fast.captured) == 1
