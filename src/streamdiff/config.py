@@ -12,6 +12,7 @@ Fit = Literal["exact", "crop", "pad", "stretch"]
 FITS: tuple[str, ...] = ("exact", "crop", "pad", "stretch")
 ControlPreprocess = Literal["canny", "none"]
 CONTROL_PREPROCESSES: tuple[str, ...] = ("canny", "none")
+CONTROL_SCALE_MAX = 5.0  # a ControlNet's conditioning scale, [0, this]
 
 
 class CfgType(str, enum.Enum):
@@ -140,8 +141,8 @@ class StreamConfig:
         self._check_control()
 
     def _check_control(self) -> None:
-        if not 0.0 <= self.control_scale <= 5.0:
-            raise ValueError(f"control_scale must be in [0, 5]; got {self.control_scale}")
+        if not 0.0 <= self.control_scale <= CONTROL_SCALE_MAX:
+            raise ValueError(f"control_scale must be in [0, {CONTROL_SCALE_MAX:g}]; got {self.control_scale}")
         if self.control_preprocess not in CONTROL_PREPROCESSES:
             raise ValueError(f"control_preprocess must be one of {', '.join(CONTROL_PREPROCESSES)}; "
                              f"got {self.control_preprocess!r}")

@@ -1,9 +1,9 @@
 """A ControlNet steering the stream (Zhang et al. 2023): its control picture and scale, in fixed device buffers.
 
 Each processed frame becomes the control picture (its Canny edges, or the frame itself for a depth map
-given as the input; black, no edges, until the first frame or set_control_image) and every slot of the stream batch is steered by the newest one: with several steps
-the frames still in flight follow the newest structure, which keeps the output on what the camera shows
-now. The picture and the scale live in tensors updated in place, so a captured CUDA graph reads the new
+given as the input; black, no edges, until the first frame or set_control_image) and every slot of the
+stream batch is steered by the newest one: with several steps the frames still in flight follow the newest
+structure, which keeps the output on what the camera shows now. The picture and the scale live in tensors updated in place, so a captured CUDA graph reads the new
 ones; the edges are computed by the engine's device in the same step (edges.py), with no host round trip.
 """
 
@@ -28,7 +28,6 @@ class Control:
         shape = (config.frame_buffer_size, 3, config.height, config.width)
         self.image = torch.zeros(shape, device=device, dtype=dtype)  # (F, 3, H, W) in [0, 1]
         self.scale = torch.full((), config.control_scale, device=device, dtype=dtype)
-        self.scale_value = config.control_scale
 
     def update(self, pixels: Tensor) -> None:
         """Make the control picture from model pixels (F, 3, H, W) in [-1, 1]; in place, no host synchronisation."""
@@ -38,12 +37,8 @@ class Control:
         self.image.copy_(picture.clamp(0, 1))
 
     def set_scale(self, scale: float) -> None:
-        """How strongly the ControlNet steers from the next frame on: 0 not at all, 1 as trained."""
-        if not 0.0 <= scale <= 5.0:
-            raise ValueError(f"control scale must be in [0, 5]; got {scale}")
-        if scale != self.scale_value:
-            self.scale.fill_(scale)
-            self.scale_value = scale
+        """How strongly the ControlNet steers from the next frame on (checked by StreamConfig), in place."""
+        self.scale.fill_(scale)
 
     def buffers(self) -> tuple[Tensor, ...]:
         """The tensors a captured step reads (their addresses must stay)."""

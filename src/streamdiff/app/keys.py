@@ -11,6 +11,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from streamdiff.config import CONTROL_SCALE_MAX
+
 LAYOUTS: tuple[str, ...] = ("side", "output")
 BLEND_STEP = 0.1
 EMA_STEP = 0.05
@@ -47,8 +49,8 @@ class Controls:
             raise ValueError(f"ema and feedback must be in [0, 1); got {self.ema} and {self.feedback}")
         if not 0.0 < self.strength <= 1.0:
             raise ValueError(f"strength must be in (0, 1]; got {self.strength}")
-        if self.control_scale is not None and not 0.0 <= self.control_scale <= 5.0:
-            raise ValueError(f"control_scale must be in [0, 5]; got {self.control_scale}")
+        if self.control_scale is not None and not 0.0 <= self.control_scale <= CONTROL_SCALE_MAX:
+            raise ValueError(f"control_scale must be in [0, {CONTROL_SCALE_MAX:g}]; got {self.control_scale}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}; got {self.layout!r}")
 

@@ -203,14 +203,9 @@ def _prepare_modules(pipe: StreamPipeline, mode: AccelMode, cache_dir: str | Pat
         return None
     folder = compiling.use_cache_dir(cache_dir)
     if compile_now:
-        compiling.compile_in_place(_compiled_parts(pipe), preset)
+        compiling.compile_in_place(compiling.parts_of(pipe.components), preset)
         say(f"{mode.value}: compiling the UNet and the codec at the first frames (cache: {folder})")
     return folder
-
-
-def _compiled_parts(pipe: StreamPipeline) -> dict[str, torch.nn.Module]:
-    parts = pipe.components
-    return compiling.compiled_parts(parts.unet, parts.vae, parts.controlnet)
 
 
 def _set_codec(pipe: StreamPipeline, fuse_codec: bool, *, compiled: bool) -> None:
@@ -244,7 +239,7 @@ def _build(stream: AcceleratedStream, chosen: AccelMode, requested: AccelMode, f
         if not chosen.compiles or not (fallback or requested is AccelMode.AUTO):
             raise AccelerationUnavailable(f"--accel {chosen.value} failed to build: {first_line(exc)}") from exc
         logger.warning("compilation failed (%s); continuing without it", first_line(exc))
-        compiling.uncompile(_compiled_parts(pipe))
+        compiling.uncompile(compiling.parts_of(pipe.components))
         if chosen.graphs:
             stream.set_capture(CudaGraphCapture(), AccelMode.GRAPHS.value)
         else:  # eager: the fold stays; the codec, left to the compiler until now, is fused instead
@@ -274,7 +269,7 @@ def _build_then_compile(stream: AcceleratedStream, target: AccelMode, preset: st
     """Capture the uncompiled steps now, recording the modules' first calls, and start compiling them on a
     thread of its own; the stream switches to `target` once that is done."""
     pipe = stream.pipe
-    parts = _compiled_parts(pipe)
+    parts = compiling.parts_of(pipe.components)
     with CallRecorder(parts) as recorder:
         seconds = stream.build(input_size)
     upgrade = BackgroundCompile(parts, recorder.calls, preset, stream.eager_lock)

@@ -86,6 +86,11 @@ def compiled_parts(unet: torch.nn.Module, vae: torch.nn.Module,
     return parts
 
 
+def parts_of(components: Any) -> dict[str, torch.nn.Module]:
+    """compiled_parts of a stream's Components (its UNet, ControlNet and VAE)."""
+    return compiled_parts(components.unet, components.vae, components.controlnet)
+
+
 def compiled_forward(module: torch.nn.Module, preset: str = "default") -> Callable[..., Any]:
     """The module's compiled forward (full graph, static shapes), made at the first request and kept on the
     module; compiling happens at its first call. It is not installed: see compile_in_place."""

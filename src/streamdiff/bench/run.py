@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..backends.accelerate import AccelMode, accelerate, resolve_mode
-from ..backends.compile import compiled_parts, uncompile
+from ..backends.compile import parts_of, uncompile
 from ..devices import resolve_device, resolve_dtype
 from ..stream import Components, StreamPipeline
 from . import baselines
@@ -162,7 +162,7 @@ def run_scenario(scenario: Scenario, options: BenchOptions, pool: ModelPool, dev
     mode = resolve_mode(scenario.accel, device, fallback=options.fallback)
     entry = pool.get(scenario.model, scenario.taesd, pristine=mode is AccelMode.NONE)
     if not mode.compiles:
-        uncompile(compiled_parts(entry.components.unet, entry.components.vae, entry.components.controlnet))
+        uncompile(parts_of(entry.components))
     pipe = prepared_stream(scenario, entry, device, options)
     reset_peak_memory(device)
     stream, report = accelerate(pipe, scenario.accel, fallback=options.fallback, cache_dir=options.cache_dir,

@@ -10,16 +10,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
+from ..config import ControlPreprocess
 from ..errors import ModelPathNotFoundError, UserError
+from .architectures import _seeded, cast
 from .hub import HubFiles, fetch
+from .loading import _dtype_keyword, unreadable_model
 from .registry import ModelSpec
 
-Preprocess = Literal["canny", "none"]
-PREPROCESSES: tuple[str, ...] = ("canny", "none")
 CONTROLNET_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
 # Traits of a UNet that a ControlNet's residuals must match, stage by stage.
 _MATCHING = ("block_out_channels", "cross_attention_dim", "in_channels")
@@ -30,18 +31,18 @@ class ControlKind:
     """A kind of control picture and the published ControlNet for it per model family."""
 
     name: str
-    description: str
-    preprocess: Preprocess  # what turns an input frame into the control picture; none: the frame itself
+    preprocess: ControlPreprocess  # what turns an input frame into the control picture; none: the frame itself
     repos: Mapping[str, str]  # family -> hub id
 
 
 CONTROL_KINDS: dict[str, ControlKind] = {
     kind.name: kind
     for kind in (
-        ControlKind("canny", "edges of each input frame (Canny, computed on the engine's device)", "canny",
+        # The edges of each input frame (Canny, computed on the engine's device).
+        ControlKind("canny", "canny",
                     {"sd21": "thibaud/controlnet-sd21-canny-diffusers", "sd15": "lllyasviel/control_v11p_sd15_canny"}),
-        ControlKind("depth", "the input frame is a depth map already (near is bright), e.g. a depth camera's feed",
-                    "none",
+        # The input frame is a depth map already (near is bright), e.g. a depth camera's feed.
+        ControlKind("depth", "none",
                     {"sd21": "thibaud/controlnet-sd21-depth-diffusers", "sd15": "lllyasviel/control_v11f1p_sd15_depth"}),
     )
 }
@@ -50,8 +51,7 @@ CONTROL_KINDS: dict[str, ControlKind] = {
 @dataclass
 class LoadedControlNet:
     module: torch.nn.Module  # a diffusers ControlNetModel
-    preprocess: Preprocess  # the kind's own; "none" for a folder or hub id (the user may say otherwise)
-    source: str  # what was loaded, for messages
+    preprocess: ControlPreprocess  # the kind's own; "none" for a folder or hub id (the user may say otherwise)
 
 
 def check_takes_controlnet(unet_config: Mapping[str, Any], model: str) -> None:
@@ -87,15 +87,14 @@ def load_controlnet(ref: str, spec: ModelSpec, unet: torch.nn.Module, *, dtype: 
     check_takes_controlnet(unet.config, spec.name)
     kind = CONTROL_KINDS.get(ref)
     if kind is not None and (random_weights or spec.family == "tiny"):
-        module = random_controlnet(unet)
-        return LoadedControlNet(_cast(module, dtype, device), kind.preprocess, f"{kind.name} [random weights]")
+        return LoadedControlNet(cast(random_controlnet(unet), dtype, device), kind.preprocess)
     if kind is None:
         folder, preprocess, source = folder or _locate(ref), "none", ref
     else:
         folder, preprocess, source = folder or _kind_folder(kind, spec), kind.preprocess, kind.repos[spec.family]
     module = _from_folder(folder, dtype)
     check_fits(module, unet, source)
-    return LoadedControlNet(_cast(module, dtype, device), preprocess, source)
+    return LoadedControlNet(cast(module, dtype, device), preprocess)
 
 
 def _kind_folder(kind: ControlKind, spec: ModelSpec) -> str:
@@ -131,8 +130,6 @@ def _fetch(repo: str, name: str) -> str:
 def _from_folder(folder: str, dtype: torch.dtype) -> torch.nn.Module:
     from diffusers import ControlNetModel
 
-    from .loading import _dtype_keyword, unreadable_model
-
     with unreadable_model(folder):
         return ControlNetModel.from_pretrained(folder, local_files_only=True, **{_dtype_keyword(): dtype})
 
@@ -159,8 +156,6 @@ def random_controlnet(unet: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
     """
     from diffusers import ControlNetModel
 
-    from .architectures import _seeded
-
     device = next(unet.parameters()).device
     with _seeded(device, seed):
         module = ControlNetModel.from_unet(unet, load_weights_from_unet=False)
@@ -171,9 +166,3 @@ def random_controlnet(unet: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
                 if isinstance(conv, torch.nn.Conv2d):
                     torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
     return module
-
-
-def _cast(module: torch.nn.Module, dtype: torch.dtype, device: torch.device | str) -> torch.nn.Module:
-    from .architectures import cast
-
-    return cast(module, dtype, device)
