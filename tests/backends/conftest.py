@@ -8,6 +8,10 @@ import numpy as np
 import pytest
 
 from streamdiff import StreamPipeline
+from streamdiff.backends.torch import TorchDenoiser
+from streamdiff.config import StreamConfig
+from streamdiff.models.controlnets import random_controlnet
+from streamdiff.stream import Components
 
 SIZE = 64
 
@@ -22,6 +26,22 @@ def make_stream(_tiny_cache):
         pipe = StreamPipeline.from_diffusers(copy.deepcopy(_tiny_cache["taesd"]), device="cpu", seed=3, **settings)
         pipe.prepare(prompt, negative_prompt="blurry")
         return pipe
+
+    return make
+
+
+@pytest.fixture
+def make_controlled_stream(_tiny_cache):
+    """A prepared CPU stream steered by a seeded ControlNet (each frame's Canny edges), over a private copy of the
+    tiny components; cache_conditioning as TorchDenoiser takes it, settings as StreamConfig fields."""
+
+    def make(cache_conditioning: bool = True, **settings) -> StreamPipeline:
+        pipe = copy.deepcopy(_tiny_cache["taesd"])
+        config = StreamConfig(device="cpu", seed=3, width=SIZE, height=SIZE, canny_thresholds=(40, 120), **settings)
+        stream = StreamPipeline(Components.from_diffusers(pipe, random_controlnet(pipe.unet)), config)
+        stream.denoiser = TorchDenoiser(pipe.unet, cache_conditioning=cache_conditioning, control=stream.control)
+        stream.prepare("a red fox", negative_prompt="blurry")
+        return stream
 
     return make
 

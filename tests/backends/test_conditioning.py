@@ -11,8 +11,11 @@ from conftest import SIZE, random_frames
 
 from streamdiff import StreamPipeline
 from streamdiff.backends.accelerate import _fuse_projections
-from streamdiff.backends.conditioning import StoredProjection
+from streamdiff.backends.conditioning import ConditioningCache, StoredProjection
 from streamdiff.backends.torch import TorchDenoiser
+from streamdiff.config import StreamConfig
+from streamdiff.control import Control
+from streamdiff.models.controlnets import random_controlnet
 
 
 @pytest.fixture
@@ -55,13 +58,19 @@ def test_calls_read_the_stored_conditioning_not_their_arguments(unet):
     assert torch.equal(cached(latents, t, e), plain(latents, t, e))
 
 
-@torch.no_grad()
-def test_stand_ins_cover_every_time_projection_and_cross_attention(unet):
+def _projections(model) -> tuple[int, int]:
+    """How many ResNets with a time projection and cross-attention layers `model` has."""
     from diffusers.models.attention_processor import Attention
     from diffusers.models.resnet import ResnetBlock2D
 
-    resnets = sum(isinstance(m, ResnetBlock2D) and m.time_emb_proj is not None for m in unet.modules())
-    crosses = sum(isinstance(m, Attention) and m.is_cross_attention for m in unet.modules())
+    resnets = sum(isinstance(m, ResnetBlock2D) and m.time_emb_proj is not None for m in model.modules())
+    crosses = sum(isinstance(m, Attention) and m.is_cross_attention for m in model.modules())
+    return resnets, crosses
+
+
+@torch.no_grad()
+def test_stand_ins_cover_every_time_projection_and_cross_attention(unet):
+    resnets, crosses = _projections(unet)
     assert resnets > 0 and crosses > 0
     state = unet.state_dict()
     linears = {name: m for name, m in unet.named_modules() if type(m) is torch.nn.Linear}
@@ -89,10 +98,12 @@ def test_fused_projections_are_stored_after_fusing(unet):
     torch.testing.assert_close(out, TorchDenoiser(unet, cache_conditioning=False)(latents, t, e))
 
 
+@pytest.mark.parametrize("steered", [False, True], ids=["unet", "unet-and-controlnet"])
 @torch.no_grad()
-def test_streams_sharing_a_unet_each_get_their_own_conditioning(unet):
-    plain = TorchDenoiser(unet, cache_conditioning=False)
-    first, second = TorchDenoiser(unet), TorchDenoiser(unet)
+def test_streams_sharing_a_unet_or_controlnet_each_get_their_own_conditioning(unet, request, steered):
+    control = request.getfixturevalue("control") if steered else None
+    plain = TorchDenoiser(unet, cache_conditioning=False, control=control)
+    first, second = TorchDenoiser(unet, control=control), TorchDenoiser(unet, control=control)
     lat1, t1, e1 = _inputs(unet, 1, seed=0)
     lat2, t2, e2 = _inputs(unet, 3, seed=1)
     first.condition(t1, e1)
@@ -116,7 +127,12 @@ def _stream(make_stream, cache: bool, **settings) -> StreamPipeline:
     {"t_index_list": (20, 40), "use_denoising_batch": False, "cfg_type": "self", "guidance_scale": 1.3},
 ], ids=["lcm-2", "initialize-3", "full-fbs2", "sequential-self"])
 def test_streams_with_the_cache_equal_streams_without(make_stream, settings):
-    plain, cached = (_stream(make_stream, cache, **settings) for cache in (False, True))
+    _assert_same_pictures(*(_stream(make_stream, cache, **settings) for cache in (False, True)))
+
+
+def _assert_same_pictures(plain: StreamPipeline, cached: StreamPipeline) -> None:
+    """Seven frames through both streams, with a prompt transition before frame 2 and a prompt change before
+    frame 5, then txt2img: the pictures are equal."""
     f = plain.config.frame_buffer_size
     shape = (f, SIZE, SIZE, 3) if f > 1 else (SIZE, SIZE, 3)
     for k, frame in enumerate(random_frames(7, shape)):
@@ -146,3 +162,82 @@ def test_embeddings_projected_by_the_unet_first_keep_their_keys_and_values_compu
     cached.condition(t, e)
     assert all(m.value.dim() == 2 for m in projected.modules() if isinstance(m, StoredProjection))
     assert torch.equal(cached(latents, t, e), TorchDenoiser(projected, cache_conditioning=False)(latents, t, e))
+
+
+# ----- a ControlNet, called with the UNet's timesteps and embeddings, stores its own ------------------------
+
+@pytest.fixture
+def control(unet):
+    """A seeded ControlNet of the tiny UNet's architecture, with a random control picture for 8x8 latents."""
+    config = StreamConfig(width=64, height=64, control_preprocess="none")
+    control = Control(random_controlnet(unet).eval(), config, torch.device("cpu"), torch.float32)
+    control.image.copy_(torch.rand(control.image.shape, generator=torch.Generator().manual_seed(5)))
+    return control
+
+
+@torch.no_grad()
+def test_a_controlnets_stored_conditioning_gives_its_own_numbers(unet, control):
+    plain, cached = TorchDenoiser(unet, cache_conditioning=False, control=control), TorchDenoiser(unet, control=control)
+    latents, t, e = _inputs(unet, 3, seed=0)
+    _, t_other, e_other = _inputs(unet, 3, seed=1)
+    expected = plain(latents, t, e)
+    cached.condition(t, e)
+    assert torch.equal(cached(latents, t, e), expected)
+    # Both read what was stored, not the call's arguments: a ControlNet computing from them would differ.
+    assert torch.equal(cached(latents, t_other, e_other), expected)
+    # The ControlNet's own cache, as the background compile switches it on around its call alone.
+    with ConditioningCache.of(control.controlnet).active():
+        stored = _flat(control.residuals(latents, t_other, e_other))
+    assert torch.equal(stored, _flat(control.residuals(latents, t, e)))
+
+
+def _flat(residuals: dict) -> torch.Tensor:
+    """A ControlNet's residuals (down stages' and the middle stage's) as one vector."""
+    down, mid = residuals["down_block_additional_residuals"], residuals["mid_block_additional_residual"]
+    return torch.cat([r.flatten() for r in (*down, mid)])
+
+
+@torch.no_grad()
+def test_a_new_conditioning_reaches_the_controlnets_stored_projections(unet, control):
+    """A prompt or schedule change stores the ControlNet's projections again: stale keys and values would steer
+    the UNet by the old prompt."""
+    plain, cached = TorchDenoiser(unet, cache_conditioning=False, control=control), TorchDenoiser(unet, control=control)
+    latents, t, e = _inputs(unet, 2, seed=0)
+    _, t_other, e_other = _inputs(unet, 2, seed=1)
+    cached.condition(t, e)
+    assert torch.equal(cached(latents, t, e), plain(latents, t, e))
+    cached.condition(t, e_other)  # a new prompt only
+    assert torch.equal(cached(latents, t, e_other), plain(latents, t, e_other))
+    cached.condition(t_other, e_other)  # a new schedule
+    assert torch.equal(cached(latents, t_other, e_other), plain(latents, t_other, e_other))
+    cached.condition(None, None)
+    assert torch.equal(cached(latents, t, e), plain(latents, t, e))
+
+
+@torch.no_grad()
+def test_stand_ins_cover_the_controlnets_projections_and_survive_fusing(unet, control):
+    controlnet = control.controlnet
+    resnets, crosses = _projections(controlnet)
+    assert resnets > 0 and crosses > 0
+    state = controlnet.state_dict()
+    cached = TorchDenoiser(unet, control=control)
+    latents, t, e = _inputs(unet, 2, seed=0)
+    cached.condition(t, e)
+    assert sum(isinstance(m, StoredProjection) for m in controlnet.modules()) == resnets + 2 * crosses
+    after = controlnet.state_dict()
+    assert list(after) == list(state) and all(after[k] is state[k] or torch.equal(after[k], state[k]) for k in state)
+    # accelerate strips the stand-ins of the cache the denoiser uses; its next call stores them again.
+    _fuse_projections(controlnet)
+    assert not any(isinstance(m, StoredProjection) for m in controlnet.modules())
+    out = cached(latents, t, e)
+    assert any(isinstance(m, StoredProjection) and m.value is not None for m in controlnet.modules())
+    torch.testing.assert_close(out, TorchDenoiser(unet, cache_conditioning=False, control=control)(latents, t, e))
+
+
+@pytest.mark.parametrize("settings", [
+    {"t_index_list": (20, 40)},
+    {"t_index_list": (10, 25, 40), "cfg_type": "initialize", "guidance_scale": 1.4},
+    {"t_index_list": (0,), "cfg_type": "full", "guidance_scale": 1.5, "frame_buffer_size": 2},
+], ids=["lcm-2", "initialize-3", "full-fbs2"])
+def test_controlnet_streams_with_the_cache_equal_streams_without(make_controlled_stream, settings):
+    _assert_same_pictures(*(make_controlled_stream(cache, **settings) for cache in (False, True)))

@@ -219,11 +219,12 @@ def _set_codec(pipe: StreamPipeline, fuse_codec: bool, *, compiled: bool) -> Non
         codec_fusion.unfuse(vae)
 
 
-def _fuse_projections(unet: torch.nn.Module) -> None:
-    """One projection matrix product instead of three (two for cross-attention). The conditioning cache's
-    stand-ins go first, so that diffusers fuses the real projections; the next call stores them again."""
-    ConditioningCache.of(unet).remove()
-    unet.fuse_qkv_projections()
+def _fuse_projections(model: torch.nn.Module) -> None:
+    """One projection matrix product instead of three (two for cross-attention), in the UNet or the ControlNet.
+    The stand-ins of the conditioning cache the denoiser uses go first, so that diffusers fuses the real
+    projections; the denoiser's next call stores them again."""
+    ConditioningCache.of(model).remove()
+    model.fuse_qkv_projections()
 
 
 def _build(stream: AcceleratedStream, chosen: AccelMode, requested: AccelMode, fallback: bool,

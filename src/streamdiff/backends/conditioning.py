@@ -1,4 +1,4 @@
-"""A UNet's per-stream constants, computed once per prompt or schedule change instead of at every frame.
+"""A UNet's and its ControlNet's per-stream constants, computed once per prompt or schedule change, not per frame.
 
 A stream's timesteps and text embeddings change only with prepare() or a prompt change, yet every UNet
 call recomputes from them the timestep embedding with each ResNet's projection of it (22 small products
@@ -6,7 +6,9 @@ in SD 2.1) and the keys and values of each cross-attention layer (16 products ov
 computes those projections when told the conditioning, and the UNet reads the stored results while the
 cache is active: the same numbers, fewer kernels (and under torch.compile the unused embedding path is
 dropped too). Outside `active()` the UNet computes everything as usual, so other callers of the same
-modules (a diffusers pipeline on shared weights) are unaffected.
+modules (a diffusers pipeline on shared weights) are unaffected. A ControlNetModel is a copy of the UNet's
+down and middle stages called with the same timesteps and embeddings, so the same cache covers it (10
+projections and 7 cross-attention layers in SD 2.1's), with a cache of its own.
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-_KEY = "_streamdiff_conditioning"  # where a UNet keeps its cache (ConditioningCache.of)
+_KEY = "_streamdiff_conditioning"  # where a UNet or ControlNet keeps its cache (ConditioningCache.of)
 
 # Processors known to project the keys and values of cross-attention from encoder_hidden_states, unchanged.
 _PLAIN_PROCESSORS = ("AttnProcessor", "AttnProcessor2_0", "FusedAttnProcessor2_0")
 
 
 class _Switch:
-    """Shared by a cache's stand-ins: whether UNet calls read the stored projections now."""
+    """Shared by a cache's stand-ins: whether calls of its model read the stored projections now."""
 
     on = False
 
@@ -59,30 +61,31 @@ class StoredProjection(nn.Module):
 
 
 class ConditioningCache:
-    """The stored time projections and cross-attention keys and values of one diffusers UNet2DConditionModel.
+    """The stored time projections and cross-attention keys and values of one diffusers UNet2DConditionModel
+    or ControlNetModel (`model`).
 
-    One per UNet (`of`): its stand-ins hold one conditioning at a time, that of `owner`, the stream that
-    stored it last; a stream sharing the UNet stores its own again before its calls (see TorchDenoiser).
+    One per model (`of`): its stand-ins hold one conditioning at a time, that of `owner`, the stream that
+    stored it last; a stream sharing the model stores its own again before its calls (see TorchDenoiser).
     """
 
-    def __init__(self, unet: nn.Module):
-        self.unet = unet
+    def __init__(self, model: nn.Module):
+        self.model = model
         self.owner: object | None = None
         self._switch = _Switch()
         # What _install covered, kept so that a refresh (every frame of a prompt transition) walks no modules.
         self._installed: tuple[list[nn.Module], list[tuple[nn.Module, tuple[str, ...]]]] | None = None
 
     @classmethod
-    def of(cls, unet: nn.Module) -> ConditioningCache:
-        """The cache of `unet`, made at the first call."""
-        cache = unet.__dict__.get(_KEY)
+    def of(cls, model: nn.Module) -> ConditioningCache:
+        """The cache of `model`, made at the first call."""
+        cache = model.__dict__.get(_KEY)
         if cache is None:
-            cache = unet.__dict__[_KEY] = cls(unet)
+            cache = model.__dict__[_KEY] = cls(model)
         return cache
 
     @torch.no_grad()
     def refresh(self, timesteps: Tensor, embeddings: Tensor, owner: object) -> None:
-        """Store the projections for UNet calls with timesteps (B,) and embeddings (B, 77, D)."""
+        """Store the projections for the model's calls with timesteps (B,) and embeddings (B, 77, D)."""
         resnets, attentions = self._installed or self._install()
         if resnets:
             emb = self._time_embedding(timesteps)
@@ -95,14 +98,14 @@ class ConditioningCache:
         self.owner = owner
 
     @staticmethod
-    def reading(unet: nn.Module) -> bool:
-        """Whether calls of `unet` read stored projections now: it has a cache, and they run inside `active()`."""
-        cache = unet.__dict__.get(_KEY)
+    def reading(model: nn.Module) -> bool:
+        """Whether calls of `model` read stored projections now: it has a cache, and they run inside `active()`."""
+        cache = model.__dict__.get(_KEY)
         return cache is not None and cache._switch.on
 
     @contextmanager
     def active(self) -> Iterator[None]:
-        """UNet calls inside read the stored projections."""
+        """The model's calls inside read the stored projections."""
         self._switch.on = True
         try:
             yield
@@ -110,8 +113,8 @@ class ConditioningCache:
             self._switch.on = False
 
     def remove(self) -> None:
-        """Put the original projections back (before changing the UNet's modules, e.g. fusing them)."""
-        for module in self.unet.modules():
+        """Put the original projections back (before changing the model's modules, e.g. fusing them)."""
+        for module in self.model.modules():
             for name, child in list(module.named_children()):
                 if isinstance(child, StoredProjection):
                     setattr(module, name, child.original)
@@ -138,31 +141,34 @@ class ConditioningCache:
 
     def _caches_time(self) -> bool:
         """Whether the embedding depends on the timesteps alone (no class labels or added conditions)."""
-        unet = self.unet
-        return getattr(unet, "class_embedding", None) is None and unet.config.get("addition_embed_type") is None
+        model = self.model
+        return getattr(model, "class_embedding", None) is None and model.config.get("addition_embed_type") is None
 
     def _time_embedding(self, timesteps: Tensor) -> Tensor:
-        """The embedding every ResNet projects, (B, 1280 for SD), as UNet2DConditionModel.forward computes it."""
-        unet = self.unet
-        sample = torch.empty(timesteps.shape[0], dtype=unet.dtype, device=timesteps.device)
-        emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timesteps), None)
-        return unet.time_embed_act(emb) if unet.time_embed_act is not None else emb
+        """The embedding every ResNet projects, (B, 1280 for SD), as UNet2DConditionModel.forward and
+        ControlNetModel.forward compute it (a ControlNet has the UNet's steps inline and no final activation)."""
+        model = self.model
+        # time_proj's sinusoids are float32 whatever the model's dtype; forward casts them to the sample's.
+        projected = model.time_proj(timesteps).to(dtype=model.dtype)
+        emb = model.time_embedding(projected, None)
+        act = getattr(model, "time_embed_act", None)
+        return act(emb) if act is not None else emb
 
     def _resnets(self) -> Iterator[nn.Module]:
         from diffusers.models.resnet import ResnetBlock2D
 
-        for module in self.unet.modules():
+        for module in self.model.modules():
             if isinstance(module, ResnetBlock2D) and _coverable(module.time_emb_proj):
                 yield module
 
     def _cross_attentions(self) -> Iterator[tuple[nn.Module, tuple[str, ...]]]:
         """Cross-attention layers with a plain processor, and the names of their key/value projections (none
-        where the UNet projects the embeddings first: its layers then attend to other states)."""
+        where the model projects the embeddings first: its layers then attend to other states)."""
         from diffusers.models.attention_processor import Attention
 
-        if getattr(self.unet, "encoder_hid_proj", None) is not None:
+        if getattr(self.model, "encoder_hid_proj", None) is not None:
             return
-        for module in self.unet.modules():
+        for module in self.model.modules():
             if not isinstance(module, Attention) or not module.is_cross_attention:
                 continue
             if type(module.processor).__name__ not in _PLAIN_PROCESSORS:

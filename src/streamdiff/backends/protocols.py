@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-from torch import Tensor
+from torch import Tensor, nn
 
 
 @runtime_checkable
@@ -26,6 +26,8 @@ class LatentCodec(Protocol):
 
 
 class ControlResiduals(Protocol):
+    controlnet: nn.Module  # the diffusers ControlNetModel `residuals` calls; TorchDenoiser caches its conditioning
+
     def residuals(self, latents: Tensor, timesteps: Tensor, embeddings: Tensor) -> dict[str, Any]:
         """A ControlNet's additions to the UNet call on these inputs, as the UNet's keyword arguments."""
         ...

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 import torch
 from torch import Tensor
 
@@ -12,13 +14,14 @@ from .protocols import ControlResiduals
 class TorchDenoiser:
     """A diffusers UNet2DConditionModel; with cache_conditioning, what depends only on the timesteps and the
     text embeddings is computed once per `condition` instead of at every call. With `control`, a ControlNet's
-    residuals join every call."""
+    residuals join every call; its own such work, on the same timesteps and embeddings, is cached alike."""
 
     def __init__(self, unet: torch.nn.Module, *, cache_conditioning: bool = True,
                  control: ControlResiduals | None = None):
         self.unet = unet
         self.control = control
-        self.conditioning = ConditioningCache.of(unet) if cache_conditioning else None
+        models = (unet,) if control is None else (unet, control.controlnet)
+        self.caches = tuple(ConditioningCache.of(m) for m in models) if cache_conditioning else ()
         self._given: tuple[Tensor, Tensor] | None = None
 
     def condition(self, timesteps: Tensor | None, embeddings: Tensor | None) -> None:
@@ -26,27 +29,29 @@ class TorchDenoiser:
 
         Calls must then pass these same values: the stored projections stand in for theirs.
         """
-        if self.conditioning is None:
+        if not self.caches:
             return
         self._given = None if timesteps is None or embeddings is None else (timesteps, embeddings)
         if self._given is not None:
-            self.conditioning.refresh(*self._given, owner=self)
+            for cache in self.caches:
+                cache.refresh(*self._given, owner=self)
 
     def claim(self) -> bool:
-        """Store this denoiser's conditioning again if another stream on the same UNet replaced it (before
-        replaying captured calls); whether calls read stored conditioning."""
-        cache = self.conditioning
-        if cache is None or self._given is None:
+        """Store this denoiser's conditioning again where another stream on the same UNet or ControlNet replaced
+        it (before replaying captured calls); whether calls read stored conditioning."""
+        if not self.caches or self._given is None:
             return False
-        if cache.owner is not self:
-            cache.refresh(*self._given, owner=self)
+        for cache in self.caches:
+            if cache.owner is not self:
+                cache.refresh(*self._given, owner=self)
         return True
 
     def __call__(self, latents: Tensor, timesteps: Tensor, embeddings: Tensor) -> Tensor:
         if not self.claim():
             return self._unet(latents, timesteps, embeddings)
-        assert self.conditioning is not None
-        with self.conditioning.active():
+        with ExitStack() as reading:  # the UNet and the ControlNet read their stored projections
+            for cache in self.caches:
+                reading.enter_context(cache.active())
             return self._unet(latents, timesteps, embeddings)
 
     def _unet(self, latents: Tensor, timesteps: Tensor, embeddings: Tensor) -> Tensor:
