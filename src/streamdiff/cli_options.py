@@ -62,17 +62,24 @@ def add_engine_options(parser: argparse.ArgumentParser, *, prompt_required: bool
         add_accel_options(parser)
 
 
+def add_controlnet_arguments(group: Any) -> None:
+    """--controlnet and --control-scale, for the engine commands and bench."""
+    group.add_argument("--controlnet", default=None, metavar="KIND|FOLDER|HUB_ID",
+                       help="steer the pictures with a ControlNet: canny (the input's edges) or depth (its estimated "
+                            "depth), the published one for the model's family (random weights of its architecture "
+                            "for random-weight models); or a diffusers ControlNet folder or hub id. Not for sdxs-512 "
+                            "or tiny-sd (no middle stage): use sd-turbo or sd15-lcm")
+    group.add_argument("--control-scale", type=float, default=None,
+                       help="how strongly the ControlNet steers, [0, 5] (default 1: as trained)")
+
+
 def _add_control_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("ControlNet")
-    g.add_argument("--controlnet", default=None, metavar="KIND|FOLDER|HUB_ID",
-                   help="steer the pictures with a ControlNet: canny (the input's edges) or depth (the input is a "
-                        "depth map), the published one for the model's family; or a diffusers ControlNet folder or "
-                        "hub id. Not for sdxs-512 or tiny-sd (no middle stage): use sd-turbo or sd15-lcm")
-    g.add_argument("--control-scale", type=float, default=None,
-                   help="how strongly the ControlNet steers, [0, 5] (default 1: as trained)")
+    add_controlnet_arguments(g)
     g.add_argument("--control-preprocess", choices=CONTROL_PREPROCESSES, default=None,
-                   help="how a frame becomes the control picture: canny edges, or none (the frame itself); "
-                        "default: the kind's own, none for a folder or hub id")
+                   help="how a frame becomes the control picture: canny edges, depth (estimated by Depth "
+                        "Anything V2 Small), or none (the frame itself, e.g. a depth camera's feed); default: the "
+                        "kind's own, none for a folder or hub id")
     g.add_argument("--canny-thresholds", type=_thresholds, default=None, metavar="LOW,HIGH",
                    help="Canny's hysteresis thresholds on 0-255 gradients (default 100,200; lower: more edges)")
 
@@ -81,7 +88,7 @@ CONTROL_SETTINGS = {"control_scale": "--control-scale", "control_preprocess": "-
                     "canny_thresholds": "--canny-thresholds"}
 
 
-def _control_settings(args: argparse.Namespace) -> dict[str, Any]:
+def control_settings(args: argparse.Namespace) -> dict[str, Any]:
     given = {name: getattr(args, name) for name in CONTROL_SETTINGS if getattr(args, name, None) is not None}
     if given and getattr(args, "controlnet", None) is None:
         raise UserError(f"{CONTROL_SETTINGS[next(iter(given))]} needs --controlnet")
@@ -108,7 +115,7 @@ def engine_settings(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, name) or size
         if value is not None:
             settings[name] = value
-    return settings | _control_settings(args)
+    return settings | control_settings(args)
 
 
 def progress(message: str) -> None:

@@ -10,8 +10,8 @@ import torch
 
 Fit = Literal["exact", "crop", "pad", "stretch"]
 FITS: tuple[str, ...] = ("exact", "crop", "pad", "stretch")
-ControlPreprocess = Literal["canny", "none"]
-CONTROL_PREPROCESSES: tuple[str, ...] = ("canny", "none")
+ControlPreprocess = Literal["canny", "depth", "none"]
+CONTROL_PREPROCESSES: tuple[str, ...] = ("canny", "depth", "none")
 CONTROL_SCALE_MAX = 5.0  # a ControlNet's conditioning scale, [0, this]
 
 

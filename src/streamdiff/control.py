@@ -1,10 +1,11 @@
 """A ControlNet steering the stream (Zhang et al. 2023): its control picture and scale, in fixed device buffers.
 
-Each processed frame becomes the control picture (its Canny edges, or the frame itself for a depth map
-given as the input; black, no edges, until the first frame or set_control_image) and every slot of the
+Each processed frame becomes the control picture (its Canny edges, its estimated depth, or the frame
+itself, e.g. a depth camera's feed; black until the first frame or set_control_image) and every slot of the
 stream batch is steered by the newest one: with several steps the frames still in flight follow the newest
 structure, which keeps the output on what the camera shows now. The picture and the scale live in tensors updated in place, so a captured CUDA graph reads the new
-ones; the edges are computed by the engine's device in the same step (edges.py), with no host round trip.
+ones; the edges (edges.py) and depth (depth.py) are computed on the engine's device in the same step, with no
+host round trip.
 """
 
 from __future__ import annotations
@@ -15,14 +16,20 @@ import torch
 from torch import Tensor
 
 from .config import StreamConfig
+from .depth import depth_picture
 from .edges import canny_edges
 
 
 class Control:
     """The inputs of one ControlNet for one stream; `residuals` feeds a UNet call (TorchDenoiser asks for it)."""
 
-    def __init__(self, controlnet: torch.nn.Module, config: StreamConfig, device: torch.device, dtype: torch.dtype):
+    def __init__(self, controlnet: torch.nn.Module, config: StreamConfig, device: torch.device, dtype: torch.dtype,
+                 estimator: torch.nn.Module | None = None):
+        if config.control_preprocess == "depth" and estimator is None:
+            raise ValueError("control_preprocess 'depth' needs a depth estimator (Components.depth_estimator; "
+                             "from_model loads Depth Anything V2 Small)")
         self.controlnet = controlnet
+        self.estimator = estimator  # a transformers depth-estimation model, for control_preprocess "depth"
         self.preprocess = config.control_preprocess
         self.thresholds = config.canny_thresholds
         shape = (config.frame_buffer_size, 3, config.height, config.width)
@@ -34,6 +41,9 @@ class Control:
         picture = (pixels.to(self.image.dtype) + 1) / 2
         if self.preprocess == "canny":
             picture = canny_edges(picture, *self.thresholds)
+        elif self.preprocess == "depth":
+            assert self.estimator is not None
+            picture = depth_picture(self.estimator, picture)
         self.image.copy_(picture.clamp(0, 1))
 
     def set_scale(self, scale: float) -> None:

@@ -50,16 +50,19 @@ class Components:
     vae: torch.nn.Module
     scheduler_config: dict
     controlnet: torch.nn.Module | None = None  # a diffusers ControlNetModel steering the UNet (control.py)
+    depth_estimator: torch.nn.Module | None = None  # for control_preprocess "depth" (depth.py)
 
     @classmethod
-    def from_diffusers(cls, pipe: Any, controlnet: torch.nn.Module | None = None) -> Components:
+    def from_diffusers(cls, pipe: Any, controlnet: torch.nn.Module | None = None,
+                       depth_estimator: torch.nn.Module | None = None) -> Components:
         missing = [n for n in ("tokenizer", "text_encoder", "unet", "vae", "scheduler") if getattr(pipe, n, None) is None]
         if missing:
             raise ValueError(f"expected a diffusers Stable Diffusion pipeline; it lacks {', '.join(missing)}")
         controlnet = controlnet if controlnet is not None else getattr(pipe, "controlnet", None)
         if controlnet is not None and not hasattr(controlnet, "controlnet_cond_embedding"):
             raise ValueError(f"expected one diffusers ControlNetModel; got {type(controlnet).__name__}")
-        return cls(pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae, dict(pipe.scheduler.config), controlnet)
+        return cls(pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae, dict(pipe.scheduler.config), controlnet,
+                   depth_estimator)
 
 
 def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
@@ -87,12 +90,13 @@ class StreamPipeline(DeviceSteps):
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.lcm_boundary = lcm_boundary
-        for module in (components.text_encoder, components.unet, components.vae, components.controlnet):
+        for module in (components.text_encoder, components.unet, components.vae, components.controlnet,
+                       components.depth_estimator):
             if module is not None:
                 _place(module, self.device, self.dtype)
         self.components = components
         self.control = None if components.controlnet is None else \
-            Control(components.controlnet, config, self.device, self.dtype)
+            Control(components.controlnet, config, self.device, self.dtype, components.depth_estimator)
         self.denoiser = denoiser or TorchDenoiser(components.unet, control=self.control)
         self.codec = codec or TorchCodec(components.vae)
         self.prompts = PromptEncoder(components.tokenizer, components.text_encoder, self.device, self.dtype)
@@ -117,14 +121,15 @@ class StreamPipeline(DeviceSteps):
         model_config: for a single checkpoint file, the diffusers folder or hub id of its base model.
         loras: style LoRAs (or SOURCE[:SCALE] strings, as --lora takes them) fused into the weights at load.
         controlnet: a ControlNet kind ("canny", "depth"), folder or hub id steering the UNet (control.py); its
-        control_preprocess is the kind's own unless the settings say otherwise.
+        control_preprocess is the kind's own unless the settings say otherwise ("depth" loads an estimator).
         """
-        from .models.controlnets import load_controlnet, prefetch_controlnet
+        from .models.controlnets import ControlFolders, load_controlnet, prefetch_controlnet
         from .models.loading import load_model
 
-        control_folder = None
+        how = settings.get("control_preprocess")
+        control_folders = ControlFolders()
         if controlnet is not None:
-            control_folder = prefetch_controlnet(controlnet, name_or_path, random_weights=random_weights)
+            control_folders = prefetch_controlnet(controlnet, name_or_path, how, random_weights=random_weights)
         base = StreamConfig.from_settings(config, **settings)
         device = resolve_device(base.device)
         styles = [lora if isinstance(lora, StyleLora) else StyleLora.parse(lora) for lora in loras]
@@ -138,12 +143,11 @@ class StreamPipeline(DeviceSteps):
             defaults.update({k: spec.resolution for k in ("width", "height") if k not in settings})
         control = None
         if controlnet is not None:
-            control = load_controlnet(controlnet, spec, loaded.pipe.unet, dtype=resolve_dtype(base.dtype, device),
-                                      device=device, random_weights=random_weights, folder=control_folder)
-            if "control_preprocess" not in settings:
-                defaults["control_preprocess"] = control.preprocess
+            control = load_controlnet(controlnet, spec, loaded.pipe.unet, how, dtype=resolve_dtype(base.dtype, device),
+                                      device=device, random_weights=random_weights, folders=control_folders)
+            defaults["control_preprocess"] = control.preprocess
         cfg = base.with_changes(**defaults) if defaults else base
-        components = Components.from_diffusers(loaded.pipe, control.module if control else None)
+        components = Components.from_diffusers(loaded.pipe, *((control.module, control.estimator) if control else ()))
         return cls(components, cfg, lcm_boundary=spec.lcm_boundary)
 
     # ----- set-up -------------------------------------------------------------------------------

@@ -174,12 +174,14 @@ print(stream.upgrading, time.monotonic(), flush=True)
 def _controlled(tiny, cache_conditioning: bool = True, **settings) -> StreamPipeline:
     from streamdiff.config import StreamConfig
     from streamdiff.models.controlnets import random_controlnet
+    from streamdiff.models.depth_estimators import random_depth_estimator
     from streamdiff.stream import Components
 
     pipe = copy.deepcopy(tiny)
     config = StreamConfig(device="cuda", dtype="float16", seed=3, width=64, height=64, fit="crop",
                           canny_thresholds=(40, 120), **settings)
-    stream = StreamPipeline(Components.from_diffusers(pipe, random_controlnet(pipe.unet)), config)
+    estimator = random_depth_estimator(tiny=True) if config.control_preprocess == "depth" else None
+    stream = StreamPipeline(Components.from_diffusers(pipe, random_controlnet(pipe.unet), estimator), config)
     stream.denoiser = TorchDenoiser(pipe.unet, cache_conditioning=cache_conditioning, control=stream.control)
     stream.prepare("a red fox", negative_prompt="blurry")
     return stream
@@ -187,12 +189,26 @@ def _controlled(tiny, cache_conditioning: bool = True, **settings) -> StreamPipe
 
 @pytest.mark.parametrize("mode", ["graphs", "max"])
 @pytest.mark.parametrize("settings", [{"t_index_list": (20,)},
-                                      {"t_index_list": (10, 30), "cfg_type": "full", "guidance_scale": 1.4}],
-                         ids=["1-step", "2-step-full-cfg"])
+                                      {"t_index_list": (10, 30), "cfg_type": "full", "guidance_scale": 1.4},
+                                      {"t_index_list": (20,), "control_preprocess": "depth"}],
+                         ids=["1-step", "2-step-full-cfg", "1-step-depth"])
 def test_controlnet_replays_match_the_eager_engine(_tiny_cache, mode, settings, tmp_path):
-    # The Canny edges are computed inside the captured step; the scale is a tensor the replays read.
+    # The Canny edges or the estimated depth are computed inside the captured step (in max, by the compiled
+    # estimator); the scale is a tensor the replays read.
     eager = _controlled(_tiny_cache["taesd"], cache_conditioning=False, **settings)
     fast, report = accelerate(_controlled(_tiny_cache["taesd"], **settings), mode, cache_dir=tmp_path)
     assert report.mode == mode and len(fast.captured) == 1
     _replay_with_changes(eager, fast, 8, lambda stream, k: stream.set_control_scale(0.4 if k == 3 else 1.6))
+    assert len(fast.captured) == 1
+
+
+@pytest.mark.parametrize("mode", ["graphs", "max"])
+def test_controlnet_replays_follow_prompt_changes(_tiny_cache, mode, tmp_path):
+    # The ControlNet's stored keys and values change in place with the prompt, as the UNet's do, so the step is
+    # not captured again; replays reading stale ones were 8 levels off the eager engine at frame 4 (H100).
+    settings = {"t_index_list": (10, 30), "cfg_type": "self", "guidance_scale": 1.4}
+    eager = _controlled(_tiny_cache["taesd"], cache_conditioning=False, **settings)
+    fast, report = accelerate(_controlled(_tiny_cache["taesd"], **settings), mode, cache_dir=tmp_path)
+    assert report.mode == mode and len(fast.captured) == 1
+    _replay_with_changes(eager, fast, 9, lambda stream, k: stream.update_prompt("a cat" if k == 3 else "a boat"))
     assert len(fast.captured) == 1

@@ -111,22 +111,25 @@ def test_returned_frames_do_not_change_with_later_frames(make_stream):
     torch.testing.assert_close(pt, pt_copy, rtol=0, atol=0)
 
 
-def test_controlnet_replays_make_each_frames_edges(_tiny_cache):
-    """A replayed step computes the new frame's Canny edges itself: a step that kept the edges of its capture
-    would drift from the engine here. (That a replay reads a changed scale needs real CUDA graphs: the GPU
-    tests check it.)"""
+@pytest.mark.parametrize("preprocess", ["canny", "depth"])
+def test_controlnet_replays_make_each_frames_control_picture(_tiny_cache, preprocess):
+    """A replayed step computes the new frame's Canny edges or estimated depth itself: a step that kept the
+    control picture of its capture would drift from the engine here. (That a replay reads a changed scale
+    needs real CUDA graphs: the GPU tests check it.)"""
     import copy
 
     from streamdiff import StreamPipeline
     from streamdiff.config import StreamConfig
     from streamdiff.models.controlnets import random_controlnet
+    from streamdiff.models.depth_estimators import random_depth_estimator
     from streamdiff.stream import Components
 
     def make() -> StreamPipeline:
         pipe = copy.deepcopy(_tiny_cache["taesd"])
         config = StreamConfig(device="cpu", seed=3, width=64, height=64, t_index_list=(20, 40),
-                              canny_thresholds=(40, 120))
-        stream = StreamPipeline(Components.from_diffusers(pipe, random_controlnet(pipe.unet)), config)
+                              canny_thresholds=(40, 120), control_preprocess=preprocess)
+        estimator = random_depth_estimator(tiny=True) if preprocess == "depth" else None
+        stream = StreamPipeline(Components.from_diffusers(pipe, random_controlnet(pipe.unet), estimator), config)
         stream.prepare("a red fox")
         return stream
 

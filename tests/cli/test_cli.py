@@ -40,12 +40,15 @@ def test_bundled_sample_and_txt2img(tmp_path):
 def test_controlnet_steers_img2img_and_txt2img(tmp_path):
     pictures = {}
     for name, extra in (("plain", []), ("canny", ["--controlnet", "canny", "--canny-thresholds", "20,60"]),
-                        ("weak", ["--controlnet", "canny", "--canny-thresholds", "20,60", "--control-scale", "0"])):
+                        ("weak", ["--controlnet", "canny", "--canny-thresholds", "20,60", "--control-scale", "0"]),
+                        ("depth", ["--controlnet", "depth"]),
+                        ("itself", ["--controlnet", "depth", "--control-preprocess", "none"])):
         out = tmp_path / f"{name}.png"
         assert main(["img2img", "sample", str(out), "--prompt", "x", "--model", "tiny", "--device", "cpu", *extra]) == 0
         pictures[name] = np.asarray(Image.open(out), dtype=int)
     assert np.abs(pictures["canny"] - pictures["plain"]).max() > 3  # the ControlNet steered
     assert np.abs(pictures["weak"] - pictures["plain"]).max() <= 1  # at scale 0 it does not
+    assert np.abs(pictures["depth"] - pictures["itself"]).max() > 3  # estimated depth, not the picture, steered
     out = tmp_path / "drawn.png"
     assert main(["txt2img", str(out), "--prompt", "x", "--model", "tiny", "--device", "cpu", "--controlnet", "depth",
                  "--control-image", "sample"]) == 0

@@ -131,7 +131,7 @@ def test_a_diffusers_controlnet_pipeline_brings_its_controlnet(tiny_pipe_factory
 
 @pytest.mark.parametrize("settings,message", [
     ({"control_scale": 6.0}, r"control_scale must be in \[0, 5\]; got 6.0"),
-    ({"control_preprocess": "depth"}, "control_preprocess must be one of canny, none; got 'depth'"),
+    ({"control_preprocess": "midas"}, "control_preprocess must be one of canny, depth, none; got 'midas'"),
     ({"canny_thresholds": (200, 100)}, r"canny_thresholds must be two numbers with 0 <= low <= high; got \(200, 100\)"),
     ({"canny_thresholds": (1,)}, "canny_thresholds must be two numbers"),
 ])

@@ -102,3 +102,43 @@ def test_random_weights_build_the_published_architecture_of_the_model():
     assert 360e6 < sum(p.numel() for p in controlnet.parameters()) < 368e6
     assert list(controlnet.config.block_out_channels) == [320, 640, 1280, 1280]
     assert controlnet.config.cross_attention_dim == 1024
+
+
+def test_depth_loads_the_depth_estimator_from_the_hub_cache(helpers, offline_hub, tiny_folder, controlnet_folder,
+                                                           tmp_path):
+    from streamdiff.models.depth_estimators import DEPTH_ESTIMATOR_REPO, random_depth_estimator
+
+    estimator = random_depth_estimator(tiny=True, seed=5)
+    estimator.save_pretrained(tmp_path / "depth")
+    _with_taesd_cached(helpers, offline_hub, tmp_path)
+    helpers.add_to_hub_cache(offline_hub, "stabilityai/sd-turbo", tiny_folder)
+    helpers.add_to_hub_cache(offline_hub, CONTROL_KINDS["depth"].repos["sd21"], controlnet_folder)
+    helpers.add_to_hub_cache(offline_hub, DEPTH_ESTIMATOR_REPO, tmp_path / "depth")
+    stream = StreamPipeline.from_model("sd-turbo", controlnet="depth", **CPU)
+    loaded = stream.components.depth_estimator
+    assert stream.config.control_preprocess == "depth" and stream.control.estimator is loaded
+    state, expected = loaded.state_dict(), estimator.state_dict()
+    assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in state)
+    told = StreamPipeline.from_model("sd-turbo", controlnet="depth", control_preprocess="none", **CPU)
+    assert told.components.depth_estimator is None and told.control.estimator is None
+
+
+def test_a_missing_depth_estimator_is_named_before_the_model_loads(helpers, offline_hub, controlnet_folder):
+    helpers.add_to_hub_cache(offline_hub, CONTROL_KINDS["depth"].repos["sd21"], controlnet_folder)
+    with pytest.raises(ModelUnavailableError) as info:
+        StreamPipeline.from_model("sd-turbo", controlnet="depth", **CPU)  # the model is not cached either
+    message = str(info.value)
+    assert message.startswith("depth estimator cannot be loaded: depth-anything/Depth-Anything-V2-Small-hf")
+    assert "--control-preprocess none with a depth picture as the input" in message
+    assert "stabilityai/sd-turbo" not in message
+
+
+def test_the_tiny_model_and_random_weights_build_an_estimator_without_a_download(offline_hub, controlnet_folder):
+    from streamdiff.models.depth_estimators import random_depth_estimator
+
+    tiny = StreamPipeline.from_model("tiny", controlnet=str(controlnet_folder), control_preprocess="depth", **CPU)
+    assert sum(p.numel() for p in tiny.components.depth_estimator.parameters()) < 1e6
+    # Depth Anything V2 Small: a DINOv2 ViT-S/14 with a DPT head, 24.8 M parameters.
+    full = random_depth_estimator()
+    assert 24.7e6 < sum(p.numel() for p in full.parameters()) < 24.9e6
+    assert full.config.backbone_config.hidden_size == 384 and full.config.neck_hidden_sizes == [48, 96, 192, 384]

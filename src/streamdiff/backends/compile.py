@@ -71,14 +71,15 @@ def compile_unsupported(device: torch.device) -> str | None:
     return f"torch.compile is not supported on {device.type} devices by this engine"
 
 
-def compiled_parts(unet: torch.nn.Module, vae: torch.nn.Module,
-                   controlnet: torch.nn.Module | None = None) -> dict[str, torch.nn.Module]:
-    """The modules worth compiling: the UNet (and its ControlNet), and the VAE's encoder and decoder (TAESD or
-    KL) unless their convolutions are fused (cuDNN's fused kernels cannot be traced; the graph capture covers
-    them)."""
+def compiled_parts(unet: torch.nn.Module, vae: torch.nn.Module, controlnet: torch.nn.Module | None = None,
+                   depth_estimator: torch.nn.Module | None = None) -> dict[str, torch.nn.Module]:
+    """The modules worth compiling: the UNet (with its ControlNet and depth estimator), and the VAE's encoder
+    and decoder (TAESD or KL) unless their convolutions are fused (cuDNN's fused kernels cannot be traced; the
+    graph capture covers them)."""
     from .codec_fusion import is_fused
 
-    parts = {"unet": unet} | ({"controlnet": controlnet} if controlnet is not None else {})
+    extras = {"controlnet": controlnet, "depth_estimator": depth_estimator}
+    parts = {"unet": unet} | {name: module for name, module in extras.items() if module is not None}
     for name in ("encoder", "decoder"):
         part = getattr(vae, name, None)
         if isinstance(part, torch.nn.Module) and not is_fused(part):
@@ -87,8 +88,8 @@ def compiled_parts(unet: torch.nn.Module, vae: torch.nn.Module,
 
 
 def parts_of(components: Any) -> dict[str, torch.nn.Module]:
-    """compiled_parts of a stream's Components (its UNet, ControlNet and VAE)."""
-    return compiled_parts(components.unet, components.vae, components.controlnet)
+    """compiled_parts of a stream's Components (its UNet, ControlNet, depth estimator and VAE)."""
+    return compiled_parts(components.unet, components.vae, components.controlnet, components.depth_estimator)
 
 
 def compiled_forward(module: torch.nn.Module, preset: str = "default") -> Callable[..., Any]:

@@ -17,6 +17,7 @@ import torch
 from ..config import ControlPreprocess
 from ..errors import ModelPathNotFoundError, UserError
 from .architectures import _seeded, cast
+from .depth_estimators import load_depth_estimator, prefetch_depth_estimator
 from .hub import HubFiles, fetch
 from .loading import _dtype_keyword, unreadable_model
 from .registry import ModelSpec
@@ -41,8 +42,8 @@ CONTROL_KINDS: dict[str, ControlKind] = {
         # The edges of each input frame (Canny, computed on the engine's device).
         ControlKind("canny", "canny",
                     {"sd21": "thibaud/controlnet-sd21-canny-diffusers", "sd15": "lllyasviel/control_v11p_sd15_canny"}),
-        # The input frame is a depth map already (near is bright), e.g. a depth camera's feed.
-        ControlKind("depth", "none",
+        # Each input frame's depth, estimated on the engine's device (Depth Anything V2 Small; near is bright).
+        ControlKind("depth", "depth",
                     {"sd21": "thibaud/controlnet-sd21-depth-diffusers", "sd15": "lllyasviel/control_v11f1p_sd15_depth"}),
     )
 }
@@ -51,7 +52,16 @@ CONTROL_KINDS: dict[str, ControlKind] = {
 @dataclass
 class LoadedControlNet:
     module: torch.nn.Module  # a diffusers ControlNetModel
-    preprocess: ControlPreprocess  # the kind's own; "none" for a folder or hub id (the user may say otherwise)
+    preprocess: ControlPreprocess  # the setting's, else the kind's own ("none" for a folder or hub id)
+    estimator: torch.nn.Module | None = None  # the depth estimator, for preprocess "depth"
+
+
+@dataclass(frozen=True)
+class ControlFolders:
+    """Where prefetch_controlnet found the ControlNet and the depth estimator; None: load_controlnet decides."""
+
+    controlnet: str | None = None
+    estimator: str | None = None
 
 
 def check_takes_controlnet(unet_config: Mapping[str, Any], model: str) -> None:
@@ -61,40 +71,59 @@ def check_takes_controlnet(unet_config: Mapping[str, Any], model: str) -> None:
                         "one, such as sd-turbo (SD 2.1) or sd15-lcm (SD 1.5)")
 
 
-def prefetch_controlnet(ref: str, model: str, *, random_weights: bool = False) -> str | None:
+def preprocess_of(ref: str, setting: ControlPreprocess | None) -> ControlPreprocess:
+    """How frames become the control picture for ControlNet `ref`: the setting, else the kind's own, else none."""
+    if setting is not None:
+        return setting
+    kind = CONTROL_KINDS.get(ref)
+    return kind.preprocess if kind is not None else "none"
+
+
+def prefetch_controlnet(ref: str, model: str, preprocess: ControlPreprocess | None = None, *,
+                        random_weights: bool = False) -> ControlFolders:
     """Before the model loads: refuse a model without a middle stage, and fetch the ControlNet where it is known
-    already (a folder, a hub id, or a kind for a registry model), so that a missing one is named at once.
-    Its local folder, or None where load_controlnet decides (random weights, a kind for another model)."""
+    already (a folder, a hub id, or a kind for a registry model) and the depth estimator where the control
+    picture is estimated depth, so that a missing one is named at once. preprocess: the setting, if any."""
     from .architectures import UNET_CONFIGS
     from .registry import REGISTRY
 
     if model in UNET_CONFIGS:
         check_takes_controlnet(UNET_CONFIGS[model], model)
     kind = CONTROL_KINDS.get(ref)
-    if kind is None:
-        return _locate(ref)
     spec = REGISTRY.get(model)
-    if random_weights or spec is None or spec.family == "tiny":
-        return None
-    return _kind_folder(kind, spec)
+    if kind is None:
+        folder = _locate(ref)
+    elif random_weights or spec is None or spec.family == "tiny":
+        folder = None
+    else:
+        folder = _kind_folder(kind, spec)
+    estimator = None
+    if preprocess_of(ref, preprocess) == "depth":
+        estimator = prefetch_depth_estimator(model, random_weights=random_weights)
+    return ControlFolders(folder, estimator)
 
 
-def load_controlnet(ref: str, spec: ModelSpec, unet: torch.nn.Module, *, dtype: torch.dtype,
-                    device: torch.device | str, random_weights: bool = False,
-                    folder: str | None = None) -> LoadedControlNet:
-    """The ControlNet `ref` (a kind, a diffusers folder or a hub id) for the model of `spec` and `unet`;
-    folder: where prefetch_controlnet found it."""
+def load_controlnet(ref: str, spec: ModelSpec, unet: torch.nn.Module, preprocess: ControlPreprocess | None = None,
+                    *, dtype: torch.dtype, device: torch.device | str, random_weights: bool = False,
+                    folders: ControlFolders = ControlFolders()) -> LoadedControlNet:
+    """The ControlNet `ref` (a kind, a diffusers folder or a hub id) for the model of `spec` and `unet`, with the
+    depth estimator if its control picture is estimated depth; preprocess: the setting, if any."""
     check_takes_controlnet(unet.config, spec.name)
+    how = preprocess_of(ref, preprocess)
+    estimator = None
+    if how == "depth":
+        estimator = load_depth_estimator(spec.name, dtype=dtype, device=device, random_weights=random_weights,
+                                         folder=folders.estimator)
     kind = CONTROL_KINDS.get(ref)
     if kind is not None and (random_weights or spec.family == "tiny"):
-        return LoadedControlNet(cast(random_controlnet(unet), dtype, device), kind.preprocess)
+        return LoadedControlNet(cast(random_controlnet(unet), dtype, device), how, estimator)
     if kind is None:
-        folder, preprocess, source = folder or _locate(ref), "none", ref
+        folder, source = folders.controlnet or _locate(ref), ref
     else:
-        folder, preprocess, source = folder or _kind_folder(kind, spec), kind.preprocess, kind.repos[spec.family]
+        folder, source = folders.controlnet or _kind_folder(kind, spec), kind.repos[spec.family]
     module = _from_folder(folder, dtype)
     check_fits(module, unet, source)
-    return LoadedControlNet(cast(module, dtype, device), preprocess)
+    return LoadedControlNet(cast(module, dtype, device), how, estimator)
 
 
 def _kind_folder(kind: ControlKind, spec: ModelSpec) -> str:
