@@ -3,9 +3,13 @@ diffusers' own ControlNet img2img pipeline on the same weights.
 
 Each case: a uint8 frame on the host in, a uint8 frame on the host out (img2img, one step unless --steps),
 median / p10 / p90 over --calls frames after --warmup; a moving clip so the Canny edges change every frame.
-The diffusers baseline runs StableDiffusionControlNetImg2ImgPipeline with TAESD, one step, as a user would.
+The diffusers baseline runs StableDiffusionControlNetImg2ImgPipeline with TAESD, one step, as a user would
+(PIL in and out), as `streamdiff bench --controlnet canny --compare diffusers` does.
 
     python3 benchmarks/controlnet_step.py --out DIR [--model sd-turbo] [--accel none,max] [--steps 1]
+        [--controlnets canny,depth]
+
+depth estimates each frame's depth with Depth Anything V2 Small's architecture (random weights) in the step.
 """
 
 from __future__ import annotations
@@ -77,29 +81,22 @@ def stream_case(model: str, controlnet: str | None, accel: str, steps: int, cach
 
 
 def diffusers_case(model: str, frames: list[Any], warmup: int, calls: int) -> dict[str, Any]:
-    """diffusers' ControlNet img2img pipeline on random weights of the same architecture, TAESD, one step."""
+    """diffusers' ControlNet img2img pipeline on random weights of the same architecture, TAESD, one step, as
+    `streamdiff bench --controlnet canny --compare diffusers` times it (bench/baselines.py): the engine's own
+    device Canny makes the control picture, so that the pipelines are what differs."""
     import torch
-    from diffusers import StableDiffusionControlNetImg2ImgPipeline
-    from PIL import Image
 
-    from streamdiff.edges import canny_edges
+    from streamdiff.bench.baselines import diffusers_call
+    from streamdiff.config import StreamConfig
     from streamdiff.models.architectures import build_random_pipeline
     from streamdiff.models.controlnets import random_controlnet
     from streamdiff.models.registry import get_spec
+    from streamdiff.stream import Components
 
     base = build_random_pipeline(get_spec(model), taesd=True, dtype=torch.float16, device="cuda")
-    controlnet = random_controlnet(base.unet).to(torch.float16)
-    pipe = StableDiffusionControlNetImg2ImgPipeline(**base.components, controlnet=controlnet)
-    pipe.set_progress_bar_config(disable=True)
-
-    def call(frame: Any) -> Any:
-        pixels = torch.from_numpy(frame).cuda().permute(2, 0, 1)[None].half() / 255
-        edges = canny_edges(pixels)  # the same device Canny the stream uses: the pipeline itself is timed
-        out = pipe(PROMPT, image=Image.fromarray(frame), control_image=edges, strength=1.0,
-                   num_inference_steps=1, guidance_scale=1.0, output_type="np").images[0]
-        return (out * 255).round().astype("uint8")
-
-    result = timed(call, frames, warmup, calls)
+    components = Components.from_diffusers(base, random_controlnet(base.unet).to(torch.float16))
+    config = StreamConfig(device="cuda", dtype=torch.float16, strength=1.0, steps=1, control_preprocess="canny")
+    result = timed(diffusers_call(components, config, PROMPT, "img2img"), frames, warmup, calls)
     return {"model": model, "controlnet": "canny", "accel": "diffusers", "steps": 1, **result}
 
 
@@ -109,6 +106,7 @@ def main() -> None:
     parser.add_argument("--model", default="sd-turbo")
     parser.add_argument("--accel", default="none,max")
     parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--controlnets", default="canny,depth", help="kinds timed beside the stream without one")
     parser.add_argument("--compile-cache", type=Path)
     parser.add_argument("--calls", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=10)
@@ -120,7 +118,8 @@ def main() -> None:
 
     frames = clip(512, 24)
     rows = []
-    cases = [(accel, control) for accel in args.accel.split(",") for control in (None, "canny")]
+    kinds = [None, *args.controlnets.split(",")]
+    cases = [(accel, control) for accel in args.accel.split(",") for control in kinds]
     for accel, control in cases:
         rows.append(stream_case(args.model, control, accel, args.steps, args.compile_cache, frames,
                                 args.warmup, args.calls))
@@ -131,7 +130,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     record = {"environment": environment(torch.device("cuda")), "results": rows,
               "command": "python3 benchmarks/controlnet_step.py " + " ".join(
-                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+                  f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
                   if v not in (None, False) and k != "out")}
     (args.out / "controlnet_step.json").write_text(json.dumps(record, indent=2))
 

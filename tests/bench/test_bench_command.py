@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from cli_checks import one_line_error
 
 from streamdiff.cli import main
 
@@ -54,6 +55,54 @@ def test_an_unsupported_accel_mode_fails_with_the_reason_unless_a_fallback_is_al
                  "--output-dir", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "bench.json").read_text())["results"][0]
     assert result["accel"]["mode"] == "eager" and result["accel"]["requested"] == "graphs"
+
+
+def test_a_controlnet_steers_the_timed_stream_and_diffusers_own_controlnet_pipeline(tmp_path, capsys, monkeypatch):
+    from diffusers import StableDiffusionControlNetImg2ImgPipeline
+
+    from streamdiff.control import Control
+
+    engine_scales, baseline_calls = [], []
+    residuals, pipeline_call = Control.residuals, StableDiffusionControlNetImg2ImgPipeline.__call__
+
+    def engine_residuals(self, *args, **kwargs):
+        engine_scales.append(float(self.scale))
+        return residuals(self, *args, **kwargs)
+
+    def baseline(self, *args, **kwargs):
+        baseline_calls.append((tuple(kwargs["control_image"].shape), kwargs["controlnet_conditioning_scale"]))
+        return pipeline_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(Control, "residuals", engine_residuals)
+    monkeypatch.setattr(StableDiffusionControlNetImg2ImgPipeline, "__call__", baseline)
+    out = tmp_path / "results"
+    assert main([*TINY, "--controlnet", "canny", "--control-scale", "0.8", "--compare", "diffusers,streamdiffusion",
+                 "--device", "cpu", "--no-stages", "--output-dir", str(out)]) == 0
+    results = json.loads((out / "bench.json").read_text())["results"]
+    assert [r["kind"] for r in results] == ["diffusers", "streamdiffusion", "streamdiff"]
+    assert results[1]["error"] == "StreamDiffusion 0.1.1 takes no ControlNet"
+    ours = results[2]
+    assert (ours["scenario"]["controlnet"], ours["scenario"]["control_scale"]) == ("canny", 0.8)
+    assert ours["name"] == "tiny img2img 1step 32px accel-auto controlnet-canny@0.8" and ours["fps"] > 0
+    assert results[0]["name"] == "diffusers: tiny img2img 1step 32px accel-none controlnet-canny@0.8"
+    assert "| tiny img2img 1step 32px accel-auto controlnet-canny@0.8 |" in capsys.readouterr().out
+    assert engine_scales and engine_scales == pytest.approx([0.8] * len(engine_scales))
+    assert baseline_calls and set(baseline_calls) == {((1, 3, 32, 32), 0.8)}  # the engine's control picture
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--model", "sdxs-512", "--controlnet", "canny"], "model 'sdxs-512' has no middle stage for a ControlNet to feed"),
+    (["--model", "tiny", "--control-scale", "0.5"], "--control-scale needs --controlnet"),
+    (["--model", "tiny", "--controlnet", "canny", "--ablation"], "--ablation studies the stream's own components"),
+])
+def test_what_cannot_take_a_controlnet_is_one_line_before_any_model_loads(options, message, tmp_path, capsys,
+                                                                         monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad option was noticed")
+
+    monkeypatch.setattr("streamdiff.models.loading.load_model", refuse)
+    assert main(["bench", "--random-weights", "--device", "cpu", *options, "--output-dir", str(tmp_path)]) == 2
+    assert message in one_line_error(capsys)
 
 
 def test_bad_lists_are_argument_errors(capsys):

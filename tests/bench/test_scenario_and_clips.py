@@ -13,7 +13,9 @@ from streamdiff.config import StreamConfig
 @pytest.mark.parametrize("bad,message", [({"task": "video"}, "task must be one of"), ({"cfg": "half"}, "cfg_type"),
                                          ({"clip": "noise"}, "clip must be one of"), ({"steps": 0}, "steps must be"),
                                          ({"resolution": 500}, "multiple of 8"),
-                                         ({"task": "txt2img", "pipelined": True}, "pipelined frames are img2img")])
+                                         ({"task": "txt2img", "pipelined": True}, "pipelined frames are img2img"),
+                                         ({"controlnet": "canny", "control_scale": 6.0},
+                                          r"control_scale must be in \[0, 5\]; got 6.0")])
 def test_bad_cases_are_refused_with_the_reason(bad, message):
     with pytest.raises(ValueError, match=message):
         Scenario(**bad)
@@ -27,12 +29,15 @@ def test_grid_is_the_product_in_order_and_names_tell_cases_apart():
     assert "unfused-codec" in Scenario(codec_fusion=False).name()
     assert Scenario(pipelined=True).name().endswith(" pipelined")
     assert "unfused-codec" not in Scenario(codec_fusion=False, taesd=False).name()  # nothing to fuse in a KL VAE
+    assert Scenario(controlnet="canny").name().endswith(" controlnet-canny")
+    assert Scenario(controlnet="canny", control_scale=0.8).name().endswith(" controlnet-canny@0.8")
 
 
 def test_settings_make_a_stream_config_with_evenly_spaced_steps():
     config = StreamConfig(**Scenario(steps=2, frame_buffer_size=3, cfg="self", resolution=256).settings())
     observed = (config.t_index_list, config.frame_buffer_size, config.width, config.cfg_type.value)
     assert observed == ((0, 25), 3, 256, "self")
+    assert StreamConfig(**Scenario(controlnet="canny", control_scale=0.8).settings()).control_scale == 0.8
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from streamdiff.app.engine_io import EngineRunner
-from streamdiff.app.keys import Controls
+from streamdiff.app.keys import Controls, control_scale
 from streamdiff.web.bridge import WebStream
 from streamdiff.web.protocol import PromptBook
 
@@ -17,7 +17,8 @@ def start_web_stream():
 
     def start(engine) -> WebStream:
         runner = EngineRunner(engine, ["a watercolor", "ink wash"], transition_frames=0)
-        web = WebStream(runner, Controls(seed=1, strength=engine.strength), PromptBook(runner.prompts), model="tiny")
+        controls = Controls(seed=1, strength=engine.strength, control_scale=control_scale(engine))  # as the command
+        web = WebStream(runner, controls, PromptBook(runner.prompts), model="tiny")
         web.start()
         started.append(web)
         return web
@@ -30,3 +31,17 @@ def start_web_stream():
 @pytest.fixture
 def stream(tiny_engine, start_web_stream):
     return start_web_stream(tiny_engine)
+
+
+@pytest.fixture
+def controlnet_engine(tiny_pipe):
+    """The tiny stream steered by a random-weight ControlNet of its UNet, at scale 0.8."""
+    from streamdiff.config import StreamConfig
+    from streamdiff.models.controlnets import random_controlnet
+    from streamdiff.stream import Components, StreamPipeline
+
+    engine = StreamPipeline(Components.from_diffusers(tiny_pipe, random_controlnet(tiny_pipe.unet)),
+                            StreamConfig(width=64, height=64, strength=0.6, steps=2, seed=1, control_scale=0.8,
+                                         device="cpu"))
+    engine.prepare("a watercolor")
+    return engine

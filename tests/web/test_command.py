@@ -261,6 +261,54 @@ def test_the_page_keys_and_prompt_box_change_the_stream(server, tmp_path):
         browser.close()
 
 
+def test_a_stream_without_a_controlnet_has_no_slider_or_keys_for_one(server, tmp_path):
+    browser = Browser(f"{server.url}?strength=0.5&control_scale=0.6", tmp_path / "profile")
+    try:
+        wait_for(server, lambda s: s["page"]["shown"] >= 3 and s["controls"]["strength"] == 0.5,
+                 "the page to stream at strength 0.5 (its control_scale left out)")
+        for key in ("c", "x", "]"):
+            browser.press(key)
+        shown = wait_for(server, lambda s: s["controls"]["strength"] == pytest.approx(0.55),
+                         "] to reach the stream")["page"]["shown"]
+        # A refusal of c or x would come on the WebSocket ahead of these pictures, so it would be on the page now.
+        state = wait_for(server, lambda s: s["page"]["shown"] >= shown + 5, "the page to go on showing pictures")
+        hidden, notice = browser.evaluate("$('control_scale').parentElement.hidden"), browser.evaluate("$('notice').hidden")
+    finally:
+        browser.close()
+    assert hidden and notice and state["controls"]["control_scale"] is None  # c and x sent nothing to refuse
+
+
+def test_the_controlnet_slider_starts_at_the_engines_scale_and_follows_the_address_keys_and_midi(tmp_path):
+    midi_map = tmp_path / "map.yaml"
+    midi_map.write_text("controls: {7: control_scale}\n")
+    server = Server("--controlnet", "canny", "--control-scale", "0.8", "--midi-map", str(midi_map))
+    browser = Browser("about:blank", tmp_path / "profile")
+    slider = "$('control_scale').value"
+    try:
+        browser.call("Page.enable")
+        browser.call("Page.addScriptToEvaluateOnNewDocument", source=FAKE_MIDI)
+        browser.call("Page.navigate", url=server.url)
+        wait_for(server, lambda s: s["page"]["shown"] >= 1, "the page to stream")
+        assert browser.evaluate(f"!$('control_scale').parentElement.hidden && {slider}") == "0.8"  # the engine's
+        browser.call("Page.navigate", url=server.url + "?control_scale=0.6")  # a newer page takes the stream over
+        wait_for(server, lambda s: s["page"]["shown"] >= 3 and s["controls"]["control_scale"] == 0.6,
+                 "the address's control_scale to reach the stream")
+        assert browser.evaluate(slider) == "0.6"
+        for key in ("c", "c", "x"):
+            browser.press(key)
+        wait_for(server, lambda s: s["controls"]["control_scale"] == pytest.approx(0.7), "c c x to reach the stream")
+        browser.run("$('control_scale').value = '1.25'; $('control_scale').dispatchEvent(new Event('input'))")
+        wait_for(server, lambda s: s["controls"]["control_scale"] == 1.25, "the dragged slider to reach the stream")
+        browser.run("$('midi').click()")
+        wait_until(lambda: browser.evaluate("midi.inputs.length") == 1, "the page to listen to the pads", 30.0)
+        browser.run("testPads.onmidimessage({ data: new Uint8Array([0xB0, 7, 127]) })")  # the knob all the way: 2
+        wait_for(server, lambda s: s["controls"]["control_scale"] == 2.0, "the knob to reach the stream")
+        wait_until(lambda: browser.evaluate(slider) == "2", "the page's slider to follow the knob", 30.0)
+    finally:
+        browser.close()
+        server.kill()
+
+
 def test_a_page_without_a_picture_source_streams_text_to_image(server, tmp_path):
     browser = Browser(f"{server.url}?source=text&prompt=a%20lighthouse", tmp_path / "profile")
     try:

@@ -85,6 +85,8 @@ def test_controls_change_only_what_the_message_names():
     after = apply_controls(before, {"strength": 0.5, "ema": 0.25, "mirror": True}, book)
     assert (after.strength, after.ema, after.mirror) == (0.5, 0.25, True)
     assert (after.feedback, after.seed, after.prompt_index) == (0.3, 4, 0)
+    steered = Controls(control_scale=1.0)  # a stream with a ControlNet
+    assert apply_controls(steered, {"control_scale": 1.5}, book) == Controls(control_scale=1.5)
 
 
 def test_a_new_prompt_joins_the_book_once_and_a_known_one_is_found():
@@ -108,6 +110,7 @@ def test_a_new_prompt_joins_the_book_once_and_a_known_one_is_found():
     ({"prompt": "x" * 1001}, "prompt may be at most 1000 characters; got 1001"),
     ({"strength": 1.5}, r"strength must be in \(0, 1\]; got 1.5"),
     ({"ema": 1.0, "strength": 0.5}, r"ema and feedback must be in \[0, 1\)"),
+    ({"control_scale": 0.5, "strength": 0.5}, r"control_scale steers a ControlNet, and this stream has none"),
 ])
 def test_bad_controls_say_what_was_expected_and_change_nothing(message, error):
     book = PromptBook(["first"])

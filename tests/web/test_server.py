@@ -150,6 +150,42 @@ def test_controls_reach_the_engine_before_its_next_frame(client, stream, tiny_en
     assert state["controls"]["strength"] == 0.5 and state["stylized"] == 2
 
 
+def test_the_state_says_whether_the_stream_has_a_controlnet_and_at_what_scale(client, start_web_stream,
+                                                                               controlnet_engine):
+    assert client.get("/api/state").json()["controls"]["control_scale"] is None  # the page shows no slider for it
+    with TestClient(create_app(start_web_stream(controlnet_engine))) as steered:
+        assert steered.get("/api/state").json()["controls"]["control_scale"] == 0.8  # the engine's own
+        with steered.websocket_connect("/ws") as ws:
+            assert ws.receive_json()["controls"]["control_scale"] == 0.8
+
+
+def test_a_pages_control_scale_reaches_the_controlnet_and_remote_changes_come_back(start_web_stream,
+                                                                                   controlnet_engine):
+    stream = start_web_stream(controlnet_engine)
+    with TestClient(create_app(stream)) as client, client.websocket_connect("/ws") as ws:
+        ws.receive_json()
+        ws.send_bytes(frame(1))
+        next_output(ws)
+        ws.send_text(json.dumps({"type": "controls", "control_scale": 1.25}))
+        ws.send_bytes(frame(2))
+        next_output(ws)
+        assert controlnet_engine.config.control_scale == 1.25 and float(controlnet_engine.control.scale) == 1.25
+        stream.remote_change({"control_scale": 0.4})  # what an OSC message or a MIDI knob hands over
+        assert next_text(ws, "state")["controls"]["control_scale"] == 0.4  # the page's slider follows
+        ws.send_text(json.dumps({"type": "controls", "control_scale": 6}))
+        assert "control_scale must be in [0, 5]; got 6" in next_error(ws)["message"]
+    assert stream.controls.control_scale == 0.4
+
+
+def test_a_stream_without_a_controlnet_refuses_a_pages_control_scale_and_changes_nothing(client, stream):
+    with client.websocket_connect("/ws") as ws:
+        ws.receive_json()
+        ws.send_text(json.dumps({"type": "controls", "strength": 0.9, "control_scale": 0.6}))
+        message = next_error(ws)["message"]
+    assert message == "control_scale steers a ControlNet, and this stream has none (start it with --controlnet)"
+    assert stream.controls.strength == 0.6 and stream.controls.control_scale is None
+
+
 def test_bad_messages_get_an_error_and_the_page_goes_on(client, stream):
     with client.websocket_connect("/ws") as ws:
         ws.receive_json()

@@ -17,11 +17,13 @@ from ..stream import Components
 BASELINES: tuple[str, ...] = ("diffusers", "streamdiffusion")
 
 
-def unavailable(name: str, device_type: str) -> str | None:
-    """Why a baseline cannot run here, or None."""
+def unavailable(name: str, device_type: str, controlnet: bool = False) -> str | None:
+    """Why a baseline cannot run here (for a stream steered by a ControlNet, if `controlnet`), or None."""
     if name not in BASELINES:
         return f"unknown baseline {name!r}; known: {', '.join(BASELINES)}"
     if name == "streamdiffusion":
+        if controlnet:
+            return "StreamDiffusion 0.1.1 takes no ControlNet"
         if importlib.util.find_spec("streamdiffusion") is None:
             return "the streamdiffusion package (0.1.1) is not installed"
         if device_type != "cuda":
@@ -36,30 +38,72 @@ def _to_pil(frame: np.ndarray) -> Any:
 
 
 def diffusers_call(components: Components, config: StreamConfig, prompt: str, task: str) -> Callable[[np.ndarray], Any]:
-    """diffusers' StableDiffusion(Img2Img)Pipeline over the same modules, as its docs for one-step models show.
+    """diffusers' StableDiffusion(Img2Img)Pipeline over the same modules, as its docs for one-step models show;
+    with a ControlNet among the modules, StableDiffusionControlNet(Img2Img)Pipeline.
 
     img2img runs `steps` denoising steps as num_inference_steps = 2 x steps at strength 0.5, guidance off.
     """
-    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
-    from diffusers import LCMScheduler
-
-    kind = StableDiffusionImg2ImgPipeline if task == "img2img" else StableDiffusionPipeline
-    pipe = kind(vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
-                unet=components.unet, scheduler=LCMScheduler.from_config(components.scheduler_config),
-                safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = _diffusers_pipeline(components, task)
     steps, batch = config.denoising_steps, config.frame_buffer_size
     size = {"height": config.height, "width": config.width}
+    control = _control_arguments(components, config, task)
 
     def img2img(frame: np.ndarray) -> Any:
         images = _to_pil(frame)
         prompts = [prompt] * batch if batch > 1 else prompt
-        return pipe(prompts, image=images, num_inference_steps=2 * steps, strength=0.5, guidance_scale=0.0).images
+        return pipe(prompts, image=images, num_inference_steps=2 * steps, strength=0.5, guidance_scale=0.0,
+                    **control(frame)).images
 
     def txt2img(frame: np.ndarray) -> Any:
-        return pipe(prompt, num_inference_steps=steps, guidance_scale=0.0, num_images_per_prompt=batch, **size).images
+        return pipe(prompt, num_inference_steps=steps, guidance_scale=0.0, num_images_per_prompt=batch, **size,
+                    **control(frame)).images
 
     return img2img if task == "img2img" else txt2img
+
+
+def _diffusers_pipeline(components: Components, task: str) -> Any:
+    from diffusers import (
+        LCMScheduler,
+        StableDiffusionControlNetImg2ImgPipeline,
+        StableDiffusionControlNetPipeline,
+        StableDiffusionImg2ImgPipeline,
+        StableDiffusionPipeline,
+    )
+
+    modules = dict(vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
+                   unet=components.unet, scheduler=LCMScheduler.from_config(components.scheduler_config),
+                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    if components.controlnet is None:
+        kind = StableDiffusionImg2ImgPipeline if task == "img2img" else StableDiffusionPipeline
+    else:
+        kind = StableDiffusionControlNetImg2ImgPipeline if task == "img2img" else StableDiffusionControlNetPipeline
+        modules["controlnet"] = components.controlnet
+    pipe = kind(**modules)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _control_arguments(components: Components, config: StreamConfig, task: str) -> Callable[[np.ndarray], dict]:
+    """A frame's ControlNet arguments of a diffusers call (none without a ControlNet): the scale, and the control
+    picture the engine would make of the frame (its Canny edges on the device, its estimated depth, or the frame
+    itself), so that only the pipelines differ. txt2img gets the engine's picture before any frame (black), as
+    the stream's txt2img has it."""
+    if components.controlnet is None:
+        return lambda frame: {}
+    from ..stream import StreamPipeline
+
+    engine = StreamPipeline(components, config)  # for its control picture alone
+    assert engine.control is not None
+    scale = {"controlnet_conditioning_scale": config.control_scale}
+    if task == "txt2img":
+        still = engine.control.image[:1]  # (1, 3, H, W): diffusers repeats it for each picture
+        return lambda frame: {"image": still, **scale}
+
+    def arguments(frame: np.ndarray) -> dict:
+        engine.set_control_image(frame)
+        return {"control_image": engine.control.image, **scale}  # (F, 3, H, W) in [0, 1]
+
+    return arguments
 
 
 def streamdiffusion_call(components: Components, config: StreamConfig, prompt: str, task: str,

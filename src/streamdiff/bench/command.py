@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from ..backends.accelerate import AccelMode, add_rewrite_options
 from ..backends.compile import COMPILE_PRESETS
+from ..cli_options import add_controlnet_arguments, control_settings
 from ..config import CfgType
 from ..errors import UserError
 from .baselines import BASELINES
@@ -51,6 +52,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--resolution", type=_list(int), default=[512], help="square render sizes")
     p.add_argument("--sequential", action="store_true", help="run the steps one after another (no stream batch)")
     p.add_argument("--similarity", type=float, default=None, help="similarity filter threshold (off by default)")
+    add_controlnet_arguments(p)
     p.add_argument("--pipelined", type=_list(lambda text: text == "yes", ("no", "yes")), default=[False],
                    metavar="no,yes", help="img2img frames pipelined (each launched before the previous one is "
                                           "waited for): no, yes or no,yes; times are then intervals between frames")
@@ -91,7 +93,8 @@ def _options(args: argparse.Namespace) -> Any:
 def scenarios_from_args(args: argparse.Namespace) -> list[Scenario]:
     base = Scenario(guidance=args.guidance, taesd=not args.no_taesd, codec_fusion=not args.no_codec_fusion,
                     upsample_fold=not args.no_upsample_fold,
-                    batched=not args.sequential, similarity=args.similarity, clip=args.clip)
+                    batched=not args.sequential, similarity=args.similarity, clip=args.clip,
+                    **_control_fields(args))
     scenarios = []
     for model in args.model:
         for task in args.task:
@@ -102,6 +105,22 @@ def scenarios_from_args(args: argparse.Namespace) -> list[Scenario]:
     return scenarios
 
 
+def _control_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The Scenario fields of --controlnet and --control-scale; --control-scale alone is a UserError."""
+    settings = control_settings(args)  # the engine commands' check and message
+    return {"controlnet": args.controlnet, **settings} if args.controlnet is not None else settings
+
+
+def _check_controlnet(args: argparse.Namespace) -> None:
+    """Before any model loads: refuse what cannot take --controlnet, and fetch the ControlNet where it is known."""
+    if _control_fields(args) and args.ablation:
+        raise UserError("--ablation studies the stream's own components; time --controlnet without it")
+    from ..models.controlnets import prefetch_controlnet
+
+    for model in args.model if args.controlnet is not None else ():
+        prefetch_controlnet(args.controlnet, model, random_weights=args.random_weights)
+
+
 def run_command(args: argparse.Namespace) -> int:
     from ..devices import resolve_device
     from . import report
@@ -110,6 +129,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)  # a missing GPU is reported before any model loads
     options = _options(args)
+    _check_controlnet(args)
     out = Path(args.output_dir)
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     started = time.time()

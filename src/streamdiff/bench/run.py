@@ -49,31 +49,51 @@ class _Loaded:
     components: Components
     spec: Any
     touched: bool = False  # layout, fused projections or compilation applied in place
+    control_preprocess: str | None = None  # how frames become the ControlNet's control picture, if one steers
+
+
+# A loaded model: its name, TAESD or not, and the ControlNet steering it (None: none).
+ModelKey = tuple[str, bool, str | None]
+
+
+def model_key(scenario: Scenario) -> ModelKey:
+    return (scenario.model, scenario.taesd, scenario.controlnet)
 
 
 class ModelPool:
-    """Models by (name, taesd), loaded once; reloaded when a case needs the modules as they were loaded."""
+    """Models by (name, taesd, controlnet), loaded once; reloaded when a case needs the modules as they were
+    loaded."""
 
     def __init__(self, options: BenchOptions, device: torch.device, dtype: torch.dtype):
         self.options, self.device, self.dtype = options, device, dtype
-        self._loaded: dict[tuple[str, bool], _Loaded] = {}
+        self._loaded: dict[ModelKey, _Loaded] = {}
 
-    def get(self, name: str, taesd: bool, *, pristine: bool) -> _Loaded:
-        key = (name, taesd)
+    def get(self, name: str, taesd: bool, *, pristine: bool, controlnet: str | None = None) -> _Loaded:
+        key = (name, taesd, controlnet)
         entry = self._loaded.get(key)
         if entry is not None and pristine and entry.touched:
             self.release(key)
             entry = None
         if entry is None:
-            from ..models.loading import load_model
-
-            loaded = load_model(name, dtype=self.dtype, device=self.device, taesd=taesd,
-                                random_weights=self.options.random_weights)
-            entry = _Loaded(Components.from_diffusers(loaded.pipe), loaded.spec)
+            entry = self._load(name, taesd, controlnet)
             self._loaded[key] = entry
         return entry
 
-    def release(self, key: tuple[str, bool] | None = None) -> None:
+    def _load(self, name: str, taesd: bool, controlnet: str | None) -> _Loaded:
+        from ..models.controlnets import load_controlnet
+        from ..models.loading import load_model
+
+        random_weights = self.options.random_weights
+        loaded = load_model(name, dtype=self.dtype, device=self.device, taesd=taesd, random_weights=random_weights)
+        if controlnet is None:
+            return _Loaded(Components.from_diffusers(loaded.pipe), loaded.spec)
+        # With random weights, a kind is a random-weight ControlNet of the model's architecture.
+        control = load_controlnet(controlnet, loaded.spec, loaded.pipe.unet, dtype=self.dtype, device=self.device,
+                                  random_weights=random_weights)
+        components = Components.from_diffusers(loaded.pipe, control.module, control.estimator)
+        return _Loaded(components, loaded.spec, control_preprocess=control.preprocess)
+
+    def release(self, key: ModelKey | None = None) -> None:
         for k in [key] if key else list(self._loaded):
             self._loaded.pop(k, None)
         gc.collect()
@@ -83,10 +103,10 @@ class ModelPool:
 
 def order(scenarios: list[Scenario]) -> list[Scenario]:
     """Cases grouped by model, plain modes first: modules are changed in place as acceleration rises."""
-    first_seen = {}
+    first_seen: dict[ModelKey, int] = {}
     for s in scenarios:
-        first_seen.setdefault((s.model, s.taesd), len(first_seen))
-    return sorted(scenarios, key=lambda s: (first_seen[(s.model, s.taesd)], _MODE_ORDER.get(s.accel, 4)))
+        first_seen.setdefault(model_key(s), len(first_seen))
+    return sorted(scenarios, key=lambda s: (first_seen[model_key(s)], _MODE_ORDER.get(s.accel, 4)))
 
 
 def run_all(scenarios: list[Scenario], options: BenchOptions, progress: Callable[[str], None] = print,
@@ -101,8 +121,8 @@ def run_all(scenarios: list[Scenario], options: BenchOptions, progress: Callable
     pool = ModelPool(options, device, dtype)
     results: list[dict[str, Any]] = []
     ordered = order(scenarios)
-    for group in dict.fromkeys((s.model, s.taesd) for s in ordered):
-        members = [s for s in ordered if (s.model, s.taesd) == group]
+    for group in dict.fromkeys(model_key(s) for s in ordered):
+        members = [s for s in ordered if model_key(s) == group]
         done: set[tuple[Any, ...]] = set()
         for scenario in members:
             for name in options.compare if scenario.compare else ():
@@ -160,7 +180,8 @@ def _failed(scenario: Scenario, kind: str, error: str) -> dict[str, Any]:
 def run_scenario(scenario: Scenario, options: BenchOptions, pool: ModelPool, device: torch.device,
                  progress: Callable[[str], None]) -> dict[str, Any]:
     mode = resolve_mode(scenario.accel, device, fallback=options.fallback)
-    entry = pool.get(scenario.model, scenario.taesd, pristine=mode is AccelMode.NONE)
+    entry = pool.get(scenario.model, scenario.taesd, pristine=mode is AccelMode.NONE,
+                     controlnet=scenario.controlnet)
     if not mode.compiles:
         uncompile(parts_of(entry.components))
     pipe = prepared_stream(scenario, entry, device, options)
@@ -195,6 +216,8 @@ def _config(scenario: Scenario, entry: _Loaded, device: torch.device, options: B
     if scenario.steps == len(entry.spec.t_index_list):
         settings.pop("steps"), settings.pop("strength")
         settings["t_index_list"] = entry.spec.t_index_list
+    if entry.control_preprocess is not None:
+        settings["control_preprocess"] = entry.control_preprocess
     return StreamConfig(device=str(device), dtype=options.dtype, seed=2, **settings)
 
 
@@ -237,11 +260,11 @@ def _result(scenario: Scenario, kind: str, latency: Latency, joules: float | Non
 def run_baseline(name: str, scenario: Scenario, options: BenchOptions, pool: ModelPool,
                  device: torch.device) -> dict[str, Any]:
     """Time a baseline on pristine modules of the scenario's model."""
-    reason = baselines.unavailable(name, device.type)
+    reason = baselines.unavailable(name, device.type, controlnet=scenario.controlnet is not None)
     base = scenario.with_changes(accel="none", label="")
     if reason:
         return {"scenario": base.as_dict(), "name": f"{name}: {base.name()}", "kind": name, "error": reason}
-    entry = pool.get(scenario.model, scenario.taesd, pristine=True)
+    entry = pool.get(scenario.model, scenario.taesd, pristine=True, controlnet=scenario.controlnet)
     config = _config(scenario, entry, device, options)
     if name == "diffusers":
         call = baselines.diffusers_call(entry.components, config, options.prompt, scenario.task)

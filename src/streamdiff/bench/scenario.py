@@ -6,7 +6,7 @@ import itertools
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterable
 
-from ..config import CfgType
+from ..config import CONTROL_SCALE_MAX, CfgType
 from .clips import CLIPS
 
 TASKS: tuple[str, ...] = ("img2img", "txt2img")
@@ -31,6 +31,8 @@ class Scenario:
     label: str = ""
     compare: bool = True  # time the baselines (BenchOptions.compare) for this case's workload
     pipelined: bool = False  # img2img_pipelined: each frame launched before the previous one is waited for
+    controlnet: str | None = None  # a ControlNet kind, folder or hub id steering the UNet; None: none
+    control_scale: float = 1.0  # how strongly it steers
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -45,6 +47,8 @@ class Scenario:
             raise ValueError(f"pipelined frames are img2img frames; got task {self.task!r}")
         if self.resolution < 8 or self.resolution % 8:
             raise ValueError(f"resolution must be a positive multiple of 8; got {self.resolution}")
+        if not 0.0 <= self.control_scale <= CONTROL_SCALE_MAX:  # checked here: StreamConfig would fail every case
+            raise ValueError(f"control_scale must be in [0, {CONTROL_SCALE_MAX:g}]; got {self.control_scale}")
 
     def settings(self) -> dict[str, Any]:
         """StreamConfig settings of this case (the schedule: `steps` evenly spaced from pure noise)."""
@@ -52,6 +56,7 @@ class Scenario:
             "width": self.resolution, "height": self.resolution, "steps": self.steps, "strength": 1.0,
             "frame_buffer_size": self.frame_buffer_size, "cfg_type": self.cfg, "guidance_scale": self.guidance,
             "use_denoising_batch": self.batched, "similarity_threshold": self.similarity,
+            **({"control_scale": self.control_scale} if self.controlnet is not None else {}),
         }
 
     def name(self) -> str:
@@ -74,6 +79,9 @@ class Scenario:
             parts.append(f"ssf{self.similarity:g}-{self.clip}")
         if self.pipelined:
             parts.append("pipelined")
+        if self.controlnet is not None:
+            scale = f"@{self.control_scale:g}" if self.control_scale != 1 else ""
+            parts.append(f"controlnet-{self.controlnet}{scale}")
         return " ".join(parts)
 
     def as_dict(self) -> dict[str, Any]:

@@ -6,7 +6,9 @@
 const MAX_IN_FLIGHT = 2;
 const JPEG_QUALITY = 0.85;
 const REPORT_INTERVAL = 1000; // ms between "shown" reports to the server
-const SLIDERS = ["strength", "blend", "ema", "feedback"];
+const SLIDERS = ["strength", "blend", "ema", "feedback", "control_scale"];
+// The sliders the server reports and the address may set; control_scale only on a stream with a ControlNet.
+const ENGINE_SLIDERS = ["strength", "ema", "feedback", "control_scale"];
 const $ = (id) => document.getElementById(id);
 
 const page = {
@@ -70,7 +72,8 @@ function onState(state) {
   gallery.replaceChildren(...state.prompts.map((text, i) => new Option(text.length > 60 ? text.slice(0, 57) + "…" : text, i)));
   gallery.value = String(Math.max(0, state.prompts.indexOf(state.prompt)));
   $("prompt").value = state.prompt;
-  for (const name of ["strength", "ema", "feedback"]) showSlider(name, state.controls[name]);
+  $("control_scale").parentElement.hidden = !hasControlNet();
+  for (const name of ENGINE_SLIDERS) if (typeof state.controls[name] === "number") showSlider(name, state.controls[name]);
   page.mirror = state.controls.mirror;
   drawMirror();
   if (!page.urlApplied) applyUrl();
@@ -79,20 +82,21 @@ function onState(state) {
 }
 
 // Settings in the address (?prompt=...&strength=0.6&ema=0.3&feedback=0.2&blend=0.2&seed=7&mirror=1, and
-// source=text for text to image) are applied once, so a look can be bookmarked or shared.
+// source=text for text to image) are applied once, so a look can be bookmarked or shared. control_scale is
+// left out for a stream without a ControlNet, which would refuse the whole message.
 function applyUrl() {
   page.urlApplied = true;
   const params = new URLSearchParams(location.search);
   const controls = { type: "controls" };
-  for (const name of ["strength", "ema", "feedback", "seed"]) {
-    if (params.has(name)) controls[name] = Number(params.get(name));
+  for (const name of [...ENGINE_SLIDERS, "seed"]) {
+    if (params.has(name) && (name !== "control_scale" || hasControlNet())) controls[name] = Number(params.get(name));
   }
   if (params.has("prompt")) controls.prompt = params.get("prompt");
   if (params.has("mirror")) controls.mirror = ["1", "true", "yes"].includes(params.get("mirror"));
   if (params.has("blend")) { showSlider("blend", Number(params.get("blend"))); applyBlend(); }
   if (Object.keys(controls).length > 1) {
     send(controls);
-    for (const name of ["strength", "ema", "feedback"]) if (name in controls) showSlider(name, controls[name]);
+    for (const name of ENGINE_SLIDERS) if (name in controls) showSlider(name, controls[name]);
     if ("prompt" in controls) $("prompt").value = controls.prompt;
     if ("mirror" in controls) { page.mirror = controls.mirror; drawMirror(); }
   }
@@ -285,6 +289,9 @@ function useFile(file) {
 
 function showSlider(name, value) {
   const input = $(name);
+  // The ControlNet slider spans the camera app's c / x range, 0-2; a scale set higher (up to 5: --control-scale,
+  // OSC, the address) widens it, so that the slider shows the scale the stream has.
+  if (name === "control_scale" && value > Number(input.max)) input.max = String(value);
   input.value = value;
   input.parentElement.querySelector("output").textContent = Number(input.value).toFixed(2);
 }
@@ -297,6 +304,10 @@ function applyBlend() {
 function drawMirror() {
   for (const pane of document.querySelectorAll(".pane")) pane.classList.toggle("mirrored", page.mirror);
   $("mirror").setAttribute("aria-pressed", String(page.mirror));
+}
+
+function hasControlNet() {
+  return page.state !== null && typeof page.state.controls.control_scale === "number";
 }
 
 function choosePrompt(index) {
@@ -354,6 +365,7 @@ const KEYS = {
   "+": () => nudge("blend", 0.1), "=": () => nudge("blend", 0.1), "-": () => nudge("blend", -0.1),
   e: () => nudge("ema", 0.05), d: () => nudge("ema", -0.05),
   f: () => nudge("feedback", 0.05), v: () => nudge("feedback", -0.05),
+  c: () => hasControlNet() && nudge("control_scale", 0.1), x: () => hasControlNet() && nudge("control_scale", -0.1),
   r: () => $("seed").click(), m: () => $("mirror").click(), " ": togglePause, s: saveOutput, l: fullScreen,
 };
 
