@@ -142,3 +142,18 @@ def test_the_tiny_model_and_random_weights_build_an_estimator_without_a_download
     full = random_depth_estimator()
     assert 24.7e6 < sum(p.numel() for p in full.parameters()) < 24.9e6
     assert full.config.backbone_config.hidden_size == 384 and full.config.neck_hidden_sizes == [48, 96, 192, 384]
+
+
+def test_unreadable_controlnet_and_estimator_files_name_what_was_expected(helpers, offline_hub, tiny_folder,
+                                                                         controlnet_folder, tmp_path):
+    from streamdiff.models.depth_estimators import DEPTH_ESTIMATOR_REPO
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{ not json")
+    with pytest.raises(UserError, match=f"could not load {broken} as a diffusers ControlNet: "):
+        StreamPipeline.from_model("tiny", controlnet=str(broken), **CPU)
+    snapshot = helpers.add_to_hub_cache(offline_hub, DEPTH_ESTIMATOR_REPO, broken)
+    with pytest.raises(UserError, match=f"could not load {snapshot} as a Depth Anything depth estimator: "):
+        StreamPipeline.from_model(str(tiny_folder), taesd=False, controlnet=str(controlnet_folder),
+                                  control_preprocess="depth", **CPU)

@@ -159,7 +159,7 @@ def _fetch(repo: str, name: str) -> str:
 def _from_folder(folder: str, dtype: torch.dtype) -> torch.nn.Module:
     from diffusers import ControlNetModel
 
-    with unreadable_model(folder):
+    with unreadable_model(folder, "a diffusers ControlNet"):
         return ControlNetModel.from_pretrained(folder, local_files_only=True, **{_dtype_keyword(): dtype})
 
 

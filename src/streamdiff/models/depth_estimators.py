@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from ..errors import UserError
 from .architectures import _seeded, cast
 from .hub import HubFiles, fetch
+from .loading import unreadable_model
 from .registry import REGISTRY
 
 DEPTH_ESTIMATOR_REPO = "depth-anything/Depth-Anything-V2-Small-hf"
@@ -60,11 +60,8 @@ def load_depth_estimator(model: str, *, dtype: torch.dtype, device: torch.device
     from transformers import DepthAnythingForDepthEstimation
 
     folder = folder or prefetch_depth_estimator(model)
-    try:
+    with unreadable_model(folder, "a Depth Anything depth estimator"):
         module = DepthAnythingForDepthEstimation.from_pretrained(folder, local_files_only=True, dtype=dtype)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"could not load the depth estimator in {folder}: {first_line}") from exc
     return cast(module, dtype, device)
 
 

@@ -298,7 +298,7 @@ def require_peft(model: str, repo: str) -> None:
 
 
 @contextmanager
-def unreadable_model(where: str) -> Iterator[None]:
+def unreadable_model(where: str, expected: str = "a Stable Diffusion 1.x/2.x model") -> Iterator[None]:
     """Local files that cannot be read as the expected model become one-line UserErrors."""
     from diffusers.loaders.single_file_utils import SingleFileComponentError
 
@@ -308,4 +308,4 @@ def unreadable_model(where: str) -> Iterator[None]:
         raise
     except (SingleFileComponentError, ValueError, KeyError, OSError, RuntimeError) as exc:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"could not load {where} as a Stable Diffusion 1.x/2.x model: {first_line}") from exc
+        raise UserError(f"could not load {where} as {expected}: {first_line}") from exc
