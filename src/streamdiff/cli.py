@@ -86,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="output picture path")
     add_engine_options(p, prompt_required=True)
     p.add_argument("--control-image", default=None, metavar="PICTURE",
-                   help=f"with --controlnet: the picture whose edges (or itself, for depth) steer the drawing; "
-                        f"`{SAMPLE}` uses the bundled landscape")
+                   help=f"with --controlnet: the picture whose edges, depth (or itself, with --control-preprocess "
+                        f"none) steer the drawing; `{SAMPLE}` uses the bundled landscape")
     p.set_defaults(func=_txt2img)
     for name in COMMANDS:
         try:

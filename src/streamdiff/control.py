@@ -3,9 +3,9 @@
 Each processed frame becomes the control picture (its Canny edges, its estimated depth, or the frame
 itself, e.g. a depth camera's feed; black until the first frame or set_control_image) and every slot of the
 stream batch is steered by the newest one: with several steps the frames still in flight follow the newest
-structure, which keeps the output on what the camera shows now. The picture and the scale live in tensors updated in place, so a captured CUDA graph reads the new
-ones; the edges (edges.py) and depth (depth.py) are computed on the engine's device in the same step, with no
-host round trip.
+structure, which keeps the output on what the camera shows now. The picture and the scale live in tensors
+updated in place, so a captured CUDA graph reads the new ones; the edges (edges.py) and depth (depth.py) are
+computed on the engine's device in the same step, with no host round trip.
 """
 
 from __future__ import annotations

@@ -290,7 +290,8 @@ class StreamPipeline(DeviceSteps):
 
     @torch.no_grad()
     def set_control_image(self, image: Any) -> None:
-        """Make the control picture from an image (its edges for canny), for txt2img; img2img replaces it."""
+        """Make the control picture from an image (its edges or depth, as preprocessed), for txt2img; img2img
+        replaces it."""
         control = self._require_control()
         cfg = self.config
         pixels, _ = images.prepare_input(image, cfg.width, cfg.height, cfg.fit, self.device, self.dtype)
