@@ -55,15 +55,17 @@ def add_engine_options(parser: argparse.ArgumentParser, *, prompt_required: bool
     g.add_argument("--fit", choices=FITS, default="crop", help="how pictures of another size are adapted")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     g.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: by device)")
-    _add_control_options(parser)
+    add_control_options(parser)
     if acceleration:
         from .backends.accelerate import add_accel_options
 
         add_accel_options(parser)
 
 
-def add_controlnet_arguments(group: Any) -> None:
-    """--controlnet and --control-scale, for the engine commands and bench."""
+def add_control_options(parser: argparse.ArgumentParser) -> None:
+    """The ControlNet options (--controlnet, --control-scale, --control-preprocess, --canny-thresholds), for the
+    engine commands and bench; control_settings checks them."""
+    group = parser.add_argument_group("ControlNet")
     group.add_argument("--controlnet", default=None, metavar="KIND|FOLDER|HUB_ID",
                        help="steer the pictures with a ControlNet: canny (the input's edges) or depth (its estimated "
                             "depth), the published one for the model's family (random weights of its architecture "
@@ -71,17 +73,12 @@ def add_controlnet_arguments(group: Any) -> None:
                             "or tiny-sd (no middle stage): use sd-turbo or sd15-lcm")
     group.add_argument("--control-scale", type=float, default=None,
                        help="how strongly the ControlNet steers, [0, 5] (default 1: as trained)")
-
-
-def _add_control_options(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("ControlNet")
-    add_controlnet_arguments(g)
-    g.add_argument("--control-preprocess", choices=CONTROL_PREPROCESSES, default=None,
-                   help="how a frame becomes the control picture: canny edges, depth (estimated by Depth "
-                        "Anything V2 Small), or none (the frame itself, e.g. a depth camera's feed); default: the "
-                        "kind's own, none for a folder or hub id")
-    g.add_argument("--canny-thresholds", type=_thresholds, default=None, metavar="LOW,HIGH",
-                   help="Canny's hysteresis thresholds on 0-255 gradients (default 100,200; lower: more edges)")
+    group.add_argument("--control-preprocess", choices=CONTROL_PREPROCESSES, default=None,
+                       help="how a frame becomes the control picture: canny edges, depth (estimated by Depth "
+                            "Anything V2 Small), or none (the frame itself, e.g. a depth camera's feed); default: "
+                            "the kind's own, none for a folder or hub id")
+    group.add_argument("--canny-thresholds", type=_thresholds, default=None, metavar="LOW,HIGH",
+                       help="Canny's hysteresis thresholds on 0-255 gradients (default 100,200; lower: more edges)")
 
 
 CONTROL_SETTINGS = {"control_scale": "--control-scale", "control_preprocess": "--control-preprocess",

@@ -90,10 +90,50 @@ def test_a_controlnet_steers_the_timed_stream_and_diffusers_own_controlnet_pipel
     assert baseline_calls and set(baseline_calls) == {((1, 3, 32, 32), 0.8)}  # the engine's control picture
 
 
+def test_control_preprocess_and_canny_thresholds_reach_the_timed_stream(tmp_path, capsys, monkeypatch):
+    from streamdiff.control import Control
+    from streamdiff.models import controlnets
+
+    seen, prefetched = set(), []
+    update, prefetch = Control.update, controlnets.prefetch_controlnet
+
+    def recording_update(self, pixels):
+        seen.add((self.preprocess, self.thresholds, self.estimator is None))
+        return update(self, pixels)
+
+    def recording_prefetch(ref, model, preprocess=None, **kwargs):
+        prefetched.append((ref, model, preprocess))
+        return prefetch(ref, model, preprocess, **kwargs)
+
+    monkeypatch.setattr(Control, "update", recording_update)
+    monkeypatch.setattr(controlnets, "prefetch_controlnet", recording_prefetch)
+    out = tmp_path / "results"
+    assert main([*TINY, "--controlnet", "canny", "--canny-thresholds", "20,60", "--device", "cpu",
+                 "--output-dir", str(out)]) == 0
+    ours = json.loads((out / "bench.json").read_text())["results"][0]
+    assert seen == {("canny", (20.0, 60.0), True)} and prefetched == [("canny", "tiny", None)]
+    assert ours["scenario"]["canny_thresholds"] == [20.0, 60.0] and ours["name"].endswith(" canny-20-60")
+    assert ours["stages_ms"]["control"] > 0  # the edges are a stage of their own, not part of "other"
+    assert "| upload | preprocess | control | encode |" in capsys.readouterr().out
+    seen.clear()
+    # A depth ControlNet on the frame itself: no depth estimator is loaded.
+    assert main([*TINY, "--controlnet", "depth", "--control-preprocess", "none", "--device", "cpu", "--no-stages",
+                 "--output-dir", str(out)]) == 0
+    ours = json.loads((out / "bench.json").read_text())["results"][0]
+    assert seen == {("none", (100.0, 200.0), True)} and prefetched[-1] == ("depth", "tiny", "none")
+    assert ours["scenario"]["control_preprocess"] == "none" and ours["name"].endswith(" preprocess-none")
+
+
 @pytest.mark.parametrize("options, message", [
     (["--model", "sdxs-512", "--controlnet", "canny"], "model 'sdxs-512' has no middle stage for a ControlNet to feed"),
     (["--model", "tiny", "--control-scale", "0.5"], "--control-scale needs --controlnet"),
+    (["--model", "tiny", "--control-preprocess", "none"], "--control-preprocess needs --controlnet"),
+    (["--model", "tiny", "--canny-thresholds", "20,60"], "--canny-thresholds needs --controlnet"),
+    (["--model", "tiny", "--controlnet", "canny", "--canny-thresholds", "200,100"],
+     "canny_thresholds must be two numbers with 0 <= low <= high"),
     (["--model", "tiny", "--controlnet", "canny", "--ablation"], "--ablation studies the stream's own components"),
+    (["--model", "tiny", "--controlnet", "canny", "--control-preprocess", "none", "--ablation"],
+     "--ablation studies the stream's own components"),
 ])
 def test_what_cannot_take_a_controlnet_is_one_line_before_any_model_loads(options, message, tmp_path, capsys,
                                                                          monkeypatch):

@@ -7,7 +7,7 @@ import torch
 
 from streamdiff.bench.ablation import ablation_cases, ablation_table
 from streamdiff.bench.measure import EnergyMeter, Latency, time_calls
-from streamdiff.bench.report import markdown_table
+from streamdiff.bench.report import markdown_table, stages_table
 from streamdiff.bench.stages import unet_calls
 from streamdiff.config import StreamConfig
 
@@ -87,3 +87,17 @@ def test_ablation_table_speedups_are_against_the_groups_reference():
 def test_markdown_table_shows_failures_in_their_row():
     failed = {"name": "x", "kind": "streamdiff", "error": "out of GPU memory"}
     assert "| x | failed: out of GPU memory |" in markdown_table([failed])
+
+
+def _staged(name: str, total: float, **stages: float) -> dict:
+    return {"name": name, "kind": "streamdiff", "latency": {"median_ms": total}, "stages_ms": stages}
+
+
+def test_the_control_stage_has_a_column_only_where_a_case_has_it():
+    plain = _staged("plain", 10.0, upload=1.0, preprocess=1.0, encode=2.0, unet=3.0)
+    steered = _staged("steered", 12.0, upload=1.0, preprocess=1.0, control=2.0, encode=2.0, unet=3.0)
+    assert "| case | upload | preprocess | encode | unet | other | total |" in stages_table([plain])
+    table = stages_table([plain, steered])
+    assert "| case | upload | preprocess | control | encode | unet | other | total |" in table
+    assert "| plain | 1.000 | 1.000 | - | 2.000 | 3.000 | 3.000 | 10.000 |" in table
+    assert "| steered | 1.000 | 1.000 | 2.000 | 2.000 | 3.000 | 3.000 | 12.000 |" in table

@@ -15,7 +15,11 @@ from streamdiff.config import StreamConfig
                                          ({"resolution": 500}, "multiple of 8"),
                                          ({"task": "txt2img", "pipelined": True}, "pipelined frames are img2img"),
                                          ({"controlnet": "canny", "control_scale": 6.0},
-                                          r"control_scale must be in \[0, 5\]; got 6.0")])
+                                          r"control_scale must be in \[0, 5\]; got 6.0"),
+                                         ({"controlnet": "canny", "control_preprocess": "midas"},
+                                          "control_preprocess must be one of canny, depth, none"),
+                                         ({"controlnet": "canny", "canny_thresholds": (200, 100)},
+                                          "canny_thresholds must be two numbers with 0 <= low <= high")])
 def test_bad_cases_are_refused_with_the_reason(bad, message):
     with pytest.raises(ValueError, match=message):
         Scenario(**bad)
@@ -31,6 +35,8 @@ def test_grid_is_the_product_in_order_and_names_tell_cases_apart():
     assert "unfused-codec" not in Scenario(codec_fusion=False, taesd=False).name()  # nothing to fuse in a KL VAE
     assert Scenario(controlnet="canny").name().endswith(" controlnet-canny")
     assert Scenario(controlnet="canny", control_scale=0.8).name().endswith(" controlnet-canny@0.8")
+    told = Scenario(controlnet="depth", control_preprocess="none", canny_thresholds=(20, 60.5))
+    assert told.name().endswith(" controlnet-depth preprocess-none canny-20-60.5")
 
 
 def test_settings_make_a_stream_config_with_evenly_spaced_steps():
@@ -38,6 +44,10 @@ def test_settings_make_a_stream_config_with_evenly_spaced_steps():
     observed = (config.t_index_list, config.frame_buffer_size, config.width, config.cfg_type.value)
     assert observed == ((0, 25), 3, 256, "self")
     assert StreamConfig(**Scenario(controlnet="canny", control_scale=0.8).settings()).control_scale == 0.8
+    told = Scenario(controlnet="canny", control_preprocess="none", canny_thresholds=(20, 60))
+    config = StreamConfig(**told.settings())
+    assert (config.control_preprocess, config.canny_thresholds) == ("none", (20.0, 60.0))
+    assert "canny_thresholds" not in Scenario(canny_thresholds=(20, 60)).settings()  # nothing to steer without one
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

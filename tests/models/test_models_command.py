@@ -90,3 +90,59 @@ def test_json_output(capsys, cache):
     assert models["sd15-lcm"]["t_index_list"] == [32, 45] and models["sd15-lcm"]["steps"] == 2
     assert [o["repo_id"] for o in document["other_cached_pipelines"]] == ["someone/watercolor-sd"]
     assert document["other_cached_pipelines"][0]["size_on_disk"] >= 2_000_000
+
+
+SD21_CANNY, SD15_CANNY = "thibaud/controlnet-sd21-canny-diffusers", "lllyasviel/control_v11p_sd15_canny"
+SD21_DEPTH, SD15_DEPTH = "thibaud/controlnet-sd21-depth-diffusers", "lllyasviel/control_v11f1p_sd15_depth"
+ESTIMATOR = "depth-anything/Depth-Anything-V2-Small-hf"
+
+
+@pytest.fixture
+def control_cache(cache, tmp_path, helpers):
+    """The cache above with the SD 2.1 canny ControlNet, the depth estimator, and the SD 1.5 canny one's config."""
+    add = helpers.add_to_hub_cache
+    add(cache, SD21_CANNY, fake_files(tmp_path / "canny21", "config.json", "diffusion_pytorch_model.safetensors"))
+    add(cache, ESTIMATOR, fake_files(tmp_path / "estimator", "config.json", "model.safetensors"))
+    add(cache, SD15_CANNY, fake_files(tmp_path / "canny15", "config.json"))
+    return cache
+
+
+def auxiliary_rows(out: str) -> dict[str, str]:
+    section = out.split("ControlNets and the depth estimator, fetched when an option asks for them:\n")[1]
+    header, *rows = section.split("\n\n")[0].splitlines()
+    assert header.split() == ["REPO", "CACHED", "USED", "BY"]
+    return {row.split()[0]: row for row in rows}
+
+
+def test_controlnets_and_the_depth_estimator_show_their_cache_state_and_option(capsys, control_cache):
+    out = run_models(capsys, "--cache-dir", str(control_cache))
+    rows = auxiliary_rows(out)
+    assert list(rows) == [SD21_CANNY, SD15_CANNY, SD21_DEPTH, SD15_DEPTH, ESTIMATOR]
+    assert rows[SD21_CANNY].split()[1:] == ["yes", "--controlnet", "canny", "with", "sd-turbo"]
+    partial = "  partial (missing diffusion_pytorch_model.safetensors)  --controlnet canny with sd15-lcm"
+    assert partial in rows[SD15_CANNY]
+    assert rows[SD21_DEPTH].split()[1:] == ["no", "--controlnet", "depth", "with", "sd-turbo"]
+    assert rows[SD15_DEPTH].split()[1:] == ["no", "--controlnet", "depth", "with", "sd15-lcm"]
+    assert rows[ESTIMATOR].split()[1] == "yes" and rows[ESTIMATOR].endswith("--control-preprocess depth")
+    assert out.index("* default model.") < out.index("ControlNets and") < out.index("Other diffusers models")
+
+
+def test_an_empty_cache_has_no_controlnet_nor_estimator(capsys, tmp_path):
+    rows = auxiliary_rows(run_models(capsys, "--cache-dir", str(tmp_path / "no-cache-here")))
+    assert len(rows) == 5 and all(row.split()[1] == "no" for row in rows.values())
+
+
+def test_json_lists_controlnets_and_the_depth_estimator(capsys, control_cache):
+    document = json.loads(run_models(capsys, "--json", "--cache-dir", str(control_cache)))
+    auxiliaries = {a["repo_id"]: a for a in document["auxiliary_models"]}
+    assert auxiliaries[SD21_CANNY] == {"repo_id": SD21_CANNY, "role": "controlnet", "control_kind": "canny",
+                                       "family": "sd21", "used_by": "--controlnet canny with sd-turbo",
+                                       "cached": "yes", "missing": []}
+    assert (auxiliaries[SD15_CANNY]["cached"], auxiliaries[SD15_CANNY]["missing"]) == (
+        "partial", ["diffusion_pytorch_model.safetensors"])
+    assert auxiliaries[SD15_DEPTH]["cached"] == "no"
+    assert auxiliaries[SD15_DEPTH]["missing"] == ["config.json", "diffusion_pytorch_model.safetensors"]
+    estimator = auxiliaries[ESTIMATOR]
+    assert (estimator["role"], estimator["family"], estimator["cached"]) == ("depth_estimator", None, "yes")
+    assert estimator["used_by"] == "--controlnet depth, or --control-preprocess depth"
+    assert [m["name"] for m in document["models"]] == list(REGISTRY)

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from ..backends.accelerate import AccelMode, add_rewrite_options
 from ..backends.compile import COMPILE_PRESETS
-from ..cli_options import add_controlnet_arguments, control_settings
+from ..cli_options import add_control_options, control_settings
 from ..config import CfgType
 from ..errors import UserError
 from .baselines import BASELINES
@@ -52,7 +52,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--resolution", type=_list(int), default=[512], help="square render sizes")
     p.add_argument("--sequential", action="store_true", help="run the steps one after another (no stream batch)")
     p.add_argument("--similarity", type=float, default=None, help="similarity filter threshold (off by default)")
-    add_controlnet_arguments(p)
+    add_control_options(p)
     p.add_argument("--pipelined", type=_list(lambda text: text == "yes", ("no", "yes")), default=[False],
                    metavar="no,yes", help="img2img frames pipelined (each launched before the previous one is "
                                           "waited for): no, yes or no,yes; times are then intervals between frames")
@@ -106,7 +106,7 @@ def scenarios_from_args(args: argparse.Namespace) -> list[Scenario]:
 
 
 def _control_fields(args: argparse.Namespace) -> dict[str, Any]:
-    """The Scenario fields of --controlnet and --control-scale; --control-scale alone is a UserError."""
+    """The Scenario fields of the ControlNet options; one of them without --controlnet is a UserError."""
     settings = control_settings(args)  # the engine commands' check and message
     return {"controlnet": args.controlnet, **settings} if args.controlnet is not None else settings
 
@@ -118,7 +118,7 @@ def _check_controlnet(args: argparse.Namespace) -> None:
     from ..models.controlnets import prefetch_controlnet
 
     for model in args.model if args.controlnet is not None else ():
-        prefetch_controlnet(args.controlnet, model, random_weights=args.random_weights)
+        prefetch_controlnet(args.controlnet, model, args.control_preprocess, random_weights=args.random_weights)
 
 
 def run_command(args: argparse.Namespace) -> int:

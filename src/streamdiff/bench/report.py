@@ -77,12 +77,14 @@ def stages_table(results: Sequence[dict[str, Any]]) -> str:
     with_stages = [r for r in results if r.get("stages_ms")]
     if not with_stages:
         return ""
-    rows = ["| case | " + " | ".join(STAGES) + " | other | total |", "|---|" + "---:|" * (len(STAGES) + 2)]
+    # A stage no case has (control, without a ControlNet) gets no column.
+    shown = [s for s in STAGES if any(s in r["stages_ms"] for r in with_stages)]
+    rows = ["| case | " + " | ".join(shown) + " | other | total |", "|---|" + "---:|" * (len(shown) + 2)]
     for r in with_stages:
         stages = r["stages_ms"]
         total = r["latency"]["median_ms"]
         other = total - sum(stages.values())
-        rows.append(f"| {r['name']} | " + " | ".join(_fmt(stages[s], 3) for s in STAGES)
+        rows.append(f"| {r['name']} | " + " | ".join(_fmt(stages.get(s), 3) for s in shown)
                     + f" | {_fmt(other, 3)} | {_fmt(total, 3)} |")
     return "\n".join(rows) + "\n"
 

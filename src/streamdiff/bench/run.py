@@ -14,6 +14,7 @@ import torch
 
 from ..backends.accelerate import AccelMode, accelerate, resolve_mode
 from ..backends.compile import parts_of, uncompile
+from ..config import ControlPreprocess
 from ..devices import resolve_device, resolve_dtype
 from ..stream import Components, StreamPipeline
 from . import baselines
@@ -52,34 +53,37 @@ class _Loaded:
     control_preprocess: str | None = None  # how frames become the ControlNet's control picture, if one steers
 
 
-# A loaded model: its name, TAESD or not, and the ControlNet steering it (None: none).
-ModelKey = tuple[str, bool, str | None]
+# A loaded model: its name, TAESD or not, the ControlNet steering it (None: none) and the control_preprocess
+# setting it was loaded for (None: the ControlNet's own; "depth" loads the depth estimator).
+ModelKey = tuple[str, bool, str | None, ControlPreprocess | None]
 
 
 def model_key(scenario: Scenario) -> ModelKey:
-    return (scenario.model, scenario.taesd, scenario.controlnet)
+    return (scenario.model, scenario.taesd, scenario.controlnet, scenario.control_preprocess)
 
 
 class ModelPool:
-    """Models by (name, taesd, controlnet), loaded once; reloaded when a case needs the modules as they were
-    loaded."""
+    """Models by (name, taesd, controlnet, control_preprocess), loaded once; reloaded when a case needs the modules
+    as they were loaded."""
 
     def __init__(self, options: BenchOptions, device: torch.device, dtype: torch.dtype):
         self.options, self.device, self.dtype = options, device, dtype
         self._loaded: dict[ModelKey, _Loaded] = {}
 
-    def get(self, name: str, taesd: bool, *, pristine: bool, controlnet: str | None = None) -> _Loaded:
-        key = (name, taesd, controlnet)
+    def get(self, name: str, taesd: bool, *, pristine: bool, controlnet: str | None = None,
+            control_preprocess: ControlPreprocess | None = None) -> _Loaded:
+        key = (name, taesd, controlnet, control_preprocess)
         entry = self._loaded.get(key)
         if entry is not None and pristine and entry.touched:
             self.release(key)
             entry = None
         if entry is None:
-            entry = self._load(name, taesd, controlnet)
+            entry = self._load(name, taesd, controlnet, control_preprocess)
             self._loaded[key] = entry
         return entry
 
-    def _load(self, name: str, taesd: bool, controlnet: str | None) -> _Loaded:
+    def _load(self, name: str, taesd: bool, controlnet: str | None,
+              control_preprocess: ControlPreprocess | None) -> _Loaded:
         from ..models.controlnets import load_controlnet
         from ..models.loading import load_model
 
@@ -88,8 +92,8 @@ class ModelPool:
         if controlnet is None:
             return _Loaded(Components.from_diffusers(loaded.pipe), loaded.spec)
         # With random weights, a kind is a random-weight ControlNet of the model's architecture.
-        control = load_controlnet(controlnet, loaded.spec, loaded.pipe.unet, dtype=self.dtype, device=self.device,
-                                  random_weights=random_weights)
+        control = load_controlnet(controlnet, loaded.spec, loaded.pipe.unet, control_preprocess, dtype=self.dtype,
+                                  device=self.device, random_weights=random_weights)
         components = Components.from_diffusers(loaded.pipe, control.module, control.estimator)
         return _Loaded(components, loaded.spec, control_preprocess=control.preprocess)
 
@@ -181,7 +185,7 @@ def run_scenario(scenario: Scenario, options: BenchOptions, pool: ModelPool, dev
                  progress: Callable[[str], None]) -> dict[str, Any]:
     mode = resolve_mode(scenario.accel, device, fallback=options.fallback)
     entry = pool.get(scenario.model, scenario.taesd, pristine=mode is AccelMode.NONE,
-                     controlnet=scenario.controlnet)
+                     controlnet=scenario.controlnet, control_preprocess=scenario.control_preprocess)
     if not mode.compiles:
         uncompile(parts_of(entry.components))
     pipe = prepared_stream(scenario, entry, device, options)
@@ -264,7 +268,8 @@ def run_baseline(name: str, scenario: Scenario, options: BenchOptions, pool: Mod
     base = scenario.with_changes(accel="none", label="")
     if reason:
         return {"scenario": base.as_dict(), "name": f"{name}: {base.name()}", "kind": name, "error": reason}
-    entry = pool.get(scenario.model, scenario.taesd, pristine=True, controlnet=scenario.controlnet)
+    entry = pool.get(scenario.model, scenario.taesd, pristine=True, controlnet=scenario.controlnet,
+                     control_preprocess=scenario.control_preprocess)
     config = _config(scenario, entry, device, options)
     if name == "diffusers":
         call = baselines.diffusers_call(entry.components, config, options.prompt, scenario.task)

@@ -6,7 +6,7 @@ import itertools
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterable
 
-from ..config import CONTROL_SCALE_MAX, CfgType
+from ..config import CfgType, ControlPreprocess, StreamConfig
 from .clips import CLIPS
 
 TASKS: tuple[str, ...] = ("img2img", "txt2img")
@@ -33,6 +33,8 @@ class Scenario:
     pipelined: bool = False  # img2img_pipelined: each frame launched before the previous one is waited for
     controlnet: str | None = None  # a ControlNet kind, folder or hub id steering the UNet; None: none
     control_scale: float = 1.0  # how strongly it steers
+    control_preprocess: ControlPreprocess | None = None  # how frames become its control picture; None: its own
+    canny_thresholds: tuple[float, float] | None = None  # Canny's hysteresis thresholds; None: the engine's
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -47,8 +49,7 @@ class Scenario:
             raise ValueError(f"pipelined frames are img2img frames; got task {self.task!r}")
         if self.resolution < 8 or self.resolution % 8:
             raise ValueError(f"resolution must be a positive multiple of 8; got {self.resolution}")
-        if not 0.0 <= self.control_scale <= CONTROL_SCALE_MAX:  # checked here: StreamConfig would fail every case
-            raise ValueError(f"control_scale must be in [0, {CONTROL_SCALE_MAX:g}]; got {self.control_scale}")
+        StreamConfig(**self._control_settings())  # checked here: StreamConfig would fail every case
 
     def settings(self) -> dict[str, Any]:
         """StreamConfig settings of this case (the schedule: `steps` evenly spaced from pure noise)."""
@@ -56,8 +57,12 @@ class Scenario:
             "width": self.resolution, "height": self.resolution, "steps": self.steps, "strength": 1.0,
             "frame_buffer_size": self.frame_buffer_size, "cfg_type": self.cfg, "guidance_scale": self.guidance,
             "use_denoising_batch": self.batched, "similarity_threshold": self.similarity,
-            **({"control_scale": self.control_scale} if self.controlnet is not None else {}),
+            **(self._control_settings() if self.controlnet is not None else {}),
         }
+
+    def _control_settings(self) -> dict[str, Any]:
+        given = {"control_preprocess": self.control_preprocess, "canny_thresholds": self.canny_thresholds}
+        return {"control_scale": self.control_scale, **{k: v for k, v in given.items() if v is not None}}
 
     def name(self) -> str:
         if self.label:
@@ -82,6 +87,10 @@ class Scenario:
         if self.controlnet is not None:
             scale = f"@{self.control_scale:g}" if self.control_scale != 1 else ""
             parts.append(f"controlnet-{self.controlnet}{scale}")
+        if self.control_preprocess is not None:
+            parts.append(f"preprocess-{self.control_preprocess}")
+        if self.canny_thresholds is not None:
+            parts.append("canny-{:g}-{:g}".format(*self.canny_thresholds))
         return " ".join(parts)
 
     def as_dict(self) -> dict[str, Any]:

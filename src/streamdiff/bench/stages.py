@@ -2,9 +2,11 @@
 
 One ordinary frame runs with hooks that record the UNet's, the encoder's and the decoder's inputs (their
 shapes and memory layouts, so compiled code is reused, not rebuilt); each stage is then captured as a
-graph of its own (graph modes) or called eagerly, and timed with device events. `other` in the reports
-is what the whole step takes beyond the stages' sum: scheduler math and glue kernels, and in eager
-modes the Python between launches.
+graph of its own (graph modes) or called eagerly, and timed with device events. With a ControlNet,
+`control` is the making of its control picture (Canny edges or estimated depth) from the preprocessed
+frame; the ControlNet itself runs with the UNet, in `unet`. `other` in the reports is what the whole
+step takes beyond the stages' sum: scheduler math and glue kernels, and in eager modes the Python
+between launches.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from ..config import CfgType, StreamConfig
 from ..images import to_uint8_hwc
 from ..stream import StreamPipeline
 
-STAGES: tuple[str, ...] = ("upload", "preprocess", "encode", "unet", "decode", "postprocess", "download")
+# In step order; "control" only for a stream with a ControlNet.
+STAGES: tuple[str, ...] = ("upload", "preprocess", "control", "encode", "unet", "decode", "postprocess", "download")
 
 
 def unet_calls(config: StreamConfig) -> list[int]:
@@ -106,11 +109,15 @@ def stage_times(pipe: StreamPipeline, frame: np.ndarray, *, graphs: bool, repeat
         "upload": timer(lambda: frames_dev.copy_(frames, non_blocking=True)),
         "preprocess": timer(lambda: pipe.device_pixels(frames_dev)),
     }
+    control = pipe.control
+    if control is not None:
+        pixels = pipe.device_pixels(frames_dev)  # (F, 3, H, W) in [-1, 1]: what the step hands the control
+        times["control"] = timer(lambda: control.update(pixels))
     for stage, module in modules.items():
         times[stage] = sum(timer(stage_call(pipe, stage, module, args, kwargs)) for args, kwargs in calls[stage])
     times["postprocess"] = timer(lambda: out_dev.copy_(to_uint8_hwc(pictures)))
     times["download"] = timer(lambda: out_host.copy_(out_dev, non_blocking=True))
-    return {stage: times[stage] for stage in STAGES}
+    return {stage: times[stage] for stage in STAGES if stage in times}
 
 
 def stage_call(pipe: StreamPipeline, stage: str, module: torch.nn.Module, args: tuple,

@@ -1,4 +1,5 @@
-"""`streamdiff models`: the registry, and what of it (and of other diffusers models) is already cached."""
+"""`streamdiff models`: the registry and the models stream options fetch (ControlNets, the depth estimator), and
+what of them (and of other diffusers models) is already cached."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .architectures import UNET_CONFIGS
+from .controlnets import CONTROL_KINDS, CONTROLNET_FILES, takes_controlnet
+from .depth_estimators import DEPTH_ESTIMATOR_FILES, DEPTH_ESTIMATOR_REPO
 from .registry import DEFAULT_MODEL, REGISTRY, ModelSpec
 
 LOCAL = "local"  # built on the spot, nothing to cache
@@ -21,6 +25,7 @@ class CachedRepo:
     repo_id: str
     size_on_disk: int
     is_pipeline: bool  # a revision holds model_index.json and UNet weights
+    revisions: tuple[frozenset[str], ...] = ()  # the files of each cached revision, relative to its snapshot
 
 
 @dataclass(frozen=True)
@@ -40,11 +45,25 @@ class ModelStatus:
     missing: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class AuxiliaryStatus:
+    """A model that a stream option downloads besides the pipeline, with its cache state: "yes", "no", "partial"."""
+
+    repo_id: str
+    role: str  # "controlnet" or "depth_estimator"
+    control_kind: str  # the --controlnet kind it serves ("canny", "depth")
+    family: str | None  # the model family a ControlNet fits; None: any
+    used_by: str  # the option that fetches it, e.g. "--controlnet canny with sd-turbo"
+    cached: str
+    missing: tuple[str, ...]  # its files that are not in the cache
+
+
 def register(subparsers: Any) -> None:
     """Add the `models` subcommand to the CLI."""
     parser = subparsers.add_parser(
-        "models", help="list the named models and what is already in the local cache",
-        description="List the model registry and which models are already in the local Hugging Face cache.",
+        "models", help="list the named models, ControlNets and depth estimator, and what is already cached",
+        description="List the model registry, the ControlNets and depth estimator that stream options fetch, and "
+                    "which of them are already in the local Hugging Face cache.",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--cache-dir", default=None, help="hub cache to inspect (default: huggingface_hub's)")
@@ -55,9 +74,10 @@ def run(args: argparse.Namespace) -> int:
     cache_dir = args.cache_dir or _default_cache_dir()
     repos = cached_repos(cache_dir)
     statuses = [model_status(spec, repos) for spec in REGISTRY.values()]
+    auxiliaries = auxiliary_statuses(repos)
     others = sorted((r for r in repos.values() if r.is_pipeline and r.repo_id not in _registry_repos()),
                     key=lambda r: r.repo_id)
-    text = as_json(cache_dir, statuses, others) if args.json else as_table(cache_dir, statuses, others)
+    text = (as_json if args.json else as_table)(cache_dir, statuses, others, auxiliaries)
     sys.stdout.write(text + "\n")
     return 0
 
@@ -81,15 +101,20 @@ def cached_repos(cache_dir: str | Path) -> dict[str, CachedRepo]:
         info = scan_cache_dir(cache_dir)
     except CacheNotFound:
         return {}
-    return {
-        repo.repo_id: CachedRepo(repo.repo_id, repo.size_on_disk, any(_is_pipeline(rev) for rev in repo.revisions))
-        for repo in info.repos
-        if repo.repo_type == "model"
-    }
+    cached = {}
+    for repo in info.repos:
+        if repo.repo_type == "model":
+            revisions = tuple(_files(rev) for rev in repo.revisions)
+            cached[repo.repo_id] = CachedRepo(repo.repo_id, repo.size_on_disk,
+                                              any(_is_pipeline(names) for names in revisions), revisions)
+    return cached
 
 
-def _is_pipeline(revision: Any) -> bool:
-    names = {f.file_path.relative_to(revision.snapshot_path).as_posix() for f in revision.files}
+def _files(revision: Any) -> frozenset[str]:
+    return frozenset(f.file_path.relative_to(revision.snapshot_path).as_posix() for f in revision.files)
+
+
+def _is_pipeline(names: frozenset[str]) -> bool:
     has_unet = any(n.startswith("unet/") and n.endswith((".safetensors", ".bin")) for n in names)
     return "model_index.json" in names and has_unet
 
@@ -113,16 +138,55 @@ def _has(repos: dict[str, CachedRepo], repo_id: str, pipeline: bool) -> bool:
     return repo is not None and (repo.is_pipeline or not pipeline)
 
 
-def as_table(cache_dir: str, statuses: list[ModelStatus], others: list[CachedRepo]) -> str:
+def auxiliary_statuses(repos: dict[str, CachedRepo]) -> list[AuxiliaryStatus]:
+    """The published ControlNets of --controlnet KIND for each family, then the depth estimator."""
+    statuses = [
+        _auxiliary(repos, repo, "controlnet", kind.name, family, f"--controlnet {kind.name} with {_users(family)}",
+                   CONTROLNET_FILES)
+        for kind in CONTROL_KINDS.values() for family, repo in kind.repos.items()
+    ]
+    statuses.append(_auxiliary(repos, DEPTH_ESTIMATOR_REPO, "depth_estimator", "depth", None,
+                               "--controlnet depth, or --control-preprocess depth", DEPTH_ESTIMATOR_FILES))
+    return statuses
+
+
+def _users(family: str) -> str:
+    """The registry models of `family` that a ControlNet can steer, e.g. "sd-turbo"."""
+    names = [name for name, spec in REGISTRY.items()
+             if spec.family == family and name in UNET_CONFIGS and takes_controlnet(UNET_CONFIGS[name])]
+    return ", ".join(names) or f"{family} models"
+
+
+def _auxiliary(repos: dict[str, CachedRepo], repo_id: str, role: str, control_kind: str, family: str | None,
+               used_by: str, files: tuple[str, ...]) -> AuxiliaryStatus:
+    repo = repos.get(repo_id)
+    revisions = repo.revisions if repo is not None else ()
+    # The revision missing the fewest of the files a load fetches decides.
+    missing = min((tuple(f for f in files if f not in names) for names in revisions), key=len, default=files)
+    cached = "no" if missing == files else ("partial" if missing else "yes")
+    return AuxiliaryStatus(repo_id, role, control_kind, family, used_by, cached, missing)
+
+
+def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows with every column but the last padded to its widest cell."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows]
+
+
+def as_table(cache_dir: str, statuses: list[ModelStatus], others: list[CachedRepo],
+             auxiliaries: list[AuxiliaryStatus]) -> str:
     header = ("NAME", "REPO", "SIZE", "STEPS", "TAESD", "CACHED", "DESCRIPTION")
     rows = [header] + [
         (s.name + (" *" if s.default else ""), s.repo_id or "-", f"{s.resolution}px", str(s.steps),
          "yes" if s.taesd else "no", _cached_text(s), s.description)
         for s in statuses
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows]
+    lines = _aligned(rows)
     lines += ["", f"* default model. Hub cache: {cache_dir}"]
+    if auxiliaries:
+        lines += ["", "ControlNets and the depth estimator, fetched when an option asks for them:"]
+        aux_rows = [("REPO", "CACHED", "USED BY")] + [(a.repo_id, _cached_text(a), a.used_by) for a in auxiliaries]
+        lines += ["  " + line for line in _aligned(aux_rows)]
     if others:
         lines += ["", "Other diffusers models in the cache (load them by hub id):"]
         lines += [f"  {r.repo_id}  ({_size(r.size_on_disk)})" for r in others]
@@ -133,17 +197,19 @@ def _size(size: int) -> str:
     return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.0f} MB"
 
 
-def _cached_text(status: ModelStatus) -> str:
+def _cached_text(status: ModelStatus | AuxiliaryStatus) -> str:
     if status.cached == "partial":
         return f"partial (missing {', '.join(status.missing)})"
     return "built locally" if status.cached == LOCAL else status.cached
 
 
-def as_json(cache_dir: str, statuses: list[ModelStatus], others: list[CachedRepo]) -> str:
+def as_json(cache_dir: str, statuses: list[ModelStatus], others: list[CachedRepo],
+            auxiliaries: list[AuxiliaryStatus]) -> str:
     document = {
         "cache_dir": cache_dir,
         "default_model": DEFAULT_MODEL,
         "models": [asdict(s) for s in statuses],
+        "auxiliary_models": [asdict(a) for a in auxiliaries],
         "other_cached_pipelines": [{"repo_id": r.repo_id, "size_on_disk": r.size_on_disk} for r in others],
     }
     return json.dumps(document, indent=2)

@@ -64,9 +64,14 @@ class ControlFolders:
     estimator: str | None = None
 
 
+def takes_controlnet(unet_config: Mapping[str, Any]) -> bool:
+    """Whether a UNet with this configuration has the middle stage a ControlNet feeds."""
+    return unet_config.get("mid_block_type", "UNetMidBlock2DCrossAttn") is not None
+
+
 def check_takes_controlnet(unet_config: Mapping[str, Any], model: str) -> None:
     """A UserError unless a UNet with this configuration can be steered by a ControlNet."""
-    if unet_config.get("mid_block_type", "UNetMidBlock2DCrossAttn") is None:
+    if not takes_controlnet(unet_config):
         raise UserError(f"model {model!r} has no middle stage for a ControlNet to feed; use a model that has "
                         "one, such as sd-turbo (SD 2.1) or sd15-lcm (SD 1.5)")
 
