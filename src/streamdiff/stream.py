@@ -18,11 +18,13 @@ from . import images, temporal
 from .backends.protocols import Denoiser, LatentCodec
 from .backends.torch import TorchCodec, TorchDenoiser
 from .batch import StreamBatch
-from .config import StreamConfig, strength_to_t_index
+from .components import Components, place_module
+from .config import StreamConfig
 from .control import Control
 from .device_steps import DeviceSteps
 from .devices import cpu_generator, resolve_device, resolve_dtype
 from .guidance import make_guidance
+from .live_schedule import LiveSchedule
 from .models.lora import StyleLora
 from .prompts import PromptEncoder, PromptLike, Transition, normalized_weights
 from .schedule import SlotCoefficients, build_coefficients
@@ -39,42 +41,7 @@ class StreamStats:
     last_similarity: float = math.nan
 
 
-@dataclass(frozen=True)
-class Components:
-    """The diffusers parts the engine uses; any SD 1.x / 2.x pipeline provides them (a ControlNet pipeline its
-    ControlNet too)."""
-
-    tokenizer: Any
-    text_encoder: torch.nn.Module
-    unet: torch.nn.Module
-    vae: torch.nn.Module
-    scheduler_config: dict
-    controlnet: torch.nn.Module | None = None  # a diffusers ControlNetModel steering the UNet (control.py)
-    depth_estimator: torch.nn.Module | None = None  # for control_preprocess "depth" (depth.py)
-
-    @classmethod
-    def from_diffusers(cls, pipe: Any, controlnet: torch.nn.Module | None = None,
-                       depth_estimator: torch.nn.Module | None = None) -> Components:
-        missing = [n for n in ("tokenizer", "text_encoder", "unet", "vae", "scheduler") if getattr(pipe, n, None) is None]
-        if missing:
-            raise ValueError(f"expected a diffusers Stable Diffusion pipeline; it lacks {', '.join(missing)}")
-        controlnet = controlnet if controlnet is not None else getattr(pipe, "controlnet", None)
-        if controlnet is not None and not hasattr(controlnet, "controlnet_cond_embedding"):
-            raise ValueError(f"expected one diffusers ControlNetModel; got {type(controlnet).__name__}")
-        return cls(pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae, dict(pipe.scheduler.config), controlnet,
-                   depth_estimator)
-
-
-def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
-    """Move a module, casting only when needed (diffusers warns on every dtype cast)."""
-    module.eval().requires_grad_(False)
-    current = next(module.parameters(), None)
-    if current is not None and current.dtype != dtype:
-        module.to(dtype=dtype)
-    module.to(device=device)
-
-
-class StreamPipeline(DeviceSteps):
+class StreamPipeline(LiveSchedule, DeviceSteps):
     """Stream Batch, residual CFG, the similarity filter and temporal smoothing over diffusers parts."""
 
     def __init__(
@@ -93,7 +60,7 @@ class StreamPipeline(DeviceSteps):
         for module in (components.text_encoder, components.unet, components.vae, components.controlnet,
                        components.depth_estimator):
             if module is not None:
-                _place(module, self.device, self.dtype)
+                place_module(module, self.device, self.dtype)
         self.components = components
         self.control = None if components.controlnet is None else \
             Control(components.controlnet, config, self.device, self.dtype, components.depth_estimator)
@@ -102,6 +69,7 @@ class StreamPipeline(DeviceSteps):
         self.prompts = PromptEncoder(components.tokenizer, components.text_encoder, self.device, self.dtype)
         self.stats = StreamStats()
         self._batch: StreamBatch | None = None
+        self._schedules: dict[int, tuple[int, ...]] = {}  # the indices the stream last had per number of steps
         self._filter = self._make_filter(config.similarity_threshold, config.similarity_max_skip)
 
     @classmethod
@@ -156,16 +124,20 @@ class StreamPipeline(DeviceSteps):
     def prepare(self, prompt: PromptLike = "", negative_prompt: str = "", *, seed: SeedLike | None = None) -> None:
         """Encode prompts, build the schedule, draw the fixed noise and empty the stream."""
         cfg = self.config
-        coeffs = self._coefficients(cfg)
-        slots = len(coeffs.timesteps)
+        slots = cfg.denoising_steps * cfg.frame_buffer_size
         self._cond = self._expand(self.prompts.encode_weighted(prompt, cfg.prompt_blend), slots)
         self._uncond = self._expand(self.prompts.encode(negative_prompt), slots)
         self._transition: Transition | None = None
-        self._batch = StreamBatch(self.denoiser, coeffs, self._draw_noise(seed if seed is not None else cfg.seed),
-                                  make_guidance(cfg), cfg.frame_buffer_size,
-                                  use_denoising_batch=cfg.use_denoising_batch, do_add_noise=cfg.do_add_noise)
+        self._seed = seed if seed is not None else cfg.seed
+        self._batch = self._new_batch(cfg)
         self._recondition()
         self.reset()
+
+    def _new_batch(self, cfg: StreamConfig) -> StreamBatch:
+        """An empty stream batch for cfg's schedule, with the fixed noise of the stream's seed."""
+        return StreamBatch(self.denoiser, self._coefficients(cfg), self._draw_noise(self._seed, cfg),
+                           make_guidance(cfg), cfg.frame_buffer_size, use_denoising_batch=cfg.use_denoising_batch,
+                           do_add_noise=cfg.do_add_noise)
 
     def _coefficients(self, cfg: StreamConfig) -> SlotCoefficients:
         """The per-slot schedule values of cfg's indices, on the stream's device and dtype."""
@@ -184,14 +156,14 @@ class StreamPipeline(DeviceSteps):
         if self._filter is not None:
             self._filter.reset()
 
-    def _draw_noise(self, seed: SeedLike) -> Tensor:
+    def _draw_noise(self, seed: SeedLike, cfg: StreamConfig | None = None) -> Tensor:
         """Fixed noise (B, 4, H/8, W/8) drawn on the CPU; several seeds blend keeping unit variance.
 
         One noise per slot, as StreamDiffusion draws it; with shared_noise the F frames of a call share
         their step's noise, so consecutive frames get the same noise as with frame_buffer_size 1 (a video
         stylized F frames per call then keeps the fixed-noise steadiness instead of changing every frame).
         """
-        cfg = self.config
+        cfg = cfg or self.config
         per_step = 1 if cfg.shared_noise else cfg.frame_buffer_size
         shape = (cfg.denoising_steps * per_step, 4, cfg.height // 8, cfg.width // 8)
         if isinstance(seed, int):
@@ -248,39 +220,7 @@ class StreamPipeline(DeviceSteps):
     def set_seed(self, seed: SeedLike) -> None:
         """Redraw the fixed noise from a seed or a weighted blend of seeds [(seed, weight), ...]."""
         self._require_prepared().set_noise(self._draw_noise(seed))
-
-    @property
-    def strength(self) -> float:
-        """How much of each frame the stream redraws, from the first schedule index: 1.0 starts from pure noise."""
-        cfg = self.config
-        assert cfg.t_index_list is not None
-        return 1.0 - cfg.t_index_list[0] / cfg.num_inference_steps
-
-    def set_strength(self, strength: float) -> None:
-        """Redraw more (toward 1.0) or less of each frame from the next one on, with the same number of steps."""
-        cfg = self.config
-        self.set_t_index_list(strength_to_t_index(strength, cfg.denoising_steps, cfg.num_inference_steps))
-
-    @torch.no_grad()
-    def set_t_index_list(self, t_index_list: Sequence[int]) -> None:
-        """Move the stream to other schedule indices, as many as it has steps, from the next frame on.
-
-        The buffers stay (captured steps stay valid); frames in flight with several steps, and the residual
-        noise of self/initialize guidance, start again from the next frame. Another number of steps changes
-        the stream's shape: build a new stream for that.
-        """
-        batch = self._require_prepared()
-        cfg = self.config
-        indices = tuple(int(i) for i in t_index_list)
-        if len(indices) != cfg.denoising_steps:
-            raise ValueError(f"a running stream keeps its {cfg.denoising_steps} step(s): expected "
-                             f"{cfg.denoising_steps} schedule indices; got {list(indices)}")
-        changed = cfg.with_changes(t_index_list=indices)  # checks the indices before anything changes
-        if indices == cfg.t_index_list:
-            return
-        batch.set_coefficients(self._coefficients(changed))
-        self.config = changed
-        self._recondition()
+        self._seed = seed
 
     def set_control_scale(self, scale: float) -> None:
         """How strongly the ControlNet steers from the next frame on (0: not at all, 1: as trained)."""

@@ -53,6 +53,26 @@ def test_graph_replays_match_the_eager_engine(_tiny_cache, dtype, tolerance, set
         np.testing.assert_array_equal(picture, value, err_msg=f"frame {k} changed after later frames")
 
 
+def test_new_buffers_are_captured_again_into_a_new_memory_pool(_tiny_cache):
+    """prepare() again and set_steps drop every captured graph of the stream; PyTorch then lets their memory pool
+    go, so the next captures must not reuse its handle (the caching allocator's internal assertion)."""
+    eager = _stream(_tiny_cache["taesd"], "float16", cache_conditioning=False, t_index_list=(30,))
+    fast, _ = accelerate(_stream(_tiny_cache["taesd"], "float16", t_index_list=(30,)), "graphs")
+    frames = random_frames(4, (64, 64, 3))
+    script = [0, 1, 2, ("steps", 2), 3, 4, 5, ("steps", 1), 6, 7, "prepare", 8, 9, 10, ("steps", 3), 11, 12, 13]
+    for item in script:
+        for stream in (eager, fast):
+            if item == "prepare":
+                stream.prepare("a cat", negative_prompt="blurry")
+            elif isinstance(item, tuple):
+                stream.set_steps(item[1])
+        if isinstance(item, int):
+            picture = fast.img2img(frames[item % len(frames)])
+            difference = np.abs(picture.astype(int) - eager.img2img(frames[item % len(frames)]).astype(int))
+            assert difference.max() <= 3, f"frame {item}: {difference.max()} levels"
+    assert fast.captured == ["img2img of 1 x 64x64 uint8 frames"] and fast.config.denoising_steps == 3
+
+
 def test_text_to_image_after_img2img_reuses_the_compiled_unet(_tiny_cache, tmp_path):
     # The web page's source switch: the compiled UNet saw the codec's channels-last latents; txt2img's noise
     # reaches it in the same layout, so it is not compiled again (25 s for SDXS-512 before, on an H100).
@@ -145,6 +165,53 @@ def test_compiling_in_the_background_serves_graph_replays_until_the_switch(_tiny
         difference = np.abs(picture.astype(int) - eager.img2img(frames[k % len(frames)]).astype(int))
         assert difference.max() <= 3, f"frame {k}: {difference.max()} levels"
     assert compiled == counters["stats"]["unique_graphs"] - before == 1  # the thread's UNet, compiled once
+
+
+def test_a_new_step_count_replays_uncompiled_graphs_until_its_compiled_step_is_ready(_tiny_cache, tmp_path):
+    """set_steps on a stream compiling in the background: the new count's uncompiled graphs at once, its compiled
+    ones when the thread is done; back to a compiled count at once. The pictures are the eager engine's."""
+    import time
+
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    fast, _ = accelerate(_stream(_tiny_cache["taesd"], "float16", t_index_list=(30,)), "max", background=True,
+                         cache_dir=tmp_path)
+    frames = random_frames(4, (64, 64, 3))
+    returned, script = [], []
+
+    def frame() -> None:
+        k = len(returned)
+        returned.append(fast.img2img(frames[k % len(frames)]))
+        script.append(k)
+
+    while fast.upgrading:
+        frame()
+    fast.set_steps(2)
+    script.append(("steps", 2))
+    assert fast.mode == "graphs"
+    during = 0
+    while fast.upgrading or fast.mode != "max" or during == 0:
+        frame()
+        during += fast.upgrading
+        if fast.upgrading:
+            time.sleep(0.005)  # frames paced as a camera's leave the thread the interpreter between them
+        assert len(returned) < 100_000
+    graphs = counters["stats"]["unique_graphs"]
+    fast.set_steps(1)
+    script.append(("steps", 1))
+    assert fast.mode == "max"
+    for _ in range(4):
+        frame()
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert during >= 10  # replays of the uncompiled step went on while the thread compiled (none wait for it)
+    eager = _stream(_tiny_cache["taesd"], "float16", cache_conditioning=False, t_index_list=(30,))
+    for item in script:  # the eager engine runs modules: only now that the compiles are done
+        if isinstance(item, tuple):
+            eager.set_steps(item[1])
+            continue
+        difference = np.abs(returned[item].astype(int) - eager.img2img(frames[item % len(frames)]).astype(int))
+        assert difference.max() <= 3, f"frame {item}: {difference.max()} levels"
 
 
 def test_quitting_while_the_thread_compiles_does_not_wait_for_it(tmp_path):

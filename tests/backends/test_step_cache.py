@@ -41,7 +41,7 @@ def test_new_pipeline_buffers_drop_every_step_and_say_so():
     cache, said = filled(64, 72)
     assert cache.lookup(key(64), (4, 5, 6)) is None
     assert key(72) not in cache and cache.described() == []
-    assert said == ["the stream was prepared again: its steps will be captured again"]
+    assert said == ["the stream has new buffers (prepared again, or another step count): steps captured again"]
 
 
 def test_a_shape_kept_uncaptured_is_known_but_never_replayed():

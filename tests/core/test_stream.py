@@ -283,10 +283,14 @@ def test_txt2img_follows_the_new_schedule(tiny_pipe_factory):
 
 
 @pytest.mark.parametrize("change,message", [
-    (lambda s: s.set_t_index_list((10, 30)), "keeps its 1 step"),
+    (lambda s: s.set_t_index_list((10, 30)), "keeps the stream.s 1 step"),
     (lambda s: s.set_t_index_list((60,)), r"t_index_list entries must be in \[0, 49\]"),
     (lambda s: s.set_strength(0.0), r"strength must be in \(0, 1\]"),
     (lambda s: s.set_strength(1.5), r"strength must be in \(0, 1\]"),
+    (lambda s: s.set_steps(0), "steps must be at least 1"),
+    (lambda s: s.set_steps(2.0), "steps must be a whole number"),
+    (lambda s: s.set_steps(True), "steps must be a whole number"),
+    (lambda s: s.set_steps(41), "steps=41 does not fit strength=0.8"),
 ])
 def test_a_schedule_that_does_not_fit_is_refused_and_changes_nothing(tiny_pipe_factory, change, message):
     inputs = frames(4)

@@ -33,7 +33,7 @@ from ..errors import UserError, first_line
 from ..stream import StreamPipeline
 from . import codec_fusion, upsample_fold
 from . import compile as compiling
-from .background import BackgroundCompile, CallRecorder
+from .background import BackgroundCompile, CallRecorder, NewCountPlan
 from .conditioning import ConditioningCache
 from .graphs import CudaGraphCapture, DirectCall
 from .runner import AcceleratedStream
@@ -275,6 +275,8 @@ def _build_then_compile(stream: AcceleratedStream, target: AccelMode, preset: st
         seconds = stream.build(input_size)
     upgrade = BackgroundCompile(parts, recorder.calls, preset, stream.eager_lock)
     final = CudaGraphCapture() if target.graphs else DirectCall.capture
+    stream.compile_new_counts_in_background(NewCountPlan(parts, preset, (final, target.value),
+                                                         (stream.step_capture, stream.mode), set()))
     stream.upgrade_when_ready(upgrade, final, target.value)
     upgrade.start()
     say(f"{stream.mode}: ready in {seconds:.1f} s; compiling in the background, then switching to {target.value}")

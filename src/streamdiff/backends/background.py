@@ -138,3 +138,17 @@ class BackgroundCompile:
         conditioned = ConditioningCache.of(module).active() if call.conditioned else contextlib.nullcontext()
         with self.lock, conditioned:
             forward(*call.args, **call.kwargs)
+
+
+@dataclass
+class NewCountPlan:
+    """How a stream whose modules compile in the background gets compiled code for a step count it switches to
+    (set_steps): uncompiled steps at once, recording the modules' first calls at the new count, then a
+    BackgroundCompile of those, switched to as the first one was. Compiled forwards keep every shape they
+    compiled, so a count compiled once is switched back to at once."""
+
+    parts: dict[str, nn.Module]
+    preset: str
+    compiled: tuple[Any, str]  # the capture and mode of compiled steps (e.g. CUDA graphs, "max")
+    uncompiled: tuple[Any, str]  # those of the steps run while a count compiles (e.g. CUDA graphs, "graphs")
+    counts: set[int]  # the step counts the compiled forwards hold

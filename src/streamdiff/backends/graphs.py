@@ -8,8 +8,9 @@ stream's state is updated in place, and the output lands in a tensor the capture
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -54,7 +55,17 @@ class CudaGraphCapture:
 
     def __init__(self, warmup: int = 2):
         self.warmup = warmup
-        self.pool = torch.cuda.graph_pool_handle()  # shared by this stream's graphs: they never run concurrently
+        self._pool: Any = None  # shared by this stream's graphs (they never run concurrently) while one lives
+        self._graphs: weakref.WeakSet[torch.cuda.CUDAGraph] = weakref.WeakSet()
+
+    @property
+    def pool(self) -> Any:
+        """The memory pool of the next graph. A pool lives as long as a graph captured into it: once a stream
+        dropped them all (prepared again, another step count), PyTorch lets it go, and capturing into its old
+        handle fails an internal assertion of the caching allocator, so the next graph starts a new pool."""
+        if self._pool is None or not self._graphs:
+            self._pool = torch.cuda.graph_pool_handle()
+        return self._pool
 
     def __call__(self, step: StepFn, state: Sequence[Tensor]) -> tuple[torch.cuda.CUDAGraph, Tensor | None]:
         with preserved(state):
@@ -67,6 +78,7 @@ class CudaGraphCapture:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
                 out = step()
+            self._graphs.add(graph)
         return graph, out
 
 

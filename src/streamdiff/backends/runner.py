@@ -23,12 +23,13 @@ from torch import Tensor
 
 from .. import images
 from ..device_steps import DeviceCarry
-from ..errors import UserError, first_line
+from ..errors import UserError
 from ..stream import StreamPipeline
-from .background import BackgroundCompile
+from .background import BackgroundCompile, CallRecorder, NewCountPlan
 from .graphs import Capture, DirectCall, FrameBuffers
 from .similarity_check import SimilarityCheck
 from .step_cache import Step, StepCache, StepKey
+from .upgrades import Upgrades, holding
 
 logger = logging.getLogger("streamdiff.backends")
 
@@ -51,7 +52,7 @@ class _Pending:
         return self.result
 
 
-class AcceleratedStream:
+class AcceleratedStream(Upgrades):
     """The StreamPipeline API (img2img, txt2img, flush, live controls) over a faster execution of warm frames."""
 
     def __init__(self, pipe: StreamPipeline, capture: Capture | None, *, mode: str = "none", max_shapes: int = 4,
@@ -63,7 +64,9 @@ class AcceleratedStream:
         self._steps = StepCache(max_shapes, self._progress)
         self._carry: DeviceCarry | None = None
         self._pending: _Pending | None = None  # a pipelined frame whose pictures nobody has waited for yet
-        self._upgrade: tuple[BackgroundCompile, Capture, str] | None = None  # compiling on its own thread
+        self._upgrade: tuple[BackgroundCompile, Capture, str, int] | None = None  # compiling on its own thread
+        self._new_counts: NewCountPlan | None = None  # set where new step counts compile in the background
+        self._recorder: CallRecorder | None = None  # recording a new count's first calls, for its compilation
         self.eager_lock = threading.Lock()  # held around the modules' eager calls while an upgrade compiles
 
     def __getattr__(self, name: str) -> Any:
@@ -71,7 +74,7 @@ class AcceleratedStream:
             raise AttributeError(name)
         value = getattr(self.pipe, name)
         if callable(value) and self.__dict__.get("_upgrade") is not None:
-            return _holding(self.eager_lock, value)  # e.g. update_prompt runs the text encoder
+            return holding(self.eager_lock, value)  # e.g. update_prompt runs the text encoder
         return value
 
     # ----- the StreamPipeline API ----------------------------------------------------------------
@@ -95,6 +98,7 @@ class AcceleratedStream:
             with self._eager():
                 result = self._guarded(self.pipe.img2img, image, output_type)  # checks the shape, warms the stream
                 self._build(key, frames)
+            self._compile_recorded()
             return result
         return self._guarded(self._run, step, frames, kind, output_type or kind)
 
@@ -141,6 +145,7 @@ class AcceleratedStream:
             with self._eager():
                 result = self._guarded(self.pipe.txt2img, output_type)
                 self._build(key, None)
+            self._compile_recorded()
             return result
         return self._guarded(self._run, step, None, None, output_type)
 
@@ -172,26 +177,15 @@ class AcceleratedStream:
         if cfg.similarity_threshold is not None:  # the dummy frames drew from its generator: start it afresh
             self.pipe.set_similarity_filter(cfg.similarity_threshold, cfg.similarity_max_skip)
 
-    def upgrade_when_ready(self, upgrade: BackgroundCompile, capture: Capture, mode: str) -> None:
-        """Switch to `upgrade`'s compiled modules (and `capture`, `mode`) at the first call after it finished.
-
-        Until then the stream runs as it is, and its eager calls hold eager_lock (upgrade's lock)."""
-        self._upgrade = (upgrade, capture, mode)
-
-    @property
-    def upgrade(self) -> BackgroundCompile | None:
-        """The background compilation the stream will switch to, or None (none started, or switched)."""
-        return self._upgrade[0] if self._upgrade is not None else None
-
-    @property
-    def upgrading(self) -> bool:
-        """Whether a background compilation has yet to be switched to."""
-        return self._upgrade is not None
-
     def set_capture(self, capture: Capture | None, mode: str) -> None:
         """Change how steps are captured (e.g. after a failed compilation); drops the captured steps."""
         self._capture, self.mode = capture, mode
         self._steps.clear()
+
+    @property
+    def step_capture(self) -> Capture | None:
+        """How the steps are captured now (None: frames go to the pipeline as it is)."""
+        return self._capture
 
     @property
     def captured(self) -> list[str]:
@@ -219,28 +213,6 @@ class AcceleratedStream:
         if frames.shape[0] != self.pipe.config.frame_buffer_size:
             return None, kind
         return frames, kind
-
-    def _eager(self) -> contextlib.AbstractContextManager[Any]:
-        """What an eager call of the modules holds: the lock, while a compilation runs beside the stream."""
-        return self.eager_lock if self._upgrade is not None else contextlib.nullcontext()
-
-    def _maybe_upgrade(self) -> None:
-        """Install a finished background compilation between two frames; its steps are captured again."""
-        if self._upgrade is None or not self._upgrade[0].done.is_set():
-            return
-        upgrade, capture, mode = self._upgrade
-        self._upgrade = None
-        if upgrade.error is not None:
-            logger.warning("compiling in the background failed (%s); staying with %s", first_line(upgrade.error),
-                           self.mode)
-            return
-        self._settle()
-        if self.pipe.device.type == "cuda":
-            torch.cuda.synchronize(self.pipe.device)  # no replay of the steps about to be dropped is still running
-        upgrade.install()
-        self.set_capture(capture, mode)
-        self._progress(f"{mode}: compiled in the background in {upgrade.seconds:.1f} s; "
-                       "switching to the compiled step")
 
     def _lookup(self, key: StepKey) -> Step | None:
         """The captured step for key; None when it must be built (or stays on the ordinary path)."""
@@ -353,18 +325,6 @@ class AcceleratedStream:
                 f"{cfg.frame_buffer_size} and {cfg.denoising_steps} step(s): lower one of them, use the TAESD "
                 "codec, or close other programs using the GPU"
             ) from None
-
-
-def _holding(lock: threading.Lock, method: Callable[..., Any]) -> Callable[..., Any]:
-    """method, called with lock held: while a compilation runs on another thread, PyTorch's tracers patch
-    torch.nn.Module.__call__ for the whole process, so no module may run elsewhere meanwhile."""
-
-    @functools.wraps(method)
-    def held(*args: Any, **kwargs: Any) -> Any:
-        with lock:
-            return method(*args, **kwargs)
-
-    return held
 
 
 def _known_kind(output_type: Any) -> bool:

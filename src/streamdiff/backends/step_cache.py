@@ -1,7 +1,8 @@
 """The captured steps of one accelerated stream, kept by what each is specialised for.
 
 A stream keeps a few input shapes; the one used longest ago leaves first. Steps replay into the pipeline's
-own buffers, so once the stream is prepared again (new buffers) every step is stale and all are dropped.
+own buffers, so once the stream has new buffers (prepared again, or another number of steps) every step is
+stale and all are dropped.
 A shape that ran out of GPU memory while capturing is remembered, so it stays on the ordinary path.
 """
 
@@ -60,7 +61,7 @@ class StepCache:
         """The step for key, if captured over the buffers `signature` names (their addresses); else None."""
         if signature != self._signature:
             if self._steps:
-                self._progress("the stream was prepared again: its steps will be captured again")
+                self._progress("the stream has new buffers (prepared again, or another step count): steps captured again")
             self.clear()
             self._signature = signature
         step = self._steps.get(key)

@@ -1,0 +1,161 @@
+"""Compiling a running accelerated stream's modules without stopping it: the switch to a background
+compilation (background.py) once it is ready, and compiled code for a step count the stream moves to.
+
+A new count (set_steps) changes the shape of every module call. Compiled with static shapes, its first frame
+would compile on the frame thread (tens of seconds on a first start). Where the stream compiled in the
+background from the start, a new count instead runs uncompiled steps at once (captured CUDA graphs on a GPU)
+while a worker compiles the modules' calls recorded at that count, and switches between two frames when the
+worker is done. Compiled forwards keep every shape they compiled, so going back to a count is immediate.
+
+Upgrades is a part of AcceleratedStream kept in a module of its own, as DeviceSteps is of StreamPipeline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import first_line
+from . import compile as compiling
+from .background import BackgroundCompile, CallRecorder, NewCountPlan
+from .graphs import Capture
+
+if TYPE_CHECKING:
+    from .runner import AcceleratedStream
+
+logger = logging.getLogger("streamdiff.backends")
+
+
+class Upgrades:
+    """AcceleratedStream's background compilation and step-count changes (see the module's docstring)."""
+
+    def upgrade_when_ready(self: AcceleratedStream, upgrade: BackgroundCompile, capture: Capture, mode: str) -> None:
+        """Switch to `upgrade`'s compiled modules (and `capture`, `mode`) at the first call after it finished.
+
+        Until then the stream runs as it is, and its eager calls hold eager_lock (upgrade's lock). The upgrade
+        compiles the calls of the stream's current number of steps."""
+        self._upgrade = (upgrade, capture, mode, self.pipe.config.denoising_steps)
+
+    def compile_new_counts_in_background(self: AcceleratedStream, plan: NewCountPlan) -> None:
+        """From now on, a step count the compiled modules do not hold yet (set_steps) runs uncompiled steps at
+        once and switches to compiled ones when a background compilation built them (see NewCountPlan)."""
+        self._new_counts = plan
+
+    @torch.no_grad()
+    def set_steps(self: AcceleratedStream, steps: int) -> None:
+        """StreamPipeline.set_steps; the new count's steps are captured at its first frames.
+
+        Where new counts compile in the background (compile_new_counts_in_background), a count not compiled
+        yet runs uncompiled steps until its compiled code is ready; a count compiled before switches back to
+        compiled steps at once. Otherwise, with compiled modules, its first frame compiles it (seconds)."""
+        self._settle()
+        old = self.pipe.config.denoising_steps
+        with self._eager():
+            self.pipe.set_steps(steps)
+        plan = self._new_counts
+        if steps == old or self._capture is None:
+            return
+        if self._upgrade is not None:  # _maybe_upgrade looks at the count when the compilation ends
+            self._progress(f"{self.mode}: {steps} step(s) per frame: its step is built at the next frames, which "
+                           "wait for the compilation under way (modules cannot run meanwhile)")
+        elif plan is None:
+            self._progress(f"{self.mode}: {steps} step(s) per frame: building its step at the next frames")
+        elif steps in plan.counts:
+            self._use_compiled(plan)
+        else:
+            self._use_uncompiled(plan)
+            self._progress(f"{self.mode}: {steps} step(s) per frame: uncompiled steps now; compiling them in the "
+                           f"background, then switching to {plan.compiled[1]}")
+
+    @property
+    def upgrade(self: AcceleratedStream) -> BackgroundCompile | None:
+        """The background compilation the stream will switch to, or None (none started, or switched)."""
+        return self._upgrade[0] if self._upgrade is not None else None
+
+    @property
+    def upgrading(self: AcceleratedStream) -> bool:
+        """Whether a background compilation has yet to be switched to."""
+        return self._upgrade is not None
+
+    def _eager(self: AcceleratedStream) -> contextlib.AbstractContextManager[Any]:
+        """What an eager call of the modules holds: the lock, while a compilation runs beside the stream."""
+        return self.eager_lock if self._upgrade is not None else contextlib.nullcontext()
+
+    def _maybe_upgrade(self: AcceleratedStream) -> None:
+        """Install a finished background compilation between two frames; its steps are captured again."""
+        if self._upgrade is None or not self._upgrade[0].done.is_set():
+            return
+        upgrade, capture, mode, count = self._upgrade
+        self._upgrade = None
+        plan = self._new_counts
+        if upgrade.error is not None:
+            logger.warning("compiling in the background failed (%s); staying with %s", first_line(upgrade.error),
+                           self.mode)
+            self._new_counts = None  # later counts would fail alike
+            return
+        now = self.pipe.config.denoising_steps
+        if plan is not None:
+            plan.counts.add(count)
+            if now not in plan.counts:  # the count changed while this one compiled: compile the stream's own now
+                self._progress(f"{mode}: compiled {count} step(s) per frame in the background in "
+                               f"{upgrade.seconds:.1f} s; the stream has {now} now: compiling those next")
+                self._use_uncompiled(plan)
+                return
+        self._progress(f"{mode}: compiled in the background in {upgrade.seconds:.1f} s; "
+                       "switching to the compiled step")
+        self._install(upgrade.install, capture, mode)
+
+    def _install(self: AcceleratedStream, install: Callable[[], None], capture: Capture | None, mode: str) -> None:
+        """Change the modules' code (install) and the steps' capture between two frames."""
+        self._settle()
+        if self.pipe.device.type == "cuda":
+            torch.cuda.synchronize(self.pipe.device)  # no replay of the steps about to be dropped is still running
+        install()
+        self.set_capture(capture, mode)
+
+    def _use_compiled(self: AcceleratedStream, plan: NewCountPlan) -> None:
+        """Back to the compiled modules (they hold the stream's count), dropping a recording under way."""
+        self._stop_recording()
+        if self.mode != plan.compiled[1]:
+            self._install(functools.partial(compiling.compile_in_place, plan.parts, plan.preset), *plan.compiled)
+
+    def _use_uncompiled(self: AcceleratedStream, plan: NewCountPlan) -> None:
+        """Run the modules uncompiled and record their first calls at the stream's count, to compile them."""
+        self._install(functools.partial(compiling.uncompile, plan.parts), *plan.uncompiled)
+        self._stop_recording()
+        self._recorder = CallRecorder(plan.parts).__enter__()
+
+    def _stop_recording(self: AcceleratedStream) -> None:
+        if self._recorder is not None:
+            self._recorder.__exit__(None, None, None)
+            self._recorder = None
+
+    def _compile_recorded(self: AcceleratedStream) -> None:
+        """After a frame that captured a step: once every module's call at the new count is recorded, compile
+        them on a thread of their own. Not before the capture: while the thread compiles, the modules' eager
+        calls (those of a capture too) wait for it, and a replayed step calls none."""
+        recorder, plan = self._recorder, self._new_counts
+        if recorder is None or plan is None or set(plan.parts) - set(recorder.calls):
+            return
+        self._stop_recording()
+        upgrade = BackgroundCompile(plan.parts, recorder.calls, plan.preset, self.eager_lock)
+        self.upgrade_when_ready(upgrade, *plan.compiled)
+        upgrade.start()
+
+
+def holding(lock: threading.Lock, method: Callable[..., Any]) -> Callable[..., Any]:
+    """method, called with lock held: while a compilation runs on another thread, PyTorch's tracers patch
+    torch.nn.Module.__call__ for the whole process, so no module may run elsewhere meanwhile."""
+
+    @functools.wraps(method)
+    def held(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            return method(*args, **kwargs)
+
+    return held
