@@ -25,7 +25,7 @@ class FakeEngine:
     def __init__(self, width: int = 64, height: int = 64, latency_frames: int = 0, delay: float = 0.0,
                  fail_after: int | None = None, seed: int = 2, fit: str = "crop", frame_buffer_size: int = 1) -> None:
         self.config = SimpleNamespace(width=width, height=height, latency_frames=latency_frames, seed=seed, fit=fit,
-                                      frame_buffer_size=frame_buffer_size)
+                                      frame_buffer_size=frame_buffer_size, denoising_steps=latency_frames + 1)
         self.device = torch.device("cpu")
         self.strength = 1.0
         self.delay, self.fail_after = delay, fail_after
@@ -72,6 +72,9 @@ class FakeEngine:
 
     def set_strength(self, strength):
         self._record("set_strength", strength)
+
+    def set_steps(self, steps):
+        self._record("set_steps", steps)
 
     def set_similarity_filter(self, threshold, max_skip=10):
         self._record("set_similarity_filter", threshold, max_skip)

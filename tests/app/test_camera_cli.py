@@ -25,6 +25,22 @@ def test_headless_run_on_the_test_pattern(capsys, tmp_path):
     assert out.startswith("camera: ") and "frames captured" in out and "stylized" in out
 
 
+def test_the_live_controls_start_from_the_engines_steps_even_past_the_keys_range(monkeypatch):
+    from streamdiff.app.runtime import Runtime
+
+    started = []
+    run = Runtime.run
+
+    def record(self, duration=None):
+        started.append(self.controls)
+        return run(self, duration)
+
+    monkeypatch.setattr(Runtime, "run", record)
+    assert main(["camera", *TINY, "--camera", "pattern", "--output", "none", "--duration", "0.5", "--strength", "1",
+                 "--steps", "5"]) == 0
+    assert started[0].steps == 5 and started[0].strength == 1.0
+
+
 def test_without_a_camera_it_says_so_and_runs_the_test_pattern(monkeypatch, caplog, capsys):
     monkeypatch.setattr(sources, "default_camera_available", lambda: False)
     with caplog.at_level(logging.WARNING):

@@ -53,6 +53,17 @@ def test_controlnet_keys_step_the_scale_and_do_nothing_without_a_controlnet():
         Controls(control_scale=6)
 
 
+def test_number_keys_set_the_denoising_steps_directly():
+    assert [press(key).steps for key in "1234"] == [1, 2, 3, 4]
+    assert press("41").steps == 1 and press("3", Controls(steps=2, strength=0.5)) == Controls(steps=3, strength=0.5)
+    assert press("5").steps == Controls().steps  # past the keys' range: nothing
+    assert press("2", Controls(steps=6)).steps == 2  # a stream started with more steps keeps a valid value
+    assert any(line.startswith("1-4: denoising steps per frame") for line in help_lines())
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match=r"steps must be a whole number of at least 1; got"):
+            Controls(steps=bad)
+
+
 def test_new_seed_is_reproducible_and_different():
     once, again = press("r"), press("r")
     assert once.seed == again.seed != Controls().seed

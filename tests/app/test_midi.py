@@ -50,6 +50,7 @@ def test_the_camera_runtime_takes_a_controllers_knobs_and_pads(controller):
         wait_until(lambda: engine.inputs, "the engine to take a frame", 5.0)
         controller.send(mido.Message("control_change", control=1, value=127))  # strength: all the way
         controller.send(mido.Message("control_change", control=4, value=0))  # blend: none
+        controller.send(mido.Message("control_change", control=5, value=64))  # steps: the third quarter, 3
         controller.send(mido.Message("note_on", note=45, velocity=90))  # next prompt
         controller.send(mido.Message("note_off", note=45))
         controller.send(mido.Message("note_on", note=47, velocity=90))  # mirror
@@ -65,6 +66,7 @@ def test_the_camera_runtime_takes_a_controllers_knobs_and_pads(controller):
         listener.close()
     assert runtime.controls.strength == pytest.approx(0.1)
     assert [args for method, _, args in engine.calls if method == "set_strength"][-1] == (pytest.approx(0.1),)
+    assert runtime.controls.steps == 3 and [args for method, _, args in engine.calls if method == "set_steps"] == [(3,)]
     prompts = [args[0] for method, _, args in engine.calls if method == "update_prompt"]
     assert prompts == ["second style", "third style"]
     assert engine.engine_threads() == {"streamdiff-inference"}

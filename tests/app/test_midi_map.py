@@ -5,7 +5,7 @@ from __future__ import annotations
 import mido
 import pytest
 
-from streamdiff.app.keys import EMA_MAX, STRENGTH_MIN, Controls, handle_key
+from streamdiff.app.keys import EMA_MAX, STEPS_MAX, STRENGTH_MIN, Controls, handle_key
 from streamdiff.app.midi_command import write_map
 from streamdiff.app.midi_map import DEFAULT_MAP, Knob, MidiMap, Press, Translator, load_map, parse_map
 from streamdiff.app.osc import osc_change
@@ -35,6 +35,20 @@ def test_a_prompt_knob_spreads_the_list_over_its_travel_and_a_seed_knob_is_its_p
     assert translate(cc(10, 127), 0) == {"prompt_index": 0}
     assert translate(cc(11, 42), 4) == {"seed": 42}
     assert [translate(cc(12, v), 4) for v in (0, 63, 64, 127)] == [{"mirror": v >= 64} for v in (0, 63, 64, 127)]
+
+
+def test_a_steps_knob_gives_each_count_an_equal_share_of_its_travel_and_pads_set_a_count():
+    translate = Translator(DEFAULT_MAP).change
+    assert [translate(cc(5, v), 1)["steps"] for v in (0, 31, 32, 63, 64, 95, 96, 127)] == [1, 1, 2, 2, 3, 3, 4, 4]
+    midi_map = parse_map({"controls": {7: {"control": "steps", "min": 3, "max": 1}}, "notes": {49: "steps 2"}})
+    assert midi_map.controls[7] == Knob("steps", 3.0, 1.0)
+    translate = Translator(midi_map).change
+    assert [translate(cc(7, v), 1)["steps"] for v in (0, 42, 43, 85, 86, 127)] == [3, 3, 2, 2, 1, 1]
+    assert translate(note(49), 1) == {"steps": 2} and translate(note(49, velocity=0), 1) == {}
+    assert midi_map.names() == {"steps", "prompt_index"}
+    book = PromptBook(["a"])
+    assert apply_changes(Controls(), translate(note(49), 1), book).steps == 2
+    assert describe({"steps": 2}) == "steps 2"
 
 
 def test_pads_press_once_and_their_release_does_nothing():
@@ -87,8 +101,12 @@ def test_a_ranged_knob_and_the_yaml_file_round_trip(tmp_path):
     ({"controls": {1: "strenght"}}, r"controls 1: expected a control \(strength, ema, .*got 'strenght'"),
     ({"controls": {1: {"control": "ema", "max": 0.99}}}, r"controls 1: ema's min and max must lie in \[0.0, 0.95\]"),
     ({"controls": {1: {"control": "seed"}}}, r"controls 1: expected \{control, min, max\} with a control of"),
-    ({"notes": {36: "strength"}}, r"notes 36: expected a trigger \(next_prompt, .*\) or 'prompt N'; got 'strength'"),
+    ({"notes": {36: "strength"}}, r"notes 36: expected a trigger \(next_prompt, .*\), 'prompt N' or 'steps N'; got "
+                                  "'strength'"),
     ({"notes": {36: "prompt -1"}}, r"notes 36: expected a trigger"),
+    ({"notes": {36: "steps 0"}}, r"notes 36: expected a trigger .* or 'steps N'; got 'steps 0'"),
+    ({"controls": {1: {"control": "steps", "max": 5}}}, r"controls 1: steps's min and max must lie in \[1.0, 4.0\]"),
+    ({"controls": {1: {"control": "steps", "min": 1.5}}}, r"controls 1: steps's min and max must be whole numbers"),
     ({"notes": [36]}, r"notes must map numbers to what they do; got \[36\]"),
     ({"channel": 17}, r"channel must be 1-16 or any; got 17"),
     ({"programs": "yes"}, r"programs must be true or false"),
@@ -135,6 +153,6 @@ def test_osc_buttons_press_triggers_and_their_release_does_nothing():
 def test_the_default_map_is_what_the_options_help_says():
     assert DEFAULT_MAP == MidiMap(
         {1: Knob("strength", STRENGTH_MIN, 1.0), 2: Knob("ema", 0.0, EMA_MAX), 3: Knob("feedback", 0.0, 0.9),
-         4: Knob("blend", 0.0, 1.0)},
+         4: Knob("blend", 0.0, 1.0), 5: Knob("steps", 1.0, STEPS_MAX)},
         {**{36 + i: Press(f"prompt {i}") for i in range(8)}, 44: Press("previous_prompt"),
          45: Press("next_prompt"), 46: Press("new_seed"), 47: Press("toggle_mirror"), 48: Press("toggle_pause")})

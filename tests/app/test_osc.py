@@ -26,6 +26,8 @@ def test_addresses_with_or_without_the_prefix_and_what_controllers_send():
     assert osc_change("/streamdiff/strength", [0.6], CONTROL_TYPES) == {"strength": 0.6}
     assert osc_change("/strength", [1], CONTROL_TYPES) == {"strength": 1}
     assert osc_change("/streamdiff/seed", [42.0], CONTROL_TYPES) == {"seed": 42}  # TouchDesigner sends floats
+    steps = osc_change("/streamdiff/steps", [2.0], CONTROL_TYPES)["steps"]
+    assert steps == 2 and isinstance(steps, int)  # a whole number, as Controls takes it
     assert osc_change("/mirror", [1.0], CONTROL_TYPES) == {"mirror": True}
     assert osc_change("/streamdiff/paused", [0], CONTROL_TYPES) == {"paused": False}
     assert osc_change("/streamdiff/prompt", ["ink wash"], CONTROL_TYPES) == {"prompt": "ink wash"}
@@ -47,11 +49,23 @@ def test_bad_addresses_and_argument_counts_are_named(address, args, error):
     ({"strength": 1.5}, r"strength must be in \(0, 1\]; got 1.5"),
     ({"prompt_index": 3}, r"prompt_index must be in \[0, 1\]; got 3"),
     ({"strength": "high"}, 'strength must be a finite number; got "high"'),
+    ({"steps": 0}, r"steps must be in \[1, 4\]; got 0"),
+    ({"steps": 5}, r"steps must be in \[1, 4\]; got 5"),
+    ({"steps": 2.5}, "steps must be a whole number; got 2.5"),
+    ({"steps": True}, "steps must be a whole number; got true"),
 ])
 def test_a_bad_value_changes_nothing_and_says_what_was_expected(change, error):
     controls = Controls()
     with pytest.raises(ControlError, match=error):
         apply_changes(controls, {"ema": 0.5, **change}, PromptBook(["a", "b"]))
+
+
+def test_a_stream_started_with_more_steps_than_the_keys_offer_may_keep_them():
+    book = PromptBook(["a"])
+    assert apply_changes(Controls(steps=6), {"steps": 6}, book).steps == 6
+    assert apply_changes(Controls(steps=6), {"steps": 1}, book).steps == 1
+    with pytest.raises(ControlError, match=r"steps must be in \[1, 6\]; got 7"):
+        apply_changes(Controls(steps=6), {"steps": 7}, book)
 
 
 def test_the_address_option_is_host_and_port():
@@ -111,6 +125,8 @@ def test_the_camera_runtime_applies_osc_changes_on_its_inference_thread():
         sender.send_message("/streamdiff/prompt", "neon noir")
         sender.send_message("/blend", 0.25)
         sender.send_message("/streamdiff/strength", 7.0)  # refused: nothing changes
+        sender.send_message("/streamdiff/steps", 3)
+        sender.send_message("/streamdiff/steps", 9)  # refused: nothing changes
         wait_until(lambda: runtime.controls.blend == 0.25 and any(c[0] == "update_prompt" for c in engine.calls),
                    "the blend and the prompt to change", 5.0)
         sender.send_message("/streamdiff/prompt_index", 0.0)
@@ -124,6 +140,7 @@ def test_the_camera_runtime_applies_osc_changes_on_its_inference_thread():
     assert runtime.controls.strength == 0.5
     assert runtime.runner.prompts == ["first style", "second style", "neon noir"]
     assert [args for method, _, args in engine.calls if method == "set_strength"] == [(0.5,)]
+    assert runtime.controls.steps == 3 and [args for method, _, args in engine.calls if method == "set_steps"] == [(3,)]
     prompts = [args for method, _, args in engine.calls if method == "update_prompt"]
     assert prompts == [("neon noir", 5), ("first style", 5)]
     assert engine.engine_threads() == {"streamdiff-inference"}
@@ -137,11 +154,11 @@ def test_the_web_stream_applies_osc_changes_and_tells_the_driving_page(tiny_engi
     stream = WebStream(runner, Controls(seed=1, strength=tiny_engine.strength), PromptBook(runner.prompts))
     delivered: list = []
     stream.connect(delivered.append)
-    stream.remote_change({"strength": 0.5, "prompt_index": 1})
-    assert (stream.controls.strength, stream.controls.prompt_index) == (0.5, 1)
+    stream.remote_change({"strength": 0.5, "prompt_index": 1, "steps": 3})
+    assert (stream.controls.strength, stream.controls.prompt_index, stream.controls.steps) == (0.5, 1, 3)
     assert stream.applied.peek()[1] == stream.controls
     assert delivered[-1]["type"] == "state" and delivered[-1]["prompt"] == "ink wash"
-    assert delivered[-1]["controls"]["strength"] == 0.5
+    assert delivered[-1]["controls"]["strength"] == 0.5 and delivered[-1]["controls"]["steps"] == 3
     with pytest.raises(ControlError, match="unknown control blend"):  # the page's own, not the stream's
         stream.remote_change({"blend": 0.5})
     assert stream.controls.strength == 0.5 and len(delivered) == 1

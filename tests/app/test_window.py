@@ -120,6 +120,8 @@ def drive(runtime: Runtime, shots: dict, errors: list) -> None:
         shots["blended"] = settled_screenshot(window, lambda shot: shows_camera(shot, left=False))
         press(window, "bracketleft")
         wait_until(lambda: runtime.runner.engine.strength < 0.6, "lower strength after '['")  # reached the engine
+        press(window, "3")
+        wait_until(lambda: runtime.runner.engine.config.denoising_steps == 3, "three steps after '3'")
         press(window, "s")
         wait_until(lambda: len(runtime.display.saved) == 1, "one frame saved after 's'")
         press(window, "q")
@@ -172,7 +174,8 @@ def test_window_panes_and_keys(xvfb, tiny_engine, tmp_path):
     assert shows_camera(blended, left=False), "blend 1 shows the camera alone"
 
     assert runtime.controls.prompt_index == 1 and runtime.controls.blend == 1.0
-    assert runtime.controls.strength == pytest.approx(0.55) and tiny_engine.config.t_index_list == (22, 36)
+    assert runtime.controls.strength == pytest.approx(0.55) and runtime.controls.steps == 3
+    assert tiny_engine.config.t_index_list == (22, 31, 40)  # the strength kept over the new count
     assert engine.prompts == [(gallery_prompts()[1], 4)]
     import cv2
 

@@ -17,7 +17,8 @@ def start_web_stream():
 
     def start(engine) -> WebStream:
         runner = EngineRunner(engine, ["a watercolor", "ink wash"], transition_frames=0)
-        controls = Controls(seed=1, strength=engine.strength, control_scale=control_scale(engine))  # as the command
+        controls = Controls(seed=1, strength=engine.strength, steps=engine.config.denoising_steps,
+                            control_scale=control_scale(engine))  # as the command
         web = WebStream(runner, controls, PromptBook(runner.prompts), model="tiny")
         web.start()
         started.append(web)

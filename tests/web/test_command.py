@@ -447,6 +447,37 @@ def test_a_video_file_chosen_on_the_page_goes_up_as_a_webrtc_track(tmp_path):
 
 # Web MIDI as the browser gives it, with one controller whose messages the test plays (headless Chromium has
 # no MIDI devices of its own).
+def test_the_steps_slider_starts_at_the_engines_count_and_follows_the_address_keys_and_osc(tmp_path):
+    from pythonosc.udp_client import SimpleUDPClient
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        osc_port = probe.getsockname()[1]
+    server = Server("--osc", str(osc_port))
+    browser = Browser(server.url, tmp_path / "profile")
+    slider = "$('steps').value"
+    try:
+        wait_for(server, lambda s: s["page"]["shown"] >= 1, "the page to stream")
+        assert browser.evaluate(slider) == "2" and server.state()["controls"]["steps"] == 2  # the model's two steps
+        browser.call("Page.navigate", url=server.url + "?steps=3")  # a newer page takes the stream over
+        wait_for(server, lambda s: s["page"]["shown"] >= 3 and s["controls"]["steps"] == 3,
+                 "the address's steps to reach the stream")
+        assert browser.evaluate(slider) == "3"
+        browser.press("1")
+        wait_for(server, lambda s: s["controls"]["steps"] == 1, "the 1 key to reach the stream")
+        shown_count = "$('steps').parentElement.querySelector('output').textContent"
+        assert browser.evaluate(f"{slider} + ' ' + {shown_count}") == "1 1"
+        browser.run("$('steps').value = '4'; $('steps').dispatchEvent(new Event('input'))")
+        shown = wait_for(server, lambda s: s["controls"]["steps"] == 4, "the dragged slider to reach the stream")
+        wait_for(server, lambda s: s["page"]["shown"] >= shown["page"]["shown"] + 3, "the page to go on at 4 steps")
+        SimpleUDPClient("127.0.0.1", osc_port).send_message("/streamdiff/steps", 2)
+        wait_for(server, lambda s: s["controls"]["steps"] == 2, "the OSC message to reach the stream")
+        wait_until(lambda: browser.evaluate(slider) == "2", "the page's slider to follow the OSC message", 30.0)
+    finally:
+        browser.close()
+        server.kill()
+
+
 FAKE_MIDI = """
 window.testPads = { name: "Test pads", onmidimessage: null };
 Object.defineProperty(navigator, "requestMIDIAccess", { value: async () => ({

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -85,6 +86,7 @@ def test_controls_change_only_what_the_message_names():
     after = apply_controls(before, {"strength": 0.5, "ema": 0.25, "mirror": True}, book)
     assert (after.strength, after.ema, after.mirror) == (0.5, 0.25, True)
     assert (after.feedback, after.seed, after.prompt_index) == (0.3, 4, 0)
+    assert apply_controls(before, {"steps": 3}, book) == replace(before, steps=3)
     steered = Controls(control_scale=1.0)  # a stream with a ControlNet
     assert apply_controls(steered, {"control_scale": 1.5}, book) == Controls(control_scale=1.5)
 
@@ -99,7 +101,7 @@ def test_a_new_prompt_joins_the_book_once_and_a_known_one_is_found():
 
 
 @pytest.mark.parametrize("message, error", [
-    ({"speed": 2}, "unknown control speed; expected some of prompt, strength, ema, feedback, seed, mirror"),
+    ({"speed": 2}, "unknown control speed; expected some of prompt, strength, steps, ema, feedback, seed, mirror"),
     ({"strength": "high"}, 'strength must be a finite number; got "high"'),
     ({"strength": True}, "strength must be a finite number; got true"),
     ({"ema": float("nan")}, "ema must be a finite number"),
@@ -111,6 +113,8 @@ def test_a_new_prompt_joins_the_book_once_and_a_known_one_is_found():
     ({"strength": 1.5}, r"strength must be in \(0, 1\]; got 1.5"),
     ({"ema": 1.0, "strength": 0.5}, r"ema and feedback must be in \[0, 1\)"),
     ({"control_scale": 0.5, "strength": 0.5}, r"control_scale steers a ControlNet, and this stream has none"),
+    ({"steps": 5, "strength": 0.5}, r"steps must be in \[1, 4\]; got 5"),
+    ({"steps": "2"}, 'steps must be a whole number; got "2"'),
 ])
 def test_bad_controls_say_what_was_expected_and_change_nothing(message, error):
     book = PromptBook(["first"])

@@ -150,6 +150,25 @@ def test_controls_reach_the_engine_before_its_next_frame(client, stream, tiny_en
     assert state["controls"]["strength"] == 0.5 and state["stylized"] == 2
 
 
+def test_a_pages_steps_reach_the_engine_and_remote_changes_come_back(client, stream, tiny_engine):
+    with client.websocket_connect("/ws") as ws:
+        assert ws.receive_json()["controls"]["steps"] == 2  # the engine's own
+        ws.send_bytes(frame(1))
+        next_output(ws)
+        ws.send_text(json.dumps({"type": "controls", "steps": 3}))
+        ws.send_bytes(frame(2))
+        next_output(ws)
+        assert tiny_engine.config.denoising_steps == 3 and tiny_engine.strength == pytest.approx(0.6)
+        stream.remote_change({"steps": 1})  # what an OSC message or a MIDI knob hands over
+        assert next_text(ws, "state")["controls"]["steps"] == 1  # the page's slider follows
+        ws.send_bytes(frame(3))
+        next_output(ws)
+        assert tiny_engine.config.denoising_steps == 1
+        ws.send_text(json.dumps({"type": "controls", "steps": 5}))
+        assert "steps must be in [1, 4]; got 5" in next_error(ws)["message"]
+    assert stream.controls.steps == 1 and client.get("/api/state").json()["controls"]["steps"] == 1
+
+
 def test_the_state_says_whether_the_stream_has_a_controlnet_and_at_what_scale(client, start_web_stream,
                                                                                controlnet_engine):
     assert client.get("/api/state").json()["controls"]["control_scale"] is None  # the page shows no slider for it

@@ -103,7 +103,8 @@ def _runtime(args: argparse.Namespace, source: Any, reopen: Callable[[], Any], s
 
     pipe, prompts = live_engine(args)
     controls = Controls(blend=args.blend, ema=args.ema, feedback=args.feedback, seed=args.seed,
-                        strength=pipe.strength, control_scale=control_scale(pipe), mirror=args.mirror,
+                        strength=pipe.strength, steps=pipe.config.denoising_steps,
+                        control_scale=control_scale(pipe), mirror=args.mirror,
                         layout="output" if args.fullscreen else "side")
     options = RuntimeOptions(prompts=tuple(prompts), fit=args.fit, display_fps=args.display_fps,
                              pane_height=args.display_size, transition_frames=args.transition_frames,

@@ -63,8 +63,8 @@ class EngineRunner:
         self._in_flight: deque[tuple[int, float]] = deque(maxlen=config.latency_frames + 1)
 
     def apply(self, controls: Controls) -> None:
-        """Hand changed controls to the engine: prompt (with a smooth transition), temporal, seed, strength and
-        the ControlNet's scale."""
+        """Hand changed controls to the engine: prompt (with a smooth transition), temporal, seed, strength, steps
+        and the ControlNet's scale."""
         start = self._clock()
         old = self.applied
         # The engine was prepared with the first prompt: only another one needs handing over.
@@ -75,19 +75,38 @@ class EngineRunner:
             self.engine.set_temporal(feedback=controls.feedback, ema=controls.ema)
         if old is not None and controls.seed != old.seed:
             self.engine.set_seed(controls.seed)
-        if old is not None and controls.strength != old.strength:
-            self._set_strength(controls.strength)
+        if old is not None:
+            self._set_schedule(controls, old)
         scale = controls.control_scale
         if scale is not None and (old is None or scale != old.control_scale):
             self.engine.set_control_scale(scale)
         self.applied = controls
         self.timings.controls += self._clock() - start
 
+    def _set_schedule(self, controls: Controls, old: Controls) -> None:
+        """A new strength and number of steps, in the order that lets a pair that fits together through: a low
+        strength leaves room for few steps, so fewer steps go first and more steps after the strength."""
+        if controls.steps < old.steps:
+            self._set_steps(controls.steps)
+        if controls.strength != old.strength:
+            self._set_strength(controls.strength)
+        if controls.steps > old.steps:
+            self._set_steps(controls.steps)
+
     def _set_strength(self, strength: float) -> None:
         try:
             self.engine.set_strength(strength)
         except ValueError as exc:  # too low for this many steps: the stream keeps its strength
             logger.warning("%s", exc)
+
+    def _set_steps(self, steps: int) -> None:
+        try:
+            self.engine.set_steps(steps)
+        except ValueError as exc:  # too many for this strength: the stream keeps its number of steps
+            logger.warning("%s", exc)
+            return
+        # The stream batch starts again with its new length: so does the record of the frames in it.
+        self._in_flight = deque(maxlen=self.engine.config.latency_frames + 1)
 
     def prompt(self, controls: Controls) -> str:
         return self.prompts[controls.prompt_index % len(self.prompts)]

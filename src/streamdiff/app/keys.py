@@ -23,6 +23,8 @@ STRENGTH_STEP = 0.05
 STRENGTH_MIN = 0.1  # leaves room for up to five steps of a 50-step schedule
 CONTROL_STEP = 0.1
 CONTROL_MAX = 2.0  # ControlNet scales past 2 burn the edges into the picture
+# The number keys' range (each step is one more slot of every UNet batch); a stream started with more keeps them.
+STEPS_MAX = 4
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class Controls:
     seed: int = 2
     strength: float = 1.0  # how much of each camera frame the engine redraws (its first schedule index)
     control_scale: float | None = None  # how strongly the ControlNet steers; None: the stream has none
+    steps: int = 1  # denoising steps per frame: 1 is fastest, more give more detail at a lower frame rate
     paused: bool = False
     mirror: bool = False
     overlay: bool = True
@@ -51,6 +54,8 @@ class Controls:
             raise ValueError(f"strength must be in (0, 1]; got {self.strength}")
         if self.control_scale is not None and not 0.0 <= self.control_scale <= CONTROL_SCALE_MAX:
             raise ValueError(f"control_scale must be in [0, {CONTROL_SCALE_MAX:g}]; got {self.control_scale}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be a whole number of at least 1; got {self.steps!r}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}; got {self.layout!r}")
 
@@ -103,6 +108,10 @@ def _control(delta: float) -> Callable[[Controls, int], Controls]:
     return change
 
 
+def _steps(count: int) -> Callable[[Controls, int], Controls]:
+    return lambda c, n: replace(c, steps=count)
+
+
 def _next_layout(controls: Controls, prompts: int) -> Controls:
     index = (LAYOUTS.index(controls.layout) + 1) % len(LAYOUTS)
     return replace(controls, layout=LAYOUTS[index])
@@ -124,6 +133,8 @@ BINDINGS: tuple[Binding, ...] = (
     Binding(("[",), "set", "", _nudge("strength", -STRENGTH_STEP, 1.0, STRENGTH_MIN)),
     Binding(("c",), "set", "c / x: more / less ControlNet steering (--controlnet)", _control(CONTROL_STEP)),
     Binding(("x",), "set", "", _control(-CONTROL_STEP)),
+    Binding(("1",), "set", "1-4: denoising steps per frame (1 fastest, more detail)", _steps(1)),
+    *(Binding((str(count),), "set", "", _steps(count)) for count in range(2, STEPS_MAX + 1)),
     Binding(("r",), "set", "r: new seed", _new_seed),
     Binding((" ",), "set", "space: pause / resume", _flag("paused")),
     Binding(("m",), "set", "m: mirror", _flag("mirror")),

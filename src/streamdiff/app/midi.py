@@ -26,7 +26,7 @@ def add_midi_options(group: Any) -> None:
     group.add_argument("--midi-map", default=None, metavar="FILE",
                        help="what the controller's knobs and pads do (YAML; `streamdiff midi --learn FILE` writes "
                             "one; camera: alone, it opens the first input; web: it maps the page's controllers too). "
-                            "Default: knobs 1-4 strength, ema, feedback, blend; pads 36-43 prompts 1-8")
+                            "Default: knobs 1-5 strength, ema, feedback, blend, steps; pads 36-43 prompts 1-8")
 
 
 def open_midi(port: str | None, midi_map: MidiMap | None, allowed: Mapping[str, type]) -> MidiListener | None:

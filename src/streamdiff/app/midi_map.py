@@ -9,14 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-from streamdiff.app.keys import CONTROL_MAX, EMA_MAX, FEEDBACK_MAX, STRENGTH_MIN, TRIGGERS
+from streamdiff.app.keys import CONTROL_MAX, EMA_MAX, FEEDBACK_MAX, STEPS_MAX, STRENGTH_MIN, TRIGGERS
 from streamdiff.app.optional import require
 
 # Controls a knob or fader sets from its position, 0-127: a range of values, ...
 KNOB_RANGES: dict[str, tuple[float, float]] = {
     "strength": (STRENGTH_MIN, 1.0), "ema": (0.0, EMA_MAX), "feedback": (0.0, FEEDBACK_MAX), "blend": (0.0, 1.0),
-    "control_scale": (0.0, CONTROL_MAX),
+    "control_scale": (0.0, CONTROL_MAX), "steps": (1.0, float(STEPS_MAX)),
 }
+WHOLE_KNOBS: frozenset[str] = frozenset({"steps"})  # ranged controls that take whole numbers only
 # ... or the prompt list spread over the travel, the seed (the position itself), or a switch.
 KNOB_CONTROLS: tuple[str, ...] = (*KNOB_RANGES, "prompt_index", "seed", "mirror", "paused")
 PRESSED = 64  # MIDI's convention for switches sent as control changes: 64 and above is on
@@ -38,18 +39,29 @@ class Knob:
             return {"seed": value}
         if self.control in ("mirror", "paused"):
             return {self.control: value >= PRESSED}
+        if self.control in WHOLE_KNOBS:
+            return {self.control: self._whole(value)}
         return {self.control: round(self.low + (self.high - self.low) * value / 127, 4)}
+
+    def _whole(self, value: int) -> int:
+        """The whole numbers from low to high, each over an equal share of the travel (as prompts spread)."""
+        low, high = round(self.low), round(self.high)
+        share = value * (abs(high - low) + 1) // 128
+        return low + share if high >= low else low - share
 
 
 @dataclass(frozen=True)
 class Press:
-    """A button: one change per press, a trigger ("next_prompt") or a prompt of the list ("prompt 3")."""
+    """A button: one change per press, a trigger ("next_prompt"), a prompt of the list ("prompt 3") or a
+    number of denoising steps ("steps 2")."""
 
     name: str
 
     def change(self) -> dict[str, Any]:
         if self.name.startswith("prompt "):
             return {"prompt_index": int(self.name.split()[1])}
+        if self.name.startswith("steps "):
+            return {"steps": int(self.name.split()[1])}
         return {self.name: True}
 
 
@@ -188,7 +200,8 @@ def _target(value: Any, where: str) -> Target:
         return _press(value, where)
     except ValueError:
         raise ValueError(f"{where}: expected a control ({', '.join(KNOB_CONTROLS)}), a trigger "
-                         f"({', '.join(TRIGGERS)}), 'prompt N' or {{control, min, max}}; got {value!r}") from None
+                         f"({', '.join(TRIGGERS)}), 'prompt N', 'steps N' or {{control, min, max}}; got {value!r}"
+                         ) from None
 
 
 def _ranged(value: dict[str, Any], where: str) -> Knob:
@@ -201,6 +214,8 @@ def _ranged(value: dict[str, Any], where: str) -> Knob:
     numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high))
     if not numbers or not floor <= min(low, high) <= max(low, high) <= ceiling:
         raise ValueError(f"{where}: {control}'s min and max must lie in [{floor}, {ceiling}]; got {low!r} and {high!r}")
+    if control in WHOLE_KNOBS and not all(float(v).is_integer() for v in (low, high)):
+        raise ValueError(f"{where}: {control}'s min and max must be whole numbers; got {low!r} and {high!r}")
     return Knob(control, float(low), float(high))
 
 
@@ -210,13 +225,15 @@ def _press(value: Any, where: str) -> Press:
     words = value.split() if isinstance(value, str) else []
     if len(words) == 2 and words[0] == "prompt" and words[1].isdigit():
         return Press(f"prompt {int(words[1])}")
-    raise ValueError(f"{where}: expected a trigger ({', '.join(TRIGGERS)}) or 'prompt N'; got {value!r}")
+    if len(words) == 2 and words[0] == "steps" and words[1].isdigit() and int(words[1]) >= 1:
+        return Press(f"steps {int(words[1])}")
+    raise ValueError(f"{where}: expected a trigger ({', '.join(TRIGGERS)}), 'prompt N' or 'steps N'; got {value!r}")
 
 
-# Knobs 1-4 are the modulation wheel and the first knobs of many controllers in their generic mode; pads
+# Knobs 1-5 are the modulation wheel and the first knobs of many controllers in their generic mode; pads
 # start at note 36 (C1) on most pad controllers. `streamdiff midi --learn` writes a map for any other layout.
 DEFAULT_MAP = parse_map({
-    "controls": {1: "strength", 2: "ema", 3: "feedback", 4: "blend"},
+    "controls": {1: "strength", 2: "ema", 3: "feedback", 4: "blend", 5: "steps"},
     "notes": {**{36 + i: f"prompt {i}" for i in range(8)}, 44: "previous_prompt", 45: "next_prompt",
               46: "new_seed", 47: "toggle_mirror", 48: "toggle_pause"},
 })

@@ -26,8 +26,8 @@ class OverlayInfo:
 def status_lines(info: OverlayInfo, controls: Controls) -> list[str]:
     latency = "-" if info.latency_ms is None else f"{info.latency_ms:.0f} ms"
     settings = (
-        f"strength {controls.strength:.2f}  blend {controls.blend:.1f}  ema {controls.ema:.2f}  "
-        f"feedback {controls.feedback:.2f}  seed {controls.seed}"
+        f"strength {controls.strength:.2f}  steps {controls.steps}  blend {controls.blend:.1f}  "
+        f"ema {controls.ema:.2f}  feedback {controls.feedback:.2f}  seed {controls.seed}"
         + (f"  control {controls.control_scale:.1f}" if controls.control_scale is not None else "")
     )
     lines = [

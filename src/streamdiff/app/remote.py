@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from streamdiff.app.keys import TRIGGERS, Controls
+from streamdiff.app.keys import STEPS_MAX, TRIGGERS, Controls
 
 MAX_PROMPT_CHARS = 1000
 MAX_SEED = 2**63 - 1
@@ -24,7 +24,7 @@ class Trigger:
 
 # Every control a remote may change, with the type it takes; each app offers its own share of them.
 CONTROL_TYPES: dict[str, type] = {
-    "prompt": str, "prompt_index": int, "strength": float, "ema": float, "feedback": float, "seed": int,
+    "prompt": str, "prompt_index": int, "strength": float, "steps": int, "ema": float, "feedback": float, "seed": int,
     "mirror": bool, "blend": float, "paused": bool, "control_scale": float, **{name: Trigger for name in TRIGGERS},
 }
 _EXPECTED = {bool: "true or false", str: "a string", int: "a whole number", float: "a finite number",
@@ -84,6 +84,7 @@ def apply_changes(controls: Controls, changes: Mapping[str, Any], prompts: Promp
     index = checked.get("prompt_index")
     if index is not None and not 0 <= index < len(prompts.prompts):
         raise ControlError(f"prompt_index must be in [0, {len(prompts.prompts) - 1}]; got {index}")
+    _check_steps(checked.get("steps"), controls)
     try:
         changed = replace(controls, **checked)
     except ValueError as exc:
@@ -93,6 +94,13 @@ def apply_changes(controls: Controls, changes: Mapping[str, Any], prompts: Promp
     for name in presses:
         changed = TRIGGERS[name](changed, len(prompts.prompts))
     return changed
+
+
+def _check_steps(steps: int | None, controls: Controls) -> None:
+    # A stream started with more steps than a remote offers may keep them.
+    high = max(STEPS_MAX, controls.steps)
+    if steps is not None and not 1 <= steps <= high:
+        raise ControlError(f"steps must be in [1, {high}]; got {steps}")
 
 
 def describe(change: Mapping[str, Any]) -> str:

@@ -183,6 +183,7 @@ class Runtime:
         self.options, self.sinks = options, list(sinks)
         self.shared = Shared()
         self.shared.controls.put(controls or Controls(seed=engine.config.seed, strength=engine.strength,
+                                                      steps=engine.config.denoising_steps,
                                                       control_scale=control_scale(engine)))
         self.runner = EngineRunner(engine, options.prompts, options.fit, options.transition_frames)
         self.display = Display(self.shared, self.sinks, options, (engine.config.width, engine.config.height),

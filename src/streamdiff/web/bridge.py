@@ -280,8 +280,8 @@ class WebStream:
         return {
             "type": "state", "model": self.model, "width": self.runner.width, "height": self.runner.height,
             "prompts": list(self.prompts.prompts), "prompt": self.runner.prompt(controls),
-            "controls": {"strength": controls.strength, "ema": controls.ema, "feedback": controls.feedback,
-                         "seed": controls.seed, "mirror": controls.mirror,
+            "controls": {"strength": controls.strength, "steps": controls.steps, "ema": controls.ema,
+                         "feedback": controls.feedback, "seed": controls.seed, "mirror": controls.mirror,
                          "control_scale": controls.control_scale},  # null: no ControlNet, no slider
             "page": {"shown": self.counts.page_shown, "fps": self.counts.page_fps},
             "transport": self.transport.for_page(),

@@ -160,7 +160,8 @@ def _stream(args: argparse.Namespace, transport: Transport, midi_map: Any) -> An
     controls = Controls(ema=args.ema, feedback=args.feedback, seed=args.seed)  # checked before the model loads
     pipe, prompts = live_engine(args)
     runner = EngineRunner(pipe, prompts, args.fit, args.transition_frames)
-    return WebStream(runner, replace(controls, strength=pipe.strength, control_scale=control_scale(pipe)),
+    return WebStream(runner, replace(controls, strength=pipe.strength, steps=pipe.config.denoising_steps,
+                                     control_scale=control_scale(pipe)),
                      PromptBook(runner.prompts),
                      model=args.model or DEFAULT_MODEL, quality=args.quality, transport=transport,
                      midi=Translator(midi_map))

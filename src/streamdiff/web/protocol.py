@@ -31,7 +31,8 @@ MAX_SIDE = 4096  # pixels; a picture is cropped to the render size anyway
 # Controls the page may change, with the JSON type each takes (control_scale only on a stream with a
 # ControlNet). Blend, layout and pausing are the page's own.
 CONTROL_TYPES: dict[str, type] = {name: REMOTE_TYPES[name] for name in
-                                  ("prompt", "strength", "ema", "feedback", "seed", "mirror", "control_scale")}
+                                  ("prompt", "strength", "steps", "ema", "feedback", "seed", "mirror",
+                                   "control_scale")}
 # What OSC and MIDI may change on the page's stream: the same, a prompt of the list by its index, and the
 # triggers of those controls.
 REMOTE_CONTROL_TYPES: dict[str, type] = {

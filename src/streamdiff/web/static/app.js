@@ -6,9 +6,9 @@
 const MAX_IN_FLIGHT = 2;
 const JPEG_QUALITY = 0.85;
 const REPORT_INTERVAL = 1000; // ms between "shown" reports to the server
-const SLIDERS = ["strength", "blend", "ema", "feedback", "control_scale"];
+const SLIDERS = ["strength", "steps", "blend", "ema", "feedback", "control_scale"];
 // The sliders the server reports and the address may set; control_scale only on a stream with a ControlNet.
-const ENGINE_SLIDERS = ["strength", "ema", "feedback", "control_scale"];
+const ENGINE_SLIDERS = ["strength", "steps", "ema", "feedback", "control_scale"];
 const $ = (id) => document.getElementById(id);
 
 const page = {
@@ -81,7 +81,7 @@ function onState(state) {
   syncTransport();
 }
 
-// Settings in the address (?prompt=...&strength=0.6&ema=0.3&feedback=0.2&blend=0.2&seed=7&mirror=1, and
+// Settings in the address (?prompt=...&strength=0.6&steps=2&ema=0.3&feedback=0.2&blend=0.2&seed=7&mirror=1, and
 // source=text for text to image) are applied once, so a look can be bookmarked or shared. control_scale is
 // left out for a stream without a ControlNet, which would refuse the whole message.
 function applyUrl() {
@@ -289,11 +289,12 @@ function useFile(file) {
 
 function showSlider(name, value) {
   const input = $(name);
-  // The ControlNet slider spans the camera app's c / x range, 0-2; a scale set higher (up to 5: --control-scale,
-  // OSC, the address) widens it, so that the slider shows the scale the stream has.
-  if (name === "control_scale" && value > Number(input.max)) input.max = String(value);
+  // The ControlNet slider spans the camera app's c / x range, 0-2, and the steps slider its keys, 1-4; a value set
+  // higher (a scale up to 5: --control-scale, OSC, the address; a stream started with more steps) widens it,
+  // so that the slider shows the value the stream has.
+  if (["control_scale", "steps"].includes(name) && value > Number(input.max)) input.max = String(value);
   input.value = value;
-  input.parentElement.querySelector("output").textContent = Number(input.value).toFixed(2);
+  input.parentElement.querySelector("output").textContent = Number(input.value).toFixed(name === "steps" ? 0 : 2);
 }
 
 function applyBlend() {
@@ -324,6 +325,11 @@ function nudge(name, delta) {
   const value = Math.min(Number(input.max), Math.max(Number(input.min), Number(input.value) + delta));
   showSlider(name, value);
   setControl(name, Number(input.value));
+}
+
+function setSteps(count) {
+  showSlider("steps", count);
+  setControl("steps", count);
 }
 
 function togglePause() {
@@ -366,6 +372,7 @@ const KEYS = {
   e: () => nudge("ema", 0.05), d: () => nudge("ema", -0.05),
   f: () => nudge("feedback", 0.05), v: () => nudge("feedback", -0.05),
   c: () => hasControlNet() && nudge("control_scale", 0.1), x: () => hasControlNet() && nudge("control_scale", -0.1),
+  1: () => setSteps(1), 2: () => setSteps(2), 3: () => setSteps(3), 4: () => setSteps(4),
   r: () => $("seed").click(), m: () => $("mirror").click(), " ": togglePause, s: saveOutput, l: fullScreen,
 };
 
