@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from streamdiff.app.engine_io import EngineRunner
-from streamdiff.app.keys import Controls, control_scale
+from streamdiff.app.keys import Controls, engine_controls
 from streamdiff.web.bridge import WebStream
 from streamdiff.web.protocol import PromptBook
 
@@ -17,8 +17,7 @@ def start_web_stream():
 
     def start(engine) -> WebStream:
         runner = EngineRunner(engine, ["a watercolor", "ink wash"], transition_frames=0)
-        controls = Controls(seed=1, strength=engine.strength, steps=engine.config.denoising_steps,
-                            control_scale=control_scale(engine))  # as the command
+        controls = Controls(seed=1, **engine_controls(engine))  # as the command
         web = WebStream(runner, controls, PromptBook(runner.prompts), model="tiny")
         web.start()
         started.append(web)

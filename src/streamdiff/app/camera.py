@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from streamdiff.app.gallery import resolve_prompts
-from streamdiff.app.keys import Controls, control_scale, help_lines
+from streamdiff.app.keys import Controls, engine_controls, help_lines
 from streamdiff.app.optional import require
 from streamdiff.app.overlay import splash
 from streamdiff.app.remote import CONTROL_TYPES
@@ -103,9 +103,7 @@ def _runtime(args: argparse.Namespace, source: Any, reopen: Callable[[], Any], s
 
     pipe, prompts = live_engine(args)
     controls = Controls(blend=args.blend, ema=args.ema, feedback=args.feedback, seed=args.seed,
-                        strength=pipe.strength, steps=pipe.config.denoising_steps,
-                        control_scale=control_scale(pipe), mirror=args.mirror,
-                        layout="output" if args.fullscreen else "side")
+                        mirror=args.mirror, layout="output" if args.fullscreen else "side", **engine_controls(pipe))
     options = RuntimeOptions(prompts=tuple(prompts), fit=args.fit, display_fps=args.display_fps,
                              pane_height=args.display_size, transition_frames=args.transition_frames,
                              save_dir=Path(args.save_dir), loop=args.loop)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from streamdiff.config import CONTROL_SCALE_MAX
 
@@ -60,11 +61,11 @@ class Controls:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}; got {self.layout!r}")
 
 
-def control_scale(engine: object) -> float | None:
-    """The scale of the engine's ControlNet, the Controls' starting value; None for a stream without one."""
-    if getattr(engine, "control", None) is None:
-        return None
-    return float(engine.config.control_scale)  # type: ignore[attr-defined]
+def engine_controls(engine: Any) -> dict[str, Any]:
+    """The Controls values a running engine sets at the start: its strength, number of steps and ControlNet
+    scale (None for a stream without one)."""
+    scale = None if getattr(engine, "control", None) is None else float(engine.config.control_scale)
+    return {"strength": engine.strength, "steps": engine.config.denoising_steps, "control_scale": scale}
 
 
 @dataclass(frozen=True)

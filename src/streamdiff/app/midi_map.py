@@ -34,7 +34,7 @@ class Knob:
 
     def change(self, value: int, prompts: int) -> dict[str, Any]:
         if self.control == "prompt_index":
-            return {"prompt_index": min(max(prompts, 1) - 1, value * max(prompts, 1) // 128)}
+            return {"prompt_index": min(max(prompts, 1) - 1, _share(value, max(prompts, 1)))}
         if self.control == "seed":
             return {"seed": value}
         if self.control in ("mirror", "paused"):
@@ -46,8 +46,13 @@ class Knob:
     def _whole(self, value: int) -> int:
         """The whole numbers from low to high, each over an equal share of the travel (as prompts spread)."""
         low, high = round(self.low), round(self.high)
-        share = value * (abs(high - low) + 1) // 128
+        share = _share(value, abs(high - low) + 1)
         return low + share if high >= low else low - share
+
+
+def _share(value: int, count: int) -> int:
+    """Which of `count` equal shares of a knob's travel (0-127) its position falls in."""
+    return value * count // 128
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Any
 
 from streamdiff.app.engine_io import AiFrame, EngineRunner, StepTimings
 from streamdiff.app.frames import Frame
-from streamdiff.app.keys import Controls, control_scale
+from streamdiff.app.keys import Controls, engine_controls
 from streamdiff.app.remote import apply_changes
 from streamdiff.app.slots import LatestSlot, RateMeter
 from streamdiff.app.sources import Source
@@ -182,9 +182,7 @@ class Runtime:
 
         self.options, self.sinks = options, list(sinks)
         self.shared = Shared()
-        self.shared.controls.put(controls or Controls(seed=engine.config.seed, strength=engine.strength,
-                                                      steps=engine.config.denoising_steps,
-                                                      control_scale=control_scale(engine)))
+        self.shared.controls.put(controls or Controls(seed=engine.config.seed, **engine_controls(engine)))
         self.runner = EngineRunner(engine, options.prompts, options.fit, options.transition_frames)
         self.display = Display(self.shared, self.sinks, options, (engine.config.width, engine.config.height),
                                self.runner.prompts)

@@ -151,7 +151,7 @@ def _url(args: argparse.Namespace, listener: socket.socket) -> str:
 def _stream(args: argparse.Namespace, transport: Transport, midi_map: Any) -> Any:
     from streamdiff.app.camera import live_engine
     from streamdiff.app.engine_io import EngineRunner
-    from streamdiff.app.keys import Controls, control_scale
+    from streamdiff.app.keys import Controls, engine_controls
     from streamdiff.app.midi_map import Translator
     from streamdiff.models.registry import DEFAULT_MODEL
     from streamdiff.web.bridge import WebStream
@@ -160,8 +160,7 @@ def _stream(args: argparse.Namespace, transport: Transport, midi_map: Any) -> An
     controls = Controls(ema=args.ema, feedback=args.feedback, seed=args.seed)  # checked before the model loads
     pipe, prompts = live_engine(args)
     runner = EngineRunner(pipe, prompts, args.fit, args.transition_frames)
-    return WebStream(runner, replace(controls, strength=pipe.strength, steps=pipe.config.denoising_steps,
-                                     control_scale=control_scale(pipe)),
+    return WebStream(runner, replace(controls, **engine_controls(pipe)),
                      PromptBook(runner.prompts),
                      model=args.model or DEFAULT_MODEL, quality=args.quality, transport=transport,
                      midi=Translator(midi_map))
