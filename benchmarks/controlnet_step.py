@@ -7,9 +7,10 @@ The diffusers baseline runs StableDiffusionControlNetImg2ImgPipeline with TAESD,
 (PIL in and out), as `streamdiff bench --controlnet canny --compare diffusers` does.
 
     python3 benchmarks/controlnet_step.py --out DIR [--model sd-turbo] [--accel none,max] [--steps 1]
-        [--controlnets canny,depth]
+        [--controlnets canny,depth,canny+depth] [--skip-plain]
 
-depth estimates each frame's depth with Depth Anything V2 Small's architecture (random weights) in the step.
+depth estimates each frame's depth with Depth Anything V2 Small's architecture (random weights) in the step;
+canny+depth steers one stream with both ControlNets together.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def stream_case(model: str, controlnet: str | None, accel: str, steps: int, cach
     from streamdiff.stream import StreamPipeline
 
     pipe = StreamPipeline.from_model(model, random_weights=True, device="cuda", dtype=torch.float16,
-                                     controlnet=controlnet, strength=1.0, steps=steps)
+                                     controlnet=controlnet.split("+") if controlnet else None, strength=1.0,
+                                     steps=steps)
     pipe.prepare(prompt=PROMPT)
     start = time.perf_counter()
     stream, report = accelerate(pipe, accel, cache_dir=cache, progress=lambda _: None)
@@ -106,7 +108,9 @@ def main() -> None:
     parser.add_argument("--model", default="sd-turbo")
     parser.add_argument("--accel", default="none,max")
     parser.add_argument("--steps", type=int, default=1)
-    parser.add_argument("--controlnets", default="canny,depth", help="kinds timed beside the stream without one")
+    parser.add_argument("--controlnets", default="canny,depth",
+                        help="kinds timed beside the stream without one; a+b: both steering one stream")
+    parser.add_argument("--skip-plain", action="store_true", help="leave out the stream without a ControlNet")
     parser.add_argument("--compile-cache", type=Path)
     parser.add_argument("--calls", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=10)
@@ -118,7 +122,7 @@ def main() -> None:
 
     frames = clip(512, 24)
     rows = []
-    kinds = [None, *args.controlnets.split(",")]
+    kinds = [*([] if args.skip_plain else [None]), *args.controlnets.split(",")]
     cases = [(accel, control) for accel in args.accel.split(",") for control in kinds]
     for accel, control in cases:
         rows.append(stream_case(args.model, control, accel, args.steps, args.compile_cache, frames,

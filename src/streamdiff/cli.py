@@ -9,7 +9,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from .cli_options import add_engine_options, engine_from_args
 from .errors import UserError
@@ -73,8 +73,16 @@ def _save(picture, target: str) -> None:
     print(f"wrote {path}")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line, as every other error is; the usage itself is one --help away."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"streamdiff: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="streamdiff", description="Real-time diffusion for picture streams: camera, video, pictures.")
+    parser = _OneLineParser(prog="streamdiff", description="Real-time diffusion for picture streams: camera, video, "
+                                                           "pictures.")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("img2img", help="stylize one picture")

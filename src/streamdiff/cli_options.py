@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from .config import CONTROL_PREPROCESSES, FITS, CfgType
@@ -23,6 +24,35 @@ def _thresholds(text: str) -> tuple[float, float]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected two numbers LOW,HIGH such as 100,200; got {text!r}") from None
     return low, high
+
+
+def _scales(text: str) -> float | tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.replace(" ", "").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, or one per ControlNet such as 0.8,0.4; got {text!r}") \
+            from None
+    return values[0] if len(values) == 1 else values
+
+
+def _preprocesses(text: str) -> str | tuple[str, ...]:
+    values = tuple(part for part in text.replace(" ", "").split(","))
+    wrong = [v for v in values if v not in CONTROL_PREPROCESSES]
+    if wrong:
+        raise argparse.ArgumentTypeError(f"expected {', '.join(CONTROL_PREPROCESSES)}, or one of them per ControlNet "
+                                         f"such as canny,none; got {text!r}")
+    return values[0] if len(values) == 1 else values
+
+
+def _controlnets(text: str) -> list[str]:
+    """One --controlnet value: a ControlNet, or several separated by commas (a path that exists stays whole)."""
+    if Path(text).expanduser().exists():
+        return [text]
+    refs = [part.strip() for part in text.split(",")]
+    if not all(refs):
+        raise argparse.ArgumentTypeError(f"expected KIND|FOLDER|HUB_ID, or several separated by commas such as "
+                                         f"canny,depth; got {text!r}")
+    return refs
 
 
 def add_engine_options(parser: argparse.ArgumentParser, *, prompt_required: bool = False,
@@ -66,17 +96,19 @@ def add_control_options(parser: argparse.ArgumentParser) -> None:
     """The ControlNet options (--controlnet, --control-scale, --control-preprocess, --canny-thresholds), for the
     engine commands and bench; control_settings checks them."""
     group = parser.add_argument_group("ControlNet")
-    group.add_argument("--controlnet", default=None, metavar="KIND|FOLDER|HUB_ID",
+    group.add_argument("--controlnet", type=_controlnets, action="append", default=None, metavar="KIND|FOLDER|HUB_ID",
                        help="steer the pictures with a ControlNet: canny (the input's edges) or depth (its estimated "
                             "depth), the published one for the model's family (random weights of its architecture "
-                            "for random-weight models); or a diffusers ControlNet folder or hub id. Not for sdxs-512 "
-                            "or tiny-sd (no middle stage): use sd-turbo or sd15-lcm")
-    group.add_argument("--control-scale", type=float, default=None,
-                       help="how strongly the ControlNet steers, [0, 5] (default 1: as trained)")
-    group.add_argument("--control-preprocess", choices=CONTROL_PREPROCESSES, default=None,
+                            "for random-weight models); or a diffusers ControlNet folder or hub id. Several steer "
+                            "together: canny,depth (or repeat the option). Not for sdxs-512 or tiny-sd (no middle "
+                            "stage): use sd-turbo or sd15-lcm")
+    group.add_argument("--control-scale", type=_scales, default=None, metavar="SCALE[,SCALE...]",
+                       help="how strongly the ControlNet steers, [0, 5] (default 1: as trained); one for all, or "
+                            "one per ControlNet such as 0.8,0.4")
+    group.add_argument("--control-preprocess", type=_preprocesses, default=None, metavar="HOW[,HOW...]",
                        help="how a frame becomes the control picture: canny edges, depth (estimated by Depth "
                             "Anything V2 Small), or none (the frame itself, e.g. a depth camera's feed); default: "
-                            "the kind's own, none for a folder or hub id")
+                            "the kind's own, none for a folder or hub id; one for all, or one per ControlNet")
     group.add_argument("--canny-thresholds", type=_thresholds, default=None, metavar="LOW,HIGH",
                        help="Canny's hysteresis thresholds on 0-255 gradients (default 100,200; lower: more edges)")
 
@@ -85,10 +117,22 @@ CONTROL_SETTINGS = {"control_scale": "--control-scale", "control_preprocess": "-
                     "canny_thresholds": "--canny-thresholds"}
 
 
+def controlnets(args: argparse.Namespace) -> tuple[str, ...]:
+    """The ControlNets --controlnet names, in order (several options and comma lists joined); () for none."""
+    return tuple(ref for refs in getattr(args, "controlnet", None) or () for ref in refs)
+
+
 def control_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The ControlNet settings given, checked against the number of ControlNets before anything loads."""
     given = {name: getattr(args, name) for name in CONTROL_SETTINGS if getattr(args, name, None) is not None}
-    if given and getattr(args, "controlnet", None) is None:
+    refs = controlnets(args)
+    if given and not refs:
         raise UserError(f"{CONTROL_SETTINGS[next(iter(given))]} needs --controlnet")
+    for name in ("control_scale", "control_preprocess"):
+        value = given.get(name)
+        if isinstance(value, tuple) and len(value) != len(refs):
+            raise UserError(f"{CONTROL_SETTINGS[name]} gives {len(value)} values for {len(refs)} ControlNet(s): "
+                            "give one for all, or one per ControlNet in the order of --controlnet")
     return given
 
 
@@ -128,7 +172,7 @@ def stream_from_args(args: argparse.Namespace, **overrides: Any):
     settings = {**engine_settings(args), **overrides}
     taesd = False if args.no_taesd else None
     pipe = StreamPipeline.from_model(args.model or DEFAULT_MODEL, taesd=taesd, model_config=args.model_config,
-                                     loras=args.lora, controlnet=args.controlnet, **settings)
+                                     loras=args.lora, controlnet=controlnets(args), **settings)
     pipe.prepare(prompt=args.prompt or "", negative_prompt=args.negative_prompt)
     return pipe
 

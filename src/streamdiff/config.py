@@ -79,9 +79,10 @@ class StreamConfig:
     similarity_threshold: float | None = None
     similarity_max_skip: int = 10
     prompt_blend: Literal["linear", "slerp"] = "linear"
-    # With a ControlNet (see control.py): how strongly it steers, and how a frame becomes its control picture.
-    control_scale: float = 1.0
-    control_preprocess: ControlPreprocess = "canny"
+    # With ControlNets (see control.py): how strongly each steers, and how a frame becomes its control picture;
+    # one value for every ControlNet, or a tuple with one per ControlNet in their order.
+    control_scale: float | tuple[float, ...] = 1.0
+    control_preprocess: ControlPreprocess | tuple[ControlPreprocess, ...] = "canny"
     canny_thresholds: tuple[float, float] = (100.0, 200.0)  # OpenCV's units: gradients of 0..255 intensities
 
     def __post_init__(self) -> None:
@@ -141,11 +142,17 @@ class StreamConfig:
         self._check_control()
 
     def _check_control(self) -> None:
-        if not 0.0 <= self.control_scale <= CONTROL_SCALE_MAX:
-            raise ValueError(f"control_scale must be in [0, {CONTROL_SCALE_MAX:g}]; got {self.control_scale}")
-        if self.control_preprocess not in CONTROL_PREPROCESSES:
-            raise ValueError(f"control_preprocess must be one of {', '.join(CONTROL_PREPROCESSES)}; "
-                             f"got {self.control_preprocess!r}")
+        scales = _one_or_tuple(self.control_scale, "control_scale", "numbers")
+        if not all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0.0 <= s <= CONTROL_SCALE_MAX
+                   for s in scales):
+            raise ValueError(f"control_scale must be in [0, {CONTROL_SCALE_MAX:g}]; got {self.control_scale!r} "
+                             "(give one number, or one per ControlNet)")
+        object.__setattr__(self, "control_scale", _as_given(self.control_scale, [float(s) for s in scales]))
+        kinds = _one_or_tuple(self.control_preprocess, "control_preprocess", "names")
+        if not all(kind in CONTROL_PREPROCESSES for kind in kinds):
+            raise ValueError(f"control_preprocess must be one of {', '.join(CONTROL_PREPROCESSES)}; got "
+                             f"{self.control_preprocess!r} (give one, or one per ControlNet)")
+        object.__setattr__(self, "control_preprocess", _as_given(self.control_preprocess, kinds))
         given = self.canny_thresholds
         try:
             low, high = (float(v) for v in given)
@@ -159,6 +166,14 @@ class StreamConfig:
     def denoising_steps(self) -> int:
         assert self.t_index_list is not None
         return len(self.t_index_list)
+
+    def control_scales(self, count: int) -> tuple[float, ...]:
+        """The scale of each of `count` ControlNets; ValueError unless control_scale gives one or `count`."""
+        return _per_controlnet(self.control_scale, count, "control_scale")
+
+    def control_preprocesses(self, count: int) -> tuple[ControlPreprocess, ...]:
+        """How frames become each of `count` ControlNets' control picture (ValueError as control_scales)."""
+        return _per_controlnet(self.control_preprocess, count, "control_preprocess")
 
     @property
     def latency_frames(self) -> int:
@@ -186,3 +201,25 @@ class StreamConfig:
             return base
         return base.with_changes(**settings) if config else cls(**settings)
 
+
+def _one_or_tuple(value: Any, name: str, what: str) -> list[Any]:
+    """The values of a setting that takes one value or a sequence of them (not empty)."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ValueError(f"{name} must be one value or a non-empty sequence of {what}; got {value!r}")
+        return list(value)
+    return [value]
+
+
+def _as_given(value: Any, checked: list[Any]) -> Any:
+    """A checked setting in its own shape: a single value stays single, a sequence becomes a tuple."""
+    return tuple(checked) if isinstance(value, (list, tuple)) else checked[0]
+
+
+def _per_controlnet(value: Any, count: int, name: str) -> tuple[Any, ...]:
+    if not isinstance(value, tuple):
+        return (value,) * count
+    if len(value) != count:
+        raise ValueError(f"{name} gives {len(value)} values for {count} ControlNet(s); give one value, or one per "
+                         "ControlNet")
+    return value

@@ -1,68 +1,102 @@
-"""A ControlNet steering the stream (Zhang et al. 2023): its control picture and scale, in fixed device buffers.
+"""ControlNets steering the stream (Zhang et al. 2023): their control pictures and scales, in fixed device buffers.
 
-Each processed frame becomes the control picture (its Canny edges, its estimated depth, or the frame
-itself, e.g. a depth camera's feed; black until the first frame or set_control_image) and every slot of the
-stream batch is steered by the newest one: with several steps the frames still in flight follow the newest
-structure, which keeps the output on what the camera shows now. The picture and the scale live in tensors
+Each processed frame becomes the control picture of every ControlNet (its Canny edges, its estimated depth,
+or the frame itself, e.g. a depth camera's feed; black until the first frame or set_control_image) and every
+slot of the stream batch is steered by the newest one: with several steps the frames still in flight follow
+the newest structure, which keeps the output on what the camera shows now. Several ControlNets (edges and
+depth, say) each add their scaled residuals to the UNet's, as diffusers' MultiControlNetModel sums them; two
+that read the same kind of picture share it, made once per frame. The pictures and the scales live in tensors
 updated in place, so a captured CUDA graph reads the new ones; the edges (edges.py) and depth (depth.py) are
 computed on the engine's device in the same step, with no host round trip.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .config import StreamConfig
+from .config import ControlPreprocess, StreamConfig
 from .depth import depth_picture
 from .edges import canny_edges
 
 
 class Control:
-    """The inputs of one ControlNet for one stream; `residuals` feeds a UNet call (TorchDenoiser asks for it)."""
+    """The inputs of a stream's ControlNets; `residuals` feeds a UNet call (TorchDenoiser asks for it)."""
 
-    def __init__(self, controlnet: torch.nn.Module, config: StreamConfig, device: torch.device, dtype: torch.dtype,
-                 estimator: torch.nn.Module | None = None):
-        if config.control_preprocess == "depth" and estimator is None:
+    def __init__(self, controlnets: Sequence[torch.nn.Module], config: StreamConfig, device: torch.device,
+                 dtype: torch.dtype, estimator: torch.nn.Module | None = None, names: Sequence[str] = ()):
+        if not controlnets:
+            raise ValueError("expected at least one ControlNet")
+        self.controlnets = tuple(controlnets)
+        count = len(self.controlnets)
+        self.preprocesses: tuple[ControlPreprocess, ...] = config.control_preprocesses(count)
+        if "depth" in self.preprocesses and estimator is None:
             raise ValueError("control_preprocess 'depth' needs a depth estimator (Components.depth_estimator; "
                              "from_model loads Depth Anything V2 Small)")
-        self.controlnet = controlnet
+        if names and len(names) != count:
+            raise ValueError(f"expected {count} ControlNet name(s); got {len(names)}")
+        self.names = tuple(names) or tuple(f"controlnet {i + 1}" for i in range(count))
         self.estimator = estimator  # a transformers depth-estimation model, for control_preprocess "depth"
-        self.preprocess = config.control_preprocess
         self.thresholds = config.canny_thresholds
         shape = (config.frame_buffer_size, 3, config.height, config.width)
-        self.image = torch.zeros(shape, device=device, dtype=dtype)  # (F, 3, H, W) in [0, 1]
-        self.scale = torch.full((), config.control_scale, device=device, dtype=dtype)
+        # One picture per kind of picture (F, 3, H, W) in [0, 1], in the order the ControlNets first ask for it.
+        self.images = {kind: torch.zeros(shape, device=device, dtype=dtype) for kind in dict.fromkeys(self.preprocesses)}
+        self.scales = torch.tensor(config.control_scales(count), device=device, dtype=dtype)  # (count,)
 
     def update(self, pixels: Tensor) -> None:
-        """Make the control picture from model pixels (F, 3, H, W) in [-1, 1]; in place, no host synchronisation."""
-        picture = (pixels.to(self.image.dtype) + 1) / 2
-        if self.preprocess == "canny":
-            picture = canny_edges(picture, *self.thresholds)
-        elif self.preprocess == "depth":
-            assert self.estimator is not None
-            picture = depth_picture(self.estimator, picture)
-        self.image.copy_(picture.clamp(0, 1))
+        """Make the control pictures from model pixels (F, 3, H, W) in [-1, 1]; in place, no host synchronisation."""
+        frame = (pixels.to(self.scales.dtype) + 1) / 2
+        for kind, image in self.images.items():
+            picture = frame
+            if kind == "canny":
+                picture = canny_edges(frame, *self.thresholds)
+            elif kind == "depth":
+                assert self.estimator is not None
+                picture = depth_picture(self.estimator, frame)
+            image.copy_(picture.clamp(0, 1))
 
-    def set_scale(self, scale: float) -> None:
-        """How strongly the ControlNet steers from the next frame on (checked by StreamConfig), in place."""
-        self.scale.fill_(scale)
+    def set_scale(self, scale: float, index: int | None = None) -> None:
+        """How strongly one ControlNet (by index; None: every one) steers from the next frame on, in place (the
+        value is checked by StreamConfig, the index here)."""
+        if index is None:
+            self.scales.fill_(scale)
+            return
+        self.scales[self.index(index)].fill_(scale)
+
+    def index(self, index: int) -> int:
+        """A ControlNet's index, checked: a ValueError names the ones there are."""
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self.controlnets):
+            raise ValueError(f"expected a ControlNet index in [0, {len(self.controlnets) - 1}] "
+                             f"({', '.join(self.names)}); got {index!r}")
+        return index
 
     def buffers(self) -> tuple[Tensor, ...]:
         """The tensors a captured step reads (their addresses must stay)."""
-        return (self.image, self.scale)
+        return (*self.images.values(), self.scales)
 
     def residuals(self, latents: Tensor, timesteps: Tensor, embeddings: Tensor) -> dict[str, Any]:
-        """The ControlNet's additions to a UNet call on latents (B, 4, h, w), as UNet keyword arguments.
+        """The ControlNets' summed additions to a UNet call on latents (B, 4, h, w), as UNet keyword arguments.
 
         B is a multiple of F (slots are step-major, guidance repeats them), so frame i % F steers sample i.
         """
-        repeats = latents.shape[0] // self.image.shape[0]
-        image = self.image.repeat(repeats, 1, 1, 1) if repeats > 1 else self.image
-        down, mid = self.controlnet(latents, timesteps, encoder_hidden_states=embeddings, controlnet_cond=image,
-                                    return_dict=False)
-        scale = self.scale
-        return {"down_block_additional_residuals": tuple(d * scale for d in down),
-                "mid_block_additional_residual": mid * scale}
+        down_sum: list[Tensor] | None = None
+        mid_sum: Tensor | None = None
+        for i, (controlnet, kind) in enumerate(zip(self.controlnets, self.preprocesses)):
+            picture = self.images[kind]
+            repeats = latents.shape[0] // picture.shape[0]
+            image = picture.repeat(repeats, 1, 1, 1) if repeats > 1 else picture
+            down, mid = controlnet(latents, timesteps, encoder_hidden_states=embeddings, controlnet_cond=image,
+                                   return_dict=False)
+            scale = self.scales[i]
+            down = [d * scale for d in down]
+            mid = mid * scale
+            if down_sum is None or mid_sum is None:
+                down_sum, mid_sum = down, mid
+            else:
+                down_sum = [total + d for total, d in zip(down_sum, down)]
+                mid_sum = mid_sum + mid
+        assert down_sum is not None and mid_sum is not None
+        return {"down_block_additional_residuals": tuple(down_sum), "mid_block_additional_residual": mid_sum}

@@ -52,18 +52,20 @@ class StreamPipeline(LiveSchedule, DeviceSteps):
         lcm_boundary: bool = True,
         denoiser: Denoiser | None = None,
         codec: LatentCodec | None = None,
+        control_names: Sequence[str] = (),
     ):
         self.config = config
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.lcm_boundary = lcm_boundary
-        for module in (components.text_encoder, components.unet, components.vae, components.controlnet,
+        for module in (components.text_encoder, components.unet, components.vae, *components.controlnets,
                        components.depth_estimator):
             if module is not None:
                 place_module(module, self.device, self.dtype)
         self.components = components
-        self.control = None if components.controlnet is None else \
-            Control(components.controlnet, config, self.device, self.dtype, components.depth_estimator)
+        self.control = None if not components.controlnets else \
+            Control(components.controlnets, config, self.device, self.dtype, components.depth_estimator,
+                    control_names)
         self.denoiser = denoiser or TorchDenoiser(components.unet, control=self.control)
         self.codec = codec or TorchCodec(components.vae)
         self.prompts = PromptEncoder(components.tokenizer, components.text_encoder, self.device, self.dtype)
@@ -82,23 +84,25 @@ class StreamPipeline(LiveSchedule, DeviceSteps):
     @classmethod
     def from_model(cls, name_or_path: str, config: StreamConfig | None = None, *, taesd: bool | None = None,
                    random_weights: bool = False, model_config: str | None = None,
-                   loras: Sequence[StyleLora | str] = (), controlnet: str | None = None,
+                   loras: Sequence[StyleLora | str] = (), controlnet: str | Sequence[str] | None = None,
                    **settings: Any) -> StreamPipeline:
         """A registry name (see `streamdiff models`), a local diffusers folder, a .safetensors file or a hub id.
 
         model_config: for a single checkpoint file, the diffusers folder or hub id of its base model.
         loras: style LoRAs (or SOURCE[:SCALE] strings, as --lora takes them) fused into the weights at load.
-        controlnet: a ControlNet kind ("canny", "depth"), folder or hub id steering the UNet (control.py); its
-        control_preprocess is the kind's own unless the settings say otherwise ("depth" loads an estimator).
+        controlnet: a ControlNet kind ("canny", "depth"), folder or hub id steering the UNet (control.py), or a
+        sequence of them steering it together; each one's control_preprocess is its kind's own unless the
+        settings say otherwise ("depth" loads an estimator, one for all).
         """
-        from .models.controlnets import ControlFolders, load_controlnet, prefetch_controlnet
+        from .models.controlnets import load_controlnets, prefetch_controlnets
         from .models.loading import load_model
 
+        refs = (controlnet,) if isinstance(controlnet, str) else tuple(controlnet or ())
         how = settings.get("control_preprocess")
-        control_folders = ControlFolders()
-        if controlnet is not None:
-            control_folders = prefetch_controlnet(controlnet, name_or_path, how, random_weights=random_weights)
         base = StreamConfig.from_settings(config, **settings)
+        if refs:
+            base.control_scales(len(refs))  # a scale per ControlNet must match their number, before any loading
+        folders = prefetch_controlnets(refs, name_or_path, how, random_weights=random_weights) if refs else []
         device = resolve_device(base.device)
         styles = [lora if isinstance(lora, StyleLora) else StyleLora.parse(lora) for lora in loras]
         loaded = load_model(name_or_path, dtype=resolve_dtype(base.dtype, device), device=device,
@@ -109,14 +113,14 @@ class StreamPipeline(LiveSchedule, DeviceSteps):
             defaults.update(t_index_list=spec.t_index_list, num_inference_steps=spec.num_inference_steps)
         if config is None:
             defaults.update({k: spec.resolution for k in ("width", "height") if k not in settings})
-        control = None
-        if controlnet is not None:
-            control = load_controlnet(controlnet, spec, loaded.pipe.unet, how, dtype=resolve_dtype(base.dtype, device),
-                                      device=device, random_weights=random_weights, folders=control_folders)
-            defaults["control_preprocess"] = control.preprocess
+        nets = None
+        if refs:
+            nets = load_controlnets(refs, spec, loaded.pipe.unet, how, dtype=resolve_dtype(base.dtype, device),
+                                    device=device, random_weights=random_weights, folders=folders)
+            defaults["control_preprocess"] = nets.preprocesses if len(refs) > 1 else nets.preprocesses[0]
         cfg = base.with_changes(**defaults) if defaults else base
-        components = Components.from_diffusers(loaded.pipe, *((control.module, control.estimator) if control else ()))
-        return cls(components, cfg, lcm_boundary=spec.lcm_boundary)
+        components = Components.from_diffusers(loaded.pipe, *((nets.modules, nets.estimator) if nets else ()))
+        return cls(components, cfg, lcm_boundary=spec.lcm_boundary, control_names=nets.names if nets else ())
 
     # ----- set-up -------------------------------------------------------------------------------
 
@@ -222,11 +226,29 @@ class StreamPipeline(LiveSchedule, DeviceSteps):
         self._require_prepared().set_noise(self._draw_noise(seed))
         self._seed = seed
 
-    def set_control_scale(self, scale: float) -> None:
-        """How strongly the ControlNet steers from the next frame on (0: not at all, 1: as trained)."""
+    def set_control_scale(self, scale: float, index: int | None = None) -> None:
+        """How strongly a ControlNet steers from the next frame on (0: not at all, 1: as trained): the one at
+        `index` (0-based, in the order given), or every one (None)."""
         control = self._require_control()
-        self.config = self.config.with_changes(control_scale=scale)  # checks the value first
-        control.set_scale(scale)
+        count = len(control.controlnets)
+        if index is None:
+            scales: float | tuple[float, ...] = scale
+        else:
+            changed = list(self.config.control_scales(count))
+            changed[control.index(index)] = scale
+            scales = tuple(changed)
+        self.config = self.config.with_changes(control_scale=scales)  # checks the value first
+        control.set_scale(scale, index)
+
+    @property
+    def control_names(self) -> tuple[str, ...]:
+        """Each ControlNet's name, in order (its kind, or its folder's or hub repository's name); () without."""
+        return () if self.control is None else self.control.names
+
+    @property
+    def control_scales(self) -> tuple[float, ...]:
+        """Each ControlNet's scale, in order; () without ControlNet."""
+        return () if self.control is None else self.config.control_scales(len(self.control.controlnets))
 
     @torch.no_grad()
     def set_control_image(self, image: Any) -> None:

@@ -32,13 +32,15 @@ def make_stream(_tiny_cache):
 
 @pytest.fixture
 def make_controlled_stream(_tiny_cache):
-    """A prepared CPU stream steered by a seeded ControlNet (each frame's Canny edges), over a private copy of the
-    tiny components; cache_conditioning as TorchDenoiser takes it, settings as StreamConfig fields."""
+    """A prepared CPU stream steered by seeded ControlNets (`count` of them, each on the frame's Canny edges),
+    over a private copy of the tiny components; cache_conditioning as TorchDenoiser takes it, settings as
+    StreamConfig fields."""
 
-    def make(cache_conditioning: bool = True, **settings) -> StreamPipeline:
+    def make(cache_conditioning: bool = True, count: int = 1, **settings) -> StreamPipeline:
         pipe = copy.deepcopy(_tiny_cache["taesd"])
         config = StreamConfig(device="cpu", seed=3, width=SIZE, height=SIZE, canny_thresholds=(40, 120), **settings)
-        stream = StreamPipeline(Components.from_diffusers(pipe, random_controlnet(pipe.unet)), config)
+        nets = [random_controlnet(pipe.unet, seed) for seed in range(1, count + 1)]
+        stream = StreamPipeline(Components.from_diffusers(pipe, nets), config)
         stream.denoiser = TorchDenoiser(pipe.unet, cache_conditioning=cache_conditioning, control=stream.control)
         stream.prepare("a red fox", negative_prompt="blurry")
         return stream

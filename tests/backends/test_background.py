@@ -49,21 +49,24 @@ def test_the_stream_switches_to_the_compiled_modules_once_they_are_ready(make_st
     assert counters["stats"]["unique_graphs"] == compiled_graphs  # the worker's trace is reused, not redone
 
 
-def test_a_controlnet_is_compiled_as_the_stream_calls_it(make_controlled_stream, eager_dynamo):
-    """The ControlNet's recorded call read its stored projections, and the worker traces it so: after the switch
-    its compiled code serves the frames with no new trace, and the eager stream's pictures."""
+def test_controlnets_are_compiled_as_the_stream_calls_them(make_controlled_stream, eager_dynamo):
+    """Each ControlNet's recorded call read its stored projections, and the worker traces them so: after the
+    switch their compiled code serves the frames with no new trace, and the eager stream's pictures."""
     frames = random_frames(5, (SIZE, SIZE, 3))
-    reference = make_controlled_stream(t_index_list=(20, 35))
+    settings = {"t_index_list": (20, 35), "count": 2, "control_scale": (0.9, 0.6)}
+    reference = make_controlled_stream(**settings)
     expected = [reference.img2img(frame, output_type="np") for frame in frames]
-    stream, _ = accelerate(make_controlled_stream(t_index_list=(20, 35)), "compile", background=True,
-                           fold_upsampling=False)
-    assert stream.upgrade.calls["controlnet"].conditioned
+    said: list[str] = []
+    stream, _ = accelerate(make_controlled_stream(**settings), "compile", background=True, fold_upsampling=False,
+                           progress=said.append)
+    assert stream.upgrade.calls["controlnet"].conditioned and stream.upgrade.calls["controlnet.2"].conditioned
+    assert any("compiling the UNet, 2 ControlNets and the codec in the background" in line for line in said), said
     np.testing.assert_array_equal(stream.img2img(frames[0], output_type="np"), expected[0])
     assert stream.upgrade.wait(300) and stream.upgrade.error is None
     compiled_graphs = counters["stats"]["unique_graphs"]
     for frame, want in zip(frames[1:], expected[1:]):
         np.testing.assert_array_equal(stream.img2img(frame, output_type="np"), want)
-    assert stream.mode == "compile" and compiling.is_compiled(stream.pipe.components.controlnet)
+    assert stream.mode == "compile" and all(map(compiling.is_compiled, stream.pipe.components.controlnets))
     assert counters["stats"]["unique_graphs"] == compiled_graphs
 
 

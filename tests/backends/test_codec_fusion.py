@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, AutoencoderTiny
 
 from streamdiff.backends import codec_fusion
-from streamdiff.backends.compile import compiled_parts
+from streamdiff.backends.compile import compiled_parts, describe_parts
 from streamdiff.backends.upsample_fold import upsample_conv
 from streamdiff.models.architectures import TAESD_CONFIG
 
@@ -137,8 +137,14 @@ def test_fused_codec_parts_are_not_compiled():
     vae = _taesd()
     unet = torch.nn.Linear(2, 2)
     assert set(compiled_parts(unet, vae)) == {"unet", "vae.encoder", "vae.decoder"}
+    assert describe_parts(compiled_parts(unet, vae)) == "the UNet and the codec"
+    nets, estimator = (torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)), torch.nn.Linear(1, 1)
+    parts = compiled_parts(unet, vae, nets, estimator)
+    assert (parts["controlnet"], parts["controlnet.2"], parts["depth_estimator"]) == (*nets, estimator)
+    assert describe_parts(parts) == "the UNet, 2 ControlNets, the depth estimator and the codec"
     codec_fusion.fuse(vae, CountingOps().ops())
     assert set(compiled_parts(unet, vae)) == {"unet"}
+    assert describe_parts(compiled_parts(unet, vae, nets[:1])) == "the UNet and the ControlNet"
 
 
 def test_unsupported_says_why():

@@ -168,10 +168,13 @@ def test_embeddings_projected_by_the_unet_first_keep_their_keys_and_values_compu
 
 @pytest.fixture
 def control(unet):
-    """A seeded ControlNet of the tiny UNet's architecture, with a random control picture for 8x8 latents."""
-    config = StreamConfig(width=64, height=64, control_preprocess="none")
-    control = Control(random_controlnet(unet).eval(), config, torch.device("cpu"), torch.float32)
-    control.image.copy_(torch.rand(control.image.shape, generator=torch.Generator().manual_seed(5)))
+    """Two seeded ControlNets of the tiny UNet's architecture steering together, with a random control picture
+    for 8x8 latents: each must store (and read) its own conditioning."""
+    config = StreamConfig(width=64, height=64, control_preprocess="none", control_scale=(0.7, 1.3))
+    nets = [random_controlnet(unet, seed).eval() for seed in (1, 2)]
+    control = Control(nets, config, torch.device("cpu"), torch.float32)
+    picture = control.images["none"]
+    picture.copy_(torch.rand(picture.shape, generator=torch.Generator().manual_seed(5)))
     return control
 
 
@@ -185,8 +188,8 @@ def test_a_controlnets_stored_conditioning_gives_its_own_numbers(unet, control):
     assert torch.equal(cached(latents, t, e), expected)
     # Both read what was stored, not the call's arguments: a ControlNet computing from them would differ.
     assert torch.equal(cached(latents, t_other, e_other), expected)
-    # The ControlNet's own cache, as the background compile switches it on around its call alone.
-    with ConditioningCache.of(control.controlnet).active():
+    # The ControlNets' own caches, as the background compile switches each on around its call alone.
+    with ConditioningCache.of(control.controlnets[0]).active(), ConditioningCache.of(control.controlnets[1]).active():
         stored = _flat(control.residuals(latents, t_other, e_other))
     assert torch.equal(stored, _flat(control.residuals(latents, t, e)))
 
@@ -216,7 +219,7 @@ def test_a_new_conditioning_reaches_the_controlnets_stored_projections(unet, con
 
 @torch.no_grad()
 def test_stand_ins_cover_the_controlnets_projections_and_survive_fusing(unet, control):
-    controlnet = control.controlnet
+    controlnet = control.controlnets[1]
     resnets, crosses = _projections(controlnet)
     assert resnets > 0 and crosses > 0
     state = controlnet.state_dict()

@@ -247,8 +247,11 @@ def _controlled(tiny, cache_conditioning: bool = True, **settings) -> StreamPipe
     pipe = copy.deepcopy(tiny)
     config = StreamConfig(device="cuda", dtype="float16", seed=3, width=64, height=64, fit="crop",
                           canny_thresholds=(40, 120), **settings)
-    estimator = random_depth_estimator(tiny=True) if config.control_preprocess == "depth" else None
-    stream = StreamPipeline(Components.from_diffusers(pipe, random_controlnet(pipe.unet), estimator), config)
+    kinds = config.control_preprocess
+    count = len(kinds) if isinstance(kinds, tuple) else 1
+    estimator = random_depth_estimator(tiny=True) if "depth" in config.control_preprocesses(count) else None
+    nets = [random_controlnet(pipe.unet, seed) for seed in range(1, count + 1)]
+    stream = StreamPipeline(Components.from_diffusers(pipe, nets, estimator), config)
     stream.denoiser = TorchDenoiser(pipe.unet, cache_conditioning=cache_conditioning, control=stream.control)
     stream.prepare("a red fox", negative_prompt="blurry")
     return stream
@@ -257,15 +260,22 @@ def _controlled(tiny, cache_conditioning: bool = True, **settings) -> StreamPipe
 @pytest.mark.parametrize("mode", ["graphs", "max"])
 @pytest.mark.parametrize("settings", [{"t_index_list": (20,)},
                                       {"t_index_list": (10, 30), "cfg_type": "full", "guidance_scale": 1.4},
-                                      {"t_index_list": (20,), "control_preprocess": "depth"}],
-                         ids=["1-step", "2-step-full-cfg", "1-step-depth"])
+                                      {"t_index_list": (20,), "control_preprocess": "depth"},
+                                      {"t_index_list": (10, 30), "control_preprocess": ("canny", "depth"),
+                                       "control_scale": (0.8, 0.5)}],
+                         ids=["1-step", "2-step-full-cfg", "1-step-depth", "2-step-canny-and-depth"])
 def test_controlnet_replays_match_the_eager_engine(_tiny_cache, mode, settings, tmp_path):
     # The Canny edges or the estimated depth are computed inside the captured step (in max, by the compiled
-    # estimator); the scale is a tensor the replays read.
+    # estimator); the scales are a tensor the replays read, one ControlNet's alone or all at once.
     eager = _controlled(_tiny_cache["taesd"], cache_conditioning=False, **settings)
     fast, report = accelerate(_controlled(_tiny_cache["taesd"], **settings), mode, cache_dir=tmp_path)
     assert report.mode == mode and len(fast.captured) == 1
-    _replay_with_changes(eager, fast, 8, lambda stream, k: stream.set_control_scale(0.4 if k == 3 else 1.6))
+    several = isinstance(settings.get("control_preprocess"), tuple)
+
+    def change(stream: StreamPipeline, k: int) -> None:
+        stream.set_control_scale(0.4 if k == 3 else 1.6, index=1 if several and k % 2 else None)
+
+    _replay_with_changes(eager, fast, 8, change)
     assert len(fast.captured) == 1
 
 

@@ -66,7 +66,7 @@ def test_a_controlnet_steers_the_timed_stream_and_diffusers_own_controlnet_pipel
     residuals, pipeline_call = Control.residuals, StableDiffusionControlNetImg2ImgPipeline.__call__
 
     def engine_residuals(self, *args, **kwargs):
-        engine_scales.append(float(self.scale))
+        engine_scales.append(tuple(self.scales.tolist()))
         return residuals(self, *args, **kwargs)
 
     def baseline(self, *args, **kwargs):
@@ -86,8 +86,40 @@ def test_a_controlnet_steers_the_timed_stream_and_diffusers_own_controlnet_pipel
     assert ours["name"] == "tiny img2img 1step 32px accel-auto controlnet-canny@0.8" and ours["fps"] > 0
     assert results[0]["name"] == "diffusers: tiny img2img 1step 32px accel-none controlnet-canny@0.8"
     assert "| tiny img2img 1step 32px accel-auto controlnet-canny@0.8 |" in capsys.readouterr().out
-    assert engine_scales and engine_scales == pytest.approx([0.8] * len(engine_scales))
+    assert engine_scales and all(scales == pytest.approx((0.8,)) for scales in engine_scales)
     assert baseline_calls and set(baseline_calls) == {((1, 3, 32, 32), 0.8)}  # the engine's control picture
+
+
+def test_two_controlnets_steer_the_timed_stream_and_diffusers_multicontrolnet(tmp_path, monkeypatch):
+    from diffusers import StableDiffusionControlNetImg2ImgPipeline
+
+    from streamdiff.control import Control
+
+    engine_calls, baseline_calls = [], []
+    residuals, pipeline_call = Control.residuals, StableDiffusionControlNetImg2ImgPipeline.__call__
+
+    def engine_residuals(self, *args, **kwargs):
+        engine_calls.append((self.preprocesses, tuple(self.scales.tolist())))
+        return residuals(self, *args, **kwargs)
+
+    def baseline(self, *args, **kwargs):
+        images = kwargs["control_image"]
+        baseline_calls.append((tuple(tuple(i.shape) for i in images), tuple(kwargs["controlnet_conditioning_scale"]),
+                               type(self.controlnet).__name__))
+        return pipeline_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(Control, "residuals", engine_residuals)
+    monkeypatch.setattr(StableDiffusionControlNetImg2ImgPipeline, "__call__", baseline)
+    out = tmp_path / "results"
+    assert main([*TINY, "--controlnet", "canny,depth", "--control-scale", "0.8,0.4", "--control-preprocess",
+                 "canny,none", "--compare", "diffusers", "--device", "cpu", "--output-dir", str(out)]) == 0
+    diffusers, ours = json.loads((out / "bench.json").read_text())["results"]
+    assert ours["scenario"]["controlnet"] == ["canny", "depth"] and ours["fps"] > 0 and "error" not in diffusers
+    assert ours["name"] == "tiny img2img 1step 32px accel-auto controlnet-canny+depth@0.8,0.4 preprocess-canny,none"
+    assert ours["stages_ms"]["control"] > 0
+    assert engine_calls and all(kinds == ("canny", "none") and scales == pytest.approx((0.8, 0.4))
+                                for kinds, scales in engine_calls)
+    assert baseline_calls and set(baseline_calls) == {(((1, 3, 32, 32),) * 2, (0.8, 0.4), "MultiControlNetModel")}
 
 
 def test_control_preprocess_and_canny_thresholds_reach_the_timed_stream(tmp_path, capsys, monkeypatch):
@@ -98,7 +130,7 @@ def test_control_preprocess_and_canny_thresholds_reach_the_timed_stream(tmp_path
     update, prefetch = Control.update, controlnets.prefetch_controlnet
 
     def recording_update(self, pixels):
-        seen.add((self.preprocess, self.thresholds, self.estimator is None))
+        seen.add((self.preprocesses, self.thresholds, self.estimator is None))
         return update(self, pixels)
 
     def recording_prefetch(ref, model, preprocess=None, **kwargs):
@@ -111,7 +143,7 @@ def test_control_preprocess_and_canny_thresholds_reach_the_timed_stream(tmp_path
     assert main([*TINY, "--controlnet", "canny", "--canny-thresholds", "20,60", "--device", "cpu",
                  "--output-dir", str(out)]) == 0
     ours = json.loads((out / "bench.json").read_text())["results"][0]
-    assert seen == {("canny", (20.0, 60.0), True)} and prefetched == [("canny", "tiny", None)]
+    assert seen == {(("canny",), (20.0, 60.0), True)} and prefetched == [("canny", "tiny", None)]
     assert ours["scenario"]["canny_thresholds"] == [20.0, 60.0] and ours["name"].endswith(" canny-20-60")
     assert ours["stages_ms"]["control"] > 0  # the edges are a stage of their own, not part of "other"
     assert "| upload | preprocess | control | encode |" in capsys.readouterr().out
@@ -120,7 +152,7 @@ def test_control_preprocess_and_canny_thresholds_reach_the_timed_stream(tmp_path
     assert main([*TINY, "--controlnet", "depth", "--control-preprocess", "none", "--device", "cpu", "--no-stages",
                  "--output-dir", str(out)]) == 0
     ours = json.loads((out / "bench.json").read_text())["results"][0]
-    assert seen == {("none", (100.0, 200.0), True)} and prefetched[-1] == ("depth", "tiny", "none")
+    assert seen == {(("none",), (100.0, 200.0), True)} and prefetched[-1] == ("depth", "tiny", "none")
     assert ours["scenario"]["control_preprocess"] == "none" and ours["name"].endswith(" preprocess-none")
 
 

@@ -42,13 +42,19 @@ def test_controlnet_steers_img2img_and_txt2img(tmp_path):
     for name, extra in (("plain", []), ("canny", ["--controlnet", "canny", "--canny-thresholds", "20,60"]),
                         ("weak", ["--controlnet", "canny", "--canny-thresholds", "20,60", "--control-scale", "0"]),
                         ("depth", ["--controlnet", "depth"]),
-                        ("itself", ["--controlnet", "depth", "--control-preprocess", "none"])):
+                        ("itself", ["--controlnet", "depth", "--control-preprocess", "none"]),
+                        # Two together (one option with a comma, or the option twice); the second at scale 0.
+                        ("both", ["--controlnet", "canny", "--controlnet", "depth", "--canny-thresholds", "20,60"]),
+                        ("second-off", ["--controlnet", "canny,depth", "--canny-thresholds", "20,60",
+                                        "--control-scale", "1,0"])):
         out = tmp_path / f"{name}.png"
         assert main(["img2img", "sample", str(out), "--prompt", "x", "--model", "tiny", "--device", "cpu", *extra]) == 0
         pictures[name] = np.asarray(Image.open(out), dtype=int)
     assert np.abs(pictures["canny"] - pictures["plain"]).max() > 3  # the ControlNet steered
     assert np.abs(pictures["weak"] - pictures["plain"]).max() <= 1  # at scale 0 it does not
     assert np.abs(pictures["depth"] - pictures["itself"]).max() > 3  # estimated depth, not the picture, steered
+    assert np.abs(pictures["both"] - pictures["canny"]).max() > 3  # the depth ControlNet steered too
+    assert np.abs(pictures["second-off"] - pictures["canny"]).max() <= 1  # each one has its own scale
     out = tmp_path / "drawn.png"
     assert main(["txt2img", str(out), "--prompt", "x", "--model", "tiny", "--device", "cpu", "--controlnet", "depth",
                  "--control-image", "sample"]) == 0
@@ -75,6 +81,16 @@ def test_controlnet_steers_img2img_and_txt2img(tmp_path):
          "control picture not found: no.png"),
         (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--controlnet", "canny",
           "--canny-thresholds", "200,100"], "canny_thresholds must be two numbers with 0 <= low <= high"),
+        (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--controlnet", "canny,depth",
+          "--control-scale", "0.5,0.4,0.3"], "--control-scale gives 3 values for 2 ControlNet(s)"),
+        (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--controlnet", "canny",
+          "--control-preprocess", "canny,none"], "--control-preprocess gives 2 values for 1 ControlNet(s)"),
+        (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--controlnet", "canny,depth",
+          "--control-preprocess", "canny,midas"], "expected canny, depth, none, or one of them per ControlNet"),
+        (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--controlnet", "canny,,depth"],
+         "several separated by commas"),
+        (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--controlnet", "canny",
+          "--controlnet", "canny"], "ControlNet 'canny' is given twice"),
     ],
 )
 def test_errors_print_one_line_and_exit_non_zero(args, words, tmp_path):

@@ -124,8 +124,8 @@ def test_a_diffusers_controlnet_pipeline_brings_its_controlnet(tiny_pipe_factory
 
     pipe = StableDiffusionControlNetPipeline(**tiny_pipe_factory().components, controlnet=controlnet)
     stream = StreamPipeline.from_diffusers(pipe, width=SIZE, height=SIZE, device="cpu")
-    assert stream.control is not None and stream.control.controlnet is controlnet
-    with pytest.raises(ValueError, match="expected one diffusers ControlNetModel; got Linear"):
+    assert stream.control is not None and stream.control.controlnets == (controlnet,)
+    with pytest.raises(ValueError, match=r"expected diffusers ControlNetModel\(s\); got Linear"):
         Components.from_diffusers(tiny_pipe_factory(), torch.nn.Linear(2, 2))
 
 

@@ -108,14 +108,14 @@ def test_the_stream_is_steered_by_each_frames_estimated_depth(tiny_pipe_factory,
     stream.prepare("a lighthouse")
     torch.testing.assert_close(stream.img2img(image), expected, rtol=1e-4, atol=1e-4)
     assert stream.control is not None
-    torch.testing.assert_close(stream.control.image, control, rtol=0, atol=1e-5)
+    torch.testing.assert_close(stream.control.images["depth"], control, rtol=0, atol=1e-5)
     itself = StreamPipeline(Components.from_diffusers(tiny_pipe_factory(), controlnet),
                             config.with_changes(control_preprocess="none"))
     itself.prepare("a lighthouse")
     assert float((itself.img2img(image) - expected).abs().max()) > 1e-3  # the depth, not the frame, steered
     stream.set_control_image(scene(64, 7))  # txt2img's picture is estimated too
     with torch.no_grad():
-        torch.testing.assert_close(stream.control.image, depth_picture(estimator, scene(64, 7)))
+        torch.testing.assert_close(stream.control.images["depth"], depth_picture(estimator, scene(64, 7)))
 
 
 def test_depth_without_an_estimator_is_refused(tiny_pipe_factory):

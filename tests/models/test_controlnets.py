@@ -40,7 +40,7 @@ def test_a_kind_loads_the_published_controlnet_of_the_family_from_the_hub_cache(
     helpers.add_to_hub_cache(offline_hub, "stabilityai/sd-turbo", tiny_folder)
     helpers.add_to_hub_cache(offline_hub, SD21_CANNY, controlnet_folder)
     stream = StreamPipeline.from_model("sd-turbo", controlnet="canny", **CPU)
-    loaded = stream.components.controlnet
+    (loaded,) = stream.components.controlnets
     assert stream.config.control_preprocess == "canny" and stream.control is not None
     state, expected = loaded.state_dict(), tiny_controlnet.state_dict()
     assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in state)

@@ -193,18 +193,18 @@ def _prepare_modules(pipe: StreamPipeline, mode: AccelMode, cache_dir: str | Pat
     _set_codec(pipe, fuse_codec, compiled=mode.compiles)
     if pipe.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one stream keeps its shapes: the search pays off at once
-        for module in (unet, vae, pipe.components.controlnet):
-            if module is not None:
-                module.to(memory_format=torch.channels_last)
-        for module in (unet, pipe.components.controlnet):
+        for module in (unet, vae, *pipe.components.controlnets):
+            module.to(memory_format=torch.channels_last)
+        for module in (unet, *pipe.components.controlnets):
             if hasattr(module, "fuse_qkv_projections") and getattr(module, "original_attn_processors", None) is None:
                 _fuse_projections(module)
     if not mode.compiles:
         return None
     folder = compiling.use_cache_dir(cache_dir)
     if compile_now:
-        compiling.compile_in_place(compiling.parts_of(pipe.components), preset)
-        say(f"{mode.value}: compiling the UNet and the codec at the first frames (cache: {folder})")
+        parts = compiling.parts_of(pipe.components)
+        compiling.compile_in_place(parts, preset)
+        say(f"{mode.value}: compiling {compiling.describe_parts(parts)} at the first frames (cache: {folder})")
     return folder
 
 
@@ -279,7 +279,8 @@ def _build_then_compile(stream: AcceleratedStream, target: AccelMode, preset: st
                                                          (stream.step_capture, stream.mode), set()))
     stream.upgrade_when_ready(upgrade, final, target.value)
     upgrade.start()
-    say(f"{stream.mode}: ready in {seconds:.1f} s; compiling in the background, then switching to {target.value}")
+    say(f"{stream.mode}: ready in {seconds:.1f} s; compiling {compiling.describe_parts(parts)} in the background, "
+        f"then switching to {target.value}")
     return seconds
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,15 +71,16 @@ def compile_unsupported(device: torch.device) -> str | None:
     return f"torch.compile is not supported on {device.type} devices by this engine"
 
 
-def compiled_parts(unet: torch.nn.Module, vae: torch.nn.Module, controlnet: torch.nn.Module | None = None,
+def compiled_parts(unet: torch.nn.Module, vae: torch.nn.Module, controlnets: Sequence[torch.nn.Module] = (),
                    depth_estimator: torch.nn.Module | None = None) -> dict[str, torch.nn.Module]:
-    """The modules worth compiling: the UNet (with its ControlNet and depth estimator), and the VAE's encoder
-    and decoder (TAESD or KL) unless their convolutions are fused (cuDNN's fused kernels cannot be traced; the
-    graph capture covers them)."""
+    """The modules worth compiling: the UNet (with its ControlNets, named controlnet, controlnet.2, ..., and
+    depth estimator), and the VAE's encoder and decoder (TAESD or KL) unless their convolutions are fused
+    (cuDNN's fused kernels cannot be traced; the graph capture covers them)."""
     from .codec_fusion import is_fused
 
-    extras = {"controlnet": controlnet, "depth_estimator": depth_estimator}
-    parts = {"unet": unet} | {name: module for name, module in extras.items() if module is not None}
+    parts = {"unet": unet} | {"controlnet" + (f".{i + 1}" if i else ""): net for i, net in enumerate(controlnets)}
+    if depth_estimator is not None:
+        parts["depth_estimator"] = depth_estimator
     for name in ("encoder", "decoder"):
         part = getattr(vae, name, None)
         if isinstance(part, torch.nn.Module) and not is_fused(part):
@@ -87,9 +88,19 @@ def compiled_parts(unet: torch.nn.Module, vae: torch.nn.Module, controlnet: torc
     return parts
 
 
+def describe_parts(parts: Mapping[str, torch.nn.Module]) -> str:
+    """The compiled parts in words, for a progress line: 'the UNet, 2 ControlNets and the codec'."""
+    nets = sum(name.startswith("controlnet") for name in parts)
+    words = ["the UNet"] if "unet" in parts else []
+    words += ["the ControlNet"] if nets == 1 else [f"{nets} ControlNets"] if nets else []
+    words += ["the depth estimator"] if "depth_estimator" in parts else []
+    words += ["the codec"] if any(name.startswith("vae.") for name in parts) else []
+    return " and ".join(words) if len(words) < 3 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
 def parts_of(components: Any) -> dict[str, torch.nn.Module]:
-    """compiled_parts of a stream's Components (its UNet, ControlNet, depth estimator and VAE)."""
-    return compiled_parts(components.unet, components.vae, components.controlnet, components.depth_estimator)
+    """compiled_parts of a stream's Components (its UNet, ControlNets, depth estimator and VAE)."""
+    return compiled_parts(components.unet, components.vae, components.controlnets, components.depth_estimator)
 
 
 def compiled_forward(module: torch.nn.Module, preset: str = "default") -> Callable[..., Any]:

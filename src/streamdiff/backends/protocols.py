@@ -26,8 +26,8 @@ class LatentCodec(Protocol):
 
 
 class ControlResiduals(Protocol):
-    controlnet: nn.Module  # the diffusers ControlNetModel `residuals` calls; TorchDenoiser caches its conditioning
+    controlnets: tuple[nn.Module, ...]  # the ControlNetModels `residuals` calls; TorchDenoiser caches their conditioning
 
     def residuals(self, latents: Tensor, timesteps: Tensor, embeddings: Tensor) -> dict[str, Any]:
-        """A ControlNet's additions to the UNet call on these inputs, as the UNet's keyword arguments."""
+        """The ControlNets' additions to the UNet call on these inputs, as the UNet's keyword arguments."""
         ...

@@ -13,14 +13,14 @@ from .protocols import ControlResiduals
 
 class TorchDenoiser:
     """A diffusers UNet2DConditionModel; with cache_conditioning, what depends only on the timesteps and the
-    text embeddings is computed once per `condition` instead of at every call. With `control`, a ControlNet's
-    residuals join every call; its own such work, on the same timesteps and embeddings, is cached alike."""
+    text embeddings is computed once per `condition` instead of at every call. With `control`, its ControlNets'
+    residuals join every call; their own such work, on the same timesteps and embeddings, is cached alike."""
 
     def __init__(self, unet: torch.nn.Module, *, cache_conditioning: bool = True,
                  control: ControlResiduals | None = None):
         self.unet = unet
         self.control = control
-        models = (unet,) if control is None else (unet, control.controlnet)
+        models = (unet,) if control is None else (unet, *control.controlnets)
         self.caches = tuple(ConditioningCache.of(m) for m in models) if cache_conditioning else ()
         self._given: tuple[Tensor, Tensor] | None = None
 

@@ -73,11 +73,12 @@ def _diffusers_pipeline(components: Components, task: str) -> Any:
     modules = dict(vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
                    unet=components.unet, scheduler=LCMScheduler.from_config(components.scheduler_config),
                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    if components.controlnet is None:
+    if not components.controlnets:
         kind = StableDiffusionImg2ImgPipeline if task == "img2img" else StableDiffusionPipeline
     else:
         kind = StableDiffusionControlNetImg2ImgPipeline if task == "img2img" else StableDiffusionControlNetPipeline
-        modules["controlnet"] = components.controlnet
+        nets = components.controlnets  # several become diffusers' MultiControlNetModel, which sums them as we do
+        modules["controlnet"] = nets[0] if len(nets) == 1 else list(nets)
     pipe = kind(**modules)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -88,20 +89,29 @@ def _control_arguments(components: Components, config: StreamConfig, task: str) 
     picture the engine would make of the frame (its Canny edges on the device, its estimated depth, or the frame
     itself), so that only the pipelines differ. txt2img gets the engine's picture before any frame (black), as
     the stream's txt2img has it."""
-    if components.controlnet is None:
+    if not components.controlnets:
         return lambda frame: {}
     from ..stream import StreamPipeline
 
-    engine = StreamPipeline(components, config)  # for its control picture alone
-    assert engine.control is not None
-    scale = {"controlnet_conditioning_scale": config.control_scale}
+    engine = StreamPipeline(components, config)  # for its control pictures alone
+    control = engine.control
+    assert control is not None
+    single = len(control.controlnets) == 1
+    scales = engine.control_scales
+    scale = {"controlnet_conditioning_scale": scales[0] if single else list(scales)}
+
+    def pictures(count: int | None = None) -> Any:
+        """Each ControlNet's picture (several: a list, as MultiControlNetModel takes them)."""
+        each = [control.images[kind][:count] for kind in control.preprocesses]
+        return each[0] if single else each
+
     if task == "txt2img":
-        still = engine.control.image[:1]  # (1, 3, H, W): diffusers repeats it for each picture
+        still = pictures(1)  # (1, 3, H, W) each: diffusers repeats it for each picture
         return lambda frame: {"image": still, **scale}
 
     def arguments(frame: np.ndarray) -> dict:
         engine.set_control_image(frame)
-        return {"control_image": engine.control.image, **scale}  # (F, 3, H, W) in [0, 1]
+        return {"control_image": pictures(), **scale}  # (F, 3, H, W) in [0, 1] each
 
     return arguments
 

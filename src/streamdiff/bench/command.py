@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from ..backends.accelerate import AccelMode, add_rewrite_options
 from ..backends.compile import COMPILE_PRESETS
-from ..cli_options import add_control_options, control_settings
+from ..cli_options import add_control_options, control_settings, controlnets
 from ..config import CfgType
 from ..errors import UserError
 from .baselines import BASELINES
@@ -108,17 +108,19 @@ def scenarios_from_args(args: argparse.Namespace) -> list[Scenario]:
 def _control_fields(args: argparse.Namespace) -> dict[str, Any]:
     """The Scenario fields of the ControlNet options; one of them without --controlnet is a UserError."""
     settings = control_settings(args)  # the engine commands' check and message
-    return {"controlnet": args.controlnet, **settings} if args.controlnet is not None else settings
+    refs = controlnets(args)
+    return {"controlnet": refs[0] if len(refs) == 1 else refs, **settings} if refs else settings
 
 
 def _check_controlnet(args: argparse.Namespace) -> None:
     """Before any model loads: refuse what cannot take --controlnet, and fetch the ControlNet where it is known."""
     if _control_fields(args) and args.ablation:
         raise UserError("--ablation studies the stream's own components; time --controlnet without it")
-    from ..models.controlnets import prefetch_controlnet
+    from ..models.controlnets import prefetch_controlnets
 
-    for model in args.model if args.controlnet is not None else ():
-        prefetch_controlnet(args.controlnet, model, args.control_preprocess, random_weights=args.random_weights)
+    refs = controlnets(args)
+    for model in args.model if refs else ():
+        prefetch_controlnets(refs, model, args.control_preprocess, random_weights=args.random_weights)
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -50,12 +50,15 @@ class _Loaded:
     components: Components
     spec: Any
     touched: bool = False  # layout, fused projections or compilation applied in place
-    control_preprocess: str | None = None  # how frames become the ControlNet's control picture, if one steers
+    control_preprocess: PreprocessSetting = None  # how frames become the ControlNets' control pictures, if any steer
+    control_names: tuple[str, ...] = ()
 
 
-# A loaded model: its name, TAESD or not, the ControlNet steering it (None: none) and the control_preprocess
-# setting it was loaded for (None: the ControlNet's own; "depth" loads the depth estimator).
-ModelKey = tuple[str, bool, str | None, ControlPreprocess | None]
+# A loaded model: its name, TAESD or not, the ControlNets steering it (None: none) and the control_preprocess
+# setting they were loaded for (None: each ControlNet's own; "depth" loads the depth estimator).
+ControlRefs = str | tuple[str, ...] | None
+PreprocessSetting = ControlPreprocess | tuple[ControlPreprocess, ...] | None
+ModelKey = tuple[str, bool, ControlRefs, PreprocessSetting]
 
 
 def model_key(scenario: Scenario) -> ModelKey:
@@ -70,8 +73,8 @@ class ModelPool:
         self.options, self.device, self.dtype = options, device, dtype
         self._loaded: dict[ModelKey, _Loaded] = {}
 
-    def get(self, name: str, taesd: bool, *, pristine: bool, controlnet: str | None = None,
-            control_preprocess: ControlPreprocess | None = None) -> _Loaded:
+    def get(self, name: str, taesd: bool, *, pristine: bool, controlnet: ControlRefs = None,
+            control_preprocess: PreprocessSetting = None) -> _Loaded:
         key = (name, taesd, controlnet, control_preprocess)
         entry = self._loaded.get(key)
         if entry is not None and pristine and entry.touched:
@@ -82,9 +85,8 @@ class ModelPool:
             self._loaded[key] = entry
         return entry
 
-    def _load(self, name: str, taesd: bool, controlnet: str | None,
-              control_preprocess: ControlPreprocess | None) -> _Loaded:
-        from ..models.controlnets import load_controlnet
+    def _load(self, name: str, taesd: bool, controlnet: ControlRefs, control_preprocess: PreprocessSetting) -> _Loaded:
+        from ..models.controlnets import load_controlnets
         from ..models.loading import load_model
 
         random_weights = self.options.random_weights
@@ -92,10 +94,12 @@ class ModelPool:
         if controlnet is None:
             return _Loaded(Components.from_diffusers(loaded.pipe), loaded.spec)
         # With random weights, a kind is a random-weight ControlNet of the model's architecture.
-        control = load_controlnet(controlnet, loaded.spec, loaded.pipe.unet, control_preprocess, dtype=self.dtype,
-                                  device=self.device, random_weights=random_weights)
-        components = Components.from_diffusers(loaded.pipe, control.module, control.estimator)
-        return _Loaded(components, loaded.spec, control_preprocess=control.preprocess)
+        refs = (controlnet,) if isinstance(controlnet, str) else controlnet
+        nets = load_controlnets(refs, loaded.spec, loaded.pipe.unet, control_preprocess, dtype=self.dtype,
+                                device=self.device, random_weights=random_weights)
+        components = Components.from_diffusers(loaded.pipe, nets.modules, nets.estimator)
+        chosen = nets.preprocesses[0] if len(refs) == 1 else nets.preprocesses
+        return _Loaded(components, loaded.spec, control_preprocess=chosen, control_names=nets.names)
 
     def release(self, key: ModelKey | None = None) -> None:
         for k in [key] if key else list(self._loaded):
@@ -208,7 +212,7 @@ def prepared_stream(scenario: Scenario, entry: _Loaded, device: torch.device, op
     """A stream with the scenario's settings over a loaded model, prepared with the prompt (default the
     options' prompt)."""
     pipe = StreamPipeline(entry.components, _config(scenario, entry, device, options),
-                          lcm_boundary=entry.spec.lcm_boundary)
+                          lcm_boundary=entry.spec.lcm_boundary, control_names=entry.control_names)
     pipe.prepare(prompt=options.prompt if prompt is None else prompt)
     return pipe
 

@@ -31,9 +31,9 @@ class Scenario:
     label: str = ""
     compare: bool = True  # time the baselines (BenchOptions.compare) for this case's workload
     pipelined: bool = False  # img2img_pipelined: each frame launched before the previous one is waited for
-    controlnet: str | None = None  # a ControlNet kind, folder or hub id steering the UNet; None: none
-    control_scale: float = 1.0  # how strongly it steers
-    control_preprocess: ControlPreprocess | None = None  # how frames become its control picture; None: its own
+    controlnet: str | tuple[str, ...] | None = None  # a ControlNet kind, folder or hub id (or several); None: none
+    control_scale: float | tuple[float, ...] = 1.0  # how strongly it steers (one for all, or one each)
+    control_preprocess: ControlPreprocess | tuple[ControlPreprocess, ...] | None = None  # None: each one's own
     canny_thresholds: tuple[float, float] | None = None  # Canny's hysteresis thresholds; None: the engine's
 
     def __post_init__(self) -> None:
@@ -85,13 +85,17 @@ class Scenario:
         if self.pipelined:
             parts.append("pipelined")
         if self.controlnet is not None:
-            scale = f"@{self.control_scale:g}" if self.control_scale != 1 else ""
-            parts.append(f"controlnet-{self.controlnet}{scale}")
+            scale = "" if self.control_scale == 1 else f"@{_listed(self.control_scale)}"
+            parts.append(f"controlnet-{'+'.join(self.controlnets())}{scale}")
         if self.control_preprocess is not None:
-            parts.append(f"preprocess-{self.control_preprocess}")
+            parts.append(f"preprocess-{_listed(self.control_preprocess)}")
         if self.canny_thresholds is not None:
             parts.append("canny-{:g}-{:g}".format(*self.canny_thresholds))
         return " ".join(parts)
+
+    def controlnets(self) -> tuple[str, ...]:
+        """The ControlNets steering this case, in order; () for none."""
+        return (self.controlnet,) if isinstance(self.controlnet, str) else tuple(self.controlnet or ())
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,3 +108,8 @@ def grid(base: Scenario, **axes: Iterable[Any]) -> list[Scenario]:
     """Every combination of the given field values over `base`, in order."""
     names = list(axes)
     return [base.with_changes(**dict(zip(names, values))) for values in itertools.product(*(axes[n] for n in names))]
+
+
+def _listed(value: Any) -> str:
+    """A setting for a case's name: one value, or one per ControlNet joined by commas."""
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in (value if isinstance(value, tuple) else (value,)))

@@ -1,13 +1,14 @@
-"""ControlNets: which one a model takes, where its weights come from, and loading it.
+"""ControlNets: which one a model takes, where its weights come from, and loading them.
 
 A ControlNet is named by kind ("canny", "depth": the registry picks the published ControlNet of the
-model's family), or given as a local diffusers folder or a hub id. It must fit the UNet it steers: the
-same stages and text width, and a middle stage to feed (SDXS-512 and tiny-sd have none).
+model's family), or given as a local diffusers folder or a hub id; several may steer one stream together.
+Each must fit the UNet it steers: the same stages and text width, and a middle stage to feed (SDXS-512 and
+tiny-sd have none).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,16 @@ class LoadedControlNet:
     estimator: torch.nn.Module | None = None  # the depth estimator, for preprocess "depth"
 
 
+@dataclass
+class LoadedControlNets:
+    """Several ControlNets for one stream, in the order given, with one depth estimator for all that need it."""
+
+    modules: tuple[torch.nn.Module, ...]
+    preprocesses: tuple[ControlPreprocess, ...]
+    names: tuple[str, ...]  # each one's label: its kind, or its folder's or hub repository's name
+    estimator: torch.nn.Module | None = None
+
+
 @dataclass(frozen=True)
 class ControlFolders:
     """Where prefetch_controlnet found the ControlNet and the depth estimator; None: load_controlnet decides."""
@@ -84,6 +95,63 @@ def preprocess_of(ref: str, setting: ControlPreprocess | None) -> ControlPreproc
     return kind.preprocess if kind is not None else "none"
 
 
+Setting = ControlPreprocess | Sequence[ControlPreprocess] | None
+
+
+def per_controlnet(refs: Sequence[str], setting: Setting) -> tuple[ControlPreprocess | None, ...]:
+    """The control_preprocess setting of each ControlNet: one for all, one each, or None (each kind's own)."""
+    if setting is None or isinstance(setting, str):
+        return (setting,) * len(refs)
+    if len(setting) != len(refs):
+        raise UserError(f"control_preprocess gives {len(setting)} values for {len(refs)} ControlNet(s); give one, or "
+                        "one per ControlNet")
+    return tuple(setting)
+
+
+def control_names(refs: Sequence[str]) -> tuple[str, ...]:
+    """A short label per ControlNet (its kind, folder name or hub repository name), unique within the stream."""
+    names: list[str] = []
+    for i, ref in enumerate(refs):
+        name = ref if ref in CONTROL_KINDS else Path(ref.rstrip("/")).name or ref
+        names.append(f"{name} {i + 1}" if name in names else name)
+    return tuple(names)
+
+
+def _check_refs(refs: Sequence[str]) -> None:
+    if not refs:
+        raise UserError("expected at least one ControlNet")
+    twice = sorted({ref for ref in refs if list(refs).count(ref) > 1})
+    if twice:
+        raise UserError(f"ControlNet {twice[0]!r} is given twice; give each once (its scale sets how strongly it "
+                        "steers)")
+
+
+def prefetch_controlnets(refs: Sequence[str], model: str, preprocess: Setting = None, *,
+                         random_weights: bool = False) -> list[ControlFolders]:
+    """prefetch_controlnet for each of several ControlNets steering one stream together."""
+    _check_refs(refs)
+    return [prefetch_controlnet(ref, model, how, random_weights=random_weights)
+            for ref, how in zip(refs, per_controlnet(refs, preprocess))]
+
+
+def load_controlnets(refs: Sequence[str], spec: ModelSpec, unet: torch.nn.Module, preprocess: Setting = None, *,
+                     dtype: torch.dtype, device: torch.device | str, random_weights: bool = False,
+                     folders: Sequence[ControlFolders] = ()) -> LoadedControlNets:
+    """load_controlnet for each ref in turn, sharing one depth estimator; random weights differ per ControlNet."""
+    _check_refs(refs)
+    folders = list(folders) or [ControlFolders()] * len(refs)
+    modules: list[torch.nn.Module] = []
+    kinds: list[ControlPreprocess] = []
+    estimator: torch.nn.Module | None = None
+    for i, (ref, how) in enumerate(zip(refs, per_controlnet(refs, preprocess))):
+        loaded = load_controlnet(ref, spec, unet, how, dtype=dtype, device=device, random_weights=random_weights,
+                                 folders=folders[i], estimator=estimator, seed=1 + i)
+        modules.append(loaded.module)
+        kinds.append(loaded.preprocess)
+        estimator = loaded.estimator or estimator
+    return LoadedControlNets(tuple(modules), tuple(kinds), control_names(refs), estimator)
+
+
 def prefetch_controlnet(ref: str, model: str, preprocess: ControlPreprocess | None = None, *,
                         random_weights: bool = False) -> ControlFolders:
     """Before the model loads: refuse a model without a middle stage, and fetch the ControlNet where it is known
@@ -110,18 +178,21 @@ def prefetch_controlnet(ref: str, model: str, preprocess: ControlPreprocess | No
 
 def load_controlnet(ref: str, spec: ModelSpec, unet: torch.nn.Module, preprocess: ControlPreprocess | None = None,
                     *, dtype: torch.dtype, device: torch.device | str, random_weights: bool = False,
-                    folders: ControlFolders = ControlFolders()) -> LoadedControlNet:
+                    folders: ControlFolders = ControlFolders(), estimator: torch.nn.Module | None = None,
+                    seed: int = 1) -> LoadedControlNet:
     """The ControlNet `ref` (a kind, a diffusers folder or a hub id) for the model of `spec` and `unet`, with the
-    depth estimator if its control picture is estimated depth; preprocess: the setting, if any."""
+    depth estimator if its control picture is estimated depth (`estimator`, if one is loaded already);
+    preprocess: the setting, if any; seed: of the random weights a kind gets on a random-weight model."""
     check_takes_controlnet(unet.config, spec.name)
     how = preprocess_of(ref, preprocess)
-    estimator = None
-    if how == "depth":
+    if how != "depth":
+        estimator = None
+    elif estimator is None:
         estimator = load_depth_estimator(spec.name, dtype=dtype, device=device, random_weights=random_weights,
                                          folder=folders.estimator)
     kind = CONTROL_KINDS.get(ref)
     if kind is not None and (random_weights or spec.family == "tiny"):
-        return LoadedControlNet(cast(random_controlnet(unet), dtype, device), how, estimator)
+        return LoadedControlNet(cast(random_controlnet(unet, seed), dtype, device), how, estimator)
     if kind is None:
         folder, source = folders.controlnet or _locate(ref), ref
     else:
