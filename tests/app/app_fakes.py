@@ -21,11 +21,14 @@ class FakeEngine:
     `latency_frames` calls like the stream batch. Records each call and the thread that made it."""
 
     pipelines_frames = False  # like an engine without captured steps: one frame at a time
+    control_names: tuple[str, ...] = ()  # no ControlNet
+    control_scales: tuple[float, ...] = ()
 
     def __init__(self, width: int = 64, height: int = 64, latency_frames: int = 0, delay: float = 0.0,
                  fail_after: int | None = None, seed: int = 2, fit: str = "crop", frame_buffer_size: int = 1) -> None:
         self.config = SimpleNamespace(width=width, height=height, latency_frames=latency_frames, seed=seed, fit=fit,
-                                      frame_buffer_size=frame_buffer_size, denoising_steps=latency_frames + 1)
+                                      frame_buffer_size=frame_buffer_size, denoising_steps=latency_frames + 1,
+                                      t_index_list=tuple(range(latency_frames + 1)))
         self.device = torch.device("cpu")
         self.strength = 1.0
         self.delay, self.fail_after = delay, fail_after

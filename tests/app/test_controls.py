@@ -42,15 +42,20 @@ def test_strength_keys_step_within_their_range():
     assert press("]", Controls(strength=0.04)).strength == pytest.approx(0.09)
 
 
-def test_controlnet_keys_step_the_scale_and_do_nothing_without_a_controlnet():
-    assert press("c", Controls(control_scale=1.0)).control_scale == pytest.approx(1.1)
-    assert press("xxx", Controls(control_scale=1.0)).control_scale == pytest.approx(0.7)
-    assert press("c" * 30, Controls(control_scale=1.0)).control_scale == 2.0
-    assert press("x" * 30, Controls(control_scale=1.0)).control_scale == 0.0
-    assert press("c", Controls(control_scale=3.0)).control_scale == 3.0  # started above the keys' range
+def test_controlnet_keys_step_every_scale_and_do_nothing_without_a_controlnet():
+    two = Controls(control_scales=(1.0, 0.5))
+    assert press("c", two).control_scales == pytest.approx((1.1, 0.6))
+    assert press("xxx", two).control_scales == pytest.approx((0.7, 0.2))
+    assert press("c" * 30, two).control_scales == (2.0, 2.0)
+    assert press("x" * 30, two).control_scales == (0.0, 0.0)
+    assert press("x" * 6, two).control_scales == pytest.approx((0.4, 0.0))  # each clamped on its own
+    assert press("c", Controls(control_scales=(3.0, 1.0))).control_scales == pytest.approx((3.0, 1.1))  # above 2
+    assert press("c", Controls(control_scales=(0.8,))).control_scales == pytest.approx((0.9,))  # one, as before
     assert press("cx") == Controls()  # no ControlNet: the keys change nothing
-    with pytest.raises(ValueError, match=r"control_scale must be in \[0, 5\]; got 6"):
-        Controls(control_scale=6)
+    with pytest.raises(ValueError, match=r"control_scales must be a tuple of numbers in \[0, 5\]; got \(0.5, 6\)"):
+        Controls(control_scales=(0.5, 6))
+    with pytest.raises(ValueError, match=r"control_scales must be a tuple"):
+        Controls(control_scales=[0.5])
 
 
 def test_number_keys_set_the_denoising_steps_directly():

@@ -100,6 +100,32 @@ def test_the_web_stream_follows_a_controller_and_skips_the_pages_own_controls(co
     assert [r.getMessage() for r in caplog.records] == ["MIDI: prompt_index must be in [0, 1]; got 9"]
 
 
+def test_a_controllers_knob_moves_one_controlnets_scale_and_one_the_stream_lacks_is_refused(controller,
+                                                                                          steered_engine, caplog):
+    from streamdiff.app.engine_io import EngineRunner
+    from streamdiff.app.keys import engine_controls
+    from streamdiff.app.midi_map import parse_map
+    from streamdiff.web.bridge import WebStream
+    from streamdiff.web.protocol import REMOTE_CONTROL_TYPES
+
+    runner = EngineRunner(steered_engine, ["a watercolor"], transition_frames=0)
+    stream = WebStream(runner, Controls(seed=1, **engine_controls(steered_engine)), PromptBook(runner.prompts))
+    midi_map = parse_map({"controls": {7: "control_scale_2", 8: "control_scale_3"}})
+    with caplog.at_level(logging.WARNING):
+        listener = open_midi(controller.name, midi_map, REMOTE_CONTROL_TYPES)  # the stream takes both names
+        connect(controller, listener.port)
+        listener.start(stream.remote_change, lambda: 1)
+        try:
+            controller.send(mido.Message("control_change", control=8, value=127))  # no third ControlNet
+            controller.send(mido.Message("control_change", control=7, value=127))  # the second: all the way, 2
+            wait_until(lambda: stream.controls.control_scales == (0.8, 2.0), "the second ControlNet's knob", 5.0)
+        finally:
+            listener.close()
+    assert [r.getMessage() for r in caplog.records] == [
+        "MIDI: control_scale_3: this stream has 2 ControlNets; expected control_scale_1, control_scale_2 (one, "
+        "counted from 1) or control_scale (all)"]
+
+
 def test_learning_a_map_from_a_controller(controller):
     port = open_input("streamdiff-test")
     connect(controller, port)

@@ -94,7 +94,30 @@ def test_a_ranged_knob_and_the_yaml_file_round_trip(tmp_path):
     assert midi_map.names() == {"strength", "feedback", "toggle_pause", "prompt_index", "previous_prompt"}
 
 
+def test_a_knob_sets_every_controlnets_scale_or_one_of_them(tmp_path):
+    midi_map = parse_map({"controls": {6: "control_scale", 7: "control_scale_2",
+                                       8: {"control": "control_scale_1", "min": 0.5, "max": 1.5}}})
+    assert [midi_map.controls[n] for n in (6, 7, 8)] == [Knob("control_scale", 0.0, 2.0),
+                                                        Knob("control_scale_2", 0.0, 2.0),
+                                                        Knob("control_scale_1", 0.5, 1.5)]
+    translate = Translator(midi_map).change
+    assert (translate(cc(6, 127), 1), translate(cc(7, 0), 1)) == ({"control_scale": 2.0}, {"control_scale_2": 0.0})
+    assert translate(cc(8, 127), 1) == {"control_scale_1": 1.5}
+    assert midi_map.names() == {"control_scale", "control_scale_1", "control_scale_2", "prompt_index"}
+    assert midi_map.to_data()["controls"][7] == "control_scale_2"  # its full range: the name alone
+    path = tmp_path / "map.yaml"
+    write_map(midi_map, path)
+    assert load_map(path) == midi_map
+    steered = apply_changes(Controls(control_scales=(0.8, 0.4)), translate(cc(7, 127), 1), PromptBook(["a"]))
+    assert steered.control_scales == (0.8, 2.0)
+
+
 @pytest.mark.parametrize("data, error", [
+    ({"controls": {1: "control_scale_two"}}, r"controls 1: expected a control \(.*, control_scale_N\), a trigger"),
+    ({"controls": {1: {"control": "control_scale_2", "max": 6}}},
+     r"controls 1: control_scale_2's min and max must lie in \[0.0, 2.0\]"),
+    ({"controls": {1: {"control": "control_scale_x"}}}, r"controls 1: expected \{control, min, max\} with a control "
+                                                        r"of .*control_scale, steps, control_scale_N; got"),
     ([1, 2], r"expected a mapping of some of channel, controls, notes, programs; got list"),
     ({"knobs": {}}, r"expected a mapping of some of .*; got \['knobs'\]"),
     ({"controls": {128: "ema"}}, r"controls: MIDI numbers are whole numbers in \[0, 127\]; got 128"),

@@ -16,7 +16,13 @@ from pythonosc.udp_client import SimpleUDPClient
 
 from streamdiff.app.keys import Controls
 from streamdiff.app.osc import OscListener, osc_change, parse_address
-from streamdiff.app.remote import CONTROL_TYPES, ControlError, PromptBook, apply_changes
+from streamdiff.app.remote import (
+    CONTROL_TYPES,
+    ControlError,
+    PromptBook,
+    apply_changes,
+    describe,
+)
 from streamdiff.app.runtime import Runtime, RuntimeOptions
 from streamdiff.cli import main
 from streamdiff.errors import UserError
@@ -31,12 +37,19 @@ def test_addresses_with_or_without_the_prefix_and_what_controllers_send():
     assert osc_change("/mirror", [1.0], CONTROL_TYPES) == {"mirror": True}
     assert osc_change("/streamdiff/paused", [0], CONTROL_TYPES) == {"paused": False}
     assert osc_change("/streamdiff/prompt", ["ink wash"], CONTROL_TYPES) == {"prompt": "ink wash"}
+    assert osc_change("/streamdiff/control_scale", [1], CONTROL_TYPES) == {"control_scale": 1}  # every ControlNet
+    assert osc_change("/streamdiff/control_scale_2", [0.4], CONTROL_TYPES) == {"control_scale_2": 0.4}  # the second
+    assert osc_change("/control_scale_12", [0.4], CONTROL_TYPES) == {"control_scale_12": 0.4}  # the app counts them
 
 
 @pytest.mark.parametrize("address, args, error", [
     ("/streamdiff/speed", [1.0], r"unknown OSC address /streamdiff/speed; expected /streamdiff/ \(or /\) followed by"),
     ("/streamdiff/strength", [], "/streamdiff/strength takes one argument; got 0"),
     ("/streamdiff/strength", [0.5, 0.6], "takes one argument; got 2"),
+    ("/streamdiff/control_scale_two", [0.5], r"unknown OSC address /streamdiff/control_scale_two; expected .*"
+                                             r"control_scale, control_scale_N, next_prompt"),
+    ("/streamdiff/control_scale_02", [0.5], "unknown OSC address /streamdiff/control_scale_02"),
+    ("/streamdiff/control_scale_1", [0.5, 0.6], "/streamdiff/control_scale_1 takes one argument; got 2"),
 ])
 def test_bad_addresses_and_argument_counts_are_named(address, args, error):
     with pytest.raises(ControlError, match=error):
@@ -58,6 +71,43 @@ def test_a_bad_value_changes_nothing_and_says_what_was_expected(change, error):
     controls = Controls()
     with pytest.raises(ControlError, match=error):
         apply_changes(controls, {"ema": 0.5, **change}, PromptBook(["a", "b"]))
+
+
+def test_control_scale_sets_every_controlnet_and_control_scale_n_the_nth():
+    book, two = PromptBook(["a"]), Controls(control_scales=(0.8, 0.4))
+    assert apply_changes(two, {"control_scale": 0.3}, book).control_scales == (0.3, 0.3)
+    assert apply_changes(two, {"control_scale_2": 1.5}, book).control_scales == (0.8, 1.5)
+    assert apply_changes(two, {"control_scale_1": 0, "control_scale_2": 5}, book).control_scales == (0.0, 5.0)
+    for change in ({"control_scale": 0.3, "control_scale_1": 1.0}, {"control_scale_1": 1.0, "control_scale": 0.3}):
+        assert apply_changes(two, change, book).control_scales == (1.0, 0.3)  # the one after all, in any order
+    assert apply_changes(Controls(control_scales=(0.8,)), {"control_scale_1": 0.5}, book).control_scales == (0.5,)
+    assert describe({"control_scale_2": 0.5}) == "control_scale_2 0.50"
+    with pytest.raises(ControlError, match="unknown OSC address /control_scale_1; expected .* one of strength$"):
+        osc_change("/control_scale_1", [0.5], {"strength": float})  # offered only where control_scale is
+
+
+@pytest.mark.parametrize("scales, change, error", [
+    ((0.8, 0.4), {"control_scale_3": 1.0}, r"control_scale_3: this stream has 2 ControlNets; expected "
+                                           r"control_scale_1, control_scale_2 \(one, counted from 1\) or "
+                                           r"control_scale \(all\)"),
+    ((0.8, 0.4), {"control_scale_0": 1.0}, "control_scale_0: this stream has 2 ControlNets; expected control_scale_1"),
+    ((0.8,), {"control_scale_2": 1.0}, r"control_scale_2: this stream has 1 ControlNet; expected control_scale_1 "
+                                       r"\(one, counted from 1\) or control_scale \(all\)"),
+    ((0.8, 0.4), {"control_scale_2": 6}, r"control_scale_2 must be in \[0, 5\]; got 6.0"),
+    ((0.8, 0.4), {"control_scale": -0.5}, r"control_scale must be in \[0, 5\]; got -0.5"),
+    ((0.8, 0.4), {"control_scale_1": "high"}, 'control_scale_1 must be a finite number; got "high"'),
+    ((0.8, 0.4), {"control_scale_1": 0.5, "control_scale_9": 0.5}, "control_scale_9: this stream has 2 ControlNets"),
+    ((), {"control_scale": 0.5}, r"control_scale steers a ControlNet, and this stream has none \(start it with "
+                                 r"--controlnet\)"),
+    ((), {"control_scale_1": 0.5}, "control_scale_1 steers a ControlNet, and this stream has none"),
+    ((0.8, 0.4), {"control_scale_x": 0.5}, r"unknown control control_scale_x; expected some of .*control_scale, "
+                                           "control_scale_N"),
+])
+def test_a_control_scale_for_a_controlnet_the_stream_lacks_is_refused_and_changes_nothing(scales, change, error):
+    controls = Controls(control_scales=scales)
+    with pytest.raises(ControlError, match=error):
+        apply_changes(controls, {"strength": 0.5, **change}, PromptBook(["a"]))
+    assert controls == Controls(control_scales=scales)
 
 
 def test_a_stream_started_with_more_steps_than_the_keys_offer_may_keep_them():
@@ -95,7 +145,9 @@ def test_the_listener_hands_on_changes_and_logs_a_repeated_refusal_once(caplog):
             assert got.get(timeout=5) == ({"strength": 0.25}, "streamdiff-osc")
         refusals = [r.getMessage() for r in caplog.records]
         assert refusals == ["OSC: strength must be in (0, 1]", "OSC: unknown OSC address /nonsense; expected "
-                            "/streamdiff/ (or /) followed by one of " + ", ".join(CONTROL_TYPES)]
+                            "/streamdiff/ (or /) followed by one of prompt, prompt_index, strength, steps, ema, "
+                            "feedback, seed, mirror, blend, paused, control_scale, control_scale_N, next_prompt, "
+                            "previous_prompt, new_seed, toggle_mirror, toggle_pause"]
     finally:
         listener.close()
     assert "streamdiff-osc" not in {t.name for t in threading.enumerate()}

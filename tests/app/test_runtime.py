@@ -225,28 +225,3 @@ def test_runtime_with_the_tiny_model(tiny_engine):
     assert runtime.shared.ai.peek()[1].image.shape == (64, 64, 3)
     timings = summary.timings
     assert timings.frames == summary.inferred and timings.engine > 0
-
-
-def test_controlnet_keys_and_remote_changes_reach_the_engine(tiny_pipe):
-    from streamdiff.app.overlay import OverlayInfo, status_lines
-    from streamdiff.app.remote import ControlError, PromptBook, apply_changes
-    from streamdiff.config import StreamConfig
-    from streamdiff.models.controlnets import random_controlnet
-    from streamdiff.stream import Components, StreamPipeline
-
-    engine = StreamPipeline(Components.from_diffusers(tiny_pipe, random_controlnet(tiny_pipe.unet)),
-                            StreamConfig(width=64, height=64, strength=0.6, control_scale=0.8, device="cpu"))
-    engine.prepare("a watercolor")
-    sink = RecordingSink(keys={3: "x", 4: "x"})
-    runtime = Runtime(engine, CountingSource(period=0.01), [sink], options(display_fps=30))
-    assert runtime.controls.control_scale == pytest.approx(0.8)  # the engine's, not a default
-    summary = runtime.run(duration=2.0)
-    assert summary.inferred >= 3 and runtime.controls.control_scale == pytest.approx(0.6)
-    assert engine.config.control_scale == pytest.approx(0.6) and float(engine.control.scale) == pytest.approx(0.6)
-    info = OverlayInfo("a watercolor", 1, 1, 10.0, 30.0, 30.0, None)
-    assert "control 0.6" in status_lines(info, runtime.controls)[2]
-    assert "control" not in status_lines(info, Controls())[2]
-    book = PromptBook(["a"])
-    assert apply_changes(runtime.controls, {"control_scale": 1.5}, book).control_scale == 1.5
-    with pytest.raises(ControlError, match="this stream has none"):
-        apply_changes(Controls(), {"control_scale": 1.5}, book)

@@ -1,5 +1,6 @@
 """The number of denoising steps as a live control, on the real tiny stream: the runner's changes, their
-order with the strength, refusals, the latency record, and the camera runtime's keys and overlay."""
+order with the strength, refusals, the latency record (after new steps or a new strength), and the camera
+runtime's keys and overlay."""
 
 from __future__ import annotations
 
@@ -54,6 +55,19 @@ def test_the_latency_record_follows_the_new_count(tiny_engine):
     runner.apply(replace(controls, steps=3))
     # The stream batch starts again from frame 3, filled from it: two frames late from there on.
     assert [runner.step(frame(i)).source_index for i in range(3, 7)] == [3, 3, 3, 4]
+
+
+def test_the_latency_record_starts_again_after_a_strength_change_refills_the_stream(tiny_engine, caplog):
+    runner, controls = started(tiny_engine)
+    assert [runner.step(frame(i)).source_index for i in range(3)] == [0, 0, 1]  # two steps: one frame late
+    runner.apply(replace(controls, strength=0.8))
+    # A new schedule sends the frames in flight away: the stream batch fills again from frame 3.
+    assert [runner.step(frame(i)).source_index for i in range(3, 6)] == [3, 3, 4]
+    runner.apply(replace(controls, strength=0.805))  # the same schedule indices: the stream goes on as it was
+    assert tiny_engine.config.t_index_list == (10, 30) and runner.step(frame(6)).source_index == 5
+    with caplog.at_level(logging.WARNING, logger="streamdiff.app.engine_io"):
+        runner.apply(replace(controls, strength=0.01))  # refused (no room for two steps): nothing starts again
+    assert caplog.records and runner.step(frame(7)).source_index == 6
 
 
 def test_a_count_that_does_not_fit_the_strength_is_refused_and_the_stream_keeps_its_own(tiny_pipe, caplog):

@@ -262,7 +262,7 @@ def test_the_page_keys_and_prompt_box_change_the_stream(server, tmp_path):
 
 
 def test_a_stream_without_a_controlnet_has_no_slider_or_keys_for_one(server, tmp_path):
-    browser = Browser(f"{server.url}?strength=0.5&control_scale=0.6", tmp_path / "profile")
+    browser = Browser(f"{server.url}?strength=0.5&control_scale=0.6&control_scale_1=0.3", tmp_path / "profile")
     try:
         wait_for(server, lambda s: s["page"]["shown"] >= 3 and s["controls"]["strength"] == 0.5,
                  "the page to stream at strength 0.5 (its control_scale left out)")
@@ -272,38 +272,55 @@ def test_a_stream_without_a_controlnet_has_no_slider_or_keys_for_one(server, tmp
                          "] to reach the stream")["page"]["shown"]
         # A refusal of c or x would come on the WebSocket ahead of these pictures, so it would be on the page now.
         state = wait_for(server, lambda s: s["page"]["shown"] >= shown + 5, "the page to go on showing pictures")
-        hidden, notice = browser.evaluate("$('control_scale').parentElement.hidden"), browser.evaluate("$('notice').hidden")
+        hidden = browser.evaluate("$('control-scales').hidden && $('control-scales').children.length === 0")
+        notice = browser.evaluate("$('notice').hidden")
     finally:
         browser.close()
-    assert hidden and notice and state["controls"]["control_scale"] is None  # c and x sent nothing to refuse
+    assert hidden and notice and state["controls"]["control_scales"] == []  # c and x sent nothing to refuse
 
 
-def test_the_controlnet_slider_starts_at_the_engines_scale_and_follows_the_address_keys_and_midi(tmp_path):
+SLIDER_LABELS = ("[...document.querySelectorAll('#control-scales label')]"
+                 ".map((label) => `${label.firstChild.textContent.trim()} ${label.querySelector('input').value}`)")
+
+
+def test_each_controlnet_has_a_named_slider_that_follows_the_address_keys_osc_and_midi(tmp_path):
+    from pythonosc.udp_client import SimpleUDPClient
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        osc_port = probe.getsockname()[1]
     midi_map = tmp_path / "map.yaml"
-    midi_map.write_text("controls: {7: control_scale}\n")
-    server = Server("--controlnet", "canny", "--control-scale", "0.8", "--midi-map", str(midi_map))
+    midi_map.write_text("controls: {7: control_scale_2}\n")
+    server = Server("--controlnet", "canny,depth", "--control-scale", "0.8,0.4", "--midi-map", str(midi_map),
+                    "--osc", str(osc_port))
     browser = Browser("about:blank", tmp_path / "profile")
-    slider = "$('control_scale').value"
+    scales = "[$('control_scale_1').value, $('control_scale_2').value]"
     try:
         browser.call("Page.enable")
         browser.call("Page.addScriptToEvaluateOnNewDocument", source=FAKE_MIDI)
         browser.call("Page.navigate", url=server.url)
         wait_for(server, lambda s: s["page"]["shown"] >= 1, "the page to stream")
-        assert browser.evaluate(f"!$('control_scale').parentElement.hidden && {slider}") == "0.8"  # the engine's
-        browser.call("Page.navigate", url=server.url + "?control_scale=0.6")  # a newer page takes the stream over
-        wait_for(server, lambda s: s["page"]["shown"] >= 3 and s["controls"]["control_scale"] == 0.6,
-                 "the address's control_scale to reach the stream")
-        assert browser.evaluate(slider) == "0.6"
+        assert browser.evaluate(SLIDER_LABELS) == ["ControlNet canny 0.8", "ControlNet depth 0.4"]  # the engine's
+        assert browser.evaluate("!$('control-scales').hidden")
+        # A newer page takes the stream over; it has no third ControlNet, so control_scale_3 is left out.
+        browser.call("Page.navigate", url=server.url + "?control_scale=0.7&control_scale_2=0.3&control_scale_3=0.9")
+        wait_for(server, lambda s: s["page"]["shown"] >= 3 and s["controls"]["control_scales"] == [0.7, 0.3],
+                 "the address's scales to reach the stream")
+        assert browser.evaluate(scales) == ["0.7", "0.3"] and browser.evaluate("$('notice').hidden")
         for key in ("c", "c", "x"):
             browser.press(key)
-        wait_for(server, lambda s: s["controls"]["control_scale"] == pytest.approx(0.7), "c c x to reach the stream")
-        browser.run("$('control_scale').value = '1.25'; $('control_scale').dispatchEvent(new Event('input'))")
-        wait_for(server, lambda s: s["controls"]["control_scale"] == 1.25, "the dragged slider to reach the stream")
+        wait_for(server, lambda s: s["controls"]["control_scales"] == pytest.approx([0.8, 0.4]),
+                 "c c x to move both scales")
+        browser.run("$('control_scale_2').value = '1.25'; $('control_scale_2').dispatchEvent(new Event('input'))")
+        wait_for(server, lambda s: s["controls"]["control_scales"] == pytest.approx([0.8, 1.25]),
+                 "the dragged depth slider to reach the stream")
+        SimpleUDPClient("127.0.0.1", osc_port).send_message("/streamdiff/control_scale_1", 1.5)
+        wait_until(lambda: browser.evaluate(scales) == ["1.5", "1.25"], "the canny slider to follow OSC", 30.0)
         browser.run("$('midi').click()")
         wait_until(lambda: browser.evaluate("midi.inputs.length") == 1, "the page to listen to the pads", 30.0)
-        browser.run("testPads.onmidimessage({ data: new Uint8Array([0xB0, 7, 127]) })")  # the knob all the way: 2
-        wait_for(server, lambda s: s["controls"]["control_scale"] == 2.0, "the knob to reach the stream")
-        wait_until(lambda: browser.evaluate(slider) == "2", "the page's slider to follow the knob", 30.0)
+        browser.run("testPads.onmidimessage({ data: new Uint8Array([0xB0, 7, 127]) })")  # depth's knob all the way
+        wait_until(lambda: browser.evaluate(scales) == ["1.5", "2"], "the depth slider to follow the knob", 30.0)
+        assert server.state()["controls"]["control_scales"] == [1.5, 2.0]
     finally:
         browser.close()
         server.kill()

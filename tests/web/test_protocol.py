@@ -87,8 +87,11 @@ def test_controls_change_only_what_the_message_names():
     assert (after.strength, after.ema, after.mirror) == (0.5, 0.25, True)
     assert (after.feedback, after.seed, after.prompt_index) == (0.3, 4, 0)
     assert apply_controls(before, {"steps": 3}, book) == replace(before, steps=3)
-    steered = Controls(control_scale=1.0)  # a stream with a ControlNet
-    assert apply_controls(steered, {"control_scale": 1.5}, book) == Controls(control_scale=1.5)
+    steered = Controls(control_scales=(1.0,))  # a stream with a ControlNet
+    assert apply_controls(steered, {"control_scale": 1.5}, book) == Controls(control_scales=(1.5,))
+    two = Controls(control_scales=(1.0, 0.5))  # with two: one, or all of them
+    assert apply_controls(two, {"control_scale_2": 0.3}, book) == Controls(control_scales=(1.0, 0.3))
+    assert apply_controls(two, {"control_scale": 0.7}, book) == Controls(control_scales=(0.7, 0.7))
 
 
 def test_a_new_prompt_joins_the_book_once_and_a_known_one_is_found():
@@ -113,6 +116,9 @@ def test_a_new_prompt_joins_the_book_once_and_a_known_one_is_found():
     ({"strength": 1.5}, r"strength must be in \(0, 1\]; got 1.5"),
     ({"ema": 1.0, "strength": 0.5}, r"ema and feedback must be in \[0, 1\)"),
     ({"control_scale": 0.5, "strength": 0.5}, r"control_scale steers a ControlNet, and this stream has none"),
+    ({"control_scale_1": 0.5, "strength": 0.5}, r"control_scale_1 steers a ControlNet, and this stream has none"),
+    ({"control_scale_one": 0.5}, r"unknown control control_scale_one; expected some of .*, control_scale, "
+                                 r"control_scale_N$"),
     ({"steps": 5, "strength": 0.5}, r"steps must be in \[1, 4\]; got 5"),
     ({"steps": "2"}, 'steps must be a whole number; got "2"'),
 ])

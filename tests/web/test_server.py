@@ -169,13 +169,17 @@ def test_a_pages_steps_reach_the_engine_and_remote_changes_come_back(client, str
     assert stream.controls.steps == 1 and client.get("/api/state").json()["controls"]["steps"] == 1
 
 
-def test_the_state_says_whether_the_stream_has_a_controlnet_and_at_what_scale(client, start_web_stream,
-                                                                               controlnet_engine):
-    assert client.get("/api/state").json()["controls"]["control_scale"] is None  # the page shows no slider for it
+def test_the_state_names_each_controlnet_and_its_scale(client, start_web_stream, controlnet_engine,
+                                                      steered_engine):
+    state = client.get("/api/state").json()
+    assert state["controls"]["control_scales"] == [] and state["control_names"] == []  # no slider for one
     with TestClient(create_app(start_web_stream(controlnet_engine))) as steered:
-        assert steered.get("/api/state").json()["controls"]["control_scale"] == 0.8  # the engine's own
+        state = steered.get("/api/state").json()
+        assert state["controls"]["control_scales"] == [0.8] and state["control_names"] == ["controlnet 1"]
+    with TestClient(create_app(start_web_stream(steered_engine))) as steered:
         with steered.websocket_connect("/ws") as ws:
-            assert ws.receive_json()["controls"]["control_scale"] == 0.8
+            state = ws.receive_json()
+    assert state["controls"]["control_scales"] == [0.8, 0.4] and state["control_names"] == ["canny", "depth"]
 
 
 def test_a_pages_control_scale_reaches_the_controlnet_and_remote_changes_come_back(start_web_stream,
@@ -188,12 +192,36 @@ def test_a_pages_control_scale_reaches_the_controlnet_and_remote_changes_come_ba
         ws.send_text(json.dumps({"type": "controls", "control_scale": 1.25}))
         ws.send_bytes(frame(2))
         next_output(ws)
-        assert controlnet_engine.config.control_scale == 1.25 and float(controlnet_engine.control.scale) == 1.25
-        stream.remote_change({"control_scale": 0.4})  # what an OSC message or a MIDI knob hands over
-        assert next_text(ws, "state")["controls"]["control_scale"] == 0.4  # the page's slider follows
+        assert controlnet_engine.control_scales == (1.25,)
+        stream.remote_change({"control_scale_1": 0.4})  # what an OSC message or a MIDI knob hands over
+        assert next_text(ws, "state")["controls"]["control_scales"] == [0.4]  # the page's slider follows
         ws.send_text(json.dumps({"type": "controls", "control_scale": 6}))
         assert "control_scale must be in [0, 5]; got 6" in next_error(ws)["message"]
-    assert stream.controls.control_scale == 0.4
+    assert stream.controls.control_scales == (0.4,)
+
+
+def test_each_controlnets_scale_follows_the_page_remotes_and_midi_and_a_missing_one_is_refused(start_web_stream,
+                                                                                            steered_engine):
+    from streamdiff.app.midi_map import Translator, parse_map
+
+    stream = start_web_stream(steered_engine)
+    stream.midi = Translator(parse_map({"controls": {7: "control_scale_1"}}))  # --midi-map's, for the page's MIDI
+    with TestClient(create_app(stream)) as client, client.websocket_connect("/ws") as ws:
+        ws.receive_json()
+        ws.send_text(json.dumps({"type": "controls", "control_scale_2": 1.25}))
+        ws.send_bytes(frame(1))
+        next_output(ws)
+        assert steered_engine.control_scales == (0.8, 1.25)
+        stream.remote_change({"control_scale": 0.5})  # /streamdiff/control_scale 0.5: every ControlNet
+        assert next_text(ws, "state")["controls"]["control_scales"] == [0.5, 0.5]
+        ws.send_text(json.dumps({"type": "midi", "data": [0xB0, 7, 127]}))  # the first's knob all the way: 2
+        assert next_text(ws, "state")["controls"]["control_scales"] == [2.0, 0.5]
+        ws.send_text(json.dumps({"type": "controls", "strength": 0.9, "control_scale_3": 1.0}))
+        assert next_error(ws)["message"] == ("control_scale_3: this stream has 2 ControlNets; expected control_scale_1, "
+                                             "control_scale_2 (one, counted from 1) or control_scale (all)")
+        ws.send_bytes(frame(2))
+        next_output(ws)
+    assert steered_engine.control_scales == (2.0, 0.5) and stream.controls.strength == 0.6
 
 
 def test_a_stream_without_a_controlnet_refuses_a_pages_control_scale_and_changes_nothing(client, stream):
@@ -201,8 +229,11 @@ def test_a_stream_without_a_controlnet_refuses_a_pages_control_scale_and_changes
         ws.receive_json()
         ws.send_text(json.dumps({"type": "controls", "strength": 0.9, "control_scale": 0.6}))
         message = next_error(ws)["message"]
+        ws.send_text(json.dumps({"type": "controls", "control_scale_1": 0.6}))
+        second = next_error(ws)["message"]
     assert message == "control_scale steers a ControlNet, and this stream has none (start it with --controlnet)"
-    assert stream.controls.strength == 0.6 and stream.controls.control_scale is None
+    assert second == "control_scale_1 steers a ControlNet, and this stream has none (start it with --controlnet)"
+    assert stream.controls.strength == 0.6 and stream.controls.control_scales == ()
 
 
 def test_bad_messages_get_an_error_and_the_page_goes_on(client, stream):

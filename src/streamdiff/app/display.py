@@ -40,8 +40,10 @@ class Display:
     """The display loop's state; used from the thread that calls `loop` (the main thread) only."""
 
     def __init__(self, shared: Shared, sinks: Sequence[Any], options: RuntimeOptions,
-                 render_size: tuple[int, int], prompts: list[str] | None = None) -> None:
+                 render_size: tuple[int, int], prompts: list[str] | None = None,
+                 control_names: tuple[str, ...] = ()) -> None:
         self.shared, self.sinks, self.options = shared, list(sinks), options
+        self.control_names = control_names  # the overlay's labels of the ControlNets' scales
         # The inference thread's list: a remote can add prompts to it (the keys then cycle through those too).
         self.prompt_book = PromptBook(prompts if prompts is not None else list(options.prompts))
         self.pane_width, self.pane_height = pane_size(options.pane_height, render_size)
@@ -134,7 +136,7 @@ class Display:
         index = self.controls.prompt_index % len(prompts)
         return OverlayInfo(prompts[index], index + 1, len(prompts), shared.ai_rate.rate(),
                            shared.camera_rate.rate(), shared.display_rate.rate(), latency,
-                           self._current_notice(ai is None))
+                           self._current_notice(ai is None), self.control_names)
 
     def _current_notice(self, warming_up: bool) -> str:
         _, sticky = self.shared.notice.peek()

@@ -59,12 +59,13 @@ class EngineRunner:
         self._clock = clock
         config = engine.config
         self.width, self.height = config.width, config.height
+        self.control_names: tuple[str, ...] = tuple(engine.control_names)  # one per ControlNet, as labels show them
         # The output of call k shows input k - latency: keep that many (index, capture time) records to match them.
         self._in_flight: deque[tuple[int, float]] = deque(maxlen=config.latency_frames + 1)
 
     def apply(self, controls: Controls) -> None:
         """Hand changed controls to the engine: prompt (with a smooth transition), temporal, seed, strength, steps
-        and the ControlNet's scale."""
+        and each ControlNet's scale."""
         start = self._clock()
         old = self.applied
         # The engine was prepared with the first prompt: only another one needs handing over.
@@ -77,9 +78,10 @@ class EngineRunner:
             self.engine.set_seed(controls.seed)
         if old is not None:
             self._set_schedule(controls, old)
-        scale = controls.control_scale
-        if scale is not None and (old is None or scale != old.control_scale):
-            self.engine.set_control_scale(scale)
+        before = () if old is None else old.control_scales
+        for index, scale in enumerate(controls.control_scales):
+            if index >= len(before) or scale != before[index]:
+                self.engine.set_control_scale(scale, index=index)
         self.applied = controls
         self.timings.controls += self._clock() - start
 
@@ -94,10 +96,13 @@ class EngineRunner:
             self._set_steps(controls.steps)
 
     def _set_strength(self, strength: float) -> None:
+        schedule = self.engine.config.t_index_list
         try:
             self.engine.set_strength(strength)
         except ValueError as exc:  # too low for this many steps: the stream keeps its strength
             logger.warning("%s", exc)
+        if self.engine.config.t_index_list != schedule:  # the frames in flight start again, as after new steps
+            self._restart_record()
 
     def _set_steps(self, steps: int) -> None:
         try:
@@ -105,7 +110,11 @@ class EngineRunner:
         except ValueError as exc:  # too many for this strength: the stream keeps its number of steps
             logger.warning("%s", exc)
             return
-        # The stream batch starts again with its new length: so does the record of the frames in it.
+        self._restart_record()
+
+    def _restart_record(self) -> None:
+        """The stream batch fills again from the next frame (new steps, or a new schedule for the frames in
+        flight): so does the record of the frames in it, so the latency readout shows the new frames."""
         self._in_flight = deque(maxlen=self.engine.config.latency_frames + 1)
 
     def prompt(self, controls: Controls) -> str:

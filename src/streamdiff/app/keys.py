@@ -38,7 +38,7 @@ class Controls:
     feedback: float = 0.0
     seed: int = 2
     strength: float = 1.0  # how much of each camera frame the engine redraws (its first schedule index)
-    control_scale: float | None = None  # how strongly the ControlNet steers; None: the stream has none
+    control_scales: tuple[float, ...] = ()  # how strongly each ControlNet steers, in order; (): the stream has none
     steps: int = 1  # denoising steps per frame: 1 is fastest, more give more detail at a lower frame rate
     paused: bool = False
     mirror: bool = False
@@ -53,8 +53,10 @@ class Controls:
             raise ValueError(f"ema and feedback must be in [0, 1); got {self.ema} and {self.feedback}")
         if not 0.0 < self.strength <= 1.0:
             raise ValueError(f"strength must be in (0, 1]; got {self.strength}")
-        if self.control_scale is not None and not 0.0 <= self.control_scale <= CONTROL_SCALE_MAX:
-            raise ValueError(f"control_scale must be in [0, {CONTROL_SCALE_MAX:g}]; got {self.control_scale}")
+        if not isinstance(self.control_scales, tuple) or not all(
+                0.0 <= scale <= CONTROL_SCALE_MAX for scale in self.control_scales):
+            raise ValueError(f"control_scales must be a tuple of numbers in [0, {CONTROL_SCALE_MAX:g}]; "
+                             f"got {self.control_scales!r}")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"steps must be a whole number of at least 1; got {self.steps!r}")
         if self.layout not in LAYOUTS:
@@ -63,9 +65,9 @@ class Controls:
 
 def engine_controls(engine: Any) -> dict[str, Any]:
     """The Controls values a running engine sets at the start: its strength, number of steps and ControlNet
-    scale (None for a stream without one)."""
-    scale = None if getattr(engine, "control", None) is None else float(engine.config.control_scale)
-    return {"strength": engine.strength, "steps": engine.config.denoising_steps, "control_scale": scale}
+    scales (none for a stream without a ControlNet)."""
+    return {"strength": engine.strength, "steps": engine.config.denoising_steps,
+            "control_scales": tuple(float(scale) for scale in engine.control_scales)}
 
 
 @dataclass(frozen=True)
@@ -99,12 +101,11 @@ def _nudge(name: str, delta: float, high: float, low: float = 0.0) -> Callable[[
 
 
 def _control(delta: float) -> Callable[[Controls, int], Controls]:
-    """A nudge of the ControlNet's scale; nothing for a stream without one."""
+    """A nudge of every ControlNet's scale, each clamped on its own; nothing for a stream without one."""
 
     def change(c: Controls, n: int) -> Controls:
-        if c.control_scale is None:
-            return c
-        return replace(c, control_scale=_step(c.control_scale, delta, max(CONTROL_MAX, c.control_scale)))
+        scales = tuple(_step(scale, delta, max(CONTROL_MAX, scale)) for scale in c.control_scales)
+        return replace(c, control_scales=scales)
 
     return change
 
@@ -132,7 +133,7 @@ BINDINGS: tuple[Binding, ...] = (
     Binding(("]",), "set", "] / [: more / less strength (redraw)",
             _nudge("strength", STRENGTH_STEP, 1.0, STRENGTH_MIN)),
     Binding(("[",), "set", "", _nudge("strength", -STRENGTH_STEP, 1.0, STRENGTH_MIN)),
-    Binding(("c",), "set", "c / x: more / less ControlNet steering (--controlnet)", _control(CONTROL_STEP)),
+    Binding(("c",), "set", "c / x: more / less steering by every ControlNet", _control(CONTROL_STEP)),
     Binding(("x",), "set", "", _control(-CONTROL_STEP)),
     Binding(("1",), "set", "1-4: denoising steps per frame (1 fastest, more detail)", _steps(1)),
     *(Binding((str(count),), "set", "", _steps(count)) for count in range(2, STEPS_MAX + 1)),

@@ -13,7 +13,7 @@ from typing import Any
 
 from streamdiff.app.midi_map import DEFAULT_MAP, MidiMap, Translator
 from streamdiff.app.optional import require
-from streamdiff.app.remote import RefusalLog, Submit
+from streamdiff.app.remote import RefusalLog, Submit, control_type
 from streamdiff.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def open_midi(port: str | None, midi_map: MidiMap | None, allowed: Mapping[str, 
     if port is None:
         return None
     if midi_map is not None:
-        ignored = sorted(midi_map.names() - set(allowed))
+        ignored = sorted(name for name in midi_map.names() if control_type(name, allowed) is None)
         if ignored:
             logger.warning("MIDI map: this command's input has no %s; those entries do nothing", ", ".join(ignored))
     return MidiListener(open_input(port), midi_map or DEFAULT_MAP, allowed)
@@ -121,7 +121,7 @@ class MidiListener:
 
     def _handle(self, message: Any) -> None:
         change = self._translator.change(message, self._prompt_count())
-        change = {name: value for name, value in (change or {}).items() if name in self._allowed}
+        change = {name: value for name, value in (change or {}).items() if control_type(name, self._allowed) is not None}
         if not change:
             return
         try:

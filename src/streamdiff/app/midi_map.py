@@ -11,8 +11,10 @@ from typing import Any, Union
 
 from streamdiff.app.keys import CONTROL_MAX, EMA_MAX, FEEDBACK_MAX, STEPS_MAX, STRENGTH_MIN, TRIGGERS
 from streamdiff.app.optional import require
+from streamdiff.app.remote import ONE_SCALE
 
-# Controls a knob or fader sets from its position, 0-127: a range of values, ...
+# Controls a knob or fader sets from its position, 0-127: a range of values (control_scale_N, one ControlNet's
+# scale, takes control_scale's), ...
 KNOB_RANGES: dict[str, tuple[float, float]] = {
     "strength": (STRENGTH_MIN, 1.0), "ema": (0.0, EMA_MAX), "feedback": (0.0, FEEDBACK_MAX), "blend": (0.0, 1.0),
     "control_scale": (0.0, CONTROL_MAX), "steps": (1.0, float(STEPS_MAX)),
@@ -48,6 +50,13 @@ class Knob:
         low, high = round(self.low), round(self.high)
         share = _share(value, abs(high - low) + 1)
         return low + share if high >= low else low - share
+
+
+def knob_range(control: Any) -> tuple[float, float] | None:
+    """The range a knob sets `control` in; None for a control that takes no range."""
+    if not isinstance(control, str):
+        return None
+    return KNOB_RANGES["control_scale"] if ONE_SCALE.fullmatch(control) else KNOB_RANGES.get(control)
 
 
 def _share(value: int, count: int) -> int:
@@ -103,7 +112,7 @@ def _names(target: Target) -> set[str]:
 def _target_data(target: Target) -> Any:
     if isinstance(target, Press):
         return target.name
-    if (target.low, target.high) == KNOB_RANGES.get(target.control, (0.0, 1.0)):
+    if (target.low, target.high) == (knob_range(target.control) or (0.0, 1.0)):
         return target.control
     return {"control": target.control, "min": target.low, "max": target.high}
 
@@ -198,23 +207,24 @@ def _channel(value: Any) -> int | None:
 def _target(value: Any, where: str) -> Target:
     if isinstance(value, dict):
         return _ranged(value, where)
-    if isinstance(value, str) and value in KNOB_CONTROLS:
-        low, high = KNOB_RANGES.get(value, (0.0, 1.0))
+    if isinstance(value, str) and (value in KNOB_CONTROLS or ONE_SCALE.fullmatch(value)):
+        low, high = knob_range(value) or (0.0, 1.0)
         return Knob(value, low, high)
     try:
         return _press(value, where)
     except ValueError:
-        raise ValueError(f"{where}: expected a control ({', '.join(KNOB_CONTROLS)}), a trigger "
+        raise ValueError(f"{where}: expected a control ({', '.join(KNOB_CONTROLS)}, control_scale_N), a trigger "
                          f"({', '.join(TRIGGERS)}), 'prompt N', 'steps N' or {{control, min, max}}; got {value!r}"
                          ) from None
 
 
 def _ranged(value: dict[str, Any], where: str) -> Knob:
     control, low, high = value.get("control"), value.get("min"), value.get("max")
-    if set(value) - {"control", "min", "max"} or control not in KNOB_RANGES:
-        raise ValueError(f"{where}: expected {{control, min, max}} with a control of {', '.join(KNOB_RANGES)}; "
-                         f"got {value!r}")
-    floor, ceiling = KNOB_RANGES[control]
+    limits = knob_range(control)
+    if set(value) - {"control", "min", "max"} or limits is None:
+        raise ValueError(f"{where}: expected {{control, min, max}} with a control of {', '.join(KNOB_RANGES)}, "
+                         f"control_scale_N; got {value!r}")
+    floor, ceiling = limits
     low, high = floor if low is None else low, ceiling if high is None else high
     numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high))
     if not numbers or not floor <= min(low, high) <= max(low, high) <= ceiling:

@@ -12,7 +12,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from streamdiff.app.optional import require
-from streamdiff.app.remote import ControlError, RefusalLog, Submit, Trigger
+from streamdiff.app.remote import (
+    ControlError,
+    RefusalLog,
+    Submit,
+    Trigger,
+    control_type,
+    offered,
+)
 from streamdiff.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -25,14 +32,15 @@ def osc_change(address: str, args: Sequence[Any], allowed: Mapping[str, type]) -
     expected."""
     name = address[len(PREFIX):] if address.startswith(PREFIX + "/") else address
     name = name.strip("/")
-    if name not in allowed:
+    kind = control_type(name, allowed)
+    if kind is None:
         raise ControlError(f"unknown OSC address {address}; expected {PREFIX}/ (or /) followed by one of "
-                           f"{', '.join(allowed)}")
-    if allowed[name] is Trigger:
+                           f"{offered(allowed)}")
+    if kind is Trigger:
         return _press(address, name, args)
     if len(args) != 1:
         raise ControlError(f"{address} takes one argument; got {len(args)}")
-    return {name: _as(allowed[name], args[0])}
+    return {name: _as(kind, args[0])}
 
 
 def _press(address: str, name: str, args: Sequence[Any]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ class OverlayInfo:
     display_fps: float
     latency_ms: float | None
     notice: str = ""
+    control_names: tuple[str, ...] = ()  # one label per ControlNet, in the order of Controls.control_scales
 
 
 def status_lines(info: OverlayInfo, controls: Controls) -> list[str]:
@@ -28,7 +29,6 @@ def status_lines(info: OverlayInfo, controls: Controls) -> list[str]:
     settings = (
         f"strength {controls.strength:.2f}  steps {controls.steps}  blend {controls.blend:.1f}  "
         f"ema {controls.ema:.2f}  feedback {controls.feedback:.2f}  seed {controls.seed}"
-        + (f"  control {controls.control_scale:.1f}" if controls.control_scale is not None else "")
     )
     lines = [
         f"[{info.prompt_number}/{info.prompt_count}] {info.prompt}",
@@ -36,10 +36,18 @@ def status_lines(info: OverlayInfo, controls: Controls) -> list[str]:
          f"latency {latency}"),
         settings + ("  PAUSED" if controls.paused else ""),
     ]
+    if controls.control_scales:
+        lines.append(control_line(info.control_names, controls.control_scales))
     if info.notice:
         lines.append(info.notice)
     lines.append("h: help  o: hide")
     return lines
+
+
+def control_line(names: tuple[str, ...], scales: tuple[float, ...]) -> str:
+    """Each ControlNet's scale with its name: "ControlNet canny 0.80  depth 0.40" (a number for a missing name)."""
+    labels = [names[i] if i < len(names) else str(i + 1) for i in range(len(scales))]
+    return "ControlNet " + "  ".join(f"{label} {scale:.2f}" for label, scale in zip(labels, scales))
 
 
 def draw_overlay(image: np.ndarray, info: OverlayInfo, controls: Controls) -> np.ndarray:

@@ -1,18 +1,24 @@
 """Control changes that come from outside the keyboard (the web page, OSC, MIDI): each field checked, then
 applied all together or not at all, so a bad message changes nothing. A change sets controls to values
-(`strength`: 0.6) or presses triggers (`next_prompt`: True), which act on the controls of the moment."""
+(`strength`: 0.6) or presses triggers (`next_prompt`: True), which act on the controls of the moment.
+
+`control_scale` sets every ControlNet's scale, `control_scale_N` the N-th ControlNet's (counted from 1, as the
+ControlNets were named at the start); wherever `control_scale` is offered, `control_scale_N` is too. In one
+change, `control_scale_N` applies after `control_scale`."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
 from streamdiff.app.keys import STEPS_MAX, TRIGGERS, Controls
+from streamdiff.config import CONTROL_SCALE_MAX
 
 MAX_PROMPT_CHARS = 1000
 MAX_SEED = 2**63 - 1
@@ -29,6 +35,21 @@ CONTROL_TYPES: dict[str, type] = {
 }
 _EXPECTED = {bool: "true or false", str: "a string", int: "a whole number", float: "a finite number",
              Trigger: "true (a press)"}
+ALL_SCALES = "control_scale"
+ONE_SCALE = re.compile(r"control_scale_(0|[1-9][0-9]{0,2})")  # one ControlNet's scale, by its 1-based number
+
+
+def control_type(name: str, allowed: Mapping[str, type]) -> type | None:
+    """The type control `name` takes where `allowed` are offered (None: not offered); one ControlNet's scale,
+    control_scale_N, is offered where every ControlNet's, control_scale, is."""
+    if name in allowed:
+        return allowed[name]
+    return float if ALL_SCALES in allowed and ONE_SCALE.fullmatch(name) else None
+
+
+def offered(allowed: Mapping[str, type]) -> str:
+    """The names `allowed` offers, as an error message lists them."""
+    return ", ".join(f"{name}, {ALL_SCALES}_N" if name == ALL_SCALES else name for name in allowed)
 
 
 class ControlError(ValueError):
@@ -71,16 +92,18 @@ class PromptBook:
 def apply_changes(controls: Controls, changes: Mapping[str, Any], prompts: PromptBook,
                   allowed: Mapping[str, type] = CONTROL_TYPES) -> Controls:
     """The controls after `changes` (name -> value); ControlError, and nothing changed, unless all are valid."""
-    unknown = sorted(set(changes) - set(allowed))
+    kinds = {name: control_type(name, allowed) for name in changes}
+    unknown = sorted(name for name, kind in kinds.items() if kind is None)
     if unknown:
-        raise ControlError(f"unknown control {', '.join(unknown)}; expected some of {', '.join(allowed)}")
-    checked = {name: check(name, changes[name], allowed[name]) for name in allowed if name in changes}
-    presses = [name for name in changes if allowed[name] is Trigger]  # in the order they came
+        raise ControlError(f"unknown control {', '.join(unknown)}; expected some of {offered(allowed)}")
+    checked = {name: check(name, changes[name], kinds[name]) for name in changes}
+    presses = [name for name in changes if kinds[name] is Trigger]  # in the order they came
     for name in presses:
         del checked[name]
     prompt = checked.pop("prompt", None)
-    if "control_scale" in checked and controls.control_scale is None:
-        raise ControlError("control_scale steers a ControlNet, and this stream has none (start it with --controlnet)")
+    scales = {name: checked.pop(name) for name in changes if name == ALL_SCALES or ONE_SCALE.fullmatch(name)}
+    if scales:
+        checked["control_scales"] = _scaled(controls.control_scales, scales)
     index = checked.get("prompt_index")
     if index is not None and not 0 <= index < len(prompts.prompts):
         raise ControlError(f"prompt_index must be in [0, {len(prompts.prompts) - 1}]; got {index}")
@@ -94,6 +117,29 @@ def apply_changes(controls: Controls, changes: Mapping[str, Any], prompts: Promp
     for name in presses:
         changed = TRIGGERS[name](changed, len(prompts.prompts))
     return changed
+
+
+def _scaled(scales: tuple[float, ...], changes: dict[str, float]) -> tuple[float, ...]:
+    """The ControlNets' scales after `changes`: control_scale sets all of them, then control_scale_N the N-th."""
+    new = [changes.get(ALL_SCALES, scale) for scale in scales]
+    for name, value in changes.items():
+        if not scales:
+            raise ControlError(f"{name} steers a ControlNet, and this stream has none (start it with --controlnet)")
+        if not 0.0 <= value <= CONTROL_SCALE_MAX:
+            raise ControlError(f"{name} must be in [0, {CONTROL_SCALE_MAX:g}]; got {value}")
+        if name != ALL_SCALES:
+            new[_scale_index(name, len(scales))] = value
+    return tuple(new)
+
+
+def _scale_index(name: str, count: int) -> int:
+    """Where control_scale_N's ControlNet is in the stream's list; ControlError where it has no N-th."""
+    number = int(name.rpartition("_")[2])
+    if not 1 <= number <= count:
+        names = ", ".join(f"{ALL_SCALES}_{n}" for n in range(1, count + 1))
+        raise ControlError(f"{name}: this stream has {count} ControlNet{'s' if count > 1 else ''}; expected {names} "
+                           f"(one, counted from 1) or {ALL_SCALES} (all)")
+    return number - 1
 
 
 def _check_steps(steps: int | None, controls: Controls) -> None:

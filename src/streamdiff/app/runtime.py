@@ -185,7 +185,7 @@ class Runtime:
         self.shared.controls.put(controls or Controls(seed=engine.config.seed, **engine_controls(engine)))
         self.runner = EngineRunner(engine, options.prompts, options.fit, options.transition_frames)
         self.display = Display(self.shared, self.sinks, options, (engine.config.width, engine.config.height),
-                               self.runner.prompts)
+                               self.runner.prompts, self.runner.control_names)
         shared = self.shared
         self.threads = [
             _guarded("capture", capture_worker, shared, source, reopen, shared, options.retry_interval, options.loop),

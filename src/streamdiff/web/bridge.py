@@ -33,7 +33,7 @@ from streamdiff.app.frames import Frame
 from streamdiff.app.keys import Controls
 from streamdiff.app.midi_map import DEFAULT_MAP, Translator
 from streamdiff.app.optional import require
-from streamdiff.app.remote import ControlError, apply_changes
+from streamdiff.app.remote import ControlError, apply_changes, control_type
 from streamdiff.app.slots import LatestSlot, RateMeter
 from streamdiff.errors import first_line
 from streamdiff.web.protocol import (
@@ -235,7 +235,8 @@ class WebStream:
         except ValueError as exc:
             raise ProtocolError(f"not a MIDI message: {list(data)} ({exc})") from None
         change = self.midi.change(parsed, len(self.prompts.prompts)) or {}
-        shared = {name: value for name, value in change.items() if name in REMOTE_CONTROL_TYPES}
+        shared = {name: value for name, value in change.items()
+                  if control_type(name, REMOTE_CONTROL_TYPES) is not None}
         own = {name: value for name, value in change.items() if name in PAGE_CONTROLS}
         if shared:
             try:
@@ -282,7 +283,8 @@ class WebStream:
             "prompts": list(self.prompts.prompts), "prompt": self.runner.prompt(controls),
             "controls": {"strength": controls.strength, "steps": controls.steps, "ema": controls.ema,
                          "feedback": controls.feedback, "seed": controls.seed, "mirror": controls.mirror,
-                         "control_scale": controls.control_scale},  # null: no ControlNet, no slider
+                         "control_scales": list(controls.control_scales)},  # one slider each; none: no ControlNet
+            "control_names": list(self.runner.control_names),  # the sliders' labels, in the same order
             "page": {"shown": self.counts.page_shown, "fps": self.counts.page_fps},
             "transport": self.transport.for_page(),
             **{key: value for key, value in self.status().items() if key != "type"},

@@ -28,8 +28,8 @@ HEADER_IN = struct.Struct(">I")
 HEADER_OUT = struct.Struct(">II")
 MAX_FRAME_BYTES = 8 * 1024 * 1024
 MAX_SIDE = 4096  # pixels; a picture is cropped to the render size anyway
-# Controls the page may change, with the JSON type each takes (control_scale only on a stream with a
-# ControlNet). Blend, layout and pausing are the page's own.
+# Controls the page may change, with the JSON type each takes (control_scale, all the ControlNets' scales, and
+# control_scale_N, the N-th's, only on a stream with ControlNets). Blend, layout and pausing are the page's own.
 CONTROL_TYPES: dict[str, type] = {name: REMOTE_TYPES[name] for name in
                                   ("prompt", "strength", "steps", "ema", "feedback", "seed", "mirror",
                                    "control_scale")}

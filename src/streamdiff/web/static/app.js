@@ -1,14 +1,12 @@
 // streamdiff's page: grabs the source at the engine's size, sends it as JPEG over the WebSocket, shows what
 // comes back. At most MAX_IN_FLIGHT pictures wait for an answer, so nothing queues up on a slow engine.
 // With WebRTC (webrtc.js) the source goes up as a video track and the output comes back as one instead.
+// The sliders, buttons, keys and the address's settings are controls.js's.
 "use strict";
 
 const MAX_IN_FLIGHT = 2;
 const JPEG_QUALITY = 0.85;
 const REPORT_INTERVAL = 1000; // ms between "shown" reports to the server
-const SLIDERS = ["strength", "steps", "blend", "ema", "feedback", "control_scale"];
-// The sliders the server reports and the address may set; control_scale only on a stream with a ControlNet.
-const ENGINE_SLIDERS = ["strength", "steps", "ema", "feedback", "control_scale"];
 const $ = (id) => document.getElementById(id);
 
 const page = {
@@ -25,14 +23,6 @@ function notice(text) {
 
 function send(message) {
   if (page.ws && page.ws.readyState === WebSocket.OPEN) page.ws.send(JSON.stringify(message));
-}
-
-function setControl(name, value) {
-  if (name === "blend") {
-    applyBlend();
-  } else {
-    send({ type: "controls", [name]: value });
-  }
 }
 
 // --- connection -------------------------------------------------------------------------------------
@@ -72,34 +62,13 @@ function onState(state) {
   gallery.replaceChildren(...state.prompts.map((text, i) => new Option(text.length > 60 ? text.slice(0, 57) + "…" : text, i)));
   gallery.value = String(Math.max(0, state.prompts.indexOf(state.prompt)));
   $("prompt").value = state.prompt;
-  $("control_scale").parentElement.hidden = !hasControlNet();
-  for (const name of ENGINE_SLIDERS) if (typeof state.controls[name] === "number") showSlider(name, state.controls[name]);
+  for (const name of ENGINE_SLIDERS) showSlider(name, state.controls[name]);
+  drawControlNets(state);
   page.mirror = state.controls.mirror;
   drawMirror();
   if (!page.urlApplied) applyUrl();
   drawStatus();
   syncTransport();
-}
-
-// Settings in the address (?prompt=...&strength=0.6&steps=2&ema=0.3&feedback=0.2&blend=0.2&seed=7&mirror=1, and
-// source=text for text to image) are applied once, so a look can be bookmarked or shared. control_scale is
-// left out for a stream without a ControlNet, which would refuse the whole message.
-function applyUrl() {
-  page.urlApplied = true;
-  const params = new URLSearchParams(location.search);
-  const controls = { type: "controls" };
-  for (const name of [...ENGINE_SLIDERS, "seed"]) {
-    if (params.has(name) && (name !== "control_scale" || hasControlNet())) controls[name] = Number(params.get(name));
-  }
-  if (params.has("prompt")) controls.prompt = params.get("prompt");
-  if (params.has("mirror")) controls.mirror = ["1", "true", "yes"].includes(params.get("mirror"));
-  if (params.has("blend")) { showSlider("blend", Number(params.get("blend"))); applyBlend(); }
-  if (Object.keys(controls).length > 1) {
-    send(controls);
-    for (const name of ENGINE_SLIDERS) if (name in controls) showSlider(name, controls[name]);
-    if ("prompt" in controls) $("prompt").value = controls.prompt;
-    if ("mirror" in controls) { page.mirror = controls.mirror; drawMirror(); }
-  }
 }
 
 function onPicture(buffer) {
@@ -283,134 +252,6 @@ function useFile(file) {
   const camera = $("camera"); // a playing file becomes a track for WebRTC (where the browser can capture one)
   const capture = camera.captureStream || camera.mozCaptureStream; // Firefox still names it with its prefix
   camera.addEventListener("loadeddata", () => { if (capture) setSource(capture.call(camera)); }, { once: true });
-}
-
-// --- controls ---------------------------------------------------------------------------------------
-
-function showSlider(name, value) {
-  const input = $(name);
-  // The ControlNet slider spans the camera app's c / x range, 0-2, and the steps slider its keys, 1-4; a value set
-  // higher (a scale up to 5: --control-scale, OSC, the address; a stream started with more steps) widens it,
-  // so that the slider shows the value the stream has.
-  if (["control_scale", "steps"].includes(name) && value > Number(input.max)) input.max = String(value);
-  input.value = value;
-  input.parentElement.querySelector("output").textContent = Number(input.value).toFixed(name === "steps" ? 0 : 2);
-}
-
-function applyBlend() {
-  const opacity = String(1 - Number($("blend").value)); // the camera shows through beneath
-  for (const id of ["output", "output-video"]) $(id).style.opacity = opacity;
-}
-
-function drawMirror() {
-  for (const pane of document.querySelectorAll(".pane")) pane.classList.toggle("mirrored", page.mirror);
-  $("mirror").setAttribute("aria-pressed", String(page.mirror));
-}
-
-function hasControlNet() {
-  return page.state !== null && typeof page.state.controls.control_scale === "number";
-}
-
-function choosePrompt(index) {
-  const prompts = page.state ? page.state.prompts : [];
-  if (!prompts.length) return;
-  const i = ((index % prompts.length) + prompts.length) % prompts.length;
-  $("gallery").value = String(i);
-  $("prompt").value = prompts[i];
-  send({ type: "controls", prompt: prompts[i] });
-}
-
-function nudge(name, delta) {
-  const input = $(name);
-  const value = Math.min(Number(input.max), Math.max(Number(input.min), Number(input.value) + delta));
-  showSlider(name, value);
-  setControl(name, Number(input.value));
-}
-
-function setSteps(count) {
-  showSlider("steps", count);
-  setControl("steps", count);
-}
-
-function togglePause() {
-  page.paused = !page.paused;
-  if (rtc.sender) rtc.sender.replaceTrack(page.paused ? null : rtc.track);
-  $("pause").setAttribute("aria-pressed", String(page.paused));
-  drawStatus();
-  pump();
-}
-
-function saveOutput() {
-  const output = rtc.live ? $("output-video") : $("output");
-  const width = rtc.live ? output.videoWidth : output.naturalWidth;
-  const height = rtc.live ? output.videoHeight : output.naturalHeight;
-  if (!width) return;
-  const canvas = document.createElement("canvas");
-  canvas.width = width;
-  canvas.height = height;
-  canvas.getContext("2d").drawImage(output, 0, 0);
-  canvas.toBlob((blob) => {
-    const link = document.createElement("a");
-    link.href = URL.createObjectURL(blob);
-    link.download = `streamdiff-${new Date().toISOString().replace(/[:.]/g, "-")}.png`;
-    link.click();
-    setTimeout(() => URL.revokeObjectURL(link.href), 1000);
-  }, "image/png");
-}
-
-function fullScreen() {
-  const pane = $("output-pane");
-  if (document.fullscreenElement) document.exitFullscreen();
-  else pane.requestFullscreen();
-}
-
-const KEYS = {
-  n: () => choosePrompt(Number($("gallery").value) + 1),
-  p: () => choosePrompt(Number($("gallery").value) - 1),
-  "]": () => nudge("strength", 0.05), "[": () => nudge("strength", -0.05),
-  "+": () => nudge("blend", 0.1), "=": () => nudge("blend", 0.1), "-": () => nudge("blend", -0.1),
-  e: () => nudge("ema", 0.05), d: () => nudge("ema", -0.05),
-  f: () => nudge("feedback", 0.05), v: () => nudge("feedback", -0.05),
-  c: () => hasControlNet() && nudge("control_scale", 0.1), x: () => hasControlNet() && nudge("control_scale", -0.1),
-  1: () => setSteps(1), 2: () => setSteps(2), 3: () => setSteps(3), 4: () => setSteps(4),
-  r: () => $("seed").click(), m: () => $("mirror").click(), " ": togglePause, s: saveOutput, l: fullScreen,
-};
-
-function bindControls() {
-  $("controls").addEventListener("submit", (event) => {
-    event.preventDefault();
-    const text = $("prompt").value;
-    const prompts = page.state ? page.state.prompts : [];
-    if (page.state && !prompts.includes(text)) { // the server keeps it too: n / p reach it from now on
-      prompts.push(text);
-      $("gallery").add(new Option(text.length > 60 ? text.slice(0, 57) + "…" : text, prompts.length - 1));
-    }
-    if (page.state) $("gallery").value = String(prompts.indexOf(text));
-    send({ type: "controls", prompt: text });
-  });
-  $("gallery").addEventListener("change", () => choosePrompt(Number($("gallery").value)));
-  for (const name of SLIDERS) {
-    $(name).addEventListener("input", () => { showSlider(name, $(name).value); setControl(name, Number($(name).value)); });
-  }
-  $("seed").addEventListener("click", () => send({ type: "controls", seed: Math.floor(Math.random() * 2 ** 31) }));
-  $("mirror").addEventListener("click", () => { page.mirror = !page.mirror; drawMirror(); send({ type: "controls", mirror: page.mirror }); });
-  $("pause").addEventListener("click", togglePause);
-  $("midi").addEventListener("click", startMidi);
-  $("save").addEventListener("click", saveOutput);
-  $("fullscreen").addEventListener("click", fullScreen);
-  $("source").addEventListener("change", () => {
-    const value = $("source").value;
-    if (value === "screen") useScreen();
-    else if (value === "text") useText();
-    else if (value === "file") $("file").click();
-    else useCamera(value.slice("camera:".length));
-  });
-  $("file").addEventListener("change", () => { if ($("file").files[0]) useFile($("file").files[0]); });
-  document.addEventListener("keydown", (event) => {
-    if (event.target.closest("input, select, textarea") || event.ctrlKey || event.metaKey || event.altKey) return;
-    const action = KEYS[event.key];
-    if (action) { event.preventDefault(); action(); }
-  });
 }
 
 function start() {
