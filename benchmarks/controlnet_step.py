@@ -7,7 +7,7 @@ The diffusers baseline runs StableDiffusionControlNetImg2ImgPipeline with TAESD,
 (PIL in and out), as `streamdiff bench --controlnet canny --compare diffusers` does.
 
     python3 benchmarks/controlnet_step.py --out DIR [--model sd-turbo] [--accel none,max] [--steps 1]
-        [--controlnets canny,depth,canny+depth] [--skip-plain]
+        [--controlnets canny,depth,canny+depth] [--skip-plain] [--depth-estimator small|base|large]
 
 depth estimates each frame's depth with Depth Anything V2 Small's architecture (random weights) in the step;
 canny+depth steers one stream with both ControlNets together.
@@ -58,15 +58,17 @@ def timed(call: Any, frames: list[Any], warmup: int, calls: int) -> dict[str, fl
 
 
 def stream_case(model: str, controlnet: str | None, accel: str, steps: int, cache: Path | None,
-                frames: list[Any], warmup: int, calls: int) -> dict[str, Any]:
+                frames: list[Any], warmup: int, calls: int, depth_estimator: str = "small") -> dict[str, Any]:
     import torch
 
     from streamdiff.backends.accelerate import accelerate
     from streamdiff.stream import StreamPipeline
 
+    kinds = controlnet.split("+") if controlnet else []
+    estimator = depth_estimator if "depth" in kinds else None  # only a depth ControlNet takes one
     pipe = StreamPipeline.from_model(model, random_weights=True, device="cuda", dtype=torch.float16,
-                                     controlnet=controlnet.split("+") if controlnet else None, strength=1.0,
-                                     steps=steps)
+                                     controlnet=kinds or None, strength=1.0, steps=steps,
+                                     depth_estimator=estimator or "small")
     pipe.prepare(prompt=PROMPT)
     start = time.perf_counter()
     stream, report = accelerate(pipe, accel, cache_dir=cache, progress=lambda _: None)
@@ -78,8 +80,8 @@ def stream_case(model: str, controlnet: str | None, accel: str, steps: int, cach
     peak = torch.cuda.max_memory_allocated() / 2**30
     del stream, pipe
     torch.cuda.empty_cache()
-    return {"model": model, "controlnet": controlnet, "accel": report.mode, "steps": steps, **result,
-            "start_s": built, "peak_gib": peak}
+    return {"model": model, "controlnet": controlnet, "depth_estimator": estimator, "accel": report.mode,
+            "steps": steps, **result, "start_s": built, "peak_gib": peak}
 
 
 def diffusers_case(model: str, frames: list[Any], warmup: int, calls: int) -> dict[str, Any]:
@@ -111,6 +113,7 @@ def main() -> None:
     parser.add_argument("--controlnets", default="canny,depth",
                         help="kinds timed beside the stream without one; a+b: both steering one stream")
     parser.add_argument("--skip-plain", action="store_true", help="leave out the stream without a ControlNet")
+    parser.add_argument("--depth-estimator", default="small", help="Depth Anything V2 size for the depth cases")
     parser.add_argument("--compile-cache", type=Path)
     parser.add_argument("--calls", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=10)
@@ -126,7 +129,7 @@ def main() -> None:
     cases = [(accel, control) for accel in args.accel.split(",") for control in kinds]
     for accel, control in cases:
         rows.append(stream_case(args.model, control, accel, args.steps, args.compile_cache, frames,
-                                args.warmup, args.calls))
+                                args.warmup, args.calls, args.depth_estimator))
         print(json.dumps(rows[-1]), flush=True)
     if not args.no_diffusers:
         rows.append(diffusers_case(args.model, frames, args.warmup, min(args.calls, 30)))
@@ -136,7 +139,8 @@ def main() -> None:
               "command": "python3 benchmarks/controlnet_step.py " + " ".join(
                   f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
                   if v not in (None, False) and k != "out")}
-    (args.out / "controlnet_step.json").write_text(json.dumps(record, indent=2))
+    name = "controlnet_step.json" if args.depth_estimator == "small" else f"controlnet_step_{args.depth_estimator}.json"
+    (args.out / name).write_text(json.dumps(record, indent=2))
 
 
 if __name__ == "__main__":

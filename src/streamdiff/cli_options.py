@@ -111,6 +111,10 @@ def add_control_options(parser: argparse.ArgumentParser) -> None:
                             "the kind's own, none for a folder or hub id; one for all, or one per ControlNet")
     group.add_argument("--canny-thresholds", type=_thresholds, default=None, metavar="LOW,HIGH",
                        help="Canny's hysteresis thresholds on 0-255 gradients (default 100,200; lower: more edges)")
+    group.add_argument("--depth-estimator", default=None, metavar="small|base|large|FOLDER|HUB_ID",
+                       help="the Depth Anything V2 size that estimates depth for a depth ControlNet: small (default, "
+                            "25 M parameters, Apache-2.0), base (98 M) or large (335 M), finer but slower per frame "
+                            "and licensed for non-commercial use only (CC-BY-NC-4.0); or a folder or hub id")
 
 
 CONTROL_SETTINGS = {"control_scale": "--control-scale", "control_preprocess": "--control-preprocess",
@@ -166,13 +170,15 @@ def progress(message: str) -> None:
 
 def stream_from_args(args: argparse.Namespace, **overrides: Any):
     """Load the model named by --model (with its --lora styles), build the stream and encode the prompts."""
+    from .models.depth_estimators import DEFAULT_DEPTH_ESTIMATOR
     from .models.registry import DEFAULT_MODEL
     from .stream import StreamPipeline
 
     settings = {**engine_settings(args), **overrides}
     taesd = False if args.no_taesd else None
     pipe = StreamPipeline.from_model(args.model or DEFAULT_MODEL, taesd=taesd, model_config=args.model_config,
-                                     loras=args.lora, controlnet=controlnets(args), **settings)
+                                     loras=args.lora, controlnet=controlnets(args),
+                                     depth_estimator=args.depth_estimator or DEFAULT_DEPTH_ESTIMATOR, **settings)
     pipe.prepare(prompt=args.prompt or "", negative_prompt=args.negative_prompt)
     return pipe
 

@@ -85,7 +85,7 @@ class StreamPipeline(LiveSchedule, DeviceSteps):
     def from_model(cls, name_or_path: str, config: StreamConfig | None = None, *, taesd: bool | None = None,
                    random_weights: bool = False, model_config: str | None = None,
                    loras: Sequence[StyleLora | str] = (), controlnet: str | Sequence[str] | None = None,
-                   **settings: Any) -> StreamPipeline:
+                   depth_estimator: str = "small", **settings: Any) -> StreamPipeline:
         """A registry name (see `streamdiff models`), a local diffusers folder, a .safetensors file or a hub id.
 
         model_config: for a single checkpoint file, the diffusers folder or hub id of its base model.
@@ -93,8 +93,9 @@ class StreamPipeline(LiveSchedule, DeviceSteps):
         controlnet: a ControlNet kind ("canny", "depth"), folder or hub id steering the UNet (control.py), or a
         sequence of them steering it together; each one's control_preprocess is its kind's own unless the
         settings say otherwise ("depth" loads an estimator, one for all).
+        depth_estimator: that estimator, a Depth Anything V2 size ("small", "base", "large"), folder or hub id.
         """
-        from .models.controlnets import load_controlnets, prefetch_controlnets
+        from .models.controlnets import check_depth_estimator_use, load_controlnets, prefetch_controlnets
         from .models.loading import load_model
 
         refs = (controlnet,) if isinstance(controlnet, str) else tuple(controlnet or ())
@@ -102,7 +103,9 @@ class StreamPipeline(LiveSchedule, DeviceSteps):
         base = StreamConfig.from_settings(config, **settings)
         if refs:
             base.control_scales(len(refs))  # a scale per ControlNet must match their number, before any loading
-        folders = prefetch_controlnets(refs, name_or_path, how, random_weights=random_weights) if refs else []
+        check_depth_estimator_use(refs, how, depth_estimator)
+        folders = prefetch_controlnets(refs, name_or_path, how, random_weights=random_weights,
+                                       depth_estimator=depth_estimator) if refs else []
         device = resolve_device(base.device)
         styles = [lora if isinstance(lora, StyleLora) else StyleLora.parse(lora) for lora in loras]
         loaded = load_model(name_or_path, dtype=resolve_dtype(base.dtype, device), device=device,
@@ -116,7 +119,8 @@ class StreamPipeline(LiveSchedule, DeviceSteps):
         nets = None
         if refs:
             nets = load_controlnets(refs, spec, loaded.pipe.unet, how, dtype=resolve_dtype(base.dtype, device),
-                                    device=device, random_weights=random_weights, folders=folders)
+                                    device=device, random_weights=random_weights, folders=folders,
+                                    depth_estimator=depth_estimator)
             defaults["control_preprocess"] = nets.preprocesses if len(refs) > 1 else nets.preprocesses[0]
         cfg = base.with_changes(**defaults) if defaults else base
         components = Components.from_diffusers(loaded.pipe, *((nets.modules, nets.estimator) if nets else ()))

@@ -35,6 +35,8 @@ def test_grid_is_the_product_in_order_and_names_tell_cases_apart():
     assert "unfused-codec" not in Scenario(codec_fusion=False, taesd=False).name()  # nothing to fuse in a KL VAE
     assert Scenario(controlnet="canny").name().endswith(" controlnet-canny")
     assert Scenario(controlnet="canny", control_scale=0.8).name().endswith(" controlnet-canny@0.8")
+    assert Scenario(controlnet=("canny", "depth"), control_scale=(0.8, 0.5), depth_estimator="base").name().endswith(
+        " controlnet-canny+depth@0.8,0.5 depth-estimator-base")
     told = Scenario(controlnet="depth", control_preprocess="none", canny_thresholds=(20, 60.5))
     assert told.name().endswith(" controlnet-depth preprocess-none canny-20-60.5")
 

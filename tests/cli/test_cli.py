@@ -91,6 +91,8 @@ def test_controlnet_steers_img2img_and_txt2img(tmp_path):
          "several separated by commas"),
         (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--controlnet", "canny",
           "--controlnet", "canny"], "ControlNet 'canny' is given twice"),
+        (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--depth-estimator", "base"],
+         "--depth-estimator serves a ControlNet that reads estimated depth"),
     ],
 )
 def test_errors_print_one_line_and_exit_non_zero(args, words, tmp_path):

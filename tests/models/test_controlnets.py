@@ -104,16 +104,25 @@ def test_random_weights_build_the_published_architecture_of_the_model():
     assert controlnet.config.cross_attention_dim == 1024
 
 
-def test_depth_loads_the_depth_estimator_from_the_hub_cache(helpers, offline_hub, tiny_folder, controlnet_folder,
-                                                           tmp_path):
-    from streamdiff.models.depth_estimators import DEPTH_ESTIMATOR_REPO, random_depth_estimator
+def _depth_in_hub(helpers, offline_hub, tiny_folder, controlnet_folder, tmp_path, repo: str, seed: int):
+    """sd-turbo (the tiny architecture), TAESD, its depth ControlNet and a seeded tiny estimator as `repo` in the
+    offline hub cache; the estimator's folder is tmp_path / "depth"."""
+    from streamdiff.models.depth_estimators import random_depth_estimator
 
-    estimator = random_depth_estimator(tiny=True, seed=5)
+    estimator = random_depth_estimator(tiny=True, seed=seed)
     estimator.save_pretrained(tmp_path / "depth")
     _with_taesd_cached(helpers, offline_hub, tmp_path)
     helpers.add_to_hub_cache(offline_hub, "stabilityai/sd-turbo", tiny_folder)
     helpers.add_to_hub_cache(offline_hub, CONTROL_KINDS["depth"].repos["sd21"], controlnet_folder)
-    helpers.add_to_hub_cache(offline_hub, DEPTH_ESTIMATOR_REPO, tmp_path / "depth")
+    helpers.add_to_hub_cache(offline_hub, repo, tmp_path / "depth")
+    return estimator
+
+
+def test_depth_loads_the_depth_estimator_from_the_hub_cache(helpers, offline_hub, tiny_folder, controlnet_folder,
+                                                           tmp_path):
+    from streamdiff.models.depth_estimators import DEPTH_ESTIMATOR_REPO
+
+    estimator = _depth_in_hub(helpers, offline_hub, tiny_folder, controlnet_folder, tmp_path, DEPTH_ESTIMATOR_REPO, 5)
     stream = StreamPipeline.from_model("sd-turbo", controlnet="depth", **CPU)
     loaded = stream.components.depth_estimator
     assert stream.config.control_preprocess == "depth" and stream.control.estimator is loaded
@@ -142,6 +151,59 @@ def test_the_tiny_model_and_random_weights_build_an_estimator_without_a_download
     full = random_depth_estimator()
     assert 24.7e6 < sum(p.numel() for p in full.parameters()) < 24.9e6
     assert full.config.backbone_config.hidden_size == 384 and full.config.neck_hidden_sizes == [48, 96, 192, 384]
+
+
+@pytest.mark.parametrize("size,parameters,hidden", [("base", 97.5e6, 768), ("large", 335.3e6, 1024)])
+def test_the_larger_estimators_have_their_published_architectures(size, parameters, hidden):
+    """Depth Anything V2 Base (DINOv2 ViT-B/14) and Large (ViT-L/14) with their DPT heads, as published."""
+    from transformers import DepthAnythingForDepthEstimation
+
+    from streamdiff.models.depth_estimators import depth_anything_config
+
+    with torch.device("meta"):
+        module = DepthAnythingForDepthEstimation(depth_anything_config(size=size))
+    assert abs(sum(p.numel() for p in module.parameters()) - parameters) < 0.1e6
+    assert module.config.backbone_config.hidden_size == hidden
+
+
+def test_a_chosen_estimator_size_or_folder_is_the_one_loaded(helpers, offline_hub, tiny_folder, controlnet_folder,
+                                                             tmp_path):
+    from streamdiff.models.depth_estimators import DEPTH_SIZES
+
+    base = _depth_in_hub(helpers, offline_hub, tiny_folder, controlnet_folder, tmp_path, DEPTH_SIZES["base"].repo, 6)
+    for choice in ("base", str(tmp_path / "depth")):
+        stream = StreamPipeline.from_model("sd-turbo", controlnet="depth", depth_estimator=choice, **CPU)
+        state, expected = stream.components.depth_estimator.state_dict(), base.state_dict()
+        assert all(torch.equal(state[k], expected[k]) for k in expected)
+    with pytest.raises(ModelUnavailableError, match="depth estimator cannot be loaded: depth-anything/Depth-Anything-"
+                                                   "V2-Large-hf"):
+        StreamPipeline.from_model("sd-turbo", controlnet="depth", depth_estimator="large", **CPU)
+
+
+def test_random_weights_take_the_chosen_estimators_architecture(tiny_reference):
+    from streamdiff.models.controlnets import load_controlnets
+    from streamdiff.models.depth_estimators import load_depth_estimator
+    from streamdiff.models.registry import REGISTRY
+
+    nets = load_controlnets(["canny", "depth"], REGISTRY["sd-turbo"], tiny_reference.unet, random_weights=True,
+                            depth_estimator="base", **CPU)
+    assert nets.estimator.config.backbone_config.hidden_size == 768 and nets.estimator.config.fusion_hidden_size == 128
+    tiny = load_depth_estimator("tiny", estimator="large", **CPU)  # the tiny model keeps its tiny estimator
+    assert tiny.config.backbone_config.hidden_size == 16
+
+
+@pytest.mark.parametrize("settings,error,message", [
+    ({"controlnet": "depth", "depth_estimator": "huge"}, UserError, "unknown depth estimator 'huge': give a size "
+                                                                    "(small, base, large)"),
+    ({"controlnet": "depth", "depth_estimator": "./no/such"}, ModelPathNotFoundError,
+     "depth estimator path ./no/such does not exist"),
+    ({"controlnet": "canny", "depth_estimator": "base"}, UserError,
+     "--depth-estimator serves a ControlNet that reads estimated depth"),
+    ({"depth_estimator": "base"}, UserError, "--depth-estimator serves a ControlNet that reads estimated depth"),
+])
+def test_a_depth_estimator_that_cannot_serve_is_refused_before_the_model_loads(settings, error, message):
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+        StreamPipeline.from_model("sd-turbo", random_weights=True, **settings, **CPU)
 
 
 def test_unreadable_controlnet_and_estimator_files_name_what_was_expected(helpers, offline_hub, tiny_folder,

@@ -95,6 +95,7 @@ def test_json_output(capsys, cache):
 SD21_CANNY, SD15_CANNY = "thibaud/controlnet-sd21-canny-diffusers", "lllyasviel/control_v11p_sd15_canny"
 SD21_DEPTH, SD15_DEPTH = "thibaud/controlnet-sd21-depth-diffusers", "lllyasviel/control_v11f1p_sd15_depth"
 ESTIMATOR = "depth-anything/Depth-Anything-V2-Small-hf"
+ESTIMATORS = ("depth-anything/Depth-Anything-V2-Base-hf", "depth-anything/Depth-Anything-V2-Large-hf")
 
 
 @pytest.fixture
@@ -108,7 +109,7 @@ def control_cache(cache, tmp_path, helpers):
 
 
 def auxiliary_rows(out: str) -> dict[str, str]:
-    section = out.split("ControlNets and the depth estimator, fetched when an option asks for them:\n")[1]
+    section = out.split("ControlNets and the depth estimators, fetched when an option asks for them:\n")[1]
     header, *rows = section.split("\n\n")[0].splitlines()
     assert header.split() == ["REPO", "CACHED", "USED", "BY"]
     return {row.split()[0]: row for row in rows}
@@ -117,19 +118,21 @@ def auxiliary_rows(out: str) -> dict[str, str]:
 def test_controlnets_and_the_depth_estimator_show_their_cache_state_and_option(capsys, control_cache):
     out = run_models(capsys, "--cache-dir", str(control_cache))
     rows = auxiliary_rows(out)
-    assert list(rows) == [SD21_CANNY, SD15_CANNY, SD21_DEPTH, SD15_DEPTH, ESTIMATOR]
+    assert list(rows) == [SD21_CANNY, SD15_CANNY, SD21_DEPTH, SD15_DEPTH, ESTIMATOR, *ESTIMATORS]
     assert rows[SD21_CANNY].split()[1:] == ["yes", "--controlnet", "canny", "with", "sd-turbo"]
     partial = "  partial (missing diffusion_pytorch_model.safetensors)  --controlnet canny with sd15-lcm"
     assert partial in rows[SD15_CANNY]
     assert rows[SD21_DEPTH].split()[1:] == ["no", "--controlnet", "depth", "with", "sd-turbo"]
     assert rows[SD15_DEPTH].split()[1:] == ["no", "--controlnet", "depth", "with", "sd15-lcm"]
-    assert rows[ESTIMATOR].split()[1] == "yes" and rows[ESTIMATOR].endswith("--control-preprocess depth")
+    assert rows[ESTIMATOR].split()[1] == "yes" and rows[ESTIMATOR].endswith("--control-preprocess depth (Apache-2.0)")
+    large = rows[ESTIMATORS[1]]
+    assert large.split()[1] == "no" and large.endswith("with --depth-estimator large (CC-BY-NC-4.0)")
     assert out.index("* default model.") < out.index("ControlNets and") < out.index("Other diffusers models")
 
 
 def test_an_empty_cache_has_no_controlnet_nor_estimator(capsys, tmp_path):
     rows = auxiliary_rows(run_models(capsys, "--cache-dir", str(tmp_path / "no-cache-here")))
-    assert len(rows) == 5 and all(row.split()[1] == "no" for row in rows.values())
+    assert len(rows) == 7 and all(row.split()[1] == "no" for row in rows.values())
 
 
 def test_json_lists_controlnets_and_the_depth_estimator(capsys, control_cache):
@@ -144,5 +147,5 @@ def test_json_lists_controlnets_and_the_depth_estimator(capsys, control_cache):
     assert auxiliaries[SD15_DEPTH]["missing"] == ["config.json", "diffusion_pytorch_model.safetensors"]
     estimator = auxiliaries[ESTIMATOR]
     assert (estimator["role"], estimator["family"], estimator["cached"]) == ("depth_estimator", None, "yes")
-    assert estimator["used_by"] == "--controlnet depth, or --control-preprocess depth"
+    assert estimator["used_by"] == "--controlnet depth, or --control-preprocess depth (Apache-2.0)"
     assert [m["name"] for m in document["models"]] == list(REGISTRY)

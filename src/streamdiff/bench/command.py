@@ -108,6 +108,8 @@ def scenarios_from_args(args: argparse.Namespace) -> list[Scenario]:
 def _control_fields(args: argparse.Namespace) -> dict[str, Any]:
     """The Scenario fields of the ControlNet options; one of them without --controlnet is a UserError."""
     settings = control_settings(args)  # the engine commands' check and message
+    if args.depth_estimator is not None:
+        settings["depth_estimator"] = args.depth_estimator
     refs = controlnets(args)
     return {"controlnet": refs[0] if len(refs) == 1 else refs, **settings} if refs else settings
 
@@ -118,9 +120,15 @@ def _check_controlnet(args: argparse.Namespace) -> None:
         raise UserError("--ablation studies the stream's own components; time --controlnet without it")
     from ..models.controlnets import prefetch_controlnets
 
+    from ..models.controlnets import check_depth_estimator_use
+    from ..models.depth_estimators import DEFAULT_DEPTH_ESTIMATOR
+
     refs = controlnets(args)
+    estimator = args.depth_estimator or DEFAULT_DEPTH_ESTIMATOR
+    check_depth_estimator_use(refs, args.control_preprocess, estimator)
     for model in args.model if refs else ():
-        prefetch_controlnets(refs, model, args.control_preprocess, random_weights=args.random_weights)
+        prefetch_controlnets(refs, model, args.control_preprocess, random_weights=args.random_weights,
+                             depth_estimator=estimator)
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -58,11 +58,11 @@ class _Loaded:
 # setting they were loaded for (None: each ControlNet's own; "depth" loads the depth estimator).
 ControlRefs = str | tuple[str, ...] | None
 PreprocessSetting = ControlPreprocess | tuple[ControlPreprocess, ...] | None
-ModelKey = tuple[str, bool, ControlRefs, PreprocessSetting]
+ModelKey = tuple[str, bool, ControlRefs, PreprocessSetting, str | None]
 
 
 def model_key(scenario: Scenario) -> ModelKey:
-    return (scenario.model, scenario.taesd, scenario.controlnet, scenario.control_preprocess)
+    return (scenario.model, scenario.taesd, scenario.controlnet, scenario.control_preprocess, scenario.depth_estimator)
 
 
 class ModelPool:
@@ -74,19 +74,21 @@ class ModelPool:
         self._loaded: dict[ModelKey, _Loaded] = {}
 
     def get(self, name: str, taesd: bool, *, pristine: bool, controlnet: ControlRefs = None,
-            control_preprocess: PreprocessSetting = None) -> _Loaded:
-        key = (name, taesd, controlnet, control_preprocess)
+            control_preprocess: PreprocessSetting = None, depth_estimator: str | None = None) -> _Loaded:
+        key = (name, taesd, controlnet, control_preprocess, depth_estimator)
         entry = self._loaded.get(key)
         if entry is not None and pristine and entry.touched:
             self.release(key)
             entry = None
         if entry is None:
-            entry = self._load(name, taesd, controlnet, control_preprocess)
+            entry = self._load(name, taesd, controlnet, control_preprocess, depth_estimator)
             self._loaded[key] = entry
         return entry
 
-    def _load(self, name: str, taesd: bool, controlnet: ControlRefs, control_preprocess: PreprocessSetting) -> _Loaded:
+    def _load(self, name: str, taesd: bool, controlnet: ControlRefs, control_preprocess: PreprocessSetting,
+              depth_estimator: str | None) -> _Loaded:
         from ..models.controlnets import load_controlnets
+        from ..models.depth_estimators import DEFAULT_DEPTH_ESTIMATOR
         from ..models.loading import load_model
 
         random_weights = self.options.random_weights
@@ -96,7 +98,8 @@ class ModelPool:
         # With random weights, a kind is a random-weight ControlNet of the model's architecture.
         refs = (controlnet,) if isinstance(controlnet, str) else controlnet
         nets = load_controlnets(refs, loaded.spec, loaded.pipe.unet, control_preprocess, dtype=self.dtype,
-                                device=self.device, random_weights=random_weights)
+                                device=self.device, random_weights=random_weights,
+                                depth_estimator=depth_estimator or DEFAULT_DEPTH_ESTIMATOR)
         components = Components.from_diffusers(loaded.pipe, nets.modules, nets.estimator)
         chosen = nets.preprocesses[0] if len(refs) == 1 else nets.preprocesses
         return _Loaded(components, loaded.spec, control_preprocess=chosen, control_names=nets.names)
@@ -189,7 +192,8 @@ def run_scenario(scenario: Scenario, options: BenchOptions, pool: ModelPool, dev
                  progress: Callable[[str], None]) -> dict[str, Any]:
     mode = resolve_mode(scenario.accel, device, fallback=options.fallback)
     entry = pool.get(scenario.model, scenario.taesd, pristine=mode is AccelMode.NONE,
-                     controlnet=scenario.controlnet, control_preprocess=scenario.control_preprocess)
+                     controlnet=scenario.controlnet, control_preprocess=scenario.control_preprocess,
+                     depth_estimator=scenario.depth_estimator)
     if not mode.compiles:
         uncompile(parts_of(entry.components))
     pipe = prepared_stream(scenario, entry, device, options)
@@ -273,7 +277,8 @@ def run_baseline(name: str, scenario: Scenario, options: BenchOptions, pool: Mod
     if reason:
         return {"scenario": base.as_dict(), "name": f"{name}: {base.name()}", "kind": name, "error": reason}
     entry = pool.get(scenario.model, scenario.taesd, pristine=True, controlnet=scenario.controlnet,
-                     control_preprocess=scenario.control_preprocess)
+                     control_preprocess=scenario.control_preprocess,
+                     depth_estimator=scenario.depth_estimator)
     config = _config(scenario, entry, device, options)
     if name == "diffusers":
         call = baselines.diffusers_call(entry.components, config, options.prompt, scenario.task)

@@ -35,6 +35,7 @@ class Scenario:
     control_scale: float | tuple[float, ...] = 1.0  # how strongly it steers (one for all, or one each)
     control_preprocess: ControlPreprocess | tuple[ControlPreprocess, ...] | None = None  # None: each one's own
     canny_thresholds: tuple[float, float] | None = None  # Canny's hysteresis thresholds; None: the engine's
+    depth_estimator: str | None = None  # the Depth Anything size (or folder, hub id) for depth; None: small
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -91,6 +92,8 @@ class Scenario:
             parts.append(f"preprocess-{_listed(self.control_preprocess)}")
         if self.canny_thresholds is not None:
             parts.append("canny-{:g}-{:g}".format(*self.canny_thresholds))
+        if self.depth_estimator is not None:
+            parts.append(f"depth-estimator-{self.depth_estimator}")
         return " ".join(parts)
 
     def controlnets(self) -> tuple[str, ...]:

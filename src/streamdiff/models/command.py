@@ -12,7 +12,7 @@ from typing import Any
 
 from .architectures import UNET_CONFIGS
 from .controlnets import CONTROL_KINDS, CONTROLNET_FILES, takes_controlnet
-from .depth_estimators import DEPTH_ESTIMATOR_FILES, DEPTH_ESTIMATOR_REPO
+from .depth_estimators import DEFAULT_DEPTH_ESTIMATOR, DEPTH_ESTIMATOR_FILES, DEPTH_SIZES
 from .registry import DEFAULT_MODEL, REGISTRY, ModelSpec
 
 LOCAL = "local"  # built on the spot, nothing to cache
@@ -139,14 +139,17 @@ def _has(repos: dict[str, CachedRepo], repo_id: str, pipeline: bool) -> bool:
 
 
 def auxiliary_statuses(repos: dict[str, CachedRepo]) -> list[AuxiliaryStatus]:
-    """The published ControlNets of --controlnet KIND for each family, then the depth estimator."""
+    """The published ControlNets of --controlnet KIND for each family, then the depth estimator's sizes."""
     statuses = [
         _auxiliary(repos, repo, "controlnet", kind.name, family, f"--controlnet {kind.name} with {_users(family)}",
                    CONTROLNET_FILES)
         for kind in CONTROL_KINDS.values() for family, repo in kind.repos.items()
     ]
-    statuses.append(_auxiliary(repos, DEPTH_ESTIMATOR_REPO, "depth_estimator", "depth", None,
-                               "--controlnet depth, or --control-preprocess depth", DEPTH_ESTIMATOR_FILES))
+    for size in DEPTH_SIZES.values():
+        option = "" if size.name == DEFAULT_DEPTH_ESTIMATOR else f" with --depth-estimator {size.name}"
+        statuses.append(_auxiliary(repos, size.repo, "depth_estimator", "depth", None,
+                                   f"--controlnet depth, or --control-preprocess depth{option} ({size.licence})",
+                                   DEPTH_ESTIMATOR_FILES))
     return statuses
 
 
@@ -184,7 +187,7 @@ def as_table(cache_dir: str, statuses: list[ModelStatus], others: list[CachedRep
     lines = _aligned(rows)
     lines += ["", f"* default model. Hub cache: {cache_dir}"]
     if auxiliaries:
-        lines += ["", "ControlNets and the depth estimator, fetched when an option asks for them:"]
+        lines += ["", "ControlNets and the depth estimators, fetched when an option asks for them:"]
         aux_rows = [("REPO", "CACHED", "USED BY")] + [(a.repo_id, _cached_text(a), a.used_by) for a in auxiliaries]
         lines += ["  " + line for line in _aligned(aux_rows)]
     if others:

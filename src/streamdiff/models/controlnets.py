@@ -18,7 +18,7 @@ import torch
 from ..config import ControlPreprocess
 from ..errors import ModelPathNotFoundError, UserError
 from .architectures import _seeded, cast
-from .depth_estimators import load_depth_estimator, prefetch_depth_estimator
+from .depth_estimators import DEFAULT_DEPTH_ESTIMATOR, load_depth_estimator, prefetch_depth_estimator
 from .hub import HubFiles, fetch
 from .loading import _dtype_keyword, unreadable_model
 from .registry import ModelSpec
@@ -126,17 +126,30 @@ def _check_refs(refs: Sequence[str]) -> None:
                         "steers)")
 
 
+def check_depth_estimator_use(refs: Sequence[str], preprocess: Setting, depth_estimator: str) -> None:
+    """A UserError where a depth estimator other than the default is chosen and no ControlNet reads depth."""
+    if depth_estimator == DEFAULT_DEPTH_ESTIMATOR:
+        return
+    if not refs or "depth" not in [preprocess_of(ref, how) for ref, how in zip(refs, per_controlnet(refs, preprocess))]:
+        raise UserError("--depth-estimator serves a ControlNet that reads estimated depth: use it with "
+                        "--controlnet depth or --control-preprocess depth")
+
+
 def prefetch_controlnets(refs: Sequence[str], model: str, preprocess: Setting = None, *,
-                         random_weights: bool = False) -> list[ControlFolders]:
-    """prefetch_controlnet for each of several ControlNets steering one stream together."""
+                         random_weights: bool = False,
+                         depth_estimator: str = DEFAULT_DEPTH_ESTIMATOR) -> list[ControlFolders]:
+    """prefetch_controlnet for each of several ControlNets steering one stream together; a depth_estimator other
+    than the default is refused unless one of them reads estimated depth."""
     _check_refs(refs)
-    return [prefetch_controlnet(ref, model, how, random_weights=random_weights)
+    check_depth_estimator_use(refs, preprocess, depth_estimator)
+    return [prefetch_controlnet(ref, model, how, random_weights=random_weights, depth_estimator=depth_estimator)
             for ref, how in zip(refs, per_controlnet(refs, preprocess))]
 
 
 def load_controlnets(refs: Sequence[str], spec: ModelSpec, unet: torch.nn.Module, preprocess: Setting = None, *,
                      dtype: torch.dtype, device: torch.device | str, random_weights: bool = False,
-                     folders: Sequence[ControlFolders] = ()) -> LoadedControlNets:
+                     folders: Sequence[ControlFolders] = (),
+                     depth_estimator: str = DEFAULT_DEPTH_ESTIMATOR) -> LoadedControlNets:
     """load_controlnet for each ref in turn, sharing one depth estimator; random weights differ per ControlNet."""
     _check_refs(refs)
     folders = list(folders) or [ControlFolders()] * len(refs)
@@ -145,7 +158,8 @@ def load_controlnets(refs: Sequence[str], spec: ModelSpec, unet: torch.nn.Module
     estimator: torch.nn.Module | None = None
     for i, (ref, how) in enumerate(zip(refs, per_controlnet(refs, preprocess))):
         loaded = load_controlnet(ref, spec, unet, how, dtype=dtype, device=device, random_weights=random_weights,
-                                 folders=folders[i], estimator=estimator, seed=1 + i)
+                                 folders=folders[i], estimator=estimator, seed=1 + i,
+                                 depth_estimator=depth_estimator)
         modules.append(loaded.module)
         kinds.append(loaded.preprocess)
         estimator = loaded.estimator or estimator
@@ -153,7 +167,7 @@ def load_controlnets(refs: Sequence[str], spec: ModelSpec, unet: torch.nn.Module
 
 
 def prefetch_controlnet(ref: str, model: str, preprocess: ControlPreprocess | None = None, *,
-                        random_weights: bool = False) -> ControlFolders:
+                        random_weights: bool = False, depth_estimator: str = DEFAULT_DEPTH_ESTIMATOR) -> ControlFolders:
     """Before the model loads: refuse a model without a middle stage, and fetch the ControlNet where it is known
     already (a folder, a hub id, or a kind for a registry model) and the depth estimator where the control
     picture is estimated depth, so that a missing one is named at once. preprocess: the setting, if any."""
@@ -172,24 +186,25 @@ def prefetch_controlnet(ref: str, model: str, preprocess: ControlPreprocess | No
         folder = _kind_folder(kind, spec)
     estimator = None
     if preprocess_of(ref, preprocess) == "depth":
-        estimator = prefetch_depth_estimator(model, random_weights=random_weights)
+        estimator = prefetch_depth_estimator(model, random_weights=random_weights, estimator=depth_estimator)
     return ControlFolders(folder, estimator)
 
 
 def load_controlnet(ref: str, spec: ModelSpec, unet: torch.nn.Module, preprocess: ControlPreprocess | None = None,
                     *, dtype: torch.dtype, device: torch.device | str, random_weights: bool = False,
                     folders: ControlFolders = ControlFolders(), estimator: torch.nn.Module | None = None,
-                    seed: int = 1) -> LoadedControlNet:
+                    seed: int = 1, depth_estimator: str = DEFAULT_DEPTH_ESTIMATOR) -> LoadedControlNet:
     """The ControlNet `ref` (a kind, a diffusers folder or a hub id) for the model of `spec` and `unet`, with the
-    depth estimator if its control picture is estimated depth (`estimator`, if one is loaded already);
-    preprocess: the setting, if any; seed: of the random weights a kind gets on a random-weight model."""
+    depth estimator (a size, folder or hub id: `depth_estimator`) if its control picture is estimated depth
+    (`estimator`, if one is loaded already); preprocess: the setting, if any; seed: of the random weights a
+    kind gets on a random-weight model."""
     check_takes_controlnet(unet.config, spec.name)
     how = preprocess_of(ref, preprocess)
     if how != "depth":
         estimator = None
     elif estimator is None:
         estimator = load_depth_estimator(spec.name, dtype=dtype, device=device, random_weights=random_weights,
-                                         folder=folders.estimator)
+                                         folder=folders.estimator, estimator=depth_estimator)
     kind = CONTROL_KINDS.get(ref)
     if kind is not None and (random_weights or spec.family == "tiny"):
         return LoadedControlNet(cast(random_controlnet(unet, seed), dtype, device), how, estimator)
