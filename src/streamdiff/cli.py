@@ -11,7 +11,7 @@ import traceback
 from pathlib import Path
 from typing import NoReturn, Sequence
 
-from .cli_options import add_engine_options, engine_from_args
+from .cli_options import add_engine_options, controlnets, engine_from_args
 from .errors import UserError
 
 SAMPLE = "sample"  # names the bundled picture, for a first run with nothing at hand
@@ -51,13 +51,20 @@ def _img2img(args: argparse.Namespace) -> int:
 
 
 def _txt2img(args: argparse.Namespace) -> int:
-    if (args.controlnet is None) != (args.control_image is None):
+    refs, given = controlnets(args), args.control_image or []
+    if bool(refs) != bool(given):
         raise UserError("txt2img with --controlnet needs --control-image PICTURE, and --control-image needs "
                         "--controlnet")
-    control = _read_picture(args.control_image, "control picture") if args.control_image else None
+    if len(given) not in (1, len(refs)):
+        raise UserError(f"--control-image is given {len(given)} times for {len(refs)} ControlNet(s): give one picture "
+                        "for all, or one per ControlNet in the order of --controlnet")
+    pictures = [_read_picture(source, "control picture") for source in given]
     pipe = engine_from_args(args, use_denoising_batch=False)
-    if control is not None:
-        pipe.set_control_image(control)
+    if len(pictures) == 1:
+        pipe.set_control_image(pictures[0])
+    else:
+        for index, picture in enumerate(pictures):
+            pipe.set_control_image(picture, index=index)
     _save(pipe.txt2img(output_type="pil"), args.output)
     return 0
 
@@ -93,9 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("txt2img", help="one picture from a prompt")
     p.add_argument("output", help="output picture path")
     add_engine_options(p, prompt_required=True)
-    p.add_argument("--control-image", default=None, metavar="PICTURE",
+    p.add_argument("--control-image", action="append", default=None, metavar="PICTURE",
                    help=f"with --controlnet: the picture whose edges, depth (or itself, with --control-preprocess "
-                        f"none) steer the drawing; `{SAMPLE}` uses the bundled landscape")
+                        f"none) steer the drawing; `{SAMPLE}` uses the bundled landscape. Repeat it to give each "
+                        "ControlNet its own, in the order of --controlnet")
     p.set_defaults(func=_txt2img)
     for name in COMMANDS:
         try:

@@ -46,17 +46,19 @@ class Control:
         self.images = {kind: torch.zeros(shape, device=device, dtype=dtype) for kind in dict.fromkeys(self.preprocesses)}
         self.scales = torch.tensor(config.control_scales(count), device=device, dtype=dtype)  # (count,)
 
-    def update(self, pixels: Tensor) -> None:
-        """Make the control pictures from model pixels (F, 3, H, W) in [-1, 1]; in place, no host synchronisation."""
+    def update(self, pixels: Tensor, index: int | None = None) -> None:
+        """Make the control pictures from model pixels (F, 3, H, W) in [-1, 1]: every one, or only the picture the
+        ControlNet at `index` reads (which ControlNets of its kind share); in place, no host synchronisation."""
         frame = (pixels.to(self.scales.dtype) + 1) / 2
-        for kind, image in self.images.items():
+        kinds = list(self.images) if index is None else [self.preprocesses[self.index(index)]]
+        for kind in kinds:
             picture = frame
             if kind == "canny":
                 picture = canny_edges(frame, *self.thresholds)
             elif kind == "depth":
                 assert self.estimator is not None
                 picture = depth_picture(self.estimator, frame)
-            image.copy_(picture.clamp(0, 1))
+            self.images[kind].copy_(picture.clamp(0, 1))
 
     def set_scale(self, scale: float, index: int | None = None) -> None:
         """How strongly one ControlNet (by index; None: every one) steers from the next frame on, in place (the

@@ -95,7 +95,11 @@ class StreamPipeline(LiveSchedule, DeviceSteps):
         settings say otherwise ("depth" loads an estimator, one for all).
         depth_estimator: that estimator, a Depth Anything V2 size ("small", "base", "large"), folder or hub id.
         """
-        from .models.controlnets import check_depth_estimator_use, load_controlnets, prefetch_controlnets
+        from .models.controlnets import (
+            check_depth_estimator_use,
+            load_controlnets,
+            prefetch_controlnets,
+        )
         from .models.loading import load_model
 
         refs = (controlnet,) if isinstance(controlnet, str) else tuple(controlnet or ())
@@ -255,15 +259,18 @@ class StreamPipeline(LiveSchedule, DeviceSteps):
         return () if self.control is None else self.config.control_scales(len(self.control.controlnets))
 
     @torch.no_grad()
-    def set_control_image(self, image: Any) -> None:
+    def set_control_image(self, image: Any, index: int | None = None) -> None:
         """Make the control picture from an image (its edges or depth, as preprocessed), for txt2img; img2img
-        replaces it."""
+        replaces it. index: only the ControlNet at this index (0-based) takes it, e.g. a sketch for the canny
+        one and a depth map for the other (ControlNets of the same kind share one picture); None: every one."""
         control = self._require_control()
+        if index is not None:
+            control.index(index)  # checked before any work
         cfg = self.config
         pixels, _ = images.prepare_input(image, cfg.width, cfg.height, cfg.fit, self.device, self.dtype)
         if pixels.shape[0] not in (1, cfg.frame_buffer_size):
             raise ValueError(f"expected 1 or {cfg.frame_buffer_size} control picture(s); got {pixels.shape[0]}")
-        control.update(pixels.expand(cfg.frame_buffer_size, -1, -1, -1))
+        control.update(pixels.expand(cfg.frame_buffer_size, -1, -1, -1), index)
 
     def _require_control(self) -> Control:
         if self.control is None:

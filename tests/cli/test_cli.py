@@ -59,6 +59,17 @@ def test_controlnet_steers_img2img_and_txt2img(tmp_path):
     assert main(["txt2img", str(out), "--prompt", "x", "--model", "tiny", "--device", "cpu", "--controlnet", "depth",
                  "--control-image", "sample"]) == 0
     assert Image.open(out).size == (64, 64)
+    # A picture per ControlNet: the sample's edges for canny, and for depth a black or a white picture itself.
+    for shade in (0, 255):
+        Image.new("RGB", (64, 64), (shade,) * 3).save(tmp_path / f"{shade}.png")
+    drawn = {}
+    for shade in (0, 255):
+        out = tmp_path / f"{shade}-drawn.png"
+        assert main(["txt2img", str(out), "--prompt", "x", "--model", "tiny", "--device", "cpu", "--controlnet",
+                     "canny,depth", "--control-preprocess", "canny,none", "--canny-thresholds", "20,60",
+                     "--control-image", "sample", "--control-image", str(tmp_path / f"{shade}.png")]) == 0
+        drawn[shade] = np.asarray(Image.open(out), dtype=int)
+    assert np.abs(drawn[0] - drawn[255]).max() > 3  # the second ControlNet read its own picture
 
 
 @pytest.mark.parametrize(
@@ -93,6 +104,9 @@ def test_controlnet_steers_img2img_and_txt2img(tmp_path):
           "--controlnet", "canny"], "ControlNet 'canny' is given twice"),
         (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--depth-estimator", "base"],
          "--depth-estimator serves a ControlNet that reads estimated depth"),
+        (["txt2img", "o.png", "--prompt", "x", "--model", "tiny", "--controlnet", "canny,depth", "--control-image",
+          "sample", "--control-image", "sample", "--control-image", "sample"],
+         "--control-image is given 3 times for 2 ControlNet(s)"),
     ],
 )
 def test_errors_print_one_line_and_exit_non_zero(args, words, tmp_path):

@@ -109,6 +109,26 @@ def test_txt2img_steers_every_controlnet_with_the_picture_it_is_given(tiny_pipe_
     torch.testing.assert_close(first_alone.txt2img(output_type="pt"), without_second)
 
 
+def test_txt2img_takes_a_picture_per_controlnet(tiny_pipe_factory, nets):
+    """A sketch's edges for the first ControlNet and another picture itself for the second: each reads its own,
+    and the result is the stream given both pictures in one call where they happen to be the same."""
+    settings = {"t_index_list": (0,), "control_preprocess": ("canny", "none"), "canny_thresholds": (60.0, 120.0)}
+    stream = make(tiny_pipe_factory(), nets, **settings)
+    stream.set_control_image(picture(5), index=0)
+    stream.set_control_image(picture(6), index=1)
+    torch.testing.assert_close(stream.control.images["canny"], canny_edges(picture(5), 60.0, 120.0))
+    torch.testing.assert_close(stream.control.images["none"], picture(6))
+    apart = stream.txt2img(output_type="pt")
+    stream.set_control_image(picture(6), index=0)
+    same = make(tiny_pipe_factory(), nets, **settings)
+    same.set_control_image(picture(6))
+    torch.testing.assert_close(stream.txt2img(output_type="pt"), same.txt2img(output_type="pt"))
+    assert float((apart - same.txt2img(output_type="pt")).abs().max()) > 1e-3
+    with pytest.raises(ValueError, match=r"expected a ControlNet index in \[0, 1\]"):
+        stream.set_control_image(picture(7), index=2)
+    torch.testing.assert_close(stream.control.images["none"], picture(6))  # the refused call changed nothing
+
+
 def test_a_diffusers_multicontrolnet_pipeline_brings_every_controlnet(tiny_pipe_factory, nets):
     from diffusers import StableDiffusionControlNetPipeline
 
