@@ -12,7 +12,9 @@ computed on the engine's device in the same step, with no host round trip.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
+from functools import reduce
 from typing import Any
 
 import torch
@@ -84,21 +86,19 @@ class Control:
 
         B is a multiple of F (slots are step-major, guidance repeats them), so frame i % F steers sample i.
         """
-        down_sum: list[Tensor] | None = None
-        mid_sum: Tensor | None = None
-        for i, (controlnet, kind) in enumerate(zip(self.controlnets, self.preprocesses)):
-            picture = self.images[kind]
-            repeats = latents.shape[0] // picture.shape[0]
-            image = picture.repeat(repeats, 1, 1, 1) if repeats > 1 else picture
-            down, mid = controlnet(latents, timesteps, encoder_hidden_states=embeddings, controlnet_cond=image,
-                                   return_dict=False)
-            scale = self.scales[i]
-            down = [d * scale for d in down]
-            mid = mid * scale
-            if down_sum is None or mid_sum is None:
-                down_sum, mid_sum = down, mid
-            else:
-                down_sum = [total + d for total, d in zip(down_sum, down)]
-                mid_sum = mid_sum + mid
-        assert down_sum is not None and mid_sum is not None
-        return {"down_block_additional_residuals": tuple(down_sum), "mid_block_additional_residual": mid_sum}
+        each = [self._scaled_residuals(i, latents, timesteps, embeddings) for i in range(len(self.controlnets))]
+        # Summed in ControlNet order, as MultiControlNetModel does; one ControlNet adds nothing.
+        down = tuple(reduce(operator.add, stage) for stage in zip(*(d for d, _ in each)))
+        mid = reduce(operator.add, (m for _, m in each))
+        return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+
+    def _scaled_residuals(self, i: int, latents: Tensor, timesteps: Tensor,
+                          embeddings: Tensor) -> tuple[list[Tensor], Tensor]:
+        """ControlNet i's down-stage and middle-stage residuals, times its scale."""
+        picture = self.images[self.preprocesses[i]]
+        repeats = latents.shape[0] // picture.shape[0]
+        image = picture.repeat(repeats, 1, 1, 1) if repeats > 1 else picture
+        down, mid = self.controlnets[i](latents, timesteps, encoder_hidden_states=embeddings, controlnet_cond=image,
+                                        return_dict=False)
+        scale = self.scales[i]
+        return [d * scale for d in down], mid * scale

@@ -16,10 +16,14 @@ from typing import Any
 import torch
 
 from ..config import ControlPreprocess
-from ..errors import ModelPathNotFoundError, UserError
+from ..errors import UserError
 from .architectures import _seeded, cast
-from .depth_estimators import DEFAULT_DEPTH_ESTIMATOR, load_depth_estimator, prefetch_depth_estimator
-from .hub import HubFiles, fetch
+from .depth_estimators import (
+    DEFAULT_DEPTH_ESTIMATOR,
+    load_depth_estimator,
+    prefetch_depth_estimator,
+)
+from .hub import HubFiles, fetch, folder_or_hub_id
 from .loading import _dtype_keyword, unreadable_model
 from .registry import ModelSpec
 
@@ -138,10 +142,9 @@ def check_depth_estimator_use(refs: Sequence[str], preprocess: Setting, depth_es
 def prefetch_controlnets(refs: Sequence[str], model: str, preprocess: Setting = None, *,
                          random_weights: bool = False,
                          depth_estimator: str = DEFAULT_DEPTH_ESTIMATOR) -> list[ControlFolders]:
-    """prefetch_controlnet for each of several ControlNets steering one stream together; a depth_estimator other
-    than the default is refused unless one of them reads estimated depth."""
+    """prefetch_controlnet for each of several ControlNets steering one stream together (check_depth_estimator_use
+    comes first, where a depth_estimator was chosen)."""
     _check_refs(refs)
-    check_depth_estimator_use(refs, preprocess, depth_estimator)
     return [prefetch_controlnet(ref, model, how, random_weights=random_weights, depth_estimator=depth_estimator)
             for ref, how in zip(refs, per_controlnet(refs, preprocess))]
 
@@ -227,17 +230,10 @@ def _kind_folder(kind: ControlKind, spec: ModelSpec) -> str:
 
 def _locate(ref: str) -> str:
     """The local folder of a ControlNet given as a folder or a hub id."""
-    path = Path(ref).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise UserError(f"{path} is a folder but not a diffusers ControlNet: it has no config.json")
-        return str(path)
-    if ref.startswith((".", "~", "/")) or ref.count("/") > 1:
-        raise ModelPathNotFoundError(f"ControlNet path {ref} does not exist")
-    if ref.count("/") != 1:
-        raise UserError(f"unknown ControlNet {ref!r}: give a kind ({', '.join(CONTROL_KINDS)}), a diffusers "
-                        "folder or a hub id such as thibaud/controlnet-sd21-canny-diffusers")
-    return _fetch(ref, ref)
+    folder = folder_or_hub_id(ref, "ControlNet", "a diffusers ControlNet",
+                              f"a kind ({', '.join(CONTROL_KINDS)}), a diffusers folder",
+                              "thibaud/controlnet-sd21-canny-diffusers")
+    return folder or _fetch(ref, ref)
 
 
 def _fetch(repo: str, name: str) -> str:

@@ -11,14 +11,12 @@ only (CC-BY-NC-4.0; Small's are Apache-2.0). Any Depth Anything folder or hub id
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import ModelPathNotFoundError, UserError
 from .architectures import _seeded, cast
-from .hub import HubFiles, fetch
+from .hub import HubFiles, fetch, folder_or_hub_id
 from .loading import unreadable_model
 from .registry import REGISTRY
 
@@ -75,20 +73,13 @@ def depth_anything_config(tiny: bool = False, size: str = DEFAULT_DEPTH_ESTIMATO
                                head_hidden_size=32)
 
 
-def check_depth_estimator(ref: str) -> None:
-    """A UserError unless `ref` names a size, an existing folder or a hub id (before anything loads)."""
+def _folder(ref: str) -> str | None:
+    """The folder `ref` names, None for a size or a hub id; a clear error for anything else (before loading)."""
     if ref in DEPTH_SIZES:
-        return
-    path = Path(ref).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise UserError(f"{path} is a folder but not a transformers depth estimator: it has no config.json")
-        return
-    if ref.startswith((".", "~", "/")) or ref.count("/") > 1:
-        raise ModelPathNotFoundError(f"depth estimator path {ref} does not exist")
-    if ref.count("/") != 1:
-        raise UserError(f"unknown depth estimator {ref!r}: give a size ({', '.join(DEPTH_SIZES)}), a Depth Anything "
-                        "folder or a hub id such as depth-anything/Depth-Anything-V2-Base-hf")
+        return None
+    return folder_or_hub_id(ref, "depth estimator", "a transformers depth estimator",
+                            f"a size ({', '.join(DEPTH_SIZES)}), a Depth Anything folder",
+                            "depth-anything/Depth-Anything-V2-Base-hf")
 
 
 def _tiny_model(model: str) -> bool:
@@ -100,12 +91,11 @@ def prefetch_depth_estimator(model: str, *, random_weights: bool = False,
                              estimator: str = DEFAULT_DEPTH_ESTIMATOR) -> str | None:
     """Before the model loads: the local folder of `estimator` (a size, a folder or a hub id; downloading it),
     so a missing one is named at once; None where random weights stand in for it."""
-    check_depth_estimator(estimator)
+    folder = _folder(estimator)
     if (random_weights or _tiny_model(model)) and estimator in DEPTH_SIZES:
         return None
-    path = Path(estimator).expanduser()
-    if path.is_dir():
-        return str(path)
+    if folder is not None:
+        return folder
     repo = DEPTH_SIZES[estimator].repo if estimator in DEPTH_SIZES else estimator
     files = HubFiles(repo, "the depth estimator", DEPTH_ESTIMATOR_FILES)
     return fetch([files], "depth estimator", _INSTEAD)[0]
@@ -116,7 +106,7 @@ def load_depth_estimator(model: str, *, dtype: torch.dtype, device: torch.device
                          estimator: str = DEFAULT_DEPTH_ESTIMATOR) -> torch.nn.Module:
     """The depth estimator for a stream of `model`: a size (random weights of its architecture where the model
     has random weights), a folder or a hub id; folder: where prefetch_depth_estimator found it."""
-    check_depth_estimator(estimator)
+    _folder(estimator)
     if (random_weights or _tiny_model(model)) and estimator in DEPTH_SIZES:
         return cast(random_depth_estimator(tiny=_tiny_model(model), size=estimator), dtype, device)
     from transformers import DepthAnythingForDepthEstimation

@@ -6,8 +6,9 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
-from ..errors import ModelUnavailableError
+from ..errors import ModelPathNotFoundError, ModelUnavailableError, UserError
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,22 @@ class HubFiles:
 # What a model can be given as instead of a hub repo, offered when a repo cannot be fetched.
 MODEL_ALTERNATIVES = ("a local diffusers folder (one with model_index.json)", "a single .safetensors file",
                       "--model tiny for an offline check of the pipeline (random weights, meaningless pictures)")
+
+
+def folder_or_hub_id(ref: str, what: str, folder_kind: str, choices: str, example: str) -> str | None:
+    """The folder `ref` names (it must hold config.json), or None for a hub id "owner/name"; a path that does not
+    exist is a ModelPathNotFoundError and anything else a UserError naming `choices` (a ControlNet's or a depth
+    estimator's ref: `what` names it in messages, `folder_kind` says what the folder should be)."""
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"{path} is a folder but not {folder_kind}: it has no config.json")
+        return str(path)
+    if ref.startswith((".", "~", "/")) or ref.count("/") > 1:
+        raise ModelPathNotFoundError(f"{what} path {ref} does not exist")
+    if ref.count("/") != 1:
+        raise UserError(f"unknown {what} {ref!r}: give {choices} or a hub id such as {example}")
+    return None
 
 
 def fetch(wanted: Sequence[HubFiles], subject: str, alternatives: Sequence[str] = MODEL_ALTERNATIVES) -> list[str]:
