@@ -5,13 +5,15 @@ Groups (reference variant first, speed-ups are against it):
   residual CFG     full CFG vs onetime-negative (initialize) vs self-negative vs none, at 1 and 2 steps
   similarity       filter off vs on (threshold 0.98), on a static and a moving clip: skip rate, energy
   codec            the full KL VAE vs TAESD, with its convolutions fused (cuDNN's kernels on CUDA in half
-                   precision, else PyTorch's) and not fused
+                   precision, else PyTorch's) and not fused; SDXL's full VAE runs in float32 under a float16
+                   stream (Components.vae_dtype), as diffusers' SDXL pipelines run it
   acceleration     the plain engine vs its exact rewrites (eager) vs compile vs CUDA graphs vs both
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 from .scenario import Scenario
@@ -112,6 +114,7 @@ def write_ablation_chart(path: Any, rows: Sequence[dict]) -> bool:
     for i, v in enumerate(values):
         ax.text(v, i, f" {v:.2f}", va="center", fontsize=7)
     fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True

@@ -12,16 +12,32 @@ from typing import Any, Callable
 import numpy as np
 
 from ..config import StreamConfig
+from ..devices import cpu_generator
 from ..stream import Components
 
 BASELINES: tuple[str, ...] = ("diffusers", "streamdiffusion")
 
+# diffusers' pipeline class by (SDXL, steered by ControlNets, img2img).
+_PIPELINES: dict[tuple[bool, bool, bool], str] = {
+    (False, False, True): "StableDiffusionImg2ImgPipeline",
+    (False, False, False): "StableDiffusionPipeline",
+    (False, True, True): "StableDiffusionControlNetImg2ImgPipeline",
+    (False, True, False): "StableDiffusionControlNetPipeline",
+    (True, False, True): "StableDiffusionXLImg2ImgPipeline",
+    (True, False, False): "StableDiffusionXLPipeline",
+    (True, True, True): "StableDiffusionXLControlNetImg2ImgPipeline",
+    (True, True, False): "StableDiffusionXLControlNetPipeline",
+}
 
-def unavailable(name: str, device_type: str, controlnet: bool = False) -> str | None:
-    """Why a baseline cannot run here (for a stream steered by a ControlNet, if `controlnet`), or None."""
+
+def unavailable(name: str, device_type: str, controlnet: bool = False, sdxl: bool = False) -> str | None:
+    """Why a baseline cannot run here (for a stream steered by a ControlNet, if `controlnet`; of an SDXL model, if
+    `sdxl`), or None."""
     if name not in BASELINES:
         return f"unknown baseline {name!r}; known: {', '.join(BASELINES)}"
     if name == "streamdiffusion":
+        if sdxl:  # its wrapper encodes prompts with one text tower and calls the UNet without added conditions
+            return "StreamDiffusion 0.1.1 runs SD 1.x / 2.x pipelines only, not SDXL"
         if controlnet:
             return "StreamDiffusion 0.1.1 takes no ControlNet"
         if importlib.util.find_spec("streamdiffusion") is None:
@@ -39,49 +55,59 @@ def _to_pil(frame: np.ndarray) -> Any:
 
 def diffusers_call(components: Components, config: StreamConfig, prompt: str, task: str) -> Callable[[np.ndarray], Any]:
     """diffusers' StableDiffusion(Img2Img)Pipeline over the same modules, as its docs for one-step models show;
-    with a ControlNet among the modules, StableDiffusionControlNet(Img2Img)Pipeline.
+    with a ControlNet among the modules, StableDiffusionControlNet(Img2Img)Pipeline; for SDXL, the
+    StableDiffusionXL ones.
 
-    img2img runs `steps` denoising steps as num_inference_steps = 2 x steps at strength 0.5, guidance off.
+    img2img runs `steps` denoising steps as num_inference_steps = 2 x steps at strength 0.5, guidance off. Each call
+    draws its noise from config.seed as the stream draws its fixed noise, so that where the schedules agree the
+    pictures can be compared.
     """
     pipe = _diffusers_pipeline(components, task)
     steps, batch = config.denoising_steps, config.frame_buffer_size
     size = {"height": config.height, "width": config.width}
     control = _control_arguments(components, config, task)
+    _hand_over_vae(components)
 
     def img2img(frame: np.ndarray) -> Any:
         images = _to_pil(frame)
         prompts = [prompt] * batch if batch > 1 else prompt
         return pipe(prompts, image=images, num_inference_steps=2 * steps, strength=0.5, guidance_scale=0.0,
-                    **control(frame)).images
+                    generator=cpu_generator(config.seed), **control(frame)).images
 
     def txt2img(frame: np.ndarray) -> Any:
         return pipe(prompt, num_inference_steps=steps, guidance_scale=0.0, num_images_per_prompt=batch, **size,
-                    **control(frame)).images
+                    generator=cpu_generator(config.seed), **control(frame)).images
 
     return img2img if task == "img2img" else txt2img
 
 
 def _diffusers_pipeline(components: Components, task: str) -> Any:
-    from diffusers import (
-        LCMScheduler,
-        StableDiffusionControlNetImg2ImgPipeline,
-        StableDiffusionControlNetPipeline,
-        StableDiffusionImg2ImgPipeline,
-        StableDiffusionPipeline,
-    )
+    import diffusers
 
     modules = dict(vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
-                   unet=components.unet, scheduler=LCMScheduler.from_config(components.scheduler_config),
-                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    if not components.controlnets:
-        kind = StableDiffusionImg2ImgPipeline if task == "img2img" else StableDiffusionPipeline
+                   unet=components.unet, scheduler=_lcm(components.scheduler_config))
+    if components.sdxl:
+        # SDXL's pipelines have no safety checker; their invisible watermark is no part of making the picture.
+        modules.update(text_encoder_2=components.text_encoder_2, tokenizer_2=components.tokenizer_2,
+                       force_zeros_for_empty_prompt=components.zero_empty_negative, add_watermarker=False)
     else:
-        kind = StableDiffusionControlNetImg2ImgPipeline if task == "img2img" else StableDiffusionControlNetPipeline
-        nets = components.controlnets  # several become diffusers' MultiControlNetModel, which sums them as we do
+        modules.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    nets = components.controlnets  # several become diffusers' MultiControlNetModel, which sums them as we do
+    if nets:
         modules["controlnet"] = nets[0] if len(nets) == 1 else list(nets)
+    kind = getattr(diffusers, _PIPELINES[(components.sdxl, bool(nets), task == "img2img")])
     pipe = kind(**modules)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _hand_over_vae(components: Components) -> None:
+    """The VAE in the UNet's dtype, as diffusers loads it: a stream keeps SDXL's float16 autoencoder in float32
+    (Components.vae_dtype), while SDXL's pipelines upcast it around each use themselves and decode the float16
+    latents of txt2img only with a float16 or upcast autoencoder."""
+    vae, dtype = components.vae, components.unet.dtype
+    if vae.dtype != dtype:
+        vae.to(dtype=dtype)
 
 
 def _control_arguments(components: Components, config: StreamConfig, task: str) -> Callable[[np.ndarray], dict]:

@@ -118,9 +118,7 @@ def _check_controlnet(args: argparse.Namespace) -> None:
     """Before any model loads: refuse what cannot take --controlnet, and fetch the ControlNet where it is known."""
     if _control_fields(args) and args.ablation:
         raise UserError("--ablation studies the stream's own components; time --controlnet without it")
-    from ..models.controlnets import prefetch_controlnets
-
-    from ..models.controlnets import check_depth_estimator_use
+    from ..models.controlnets import check_depth_estimator_use, prefetch_controlnets
     from ..models.depth_estimators import DEFAULT_DEPTH_ESTIMATOR
 
     refs = controlnets(args)

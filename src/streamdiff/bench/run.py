@@ -272,13 +272,15 @@ def _result(scenario: Scenario, kind: str, latency: Latency, joules: float | Non
 def run_baseline(name: str, scenario: Scenario, options: BenchOptions, pool: ModelPool,
                  device: torch.device) -> dict[str, Any]:
     """Time a baseline on pristine modules of the scenario's model."""
-    reason = baselines.unavailable(name, device.type, controlnet=scenario.controlnet is not None)
-    base = scenario.with_changes(accel="none", label="")
-    if reason:
-        return {"scenario": base.as_dict(), "name": f"{name}: {base.name()}", "kind": name, "error": reason}
+    # Loaded first: whether the model is SDXL is known from its modules (the streams load it next anyway).
     entry = pool.get(scenario.model, scenario.taesd, pristine=True, controlnet=scenario.controlnet,
                      control_preprocess=scenario.control_preprocess,
                      depth_estimator=scenario.depth_estimator)
+    reason = baselines.unavailable(name, device.type, controlnet=scenario.controlnet is not None,
+                                   sdxl=entry.components.sdxl)
+    base = scenario.with_changes(accel="none", label="")
+    if reason:
+        return {"scenario": base.as_dict(), "name": f"{name}: {base.name()}", "kind": name, "error": reason}
     config = _config(scenario, entry, device, options)
     if name == "diffusers":
         call = baselines.diffusers_call(entry.components, config, options.prompt, scenario.task)

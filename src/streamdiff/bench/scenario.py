@@ -115,4 +115,5 @@ def grid(base: Scenario, **axes: Iterable[Any]) -> list[Scenario]:
 
 def _listed(value: Any) -> str:
     """A setting for a case's name: one value, or one per ControlNet joined by commas."""
-    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in (value if isinstance(value, tuple) else (value,)))
+    values = value if isinstance(value, tuple) else (value,)
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)

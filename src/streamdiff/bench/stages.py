@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import added_conditions
 from ..backends.graphs import CudaGraphCapture
 from ..config import CfgType, StreamConfig
 from ..images import to_uint8_hwc
@@ -124,6 +125,16 @@ def stage_call(pipe: StreamPipeline, stage: str, module: torch.nn.Module, args: 
                kwargs: dict) -> Callable[[], Any]:
     """One recorded call of a stage's module, to time or profile alone."""
     if stage == "unet":  # through the denoiser, as the step calls it: it may read stored conditioning
-        return lambda: pipe.denoiser(args[0], args[1], kwargs["encoder_hidden_states"])
+        latents, timesteps, embeddings = denoiser_inputs(args, kwargs)
+        return lambda: pipe.denoiser(latents, timesteps, embeddings)
     return lambda: module(*args, **kwargs)
+
+
+def denoiser_inputs(args: tuple, kwargs: dict) -> tuple[Tensor, Tensor, Tensor]:
+    """The denoiser's inputs of a recorded UNet call. An SDXL UNet is handed the embeddings the step packed taken
+    apart (added_conditions.py): its hidden states (B, 77, D), and the pooled embedding among its added
+    conditions, packed again here into (B, 78, D); the size numbers follow from the latents' shape."""
+    hidden, added = kwargs["encoder_hidden_states"], kwargs.get("added_cond_kwargs")
+    embeddings = hidden if added is None else added_conditions.pack(hidden, added["text_embeds"])
+    return args[0], args[1], embeddings
 
