@@ -32,6 +32,22 @@ def tiny_pipe_factory(_tiny_cache):
     return make
 
 
+@pytest.fixture(scope="session")
+def _tiny_sdxl_cache():
+    from streamdiff.models.tiny import build_tiny_sdxl_pipeline
+
+    return {"taesd": build_tiny_sdxl_pipeline(seed=0), "vae": build_tiny_sdxl_pipeline(seed=0, full_vae=True)}
+
+
+@pytest.fixture
+def tiny_sdxl_factory(_tiny_sdxl_cache):
+    """Fresh copies of the tiny diffusers SDXL pipeline (TAESD, or the full autoencoder)."""
+    def make(full_vae: bool = False):
+        return copy.deepcopy(_tiny_sdxl_cache["vae" if full_vae else "taesd"])
+
+    return make
+
+
 @pytest.fixture
 def tiny_engine(tiny_pipe):
     """The tiny model as a prepared 64x64 stream of two steps on the CPU, as the apps drive it."""

@@ -11,6 +11,8 @@ from typing import Sequence, Union
 import torch
 from torch import Tensor
 
+from . import added_conditions
+
 logger = logging.getLogger(__name__)
 
 WeightedPrompts = Sequence[tuple[str, float]]
@@ -56,11 +58,20 @@ def blend(tensors: Sequence[Tensor], weights: Sequence[float], mode: str = "line
 
 
 class PromptEncoder:
-    """CLIP text embeddings (1, 77, D) per prompt, cached; long prompts truncated with a warning."""
+    """CLIP text embeddings (1, 77, D) per prompt, cached; long prompts truncated with a warning.
 
-    def __init__(self, tokenizer, text_encoder, device: torch.device, dtype: torch.dtype, cache_size: int = 64):
+    With SDXL's second tower (`tokenizer_2`, `text_encoder_2`): both towers' penultimate hidden states side by
+    side, and the second one's pooled embedding as a 78th token (added_conditions.pack), as diffusers'
+    StableDiffusionXLPipeline encodes a prompt.
+    """
+
+    def __init__(self, tokenizer, text_encoder, device: torch.device, dtype: torch.dtype, cache_size: int = 64, *,
+                 tokenizer_2=None, text_encoder_2=None, zero_empty_negative: bool = False):
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
+        self.tokenizer_2 = tokenizer_2
+        self.text_encoder_2 = text_encoder_2
+        self.zero_empty_negative = zero_empty_negative
         self.device = device
         self.dtype = dtype
         self.cache_size = cache_size
@@ -72,26 +83,28 @@ class PromptEncoder:
         if prompt in self._cache:
             self._cache.move_to_end(prompt)
             return self._cache[prompt]
-        embeds = self._encode_uncached(prompt)
+        embeds = self._encode_uncached(prompt).to(device=self.device, dtype=self.dtype)
         self._cache[prompt] = embeds
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return embeds
 
+    def encode_negative(self, prompt: str) -> Tensor:
+        """A negative prompt's embeddings: zeros for an empty one where the model says so, else `encode`."""
+        if prompt == "" and self.zero_empty_negative:
+            return torch.zeros_like(self.encode(prompt))
+        return self.encode(prompt)
+
     @torch.no_grad()
     def _encode_uncached(self, prompt: str) -> Tensor:
-        limit = self.tokenizer.model_max_length
-        full = self.tokenizer(prompt, truncation=False).input_ids
-        if len(full) > limit:
-            logger.warning(
-                "prompt is %d tokens long; CLIP reads at most %d, so it was truncated to: %r",
-                len(full), limit, self.tokenizer.decode(full[1:limit - 1]),
-            )
-        ids = self.tokenizer(
-            prompt, padding="max_length", max_length=limit, truncation=True, return_tensors="pt"
-        ).input_ids.to(self.text_encoder.device)
-        hidden = self.text_encoder(ids, attention_mask=None)[0]
-        return hidden.to(device=self.device, dtype=self.dtype)
+        ids = _token_ids(self.tokenizer, prompt, warn=True).to(self.text_encoder.device)
+        if self.text_encoder_2 is None:
+            return self.text_encoder(ids, attention_mask=None)[0]
+        ids_2 = _token_ids(self.tokenizer_2, prompt, warn=False).to(self.text_encoder_2.device)
+        first = self.text_encoder(ids, output_hidden_states=True)
+        second = self.text_encoder_2(ids_2, output_hidden_states=True)
+        hidden = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)
+        return added_conditions.pack(hidden, second.text_embeds)
 
     def encode_weighted(self, prompt: PromptLike, mode: str = "linear") -> Tensor:
         """A string, or [(text, weight), ...] blended by normalised weights."""
@@ -101,6 +114,18 @@ class PromptEncoder:
         if not pairs or not all(isinstance(p, (tuple, list)) and len(p) == 2 for p in pairs):
             raise ValueError("a weighted prompt must be a list of (text, weight) pairs")
         return blend([self.encode(text) for text, _ in pairs], [float(w) for _, w in pairs], mode)
+
+
+def _token_ids(tokenizer, prompt: str, *, warn: bool) -> Tensor:
+    """(1, 77) token ids, padded; a longer prompt is truncated (with a warning when `warn`)."""
+    limit = tokenizer.model_max_length
+    full = tokenizer(prompt, truncation=False).input_ids
+    if warn and len(full) > limit:
+        logger.warning(
+            "prompt is %d tokens long; CLIP reads at most %d, so it was truncated to: %r",
+            len(full), limit, tokenizer.decode(full[1:limit - 1]),
+        )
+    return tokenizer(prompt, padding="max_length", max_length=limit, truncation=True, return_tensors="pt").input_ids
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import images, temporal
+from . import added_conditions, images, temporal
 from .backends.protocols import Denoiser, LatentCodec
 from .backends.torch import TorchCodec, TorchDenoiser
 from .batch import StreamBatch
@@ -58,17 +58,19 @@ class StreamPipeline(LiveSchedule, DeviceSteps):
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.lcm_boundary = lcm_boundary
-        for module in (components.text_encoder, components.unet, components.vae, *components.controlnets,
-                       components.depth_estimator):
-            if module is not None:
-                place_module(module, self.device, self.dtype)
+        added_conditions.check_fits(components.unet, components.text_encoder_2)
+        for module in components.modules:
+            dtype = components.vae_dtype(self.dtype) if module is components.vae else self.dtype
+            place_module(module, self.device, dtype)
         self.components = components
         self.control = None if not components.controlnets else \
             Control(components.controlnets, config, self.device, self.dtype, components.depth_estimator,
                     control_names)
         self.denoiser = denoiser or TorchDenoiser(components.unet, control=self.control)
-        self.codec = codec or TorchCodec(components.vae)
-        self.prompts = PromptEncoder(components.tokenizer, components.text_encoder, self.device, self.dtype)
+        self.codec = codec or TorchCodec(components.vae, self.dtype)
+        self.prompts = PromptEncoder(components.tokenizer, components.text_encoder, self.device, self.dtype,
+                                     tokenizer_2=components.tokenizer_2, text_encoder_2=components.text_encoder_2,
+                                     zero_empty_negative=components.zero_empty_negative)
         self.stats = StreamStats()
         self._batch: StreamBatch | None = None
         self._schedules: dict[int, tuple[int, ...]] = {}  # the indices the stream last had per number of steps
@@ -138,7 +140,7 @@ class StreamPipeline(LiveSchedule, DeviceSteps):
         cfg = self.config
         slots = cfg.denoising_steps * cfg.frame_buffer_size
         self._cond = self._expand(self.prompts.encode_weighted(prompt, cfg.prompt_blend), slots)
-        self._uncond = self._expand(self.prompts.encode(negative_prompt), slots)
+        self._uncond = self._expand(self.prompts.encode_negative(negative_prompt), slots)
         self._transition: Transition | None = None
         self._seed = seed if seed is not None else cfg.seed
         self._batch = self._new_batch(cfg)
@@ -207,7 +209,7 @@ class StreamPipeline(LiveSchedule, DeviceSteps):
         self._require_prepared()
         target = self.prompts.encode_weighted(prompt, self.config.prompt_blend)
         if negative_prompt is not None:
-            self._uncond.copy_(self.prompts.encode(negative_prompt).expand_as(self._uncond))
+            self._uncond.copy_(self.prompts.encode_negative(negative_prompt).expand_as(self._uncond))
         if transition_frames > 0:
             self._transition = Transition(self._cond[:1].clone(), target, transition_frames, self.config.prompt_blend)
         else:

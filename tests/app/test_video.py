@@ -251,6 +251,14 @@ def test_streamdiff_video_with_the_tiny_model(tmp_path, clip, capsys):
     assert "frames 12/12 (100%)" in captured.err
 
 
+def test_streamdiff_video_with_the_tiny_sdxl_model(tmp_path, clip):
+    out = tmp_path / "styled.mp4"
+    model = TINY.index("--model") + 1
+    assert main(["video", str(clip), str(out), *TINY[:model], "tiny-sdxl", *TINY[model + 1:]]) == 0
+    pictures, _, _ = probe(out)
+    assert len(pictures) == 12 and pictures[0].shape == (64, 64, 3)
+
+
 @pytest.mark.parametrize("content, message", [
     (b"\x00\x01garbage" * 500, "cannot open video"),
     (None, "input video not found"),

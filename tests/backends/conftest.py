@@ -17,13 +17,15 @@ SIZE = 64
 
 
 @pytest.fixture
-def make_stream(_tiny_cache):
-    """A prepared CPU stream over a private copy of the tiny components; settings as StreamConfig fields."""
+def make_stream(_tiny_cache, _tiny_sdxl_cache):
+    """A prepared CPU stream over a private copy of the tiny components (the tiny SDXL ones with sdxl=True);
+    settings as StreamConfig fields."""
 
-    def make(prompt: str = "a red fox", **settings) -> StreamPipeline:
+    def make(prompt: str = "a red fox", sdxl: bool = False, **settings) -> StreamPipeline:
         settings.setdefault("width", SIZE)
         settings.setdefault("height", SIZE)
-        pipe = StreamPipeline.from_diffusers(copy.deepcopy(_tiny_cache["taesd"]), device="cpu", seed=3, **settings)
+        components = copy.deepcopy((_tiny_sdxl_cache if sdxl else _tiny_cache)["taesd"])
+        pipe = StreamPipeline.from_diffusers(components, device="cpu", seed=3, **settings)
         pipe.prepare(prompt, negative_prompt="blurry")
         return pipe
 

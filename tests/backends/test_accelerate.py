@@ -61,13 +61,14 @@ def test_none_passes_frames_to_the_engine_unchanged(make_stream):
         np.testing.assert_array_equal(stream.img2img(frame), eager.img2img(frame))
 
 
-@pytest.mark.parametrize("steps", [(30,), (20, 35)])
-def test_eager_computes_the_plain_engines_frames_with_folded_upsampling_and_a_fused_codec(make_stream, steps):
+@pytest.mark.parametrize(("steps", "sdxl"), [((30,), False), ((20, 35), False), ((20, 35), True)],
+                         ids=["1-step", "2-step", "sdxl-2-step"])
+def test_eager_computes_the_plain_engines_frames_with_folded_upsampling_and_a_fused_codec(make_stream, steps, sdxl):
     """eager: the UNet's upsampling folded and TAESD fused with PyTorch's kernels on the CPU, nothing compiled
     or captured, and every frame (the stream batch's too) what the plain engine computes, to float32 rounding."""
     from streamdiff.backends import upsample_fold
 
-    plain, pipe = make_stream(t_index_list=steps), make_stream(t_index_list=steps)
+    plain, pipe = make_stream(t_index_list=steps, sdxl=sdxl), make_stream(t_index_list=steps, sdxl=sdxl)
     stream, report = accelerate(pipe, "eager")
     unet, vae = pipe.components.unet, pipe.components.vae
     assert (report.mode, report.fused_codec, report.folded_upsamplers) == ("eager", True, 1)

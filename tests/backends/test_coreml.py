@@ -143,6 +143,22 @@ def test_the_traced_graph_coremltools_converts_computes_what_the_stream_computes
     torch.testing.assert_close(trace(encode, (pixels,))(pixels), pipe.codec.encode(pixels))
 
 
+def test_an_sdxl_unet_converts_with_the_engines_packed_embeddings_as_its_input(tiny, tmp_path):
+    """SDXL's pooled embedding rides in the embeddings (78 tokens) and the size numbers are constants of the
+    converted shape: the traced graph takes the engine's tensors as they are and computes what PyTorch does."""
+    pipe = tiny(sdxl=True)
+    store = _convert_stream(pipe, tmp_path)
+    unet_part = next(p for p in store.asked if json.loads((p / "streamdiff.json").read_text())["part"] == "unet")
+    width = pipe.components.unet.config.cross_attention_dim
+    assert _declared(unet_part)[0]["encoder_hidden_states"] == ([2, 78, width], _FLOAT16)
+    latents, timesteps = torch.randn(2, 4, 8, 8), torch.tensor([999.0, 499.0])
+    text = pipe.prompts.encode("a red fox").expand(2, -1, -1)
+    traced = trace(UnetCall(pipe.components.unet), (latents, timesteps, text))
+    other = (torch.randn_like(latents), torch.tensor([259.0, 19.0]), pipe.prompts.encode("ink").expand(2, -1, -1))
+    for inputs in ((latents, timesteps, text), other):
+        torch.testing.assert_close(traced(*inputs), TorchDenoiser(pipe.components.unet)(*inputs))
+
+
 def test_a_stream_on_the_converted_parts_matches_pytorch_through_their_declared_interface(tiny, tmp_path):
     reference, pipe = tiny(), tiny()
     _convert_stream(tiny(), tmp_path, txt2img=True)  # as `streamdiff convert` would, beforehand

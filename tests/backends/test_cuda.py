@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import numpy as np
 import pytest
@@ -100,6 +101,17 @@ def _replay_with_changes(eager: StreamPipeline, fast, seed: int, change) -> None
                 change(stream, k)
         difference = np.abs(fast.img2img(frame).astype(int) - eager.img2img(frame).astype(int))
         assert difference.max() <= 3, f"frame {k}: {difference.max()} levels"
+
+
+def _check_replays(make, tiny, mode: str, settings: dict, tmp_path, seed: int, change) -> Any:
+    """A stream `make` builds, accelerated in `mode`, against its eager twin through _replay_with_changes; the
+    step is captured once and never again. Returns the accelerated stream."""
+    eager = make(tiny, cache_conditioning=False, **settings)
+    fast, report = accelerate(make(tiny, **settings), mode, cache_dir=tmp_path)
+    assert report.mode == mode and len(fast.captured) == 1
+    _replay_with_changes(eager, fast, seed, change)
+    assert len(fast.captured) == 1
+    return fast
 
 
 @pytest.mark.parametrize("settings", [{"t_index_list": (0,)},
@@ -284,8 +296,24 @@ def test_controlnet_replays_follow_prompt_changes(_tiny_cache, mode, tmp_path):
     # The ControlNet's stored keys and values change in place with the prompt, as the UNet's do, so the step is
     # not captured again; replays reading stale ones were 8 levels off the eager engine at frame 4 (H100).
     settings = {"t_index_list": (10, 30), "cfg_type": "self", "guidance_scale": 1.4}
-    eager = _controlled(_tiny_cache["taesd"], cache_conditioning=False, **settings)
-    fast, report = accelerate(_controlled(_tiny_cache["taesd"], **settings), mode, cache_dir=tmp_path)
-    assert report.mode == mode and len(fast.captured) == 1
-    _replay_with_changes(eager, fast, 9, lambda stream, k: stream.update_prompt("a cat" if k == 3 else "a boat"))
-    assert len(fast.captured) == 1
+    _check_replays(_controlled, _tiny_cache["taesd"], mode, settings, tmp_path, 9,
+                   lambda stream, k: stream.update_prompt("a cat" if k == 3 else "a boat"))
+
+
+@pytest.mark.parametrize("mode", ["graphs", "max"])
+@pytest.mark.parametrize("vae", ["taesd", "vae"], ids=["taesd", "full-vae-in-float32"])
+def test_sdxl_replays_match_the_eager_engine(_tiny_sdxl_cache, mode, vae, tmp_path):
+    # The pooled embedding rides in the prompt's buffer and the size numbers are made inside the captured step;
+    # a prompt or strength change reaches the replays in place. SDXL's own autoencoder runs in float32 in it.
+    settings = {"t_index_list": (10, 30), "cfg_type": "self", "guidance_scale": 1.4}
+    fast = _check_replays(lambda tiny, **kw: _stream(tiny, "float16", **kw), _tiny_sdxl_cache[vae], mode, settings,
+                          tmp_path, 6, lambda s, k: s.update_prompt("a cat") if k == 3 else s.set_strength(0.3))
+    assert fast.pipe.components.vae.dtype == (torch.float32 if vae == "vae" else torch.float16)
+
+
+@pytest.mark.parametrize("mode", ["graphs", "max"])
+def test_sdxl_controlnet_replays_match_the_eager_engine(_tiny_sdxl_cache, mode, tmp_path):
+    # An SDXL ControlNet takes the same added conditions as its UNet, inside the captured step.
+    settings = {"t_index_list": (10, 30), "cfg_type": "full", "guidance_scale": 1.4}
+    _check_replays(_controlled, _tiny_sdxl_cache["taesd"], mode, settings, tmp_path, 7,
+                   lambda stream, k: stream.update_prompt("a boat") if k == 3 else stream.set_control_scale(0.4))

@@ -37,6 +37,22 @@ def test_bundled_sample_and_txt2img(tmp_path):
     assert Image.open(out2).size == (64, 64)
 
 
+def test_sdxl_streams_from_the_command_line_with_its_prompt_a_controlnet_and_a_non_square_size(tmp_path):
+    def run(name: str, *extra: str) -> np.ndarray:
+        out = tmp_path / f"{name}.png"
+        assert main([*extra[:1], *(["sample"] if extra[0] == "img2img" else []), str(out), "--model", "tiny-sdxl",
+                     "--device", "cpu", *extra[1:]]) == 0
+        return np.asarray(Image.open(out)).astype(int)
+
+    fox = run("fox", "img2img", "--prompt", "a fox", "--width", "96", "--height", "64")
+    assert fox.shape == (64, 96, 3)
+    assert np.abs(fox - run("owl", "img2img", "--prompt", "an owl", "--width", "96", "--height", "64")).max() > 0
+    steered = run("canny", "img2img", "--prompt", "a fox", "--width", "96", "--height", "64", "--controlnet", "canny")
+    assert np.abs(fox - steered).max() > 0
+    guided = run("text", "txt2img", "--prompt", "a fox", "--cfg", "full", "--guidance", "3", "--negative-prompt", "x")
+    assert guided.shape == (64, 64, 3) and np.abs(guided - run("plain", "txt2img", "--prompt", "a fox")).max() > 0
+
+
 def test_controlnet_steers_img2img_and_txt2img(tmp_path):
     pictures = {}
     for name, extra in (("plain", []), ("canny", ["--controlnet", "canny", "--canny-thresholds", "20,60"]),

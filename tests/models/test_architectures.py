@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from streamdiff import added_conditions
 from streamdiff.models.architectures import RECONSTRUCTED, UNET_CONFIGS, build_random_pipeline
 from streamdiff.models.registry import REGISTRY, get_spec
 
@@ -22,14 +23,18 @@ def test_every_hub_model_of_the_registry_has_an_architecture():
     assert RECONSTRUCTED == {"sdxs-512", "tiny-sd"}
 
 
-@pytest.mark.parametrize(("name", "unet", "text"), [
-    ("sd-turbo", 865.9, 340.4),  # SD 2.1 UNet; OpenCLIP ViT-H text tower, 23 layers
-    ("sd15-lcm", 859.5, 123.1),  # SD 1.5 UNet; CLIP ViT-L/14 text tower
+@pytest.mark.parametrize(("name", "unet", "text", "text_2"), [
+    ("sd-turbo", 865.9, 340.4, None),  # SD 2.1 UNet; OpenCLIP ViT-H text tower, 23 layers
+    ("sd15-lcm", 859.5, 123.1, None),  # SD 1.5 UNet; CLIP ViT-L/14 text tower
+    ("sdxl-turbo", 2567.5, 123.1, 694.7),  # SDXL UNet; CLIP ViT-L/14 and OpenCLIP ViT-bigG/14 text towers
 ])
-def test_published_architectures_have_their_published_sizes(meta_pipes, name, unet, text):
+def test_published_architectures_have_their_published_sizes(meta_pipes, name, unet, text, text_2):
     pipe = meta_pipes[name]
     assert millions(pipe.unet) == pytest.approx(unet, abs=0.1)
     assert millions(pipe.text_encoder) == pytest.approx(text, abs=0.1)
+    if text_2 is not None:
+        assert millions(pipe.text_encoder_2) == pytest.approx(text_2, abs=0.1)
+        assert type(pipe.text_encoder_2).__name__ == "CLIPTextModelWithProjection"
 
 
 @pytest.mark.parametrize(("name", "unet"), [("sdxs-512", 328.0), ("tiny-sd", 323.0)])
@@ -43,14 +48,22 @@ def test_reconstructions_have_the_published_unet_size(meta_pipes, name, unet):
 def test_components_fit_together_at_the_native_size(meta_pipes, name):
     pipe, spec = meta_pipes[name], get_spec(name)
     assert pipe.unet.dtype == torch.float16 and pipe.unet.device.type == "meta"
-    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
-    assert pipe.text_encoder.config.hidden_size == {"sd15": 768, "sd21": 1024}[spec.family]
+    towers = [pipe.text_encoder] + ([pipe.text_encoder_2] if spec.family == "sdxl" else [])
+    widths = [tower.config.hidden_size for tower in towers]
+    assert widths == {"sd15": [768], "sd21": [1024], "sdxl": [768, 1280]}[spec.family]
+    assert pipe.unet.config.cross_attention_dim == sum(widths)
     ids = pipe.tokenizer(["a watercolor fox"], padding="max_length", max_length=77, return_tensors="pt").input_ids
-    assert int(ids.max()) < pipe.text_encoder.config.vocab_size
+    assert int(ids.max()) < min(tower.config.vocab_size for tower in towers)
     side = spec.resolution // 8
-    context = pipe.text_encoder(ids.to("meta"))[0]
+    outputs = [tower(ids.to("meta"), output_hidden_states=True) for tower in towers]
+    context = torch.cat([out.hidden_states[-2 if spec.family == "sdxl" else -1] for out in outputs], dim=-1)
+    if spec.family == "sdxl":  # the pooled embedding the UNet adds to its timestep embedding
+        assert added_conditions.pooled_width(pipe.unet) == outputs[1].text_embeds.shape[-1] == 1280
+        context = added_conditions.pack(context, outputs[1].text_embeds)
     sample = torch.empty(1, 4, side, side, device="meta", dtype=torch.float16)
-    assert pipe.unet(sample, torch.tensor([999], device="meta"), context).sample.shape == (1, 4, side, side)
+    hidden, added = added_conditions.model_inputs(sample, context, added_conditions.pooled_width(pipe.unet))
+    out = pipe.unet(sample, torch.tensor([999], device="meta"), hidden, **added).sample
+    assert out.shape == (1, 4, side, side)
     assert pipe.vae.decode(sample).sample.shape == (1, 3, spec.resolution, spec.resolution)
 
 
@@ -71,6 +84,13 @@ def test_full_vae_is_the_sd_autoencoder():
     assert type(pipe.vae).__name__ == "AutoencoderKL"
     assert millions(pipe.vae) == pytest.approx(83.65, abs=0.01)
     assert pipe.vae.config.scaling_factor == pytest.approx(0.18215)
+
+
+def test_sdxl_full_vae_has_its_own_latent_scale_and_asks_for_float32():
+    pipe = build_random_pipeline(get_spec("sdxl-turbo"), taesd=False, dtype=torch.float32, device="meta")
+    assert type(pipe).__name__ == "StableDiffusionXLPipeline" and millions(pipe.vae) == pytest.approx(83.65, abs=0.01)
+    assert pipe.vae.config.scaling_factor == pytest.approx(0.13025) and pipe.vae.config.force_upcast
+    assert pipe.config.force_zeros_for_empty_prompt  # an empty negative prompt is zeros, as SDXL was trained
 
 
 def test_taesd_is_the_published_tiny_autoencoder(meta_pipes):

@@ -87,6 +87,22 @@ def test_the_stream_runs_the_fused_style_with_the_folder_form_too(ink):
     assert np.abs(by_file.astype(int) - plain.astype(int)).max() > 0
 
 
+def test_an_sdxl_lora_styles_an_sdxl_stream_and_an_sd_one_is_refused_there(ink, tmp_path):
+    from streamdiff.models.tiny import build_tiny_sdxl_unet
+
+    sdxl_ink = make_lora(tmp_path, build_tiny_sdxl_unet(), weight_name="sdxl-ink.safetensors")
+    frame = np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)
+
+    def first_output(*loras):
+        pipe = StreamPipeline.from_model("tiny-sdxl", loras=loras, device="cpu", seed=1)
+        pipe.prepare("a watercolor")
+        return pipe.img2img(frame, output_type="np")
+
+    assert np.abs(first_output(f"{sdxl_ink}:1.0").astype(int) - first_output().astype(int)).max() > 0
+    with pytest.raises(UserError, match="into this model"):
+        first_output(str(ink))
+
+
 def test_a_lora_of_another_architecture_is_refused(tmp_path):
     from diffusers import UNet2DConditionModel
 

@@ -94,6 +94,7 @@ def test_json_output(capsys, cache):
 
 SD21_CANNY, SD15_CANNY = "thibaud/controlnet-sd21-canny-diffusers", "lllyasviel/control_v11p_sd15_canny"
 SD21_DEPTH, SD15_DEPTH = "thibaud/controlnet-sd21-depth-diffusers", "lllyasviel/control_v11f1p_sd15_depth"
+SDXL_CANNY, SDXL_DEPTH = "diffusers/controlnet-canny-sdxl-1.0", "diffusers/controlnet-depth-sdxl-1.0"
 ESTIMATOR = "depth-anything/Depth-Anything-V2-Small-hf"
 ESTIMATORS = ("depth-anything/Depth-Anything-V2-Base-hf", "depth-anything/Depth-Anything-V2-Large-hf")
 
@@ -118,12 +119,15 @@ def auxiliary_rows(out: str) -> dict[str, str]:
 def test_controlnets_and_the_depth_estimator_show_their_cache_state_and_option(capsys, control_cache):
     out = run_models(capsys, "--cache-dir", str(control_cache))
     rows = auxiliary_rows(out)
-    assert list(rows) == [SD21_CANNY, SD15_CANNY, SD21_DEPTH, SD15_DEPTH, ESTIMATOR, *ESTIMATORS]
+    assert list(rows) == [SD21_CANNY, SD15_CANNY, SDXL_CANNY, SD21_DEPTH, SD15_DEPTH, SDXL_DEPTH, ESTIMATOR,
+                          *ESTIMATORS]
     assert rows[SD21_CANNY].split()[1:] == ["yes", "--controlnet", "canny", "with", "sd-turbo"]
     partial = "  partial (missing diffusion_pytorch_model.safetensors)  --controlnet canny with sd15-lcm"
     assert partial in rows[SD15_CANNY]
     assert rows[SD21_DEPTH].split()[1:] == ["no", "--controlnet", "depth", "with", "sd-turbo"]
     assert rows[SD15_DEPTH].split()[1:] == ["no", "--controlnet", "depth", "with", "sd15-lcm"]
+    assert rows[SDXL_CANNY].split()[1:] == ["no", "--controlnet", "canny", "with", "sdxl-turbo"]
+    assert rows[SDXL_DEPTH].split()[1:] == ["no", "--controlnet", "depth", "with", "sdxl-turbo"]
     assert rows[ESTIMATOR].split()[1] == "yes" and rows[ESTIMATOR].endswith("--control-preprocess depth (Apache-2.0)")
     large = rows[ESTIMATORS[1]]
     assert large.split()[1] == "no" and large.endswith("with --depth-estimator large (CC-BY-NC-4.0)")
@@ -132,7 +136,7 @@ def test_controlnets_and_the_depth_estimator_show_their_cache_state_and_option(c
 
 def test_an_empty_cache_has_no_controlnet_nor_estimator(capsys, tmp_path):
     rows = auxiliary_rows(run_models(capsys, "--cache-dir", str(tmp_path / "no-cache-here")))
-    assert len(rows) == 7 and all(row.split()[1] == "no" for row in rows.values())
+    assert len(rows) == 9 and all(row.split()[1] == "no" for row in rows.values())
 
 
 def test_json_lists_controlnets_and_the_depth_estimator(capsys, control_cache):

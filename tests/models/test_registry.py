@@ -9,7 +9,9 @@ EXPECTED = {
     "sd15-lcm": ("stable-diffusion-v1-5/stable-diffusion-v1-5", "sd15", 512, (32, 45), True, True,
                  "latent-consistency/lcm-lora-sdv1-5"),
     "tiny-sd": ("segmind/tiny-sd", "sd15", 512, (32, 45), True, True, "latent-consistency/lcm-lora-sdv1-5"),
+    "sdxl-turbo": ("stabilityai/sdxl-turbo", "sdxl", 512, (0,), False, True, None),
     "tiny": ("", "tiny", 64, (32, 45), True, True, None),
+    "tiny-sdxl": ("", "tiny", 64, (32, 45), True, True, None),
 }
 
 
@@ -25,7 +27,9 @@ def test_each_entry_states_its_traits(name):
 def test_registry_holds_exactly_the_documented_models_and_sdxs_is_default():
     assert set(REGISTRY) == set(EXPECTED)
     assert DEFAULT_MODEL == "sdxs-512"
-    assert all(spec.taesd_repo == "madebyollin/taesd" for spec in REGISTRY.values())
+    # SD 1.x and 2.x share one TAESD; SDXL's latents need the TAESD trained on them.
+    assert {name: spec.taesd_repo for name, spec in REGISTRY.items() if spec.taesd_repo != "madebyollin/taesd"} \
+        == {"sdxl-turbo": "madebyollin/taesdxl"}
 
 
 def test_default_timesteps_follow_the_lcm_schedule():
@@ -36,9 +40,10 @@ def test_default_timesteps_follow_the_lcm_schedule():
     assert get_spec("sd15-lcm").default_steps == 2 and get_spec("sd-turbo").default_steps == 1
 
 
-def test_only_the_tiny_entry_is_built_locally():
-    assert [n for n, s in REGISTRY.items() if s.local_builder] == ["tiny"]
+def test_only_the_tiny_entries_are_built_locally():
+    assert [n for n, s in REGISTRY.items() if s.local_builder] == ["tiny", "tiny-sdxl"]
     assert get_spec("tiny").local_builder == "streamdiff.models.tiny:build_tiny_pipeline"
+    assert get_spec("tiny-sdxl").local_builder == "streamdiff.models.tiny:build_tiny_sdxl_pipeline"
 
 
 def test_unknown_name_lists_the_known_names():

@@ -10,7 +10,8 @@ from torch import Tensor, nn
 @runtime_checkable
 class Denoiser(Protocol):
     def __call__(self, latents: Tensor, timesteps: Tensor, embeddings: Tensor) -> Tensor:
-        """Noise prediction (B, 4, h, w) for latents (B, 4, h, w), timesteps (B,), text (B, 77, D)."""
+        """Noise prediction (B, 4, h, w) for latents (B, 4, h, w), timesteps (B,), text (B, 77, D); an SDXL model's
+        text (B, 78, D) carries the pooled embedding as its last token (added_conditions.py)."""
         ...
 
 
@@ -28,6 +29,8 @@ class LatentCodec(Protocol):
 class ControlResiduals(Protocol):
     controlnets: tuple[nn.Module, ...]  # the ControlNetModels `residuals` calls; TorchDenoiser caches their conditioning
 
-    def residuals(self, latents: Tensor, timesteps: Tensor, embeddings: Tensor) -> dict[str, Any]:
-        """The ControlNets' additions to the UNet call on these inputs, as the UNet's keyword arguments."""
+    def residuals(self, latents: Tensor, timesteps: Tensor, embeddings: Tensor,
+                  added: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The ControlNets' additions to the UNet call on these inputs (hidden states (B, 77, D) and SDXL's added
+        conditions as keyword arguments), as the UNet's keyword arguments."""
         ...

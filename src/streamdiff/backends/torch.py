@@ -7,6 +7,7 @@ from contextlib import ExitStack
 import torch
 from torch import Tensor
 
+from .. import added_conditions
 from .conditioning import ConditioningCache
 from .protocols import ControlResiduals
 
@@ -14,7 +15,8 @@ from .protocols import ControlResiduals
 class TorchDenoiser:
     """A diffusers UNet2DConditionModel; with cache_conditioning, what depends only on the timesteps and the
     text embeddings is computed once per `condition` instead of at every call. With `control`, its ControlNets'
-    residuals join every call; their own such work, on the same timesteps and embeddings, is cached alike."""
+    residuals join every call; their own such work, on the same timesteps and embeddings, is cached alike. An SDXL
+    UNet's embeddings carry the pooled text embedding as their last token (added_conditions.py)."""
 
     def __init__(self, unet: torch.nn.Module, *, cache_conditioning: bool = True,
                  control: ControlResiduals | None = None):
@@ -22,6 +24,7 @@ class TorchDenoiser:
         self.control = control
         models = (unet,) if control is None else (unet, *control.controlnets)
         self.caches = tuple(ConditioningCache.of(m) for m in models) if cache_conditioning else ()
+        self.pooled_width = added_conditions.pooled_width(unet)  # None: no added conditions
         self._given: tuple[Tensor, Tensor] | None = None
 
     def condition(self, timesteps: Tensor | None, embeddings: Tensor | None) -> None:
@@ -31,7 +34,10 @@ class TorchDenoiser:
         """
         if not self.caches:
             return
-        self._given = None if timesteps is None or embeddings is None else (timesteps, embeddings)
+        if timesteps is None or embeddings is None:
+            self._given = None
+        else:
+            self._given = (timesteps, added_conditions.hidden_states(embeddings, self.pooled_width))
         if self._given is not None:
             for cache in self.caches:
                 cache.refresh(*self._given, owner=self)
@@ -58,8 +64,9 @@ class TorchDenoiser:
         # In the UNet's own layout: img2img hands over the codec's channels-last latents and txt2img the plain
         # noise, and a compiled UNet guards on strides, so a switch between them would compile it again.
         latents = latents.contiguous(memory_format=_memory_format(self.unet))
-        extra = self.control.residuals(latents, timesteps, embeddings) if self.control is not None else {}
-        return self.unet(latents, timesteps, encoder_hidden_states=embeddings, return_dict=False, **extra)[0]
+        hidden, added = added_conditions.model_inputs(latents, embeddings, self.pooled_width)
+        extra = self.control.residuals(latents, timesteps, hidden, added) if self.control is not None else {}
+        return self.unet(latents, timesteps, encoder_hidden_states=hidden, return_dict=False, **added, **extra)[0]
 
 
 def _memory_format(unet: torch.nn.Module) -> torch.memory_format:
@@ -72,16 +79,25 @@ def _memory_format(unet: torch.nn.Module) -> torch.memory_format:
 
 
 class TorchCodec:
-    """Encodes to the posterior mean of a KL VAE (deterministic: sampling would add flicker)."""
+    """Encodes to the posterior mean of a KL VAE (deterministic: sampling would add flicker).
 
-    def __init__(self, vae: torch.nn.Module):
+    dtype: the stream's, when the VAE runs in another (SDXL's autoencoder in float32, as it overflows in half
+    precision); latents and pictures are handed over in it.
+    """
+
+    def __init__(self, vae: torch.nn.Module, dtype: torch.dtype | None = None):
         self.vae = vae
         self.scaling_factor = float(vae.config.scaling_factor)
+        self.dtype = dtype
 
     def encode(self, pixels: Tensor) -> Tensor:
         out = self.vae.encode(pixels.to(self.vae.dtype))
         latents = out.latents if hasattr(out, "latents") else out.latent_dist.mode()
-        return latents * self.scaling_factor
+        return self._handed_over(latents * self.scaling_factor)
 
     def decode(self, latents: Tensor) -> Tensor:
-        return self.vae.decode(latents / self.scaling_factor, return_dict=False)[0]
+        scaled = (latents / self.scaling_factor).to(self.vae.dtype)
+        return self._handed_over(self.vae.decode(scaled, return_dict=False)[0])
+
+    def _handed_over(self, tensor: Tensor) -> Tensor:
+        return tensor if self.dtype is None else tensor.to(self.dtype)

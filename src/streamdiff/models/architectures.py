@@ -1,6 +1,6 @@
 """Configurations of the real architectures, to build them with random weights and no download (benchmarks).
 
-The SD 1.5 and SD 2.1 configurations are the published ones. The SDXS-512 and segmind tiny-sd UNets are
+The SD 1.5, SD 2.1 and SDXL configurations are the published ones. The SDXS-512 and segmind tiny-sd UNets are
 reconstructions, as their exact configurations are not available offline: both are modelled on the
 block removal of BK-SDM-Tiny (three stages of 320/640/1280 channels, one ResNet and one transformer per
 down stage, two per up stage, no middle block) at their families' attention widths. They come out at
@@ -40,6 +40,23 @@ UNET_SD15: dict[str, Any] = {
     "attention_head_dim": 8,
 }
 
+# SDXL 1.0 base, which SDXL-Turbo keeps unchanged: 2567.5M parameters. No attention at the top level, 1, 2 and
+# 10 transformer layers per block lower down, and the pooled text embedding with six size numbers added to the
+# timestep embedding (6 x 256 + 1280 = 2816).
+UNET_SDXL: dict[str, Any] = {
+    "block_out_channels": (320, 640, 1280),
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "layers_per_block": 2,
+    "transformer_layers_per_block": (1, 2, 10),
+    "cross_attention_dim": 2048,
+    "attention_head_dim": (5, 10, 20),
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+}
+
 _BLOCK_REMOVED: dict[str, Any] = {
     "block_out_channels": (320, 640, 1280),
     "down_block_types": ("CrossAttnDownBlock2D",) * 3,
@@ -62,6 +79,7 @@ UNET_TINY_SD: dict[str, Any] = {**_BLOCK_REMOVED, "cross_attention_dim": 768, "a
 UNET_CONFIGS: dict[str, dict[str, Any]] = {
     "sdxs-512": UNET_SDXS_512,
     "sd-turbo": UNET_SD21,
+    "sdxl-turbo": UNET_SDXL,
     "sd15-lcm": UNET_SD15,
     "tiny-sd": UNET_TINY_SD,
 }
@@ -87,7 +105,19 @@ TEXT_ENCODER_SD21: dict[str, Any] = {
     "projection_dim": 512,
 }
 
-TEXT_ENCODER_CONFIGS: dict[str, dict[str, Any]] = {"sd15": TEXT_ENCODER_SD15, "sd21": TEXT_ENCODER_SD21}
+# OpenCLIP ViT-bigG/14 text tower, SDXL's second (CLIPTextModelWithProjection: its pooled embedding projected).
+TEXT_ENCODER_SDXL_2: dict[str, Any] = {
+    "hidden_size": 1280,
+    "intermediate_size": 5120,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 20,
+    "hidden_act": "gelu",
+    "projection_dim": 1280,
+}
+
+# SDXL's first text tower is SD 1.x's CLIP ViT-L; its second is keyed "sdxl-2".
+TEXT_ENCODER_CONFIGS: dict[str, dict[str, Any]] = {"sd15": TEXT_ENCODER_SD15, "sd21": TEXT_ENCODER_SD21,
+                                                  "sdxl": TEXT_ENCODER_SD15, "sdxl-2": TEXT_ENCODER_SDXL_2}
 
 # diffusers' AutoencoderTiny defaults are TAESD's architecture.
 TAESD_CONFIG: dict[str, Any] = {}
@@ -101,6 +131,10 @@ VAE_KL_CONFIG: dict[str, Any] = {
     "latent_channels": 4,
     "scaling_factor": 0.18215,
 }
+
+# SDXL's autoencoder: the same architecture, its own latent scale; it overflows in float16, which its
+# configuration's force_upcast says (diffusers' SDXL pipelines then decode in float32, and so does the engine).
+VAE_KL_SDXL_CONFIG: dict[str, Any] = {**VAE_KL_CONFIG, "scaling_factor": 0.13025, "force_upcast": True}
 
 # Stable Diffusion's training noise schedule, as LCM models ship it.
 SCHEDULER_CONFIG: dict[str, Any] = {
@@ -141,13 +175,13 @@ def text_encoder_config(family: str, tokenizer: Any) -> Any:
     )
 
 
-def build_vae(taesd: bool, resolution: int) -> torch.nn.Module:
-    """TAESD (AutoencoderTiny) or the full SD autoencoder (AutoencoderKL), randomly initialised."""
+def build_vae(taesd: bool, resolution: int, family: str = "sd21") -> torch.nn.Module:
+    """TAESD (AutoencoderTiny) or the family's full autoencoder (AutoencoderKL), randomly initialised."""
     from diffusers import AutoencoderKL, AutoencoderTiny
 
     if taesd:
         return AutoencoderTiny(**TAESD_CONFIG)
-    return AutoencoderKL(**VAE_KL_CONFIG, sample_size=resolution)
+    return AutoencoderKL(**(VAE_KL_SDXL_CONFIG if family == "sdxl" else VAE_KL_CONFIG), sample_size=resolution)
 
 
 def build_random_pipeline(spec: ModelSpec, *, taesd: bool, dtype: torch.dtype, device: torch.device | str,
@@ -156,27 +190,31 @@ def build_random_pipeline(spec: ModelSpec, *, taesd: bool, dtype: torch.dtype, d
 
     On "meta" nothing is allocated, which is how the parameter counts are checked.
     """
-    from diffusers import LCMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel
+    from diffusers import LCMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     from .tiny import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()  # its ids stay below the real vocabulary size
+    parts: dict[str, Any] = {"tokenizer": tokenizer, "scheduler": LCMScheduler(**SCHEDULER_CONFIG)}
     with _seeded(torch.device(device), seed):
         # Each module is cast as soon as it exists, so float32 copies never pile up.
-        unet = cast(UNet2DConditionModel(**unet_config(spec.name, spec.resolution)), dtype)
-        text_encoder = cast(CLIPTextModel(text_encoder_config(spec.family, tokenizer)), dtype)
-        vae = cast(build_vae(taesd, spec.resolution), dtype)
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=LCMScheduler(**SCHEDULER_CONFIG),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+        parts["unet"] = cast(UNet2DConditionModel(**unet_config(spec.name, spec.resolution)), dtype)
+        parts["text_encoder"] = cast(CLIPTextModel(text_encoder_config(spec.family, tokenizer)), dtype)
+        if spec.family == "sdxl":
+            second = CLIPTextModelWithProjection(text_encoder_config("sdxl-2", tokenizer))
+            parts.update(text_encoder_2=cast(second, dtype), tokenizer_2=tokenizer)
+        parts["vae"] = cast(build_vae(taesd, spec.resolution, spec.family), dtype)
+    return _pipeline(parts)
+
+
+def _pipeline(parts: dict[str, Any]) -> Any:
+    """A diffusers SDXL pipeline of these parts where they hold a second text tower, else an SD one."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if "text_encoder_2" in parts:
+        return StableDiffusionXLPipeline(**parts)
+    return StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
 def cast(module: torch.nn.Module, dtype: torch.dtype, device: torch.device | str | None = None) -> Any:

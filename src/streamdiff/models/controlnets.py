@@ -29,7 +29,7 @@ from .registry import ModelSpec
 
 CONTROLNET_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
 # Traits of a UNet that a ControlNet's residuals must match, stage by stage.
-_MATCHING = ("block_out_channels", "cross_attention_dim", "in_channels")
+_MATCHING = ("block_out_channels", "cross_attention_dim", "in_channels", "addition_embed_type")
 
 
 @dataclass(frozen=True)
@@ -46,10 +46,12 @@ CONTROL_KINDS: dict[str, ControlKind] = {
     for kind in (
         # The edges of each input frame (Canny, computed on the engine's device).
         ControlKind("canny", "canny",
-                    {"sd21": "thibaud/controlnet-sd21-canny-diffusers", "sd15": "lllyasviel/control_v11p_sd15_canny"}),
+                    {"sd21": "thibaud/controlnet-sd21-canny-diffusers", "sd15": "lllyasviel/control_v11p_sd15_canny",
+                     "sdxl": "diffusers/controlnet-canny-sdxl-1.0"}),
         # Each input frame's depth, estimated on the engine's device (Depth Anything V2 Small; near is bright).
         ControlKind("depth", "depth",
-                    {"sd21": "thibaud/controlnet-sd21-depth-diffusers", "sd15": "lllyasviel/control_v11f1p_sd15_depth"}),
+                    {"sd21": "thibaud/controlnet-sd21-depth-diffusers", "sd15": "lllyasviel/control_v11f1p_sd15_depth",
+                     "sdxl": "diffusers/controlnet-depth-sdxl-1.0"}),
     )
 }
 

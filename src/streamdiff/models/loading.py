@@ -8,6 +8,7 @@ ModelUnavailableError paragraph instead of a traceback (see hub.py).
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -20,15 +21,16 @@ import torch
 from ..errors import ModelPathNotFoundError, UserError
 from .hub import HubFiles, fetch
 from .lora import LORA_FILES, LocatedLora, StyleLora, fuse_style_loras, locate_loras
-from .registry import LCM_T_INDEX, REGISTRY, TAESD_REPO, ModelSpec
+from .registry import LCM_T_INDEX, REGISTRY, TAESD_REPO, TAESDXL_REPO, ModelSpec
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 TAESD_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
-# What from_single_file reads from the base model's diffusers repo: configurations and tokenizer, no weights.
-CONFIG_FILES = ("model_index.json", "*/config.json", "scheduler/*", "tokenizer/*")
+# What from_single_file reads from the base model's diffusers repo: configurations and tokenizers (SDXL has two),
+# no weights.
+CONFIG_FILES = ("model_index.json", "*/config.json", "scheduler/*", "tokenizer/*", "tokenizer_2/*")
 _FAMILY_BY_TEXT_WIDTH = {768: "sd15", 1024: "sd21"}
 
 
@@ -123,16 +125,18 @@ def _looks_like_path(text: str) -> bool:
 def spec_from_pipeline(name: str, pipe: Any, *, repo_id: str = "") -> ModelSpec:
     """Conservative traits for a model outside the registry: LCM boundary, two steps (32, 45), TAESD.
 
-    Family and size come from the loaded components' configurations, never from the name;
-    family "tiny" stands for any text width other than SD 1.x (768) and SD 2.x (1024).
+    Family and size come from the loaded components' configurations, never from the name: a second text tower
+    is SDXL; family "tiny" stands for any other text width than SD 1.x (768) and SD 2.x (1024).
     """
     sample = pipe.unet.config.sample_size
     side = sample if isinstance(sample, int) else sample[0]
+    family = "sdxl" if getattr(pipe, "text_encoder_2", None) is not None else \
+        _FAMILY_BY_TEXT_WIDTH.get(int(pipe.text_encoder.config.hidden_size), "tiny")
     return ModelSpec(
         name=name,
         repo_id=repo_id,
         description="model outside the registry; traits assumed (LCM boundary, two steps), override with traits",
-        family=_FAMILY_BY_TEXT_WIDTH.get(int(pipe.text_encoder.config.hidden_size), "tiny"),
+        family=family,
         resolution=int(side) * int(pipe.vae_scale_factor),
         t_index_list=LCM_T_INDEX,
     )
@@ -169,21 +173,32 @@ def _load_registry(spec: ModelSpec, use_taesd: bool, dtype: torch.dtype, device:
 
 
 def _load_other(source: Source, use_taesd: bool, dtype: torch.dtype, config: str | None):
-    wanted = []
-    if source.kind == "hub":
-        wanted.append(HubFiles(source.location, "the pipeline", skip_vae=use_taesd))
+    subject = f"model '{source.location}'"
     config_folder = _config_folder(config)
-    if source.kind == "single_file" and config_folder is None:
+    if source.kind == "hub":
+        folder = fetch([HubFiles(source.location, "the pipeline", skip_vae=use_taesd)], subject)[0]
+    elif source.kind == "single_file" and config_folder is None:
         base = config or _base_config_repo(source.location)
-        wanted.append(HubFiles(base, "the configuration of its base model", CONFIG_FILES,
-                               instead="config= a local diffusers folder of the same architecture"))
-    if use_taesd:
-        wanted.append(_taesd_files(TAESD_REPO))
-    folders = fetch(wanted, f"model '{source.location}'")
-    vae = load_taesd(folders.pop(), dtype) if use_taesd else None
+        folder = fetch([HubFiles(base, "the configuration of its base model", CONFIG_FILES,
+                                 instead="config= a local diffusers folder of the same architecture")], subject)[0]
+    else:
+        folder = config_folder if source.kind == "single_file" else source.location
+    # Which TAESD fits follows from the pipeline's class, so it is fetched once that is known.
+    taesd_repo = TAESDXL_REPO if _is_sdxl(folder) else TAESD_REPO
+    vae = load_taesd(fetch([_taesd_files(taesd_repo)], subject)[0], dtype) if use_taesd else None
     if source.kind == "single_file":
-        return _from_single_file(source.location, dtype, vae=vae, config_folder=config_folder or folders[0])
-    return _from_folder(folders[0] if folders else source.location, dtype, vae=vae, variant=None)
+        return _from_single_file(source.location, dtype, vae=vae, config_folder=folder)
+    return _from_folder(folder, dtype, vae=vae, variant=None)
+
+
+def _is_sdxl(folder: str) -> bool:
+    """Whether the diffusers pipeline in `folder` is an SDXL one, as its model_index.json names its class."""
+    index = Path(folder) / "model_index.json"
+    if not index.is_file():
+        return False
+    with unreadable_model(folder):
+        class_name = json.loads(index.read_text()).get("_class_name", "")
+    return isinstance(class_name, str) and class_name.startswith("StableDiffusionXL")
 
 
 def _config_folder(config: str | None) -> str | None:
@@ -242,10 +257,11 @@ def _dtype_keyword() -> str:
     return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
 
 
-def _loading_options(dtype: torch.dtype, replace_vae: bool) -> dict[str, Any]:
-    """Local files only, the wanted dtype, no safety checker; no VAE when TAESD replaces it."""
-    options: dict[str, Any] = {"local_files_only": True, _dtype_keyword(): dtype, "safety_checker": None,
-                               "feature_extractor": None, "requires_safety_checker": False}
+def _loading_options(dtype: torch.dtype, replace_vae: bool, sdxl: bool) -> dict[str, Any]:
+    """Local files only, the wanted dtype, no safety checker (SD; SDXL has none); no VAE when TAESD replaces it."""
+    options: dict[str, Any] = {"local_files_only": True, _dtype_keyword(): dtype}
+    if not sdxl:
+        options |= {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     return options | ({"vae": None} if replace_vae else {})
 
 
@@ -256,20 +272,25 @@ def _with_vae(pipe: Any, vae: Any) -> Any:
     return pipe
 
 
-def _from_folder(folder: str, dtype: torch.dtype, *, vae: Any, variant: str | None) -> StableDiffusionPipeline:
-    from diffusers import StableDiffusionPipeline
+def _pipeline_class(folder: str) -> Any:
+    """diffusers' SDXL or SD pipeline class, as the pipeline's (or base model's) folder says."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    return StableDiffusionXLPipeline if _is_sdxl(folder) else StableDiffusionPipeline
+
+
+def _from_folder(folder: str, dtype: torch.dtype, *, vae: Any, variant: str | None) -> StableDiffusionPipeline:
     with unreadable_model(folder):
-        options = _loading_options(dtype, replace_vae=vae is not None)
-        return _with_vae(StableDiffusionPipeline.from_pretrained(folder, variant=variant, **options), vae)
+        cls = _pipeline_class(folder)
+        options = _loading_options(dtype, replace_vae=vae is not None, sdxl=_is_sdxl(folder))
+        return _with_vae(cls.from_pretrained(folder, variant=variant, **options), vae)
 
 
 def _from_single_file(path: str, dtype: torch.dtype, *, vae: Any, config_folder: str) -> StableDiffusionPipeline:
-    from diffusers import StableDiffusionPipeline
-
     with unreadable_model(path):
-        options = _loading_options(dtype, replace_vae=vae is not None)
-        return _with_vae(StableDiffusionPipeline.from_single_file(path, config=config_folder, **options), vae)
+        cls = _pipeline_class(config_folder)
+        options = _loading_options(dtype, replace_vae=vae is not None, sdxl=_is_sdxl(config_folder))
+        return _with_vae(cls.from_single_file(path, config=config_folder, **options), vae)
 
 
 def _base_config_repo(path: str) -> str:
@@ -298,7 +319,7 @@ def require_peft(model: str, repo: str) -> None:
 
 
 @contextmanager
-def unreadable_model(where: str, expected: str = "a Stable Diffusion 1.x/2.x model") -> Iterator[None]:
+def unreadable_model(where: str, expected: str = "a Stable Diffusion 1.x/2.x or SDXL model") -> Iterator[None]:
     """Local files that cannot be read as the expected model become one-line UserErrors."""
     from diffusers.loaders.single_file_utils import SingleFileComponentError
 

@@ -71,7 +71,7 @@ def fuse_style_loras(pipe: Any, loras: Sequence[LocatedLora]) -> None:
     no weight (one made for another architecture) is an error rather than a silent no-op."""
     for index, located in enumerate(loras):
         lora, name = located.lora, f"style_{index}"
-        before = weights_digest([pipe.unet, pipe.text_encoder])
+        before = weights_digest(_adaptable(pipe))
         try:
             pipe.load_lora_weights(located.folder, weight_name=located.weight_name, adapter_name=name)
             pipe.fuse_lora(lora_scale=lora.scale, adapter_names=[name])
@@ -79,9 +79,14 @@ def fuse_style_loras(pipe: Any, loras: Sequence[LocatedLora]) -> None:
         except (ValueError, KeyError, OSError, RuntimeError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise UserError(f"cannot fuse the LoRA {lora.source} into this model: {first}") from exc
-        if lora.scale != 0 and weights_digest([pipe.unet, pipe.text_encoder]) == before:
+        if lora.scale != 0 and weights_digest(_adaptable(pipe)) == before:
             raise UserError(f"the LoRA {lora.source} matches none of this model's layers: is it made for another "
                             "architecture (SDXL, SD 1.x vs 2.x)?")
+
+
+def _adaptable(pipe: Any) -> list[Any]:
+    """The modules a LoRA may adapt: the UNet and the text towers (SDXL has two)."""
+    return [m for m in (pipe.unet, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if m is not None]
 
 
 def _locate(source: str) -> tuple[str, str | None]:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-Family = Literal["sd15", "sd21", "tiny"]
-FAMILIES: tuple[str, ...] = ("sd15", "sd21", "tiny")
+Family = Literal["sd15", "sd21", "sdxl", "tiny"]
+FAMILIES: tuple[str, ...] = ("sd15", "sd21", "sdxl", "tiny")
 
 TURBO_T_INDEX: tuple[int, ...] = (0,)  # one step from timestep 999 of the 50-step LCM schedule
 LCM_T_INDEX: tuple[int, ...] = (32, 45)  # StreamDiffusion's two-step LCM default: timesteps 359 and 99
 LCM_LORA_SD15 = "latent-consistency/lcm-lora-sdv1-5"
 TAESD_REPO = "madebyollin/taesd"  # one TAESD serves SD 1.x and 2.x latents alike
+TAESDXL_REPO = "madebyollin/taesdxl"  # the same architecture trained on SDXL's latents
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,9 @@ class ModelSpec:
     name: str  # registry key, or the path / hub id the user gave
     repo_id: str  # hub id of the diffusers pipeline; "" when built locally
     description: str
-    family: Family  # text-encoder and latent family: sd15 (CLIP ViT-L, 768), sd21 (OpenCLIP ViT-H, 1024)
+    # Text-encoder and latent family: sd15 (CLIP ViT-L, 768), sd21 (OpenCLIP ViT-H, 1024), sdxl (both CLIP ViT-L
+    # and OpenCLIP ViT-bigG, 768 + 1280, with a pooled embedding and the picture's size as added conditions).
+    family: Family
     resolution: int  # native square size in pixels
     t_index_list: tuple[int, ...]  # indices into the num_inference_steps LCM schedule
     num_inference_steps: int = 50
@@ -74,28 +77,28 @@ class ModelSpec:
         return repos + ((self.lora_repo,) if self.lora_repo else ())
 
 
+def _one_step(name: str, repo_id: str, description: str, family: Family, **traits: Any) -> ModelSpec:
+    """A distilled one-step model at 512 px: timestep 999, x0 predicted without LCM's boundary scalings."""
+    return ModelSpec(name=name, repo_id=repo_id, description=description, family=family, resolution=512,
+                     t_index_list=TURBO_T_INDEX, lcm_boundary=False, **traits)
+
+
+def _built_locally(name: str, description: str, builder: str) -> ModelSpec:
+    """Tiny random components of a real layout, built by streamdiff.models.tiny's `builder` with no download."""
+    return ModelSpec(name=name, repo_id="", description=description, family="tiny", resolution=64,
+                     t_index_list=LCM_T_INDEX, local_builder=f"streamdiff.models.tiny:{builder}")
+
+
 REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        ModelSpec(
-            name="sdxs-512",
-            repo_id="IDKiro/sdxs-512-0.9",
-            description="SDXS-512 0.9: one-step distilled SD 2.1-base, small UNet without a middle stage",
-            family="sd21",
-            resolution=512,
-            t_index_list=TURBO_T_INDEX,
-            lcm_boundary=False,
-        ),
-        ModelSpec(
-            name="sd-turbo",
-            repo_id="stabilityai/sd-turbo",
-            description="SD-Turbo: adversarially distilled SD 2.1, one to four steps",
-            family="sd21",
-            resolution=512,
-            t_index_list=TURBO_T_INDEX,
-            lcm_boundary=False,
-            fp16_variant=True,
-        ),
+        _one_step("sdxs-512", "IDKiro/sdxs-512-0.9",
+                  "SDXS-512 0.9: one-step distilled SD 2.1-base, small UNet without a middle stage", "sd21"),
+        _one_step("sd-turbo", "stabilityai/sd-turbo", "SD-Turbo: adversarially distilled SD 2.1, one to four steps",
+                  "sd21", fp16_variant=True),
+        _one_step("sdxl-turbo", "stabilityai/sdxl-turbo",
+                  "SDXL-Turbo: adversarially distilled SDXL 1.0, one to four steps at 512 px", "sdxl",
+                  taesd_repo=TAESDXL_REPO, fp16_variant=True),
         ModelSpec(
             name="sd15-lcm",
             repo_id="stable-diffusion-v1-5/stable-diffusion-v1-5",
@@ -115,15 +118,10 @@ REGISTRY: dict[str, ModelSpec] = {
             t_index_list=LCM_T_INDEX,
             lora_repo=LCM_LORA_SD15,
         ),
-        ModelSpec(
-            name="tiny",
-            repo_id="",
-            description="random-weight tiny components, built locally: meaningless pictures, for tests only",
-            family="tiny",
-            resolution=64,
-            t_index_list=LCM_T_INDEX,
-            local_builder="streamdiff.models.tiny:build_tiny_pipeline",
-        ),
+        _built_locally("tiny", "random-weight tiny components, built locally: meaningless pictures, for tests only",
+                       "build_tiny_pipeline"),
+        _built_locally("tiny-sdxl", "random-weight tiny SDXL components, built locally: meaningless pictures, for "
+                       "tests only", "build_tiny_sdxl_pipeline"),
     )
 }
 

@@ -69,8 +69,10 @@ def tiny_vocab_size() -> int:
     return len(json.loads((_tokenizer_folder() / "vocab.json").read_text()))
 
 
-def build_tiny_text_encoder():
-    from transformers import CLIPTextConfig, CLIPTextModel
+def build_tiny_text_encoder(projection: bool = False):
+    """CLIP's text tower, tiny; with `projection` the one SDXL adds (CLIPTextModelWithProjection: a pooled,
+    projected embedding besides the hidden states)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(
         vocab_size=tiny_vocab_size(),
@@ -82,8 +84,9 @@ def build_tiny_text_encoder():
         bos_token_id=tiny_vocab_size() - 2,
         eos_token_id=tiny_vocab_size() - 1,
         pad_token_id=tiny_vocab_size() - 1,
+        projection_dim=TINY_TEXT_WIDTH,
     )
-    return CLIPTextModel(config).eval()
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
 
 
 def build_tiny_unet():
@@ -99,6 +102,28 @@ def build_tiny_unet():
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=TINY_TEXT_WIDTH,
         attention_head_dim=8,
+        norm_num_groups=8,
+    ).eval()
+
+
+def build_tiny_sdxl_unet():
+    """SDXL's UNet layout, tiny: no attention at the top level, more transformer layers lower down, and the
+    pooled text embedding with the picture's size ("text_time") added to the timestep embedding."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=TINY_RESOLUTION // 8,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2),
+        cross_attention_dim=2 * TINY_TEXT_WIDTH,  # both text towers' hidden states side by side
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + TINY_TEXT_WIDTH,  # six size numbers, the pooled text
         norm_num_groups=8,
     ).eval()
 
@@ -176,4 +201,25 @@ def build_tiny_pipeline(seed: int = 0, full_vae: bool = False):
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
+    )
+
+
+def build_tiny_sdxl_pipeline(seed: int = 0, full_vae: bool = False):
+    """A diffusers StableDiffusionXLPipeline of tiny random components; same seed, same weights."""
+    from diffusers import StableDiffusionXLPipeline
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = build_tiny_sdxl_unet()
+        text_encoder = build_tiny_text_encoder()
+        text_encoder_2 = build_tiny_text_encoder(projection=True)
+        vae = build_tiny_vae() if full_vae else build_tiny_taesd()
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=build_tiny_tokenizer(),
+        tokenizer_2=build_tiny_tokenizer(),
+        unet=unet,
+        scheduler=build_tiny_scheduler(),
     )

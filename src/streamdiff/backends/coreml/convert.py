@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ... import added_conditions
 from ...errors import UserError
 from ...models.digest import weights_digest
 
@@ -44,14 +45,18 @@ DECODER = PartSpec("decoder", ("latents",), "pixels")
 
 
 class UnetCall(torch.nn.Module):
-    """The denoiser's call as one forward: noise prediction (B, 4, h, w) from latents, timesteps (B,), text."""
+    """The denoiser's call as one forward: noise prediction (B, 4, h, w) from latents, timesteps (B,), text (an
+    SDXL UNet's with the pooled embedding as its last token, taken apart inside, so the converted part takes the
+    engine's embeddings as they are; its size numbers are constants of the converted shape)."""
 
     def __init__(self, unet: torch.nn.Module):
         super().__init__()
         self.unet = unet
+        self.pooled_width = added_conditions.pooled_width(unet)
 
     def forward(self, sample: Tensor, timestep: Tensor, encoder_hidden_states: Tensor) -> Tensor:
-        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+        hidden, added = added_conditions.model_inputs(sample, encoder_hidden_states, self.pooled_width)
+        return self.unet(sample, timestep, encoder_hidden_states=hidden, return_dict=False, **added)[0]
 
 
 class CodecCall(torch.nn.Module):
