@@ -272,25 +272,25 @@ def _with_vae(pipe: Any, vae: Any) -> Any:
     return pipe
 
 
-def _pipeline_class(folder: str) -> Any:
-    """diffusers' SDXL or SD pipeline class, as the pipeline's (or base model's) folder says."""
+def _pipeline_class(sdxl: bool) -> Any:
+    """diffusers' SDXL or SD pipeline class."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    return StableDiffusionXLPipeline if _is_sdxl(folder) else StableDiffusionPipeline
+    return StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
 
 
 def _from_folder(folder: str, dtype: torch.dtype, *, vae: Any, variant: str | None) -> StableDiffusionPipeline:
     with unreadable_model(folder):
-        cls = _pipeline_class(folder)
-        options = _loading_options(dtype, replace_vae=vae is not None, sdxl=_is_sdxl(folder))
-        return _with_vae(cls.from_pretrained(folder, variant=variant, **options), vae)
+        sdxl = _is_sdxl(folder)
+        options = _loading_options(dtype, replace_vae=vae is not None, sdxl=sdxl)
+        return _with_vae(_pipeline_class(sdxl).from_pretrained(folder, variant=variant, **options), vae)
 
 
 def _from_single_file(path: str, dtype: torch.dtype, *, vae: Any, config_folder: str) -> StableDiffusionPipeline:
     with unreadable_model(path):
-        cls = _pipeline_class(config_folder)
-        options = _loading_options(dtype, replace_vae=vae is not None, sdxl=_is_sdxl(config_folder))
-        return _with_vae(cls.from_single_file(path, config=config_folder, **options), vae)
+        sdxl = _is_sdxl(config_folder)  # the base model's folder says which pipeline the file belongs to
+        options = _loading_options(dtype, replace_vae=vae is not None, sdxl=sdxl)
+        return _with_vae(_pipeline_class(sdxl).from_single_file(path, config=config_folder, **options), vae)
 
 
 def _base_config_repo(path: str) -> str:
