@@ -11,6 +11,7 @@ import traceback
 from pathlib import Path
 from typing import NoReturn, Sequence
 
+from . import images
 from .cli_options import add_engine_options, controlnets, engine_from_args
 from .errors import UserError
 
@@ -29,17 +30,10 @@ COMMANDS: tuple[str, ...] = (
 
 
 def _read_picture(name: str, role: str = "input picture"):
-    from PIL import Image, UnidentifiedImageError
-
     source = Path(name)
     if name == SAMPLE and not source.exists():
         source = Path(__file__).parent / "assets" / "sample.png"
-    if not source.is_file():
-        raise FileNotFoundError(f"{role} not found: {source}")
-    try:
-        return Image.open(source).convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"cannot read {source} as a picture ({exc})") from None
+    return images.read_picture(source, role)
 
 
 def _img2img(args: argparse.Namespace) -> int:

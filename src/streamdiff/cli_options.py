@@ -86,6 +86,7 @@ def add_engine_options(parser: argparse.ArgumentParser, *, prompt_required: bool
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     g.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: by device)")
     add_control_options(parser)
+    add_style_options(parser)
     if acceleration:
         from .backends.accelerate import add_accel_options
 
@@ -115,6 +116,38 @@ def add_control_options(parser: argparse.ArgumentParser) -> None:
                        help="the Depth Anything V2 size that estimates depth for a depth ControlNet: small (default, "
                             "25 M parameters, Apache-2.0), base (98 M) or large (335 M), finer but slower per frame "
                             "and licensed for non-commercial use only (CC-BY-NC-4.0); or a folder or hub id")
+
+
+def add_style_options(parser: argparse.ArgumentParser) -> None:
+    """The IP-Adapter options (--style-image, --ip-adapter, --ip-adapter-scale); style_settings checks them."""
+    group = parser.add_argument_group("style picture (IP-Adapter)")
+    group.add_argument("--style-image", default=None, metavar="PICTURE",
+                       help="a picture whose look steers every frame, through an IP-Adapter (the published base one "
+                            "of the model's family unless --ip-adapter says otherwise): sd15-lcm and sdxl-turbo; SD "
+                            "2.x models such as sd-turbo and sdxs-512 have none")
+    group.add_argument("--ip-adapter", default=None, metavar="base|plus|FILE",
+                       help="the IP-Adapter: base, plus (finer detail of the picture, 16 tokens instead of 4) or a "
+                            "weight file with its image_encoder/ folder beside it; without --style-image the stream "
+                            "waits for a picture (the web page, OSC)")
+    group.add_argument("--ip-adapter-scale", type=float, default=None, metavar="SCALE",
+                       help="how strongly the style picture steers, [0, 5] (default 0.6; 1: as trained, where the "
+                            "picture outweighs the prompt)")
+
+
+def ip_adapter(args: argparse.Namespace) -> str | None:
+    """The IP-Adapter the options ask for: --ip-adapter, or the base one for --style-image; None for none."""
+    given = getattr(args, "ip_adapter", None)
+    return given or ("base" if getattr(args, "style_image", None) else None)
+
+
+def style_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The IP-Adapter setting given, checked before anything loads."""
+    scale = getattr(args, "ip_adapter_scale", None)
+    if scale is None:
+        return {}
+    if ip_adapter(args) is None:
+        raise UserError("--ip-adapter-scale needs --style-image or --ip-adapter")
+    return {"ip_adapter_scale": scale}
 
 
 CONTROL_SETTINGS = {"control_scale": "--control-scale", "control_preprocess": "--control-preprocess",
@@ -160,7 +193,7 @@ def engine_settings(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, name) or size
         if value is not None:
             settings[name] = value
-    return settings | control_settings(args)
+    return settings | control_settings(args) | style_settings(args)
 
 
 def progress(message: str) -> None:
@@ -170,15 +203,21 @@ def progress(message: str) -> None:
 
 def stream_from_args(args: argparse.Namespace, **overrides: Any):
     """Load the model named by --model (with its --lora styles), build the stream and encode the prompts."""
+    from .images import read_picture
     from .models.depth_estimators import DEFAULT_DEPTH_ESTIMATOR
     from .models.registry import DEFAULT_MODEL
     from .stream import StreamPipeline
 
     settings = {**engine_settings(args), **overrides}
+    style = getattr(args, "style_image", None)
+    picture = read_picture(style, "style picture") if style else None  # a missing one is named before loading
     taesd = False if args.no_taesd else None
     pipe = StreamPipeline.from_model(args.model or DEFAULT_MODEL, taesd=taesd, model_config=args.model_config,
                                      loras=args.lora, controlnet=controlnets(args),
-                                     depth_estimator=args.depth_estimator or DEFAULT_DEPTH_ESTIMATOR, **settings)
+                                     depth_estimator=args.depth_estimator or DEFAULT_DEPTH_ESTIMATOR,
+                                     ip_adapter=ip_adapter(args), **settings)
+    if picture is not None:
+        pipe.set_style_image(picture)
     pipe.prepare(prompt=args.prompt or "", negative_prompt=args.negative_prompt)
     return pipe
 

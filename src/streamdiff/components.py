@@ -27,6 +27,9 @@ class Components:
     # An empty negative prompt stands for zero embeddings (SDXL's force_zeros_for_empty_prompt) instead of
     # the encoding of "".
     zero_empty_negative: bool = False
+    # An IP-Adapter's CLIP image encoder and its picture preprocessing (ip_adapter.py), where one is loaded.
+    image_encoder: torch.nn.Module | None = None
+    feature_extractor: Any = None
 
     @classmethod
     def from_diffusers(cls, pipe: Any, controlnets: torch.nn.Module | Sequence[torch.nn.Module] = (),
@@ -47,7 +50,8 @@ class Components:
         config = getattr(pipe, "config", {})
         return cls(pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae, dict(pipe.scheduler.config),
                    tuple(controlnets), depth_estimator, getattr(pipe, "tokenizer_2", None),
-                   getattr(pipe, "text_encoder_2", None), bool(config.get("force_zeros_for_empty_prompt", False)))
+                   getattr(pipe, "text_encoder_2", None), bool(config.get("force_zeros_for_empty_prompt", False)),
+                   getattr(pipe, "image_encoder", None), getattr(pipe, "feature_extractor", None))
 
     @property
     def sdxl(self) -> bool:
@@ -63,7 +67,8 @@ class Components:
     @property
     def modules(self) -> tuple[torch.nn.Module, ...]:
         """Every module the stream runs, to be put on its device."""
-        parts = (self.text_encoder, self.text_encoder_2, self.unet, self.vae, *self.controlnets, self.depth_estimator)
+        parts = (self.text_encoder, self.text_encoder_2, self.unet, self.vae, *self.controlnets, self.depth_estimator,
+                 self.image_encoder)
         return tuple(m for m in parts if m is not None)
 
 

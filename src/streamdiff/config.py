@@ -13,6 +13,7 @@ FITS: tuple[str, ...] = ("exact", "crop", "pad", "stretch")
 ControlPreprocess = Literal["canny", "depth", "none"]
 CONTROL_PREPROCESSES: tuple[str, ...] = ("canny", "depth", "none")
 CONTROL_SCALE_MAX = 5.0  # a ControlNet's conditioning scale, [0, this]
+IP_ADAPTER_SCALE_MAX = 5.0  # an IP-Adapter's scale, [0, this]: trained at 1, styles usually sit between 0.3 and 1
 
 
 class CfgType(str, enum.Enum):
@@ -84,6 +85,8 @@ class StreamConfig:
     control_scale: float | tuple[float, ...] = 1.0
     control_preprocess: ControlPreprocess | tuple[ControlPreprocess, ...] = "canny"
     canny_thresholds: tuple[float, float] = (100.0, 200.0)  # OpenCV's units: gradients of 0..255 intensities
+    # With an IP-Adapter (see ip_adapter.py): how strongly the style picture steers (0: not at all, 1: as trained).
+    ip_adapter_scale: float = 0.6
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cfg_type", CfgType.parse(self.cfg_type))
@@ -140,6 +143,10 @@ class StreamConfig:
         if self.similarity_max_skip < 0:
             raise ValueError(f"similarity_max_skip must be >= 0; got {self.similarity_max_skip}")
         self._check_control()
+        scale = self.ip_adapter_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 <= scale <= IP_ADAPTER_SCALE_MAX:
+            raise ValueError(f"ip_adapter_scale must be a number in [0, {IP_ADAPTER_SCALE_MAX:g}]; got {scale!r}")
+        object.__setattr__(self, "ip_adapter_scale", float(scale))
 
     def _check_control(self) -> None:
         scales = _one_or_tuple(self.control_scale, "control_scale", "numbers")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -43,6 +44,20 @@ def to_uint8_tensor(image: Any) -> Tensor:
         images = image if isinstance(image, (list, tuple)) else [image]
         return torch.stack([torch.from_numpy(np.array(i.convert("RGB"))).permute(2, 0, 1) for i in images])
     return _check_float_tensor(image)
+
+
+def read_picture(path: str | Path, role: str = "picture") -> Any:
+    """A picture file as an RGB PIL image; FileNotFoundError or ValueError naming `role` otherwise."""
+    from PIL import Image, UnidentifiedImageError
+
+    source = Path(path)
+    if not source.is_file():
+        raise FileNotFoundError(f"{role} not found: {source}")
+    try:
+        with Image.open(source) as picture:
+            return picture.convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"cannot read {source} as a picture ({exc})") from None
 
 
 def _numpy_to_tensor(array: np.ndarray) -> Tensor:

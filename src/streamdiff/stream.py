@@ -29,6 +29,7 @@ from .models.lora import StyleLora
 from .prompts import PromptEncoder, PromptLike, Transition, normalized_weights
 from .schedule import SlotCoefficients, build_coefficients
 from .similarity import SimilarityFilter
+from .style_image import StyleImage
 
 SeedLike = int | Sequence[tuple[int, float]]
 
@@ -41,7 +42,7 @@ class StreamStats:
     last_similarity: float = math.nan
 
 
-class StreamPipeline(LiveSchedule, DeviceSteps):
+class StreamPipeline(LiveSchedule, DeviceSteps, StyleImage):
     """Stream Batch, residual CFG, the similarity filter and temporal smoothing over diffusers parts."""
 
     def __init__(
@@ -63,6 +64,7 @@ class StreamPipeline(LiveSchedule, DeviceSteps):
             dtype = components.vae_dtype(self.dtype) if module is components.vae else self.dtype
             place_module(module, self.device, dtype)
         self.components = components
+        self._take_over_ip_adapter()
         self.control = None if not components.controlnets else \
             Control(components.controlnets, config, self.device, self.dtype, components.depth_estimator,
                     control_names)
@@ -71,6 +73,7 @@ class StreamPipeline(LiveSchedule, DeviceSteps):
         self.prompts = PromptEncoder(components.tokenizer, components.text_encoder, self.device, self.dtype,
                                      tokenizer_2=components.tokenizer_2, text_encoder_2=components.text_encoder_2,
                                      zero_empty_negative=components.zero_empty_negative)
+        self._apply_ip_adapter_scale()
         self.stats = StreamStats()
         self._batch: StreamBatch | None = None
         self._schedules: dict[int, tuple[int, ...]] = {}  # the indices the stream last had per number of steps
@@ -87,7 +90,8 @@ class StreamPipeline(LiveSchedule, DeviceSteps):
     def from_model(cls, name_or_path: str, config: StreamConfig | None = None, *, taesd: bool | None = None,
                    random_weights: bool = False, model_config: str | None = None,
                    loras: Sequence[StyleLora | str] = (), controlnet: str | Sequence[str] | None = None,
-                   depth_estimator: str = "small", **settings: Any) -> StreamPipeline:
+                   depth_estimator: str = "small", ip_adapter: str | None = None,
+                   **settings: Any) -> StreamPipeline:
         """A registry name (see `streamdiff models`), a local diffusers folder, a .safetensors file or a hub id.
 
         model_config: for a single checkpoint file, the diffusers folder or hub id of its base model.
@@ -96,13 +100,17 @@ class StreamPipeline(LiveSchedule, DeviceSteps):
         sequence of them steering it together; each one's control_preprocess is its kind's own unless the
         settings say otherwise ("depth" loads an estimator, one for all).
         depth_estimator: that estimator, a Depth Anything V2 size ("small", "base", "large"), folder or hub id.
+        ip_adapter: an IP-Adapter kind ("base", "plus") or weight file, letting a style picture steer the stream
+        (set_style_image; see ip_adapter.py).
         """
         from .models.controlnets import (
             check_depth_estimator_use,
             load_controlnets,
             prefetch_controlnets,
         )
+        from .models.ip_adapters import load_ip_adapter, locate_ip_adapter
         from .models.loading import load_model
+        from .models.registry import REGISTRY
 
         refs = (controlnet,) if isinstance(controlnet, str) else tuple(controlnet or ())
         how = settings.get("control_preprocess")
@@ -112,6 +120,9 @@ class StreamPipeline(LiveSchedule, DeviceSteps):
         check_depth_estimator_use(refs, how, depth_estimator)
         folders = prefetch_controlnets(refs, name_or_path, how, random_weights=random_weights,
                                        depth_estimator=depth_estimator) if refs else []
+        known = REGISTRY.get(name_or_path)
+        adapter = None if ip_adapter is None or known is None else \
+            locate_ip_adapter(ip_adapter, known.family, random_weights=random_weights)
         device = resolve_device(base.device)
         styles = [lora if isinstance(lora, StyleLora) else StyleLora.parse(lora) for lora in loras]
         loaded = load_model(name_or_path, dtype=resolve_dtype(base.dtype, device), device=device,
@@ -128,6 +139,8 @@ class StreamPipeline(LiveSchedule, DeviceSteps):
                                     device=device, random_weights=random_weights, folders=folders,
                                     depth_estimator=depth_estimator)
             defaults["control_preprocess"] = nets.preprocesses if len(refs) > 1 else nets.preprocesses[0]
+        if ip_adapter is not None:  # after the ControlNets, which diffusers makes from the UNet as it was loaded
+            load_ip_adapter(loaded.pipe, ip_adapter, spec, adapter, random_weights=random_weights)
         cfg = base.with_changes(**defaults) if defaults else base
         components = Components.from_diffusers(loaded.pipe, *((nets.modules, nets.estimator) if nets else ()))
         return cls(components, cfg, lcm_boundary=spec.lcm_boundary, control_names=nets.names if nets else ())
@@ -139,8 +152,8 @@ class StreamPipeline(LiveSchedule, DeviceSteps):
         """Encode prompts, build the schedule, draw the fixed noise and empty the stream."""
         cfg = self.config
         slots = cfg.denoising_steps * cfg.frame_buffer_size
-        self._cond = self._expand(self.prompts.encode_weighted(prompt, cfg.prompt_blend), slots)
-        self._uncond = self._expand(self.prompts.encode_negative(negative_prompt), slots)
+        self._cond = self._expand(self._with_style(self.prompts.encode_weighted(prompt, cfg.prompt_blend)), slots)
+        self._uncond = self._expand(self._with_style(self.prompts.encode_negative(negative_prompt), True), slots)
         self._transition: Transition | None = None
         self._seed = seed if seed is not None else cfg.seed
         self._batch = self._new_batch(cfg)
@@ -207,9 +220,10 @@ class StreamPipeline(LiveSchedule, DeviceSteps):
                       transition_frames: int = 0) -> None:
         """Change the prompt (any cfg_type), at once or blended over `transition_frames` frames."""
         self._require_prepared()
-        target = self.prompts.encode_weighted(prompt, self.config.prompt_blend)
+        target = self._with_style(self.prompts.encode_weighted(prompt, self.config.prompt_blend))
         if negative_prompt is not None:
-            self._uncond.copy_(self.prompts.encode_negative(negative_prompt).expand_as(self._uncond))
+            self._uncond.copy_(self._with_style(self.prompts.encode_negative(negative_prompt), True)
+                               .expand_as(self._uncond))
         if transition_frames > 0:
             self._transition = Transition(self._cond[:1].clone(), target, transition_frames, self.config.prompt_blend)
         else:
@@ -223,6 +237,7 @@ class StreamPipeline(LiveSchedule, DeviceSteps):
             self.codec = codec
         if denoiser is not None:
             self.denoiser = denoiser
+            self._apply_ip_adapter_scale()
             if self._batch is not None:
                 self._batch.use_denoiser(denoiser)
                 self._recondition()

@@ -23,6 +23,7 @@ class FakeEngine:
     pipelines_frames = False  # like an engine without captured steps: one frame at a time
     control_names: tuple[str, ...] = ()  # no ControlNet
     control_scales: tuple[float, ...] = ()
+    ip_adapter_scale: float | None = None  # no IP-Adapter
 
     def __init__(self, width: int = 64, height: int = 64, latency_frames: int = 0, delay: float = 0.0,
                  fail_after: int | None = None, seed: int = 2, fit: str = "crop", frame_buffer_size: int = 1) -> None:

@@ -58,6 +58,20 @@ def test_controlnet_keys_step_every_scale_and_do_nothing_without_a_controlnet():
         Controls(control_scales=[0.5])
 
 
+def test_style_keys_step_the_ip_adapter_scale_and_do_nothing_without_an_adapter():
+    styled = Controls(ip_adapter_scale=0.6)
+    assert press("i", styled).ip_adapter_scale == pytest.approx(0.7)
+    assert press("uuu", styled).ip_adapter_scale == pytest.approx(0.3)
+    assert press("i" * 30, styled).ip_adapter_scale == 2.0 and press("u" * 30, styled).ip_adapter_scale == 0.0
+    assert press("i", Controls(ip_adapter_scale=3.0)).ip_adapter_scale == 3.0  # set above the keys' range: kept
+    assert press("u", Controls(ip_adapter_scale=3.0)).ip_adapter_scale == pytest.approx(2.9)
+    assert press("iu") == Controls()  # no IP-Adapter: the keys change nothing
+    assert any(line.startswith("i / u: more / less steering by the style picture") for line in help_lines())
+    for bad in (6.0, -0.1, True, "0.5"):
+        with pytest.raises(ValueError, match=r"ip_adapter_scale must be None or a number in \[0, 5\]; got"):
+            Controls(ip_adapter_scale=bad)
+
+
 def test_number_keys_set_the_denoising_steps_directly():
     assert [press(key).steps for key in "1234"] == [1, 2, 3, 4]
     assert press("41").steps == 1 and press("3", Controls(steps=2, strength=0.5)) == Controls(steps=3, strength=0.5)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import mido
 import pytest
 
-from streamdiff.app.keys import EMA_MAX, STEPS_MAX, STRENGTH_MIN, Controls, handle_key
-from streamdiff.app.midi_command import write_map
+from streamdiff.app.keys import EMA_MAX, STEPS_MAX, STRENGTH_MIN, STYLE_MAX, Controls, handle_key
+from streamdiff.app.midi_command import LEARN_KNOBS, write_map
 from streamdiff.app.midi_map import DEFAULT_MAP, Knob, MidiMap, Press, Translator, load_map, parse_map
 from streamdiff.app.osc import osc_change
 from streamdiff.app.remote import CONTROL_TYPES, ControlError, PromptBook, apply_changes, describe
@@ -112,12 +112,34 @@ def test_a_knob_sets_every_controlnets_scale_or_one_of_them(tmp_path):
     assert steered.control_scales == (0.8, 2.0)
 
 
+def test_a_knob_sets_the_style_pictures_scale_from_0_to_2(tmp_path):
+    midi_map = parse_map({"controls": {9: "ip_adapter_scale", 10: {"control": "ip_adapter_scale", "max": 1.0}}})
+    assert midi_map.controls == {9: Knob("ip_adapter_scale", 0.0, STYLE_MAX), 10: Knob("ip_adapter_scale", 0.0, 1.0)}
+    translate = Translator(midi_map).change
+    assert [translate(cc(9, v), 1) for v in (0, 127)] == [{"ip_adapter_scale": 0.0}, {"ip_adapter_scale": 2.0}]
+    assert translate(cc(10, 127), 1) == {"ip_adapter_scale": 1.0}
+    assert midi_map.names() == {"ip_adapter_scale", "prompt_index"}
+    assert midi_map.to_data()["controls"] == {9: "ip_adapter_scale",
+                                              10: {"control": "ip_adapter_scale", "min": 0.0, "max": 1.0}}
+    path = tmp_path / "map.yaml"
+    write_map(midi_map, path)
+    assert load_map(path) == midi_map
+    styled = apply_changes(Controls(ip_adapter_scale=0.6), translate(cc(9, 127), 1), PromptBook(["a"]))
+    assert styled.ip_adapter_scale == 2.0
+    with pytest.raises(ControlError, match="ip_adapter_scale: this stream has no IP-Adapter"):
+        apply_changes(Controls(), translate(cc(9, 64), 1), PromptBook(["a"]))
+    with pytest.raises(ValueError, match=r"controls 1: ip_adapter_scale's min and max must lie in \[0.0, 2.0\]"):
+        parse_map({"controls": {1: {"control": "ip_adapter_scale", "max": 3}}})
+    assert "ip_adapter_scale" in LEARN_KNOBS  # streamdiff midi --learn asks for it
+
+
 @pytest.mark.parametrize("data, error", [
     ({"controls": {1: "control_scale_two"}}, r"controls 1: expected a control \(.*, control_scale_N\), a trigger"),
     ({"controls": {1: {"control": "control_scale_2", "max": 6}}},
      r"controls 1: control_scale_2's min and max must lie in \[0.0, 2.0\]"),
     ({"controls": {1: {"control": "control_scale_x"}}}, r"controls 1: expected \{control, min, max\} with a control "
-                                                        r"of .*control_scale, steps, control_scale_N; got"),
+                                                        r"of .*control_scale, ip_adapter_scale, steps, "
+                                                        r"control_scale_N; got"),
     ([1, 2], r"expected a mapping of some of channel, controls, notes, programs; got list"),
     ({"knobs": {}}, r"expected a mapping of some of .*; got \['knobs'\]"),
     ({"controls": {128: "ema"}}, r"controls: MIDI numbers are whole numbers in \[0, 127\]; got 128"),

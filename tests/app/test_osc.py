@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 
+import numpy as np
 import pytest
 from app_fakes import CountingSource, FakeEngine, RecordingSink, run_while_performing
 from cli_checks import one_line_error
@@ -146,7 +147,8 @@ def test_the_listener_hands_on_changes_and_logs_a_repeated_refusal_once(caplog):
         refusals = [r.getMessage() for r in caplog.records]
         assert refusals == ["OSC: strength must be in (0, 1]", "OSC: unknown OSC address /nonsense; expected "
                             "/streamdiff/ (or /) followed by one of prompt, prompt_index, strength, steps, ema, "
-                            "feedback, seed, mirror, blend, paused, control_scale, control_scale_N, next_prompt, "
+                            "feedback, seed, mirror, blend, paused, ip_adapter_scale, style_image, control_scale, "
+                            "control_scale_N, next_prompt, "
                             "previous_prompt, new_seed, toggle_mirror, toggle_pause"]
     finally:
         listener.close()
@@ -214,6 +216,61 @@ def test_the_web_stream_applies_osc_changes_and_tells_the_driving_page(tiny_engi
     with pytest.raises(ControlError, match="unknown control blend"):  # the page's own, not the stream's
         stream.remote_change({"blend": 0.5})
     assert stream.controls.strength == 0.5 and len(delivered) == 1
+
+
+def test_the_style_addresses_take_a_scale_and_a_picture_files_path():
+    assert osc_change("/streamdiff/ip_adapter_scale", [0.8], CONTROL_TYPES) == {"ip_adapter_scale": 0.8}
+    assert osc_change("/ip_adapter_scale", [1], CONTROL_TYPES) == {"ip_adapter_scale": 1}
+    assert osc_change("/streamdiff/style_image", ["/pictures/dusk.png"], CONTROL_TYPES) == \
+        {"style_image": "/pictures/dusk.png"}
+    with pytest.raises(ControlError, match="/streamdiff/style_image takes one argument; got 0"):
+        osc_change("/streamdiff/style_image", [], CONTROL_TYPES)
+    styled, book = Controls(ip_adapter_scale=0.6), PromptBook(["a"])
+    assert apply_changes(styled, {"ip_adapter_scale": 5}, book).ip_adapter_scale == 5.0
+    assert describe({"ip_adapter_scale": 0.8}) == "ip_adapter_scale 0.80"
+
+
+@pytest.mark.parametrize("scale, change, error", [
+    (None, {"ip_adapter_scale": 0.5}, r"ip_adapter_scale: this stream has no IP-Adapter \(start it with --ip-adapter "
+                                      r"or --style-image\)"),
+    (0.6, {"ip_adapter_scale": 5.5}, r"ip_adapter_scale must be in \[0, 5\]; got 5.5"),
+    (0.6, {"ip_adapter_scale": -1}, r"ip_adapter_scale must be in \[0, 5\]; got -1.0"),
+    (0.6, {"ip_adapter_scale": "strong"}, 'ip_adapter_scale must be a finite number; got "strong"'),
+])
+def test_a_bad_style_scale_is_refused_and_changes_nothing(scale, change, error):
+    controls = Controls(ip_adapter_scale=scale)
+    with pytest.raises(ControlError, match=error):
+        apply_changes(controls, {"strength": 0.5, **change}, PromptBook(["a"]))
+    assert controls == Controls(ip_adapter_scale=scale)
+
+
+def test_osc_steers_the_camera_runtimes_style_and_a_bad_path_is_one_logged_line(styled_engine, tmp_path, caplog):
+    from PIL import Image
+
+    picture = tmp_path / "dusk.png"
+    Image.fromarray(np.full((40, 40, 3), (200, 60, 120), np.uint8)).save(picture)
+    options = RuntimeOptions(prompts=("a watercolor",), pane_height=64, display_fps=30.0)
+    runtime = Runtime(styled_engine, CountingSource(period=0.01), [RecordingSink()], options)
+    listener = OscListener(CONTROL_TYPES, 0).start(runtime.remote_change)
+    sender = SimpleUDPClient("127.0.0.1", listener.port)
+    missing = tmp_path / "missing.png"
+
+    def perform():
+        sender.send_message("/streamdiff/style_image", str(missing))  # refused and logged: nothing changes
+        sender.send_message("/streamdiff/ip_adapter_scale", 1.2)
+        wait_until(lambda: styled_engine.ip_adapter_scale == pytest.approx(1.2), "the scale to reach the engine", 10.0)
+        assert not styled_engine.has_style_image
+        sender.send_message("/streamdiff/style_image", str(picture))
+        wait_until(lambda: runtime.runner.styles.current == "dusk.png", "the picture to reach the engine", 10.0)
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="streamdiff.app.osc"):
+            run_while_performing(runtime, perform)
+    finally:
+        listener.close()
+    assert styled_engine.has_style_image and runtime.controls.ip_adapter_scale == pytest.approx(1.2)  # float32 in OSC
+    assert [r.getMessage() for r in caplog.records if r.name == "streamdiff.app.osc"] == [
+        f"OSC: style picture not found: {missing}"]
 
 
 def test_the_camera_command_checks_its_osc_port_before_the_model_loads(capsys):

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import streamdiff
 from streamdiff.cli import main
+
+SAMPLE_FILE = str(Path(streamdiff.__file__).parent / "assets" / "sample.png")
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -88,9 +92,39 @@ def test_controlnet_steers_img2img_and_txt2img(tmp_path):
     assert np.abs(drawn[0] - drawn[255]).max() > 3  # the second ControlNet read its own picture
 
 
+def test_a_style_picture_steers_img2img_and_txt2img(tmp_path):
+    for shade in (0, 255):
+        Image.new("RGB", (40, 48), (shade, 255 - shade, 90)).save(tmp_path / f"style-{shade}.png")
+    dark, light = ["--style-image", str(tmp_path / "style-0.png")], ["--style-image", str(tmp_path / "style-255.png")]
+
+    def run(name: str, command: str, *extra: str, model: str = "tiny") -> np.ndarray:
+        out = tmp_path / f"{model}-{command}-{name}.png"
+        source = ["sample"] if command == "img2img" else []
+        assert main([command, *source, str(out), "--prompt", "x", "--model", model, "--device", "cpu", *extra]) == 0
+        return np.asarray(Image.open(out), dtype=int)
+
+    plain = run("plain", "img2img")
+    assert np.abs(run("dark", "img2img", *dark) - plain).max() > 3  # the picture steered
+    assert np.abs(run("dark", "img2img", *dark) - run("light", "img2img", *light, "--ip-adapter-scale", "1")).max() > 3
+    assert np.abs(run("off", "img2img", *light, "--ip-adapter-scale", "0") - plain).max() <= 1  # not at scale 0
+    assert np.abs(run("dark", "txt2img", *dark) - run("plain", "txt2img")).max() > 3
+    sdxl = run("plain", "img2img", model="tiny-sdxl")
+    assert np.abs(run("dark", "img2img", *dark, model="tiny-sdxl") - sdxl).max() > 3
+
+
 @pytest.mark.parametrize(
     "args, words",
     [
+        (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--ip-adapter-scale", "0.5"],
+         "--ip-adapter-scale needs --style-image or --ip-adapter"),
+        (["img2img", "sample", "o.png", "--prompt", "x", "--model", "sd-turbo", "--style-image", SAMPLE_FILE],
+         "no base IP-Adapter is published for sd21 models"),
+        (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--style-image", "none.png"],
+         "style picture not found: none.png"),
+        (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--ip-adapter", "plus"],
+         "random weights build the base IP-Adapter only"),
+        (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--ip-adapter", "base",
+          "--ip-adapter-scale", "7"], "ip_adapter_scale must be a number in [0, 5]"),
         (["img2img", "missing.png", "o.png", "--prompt", "x", "--model", "tiny"], "input picture not found"),
         (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--width", "100"],
          "width must be a positive multiple of 8"),

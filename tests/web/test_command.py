@@ -18,8 +18,8 @@ import urllib.request
 import numpy as np
 import pytest
 from cli_checks import one_line_error
-from polling import wait_until
 from PIL import Image
+from polling import wait_until
 
 from streamdiff.cli import main
 from streamdiff.stream import StreamPipeline
@@ -261,22 +261,32 @@ def test_the_page_keys_and_prompt_box_change_the_stream(server, tmp_path):
         browser.close()
 
 
-def test_a_stream_without_a_controlnet_has_no_slider_or_keys_for_one(server, tmp_path):
-    browser = Browser(f"{server.url}?strength=0.5&control_scale=0.6&control_scale_1=0.3", tmp_path / "profile")
+def test_a_stream_without_a_controlnet_or_an_ip_adapter_has_no_slider_or_keys_for_one(server, tmp_path):
+    browser = Browser(f"{server.url}?strength=0.5&control_scale=0.6&control_scale_1=0.3&ip_adapter_scale=0.9",
+                      tmp_path / "profile")
     try:
         wait_for(server, lambda s: s["page"]["shown"] >= 3 and s["controls"]["strength"] == 0.5,
-                 "the page to stream at strength 0.5 (its control_scale left out)")
-        for key in ("c", "x", "]"):
+                 "the page to stream at strength 0.5 (its control_scale and ip_adapter_scale left out)")
+        for key in ("c", "x", "i", "u", "]"):
             browser.press(key)
         shown = wait_for(server, lambda s: s["controls"]["strength"] == pytest.approx(0.55),
                          "] to reach the stream")["page"]["shown"]
-        # A refusal of c or x would come on the WebSocket ahead of these pictures, so it would be on the page now.
+        # A refusal of c, x, i or u would come on the WebSocket ahead of these pictures, so it would be on the page now.
         state = wait_for(server, lambda s: s["page"]["shown"] >= shown + 5, "the page to go on showing pictures")
         hidden = browser.evaluate("$('control-scales').hidden && $('control-scales').children.length === 0")
+        no_style = browser.evaluate("$('style-row').hidden")
         notice = browser.evaluate("$('notice').hidden")
     finally:
         browser.close()
-    assert hidden and notice and state["controls"]["control_scales"] == []  # c and x sent nothing to refuse
+    assert hidden and no_style and notice  # c, x, i and u sent nothing to refuse
+    assert state["controls"]["control_scales"] == [] and state["controls"]["ip_adapter_scale"] is None
+
+
+def free_udp_port() -> int:
+    """A UDP port nothing listens on now, for the server's --osc."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 SLIDER_LABELS = ("[...document.querySelectorAll('#control-scales label')]"
@@ -286,9 +296,7 @@ SLIDER_LABELS = ("[...document.querySelectorAll('#control-scales label')]"
 def test_each_controlnet_has_a_named_slider_that_follows_the_address_keys_osc_and_midi(tmp_path):
     from pythonosc.udp_client import SimpleUDPClient
 
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        osc_port = probe.getsockname()[1]
+    osc_port = free_udp_port()
     midi_map = tmp_path / "map.yaml"
     midi_map.write_text("controls: {7: control_scale_2}\n")
     server = Server("--controlnet", "canny,depth", "--control-scale", "0.8,0.4", "--midi-map", str(midi_map),
@@ -324,6 +332,64 @@ def test_each_controlnet_has_a_named_slider_that_follows_the_address_keys_osc_an
     finally:
         browser.close()
         server.kill()
+
+
+def test_the_style_slider_and_picture_follow_the_address_keys_osc_and_midi_and_a_file_goes_up(tmp_path):
+    from pythonosc.udp_client import SimpleUDPClient
+
+    osc_port = free_udp_port()
+    midi_map = tmp_path / "map.yaml"
+    midi_map.write_text("controls: {9: ip_adapter_scale}\n")
+    picture = tmp_path / "dusk.png"
+    Image.fromarray(np.full((60, 80, 3), (200, 60, 120), np.uint8)).save(picture)
+    server = Server("--ip-adapter", "base", "--midi-map", str(midi_map), "--osc", str(osc_port))
+    browser = Browser("about:blank", tmp_path / "profile")
+    slider, name = "$('ip_adapter_scale').value", "$('style-name').textContent"
+    try:
+        browser.call("Page.enable")
+        browser.call("Page.addScriptToEvaluateOnNewDocument", source=FAKE_MIDI)
+        browser.call("Page.navigate", url=server.url)
+        state = wait_for(server, lambda s: s["page"]["shown"] >= 1, "the page to stream")
+        assert state["controls"]["ip_adapter_scale"] == 0.6 and state["style_image"] is None  # the engine's
+        assert browser.evaluate("!$('style-row').hidden") and browser.evaluate(slider) == "0.6"
+        assert browser.evaluate(name).startswith("no picture yet")
+        browser.call("Page.navigate", url=server.url + "?ip_adapter_scale=1.2")  # a newer page takes the stream over
+        wait_for(server, lambda s: s["page"]["shown"] >= 3 and s["controls"]["ip_adapter_scale"] == 1.2,
+                 "the address's scale to reach the stream")
+        assert browser.evaluate(slider) == "1.2"
+        for key in ("i", "i", "u", "u", "u"):
+            browser.press(key)
+        wait_for(server, lambda s: s["controls"]["ip_adapter_scale"] == pytest.approx(1.1), "i i u u u to reach it")
+        browser.run("$('ip_adapter_scale').value = '1.75'; $('ip_adapter_scale').dispatchEvent(new Event('input'))")
+        wait_for(server, lambda s: s["controls"]["ip_adapter_scale"] == 1.75, "the dragged slider to reach the stream")
+        SimpleUDPClient("127.0.0.1", osc_port).send_message("/streamdiff/ip_adapter_scale", 0.5)
+        wait_until(lambda: browser.evaluate(slider) == "0.5", "the slider to follow OSC", 30.0)
+        browser.run("$('midi').click()")
+        wait_until(lambda: browser.evaluate("midi.inputs.length") == 1, "the page to listen to the pads", 30.0)
+        browser.run("testPads.onmidimessage({ data: new Uint8Array([0xB0, 9, 127]) })")  # the style knob all the way
+        wait_until(lambda: browser.evaluate(slider) == "2", "the slider to follow the knob", 30.0)
+        document = browser.call("DOM.getDocument")["root"]["nodeId"]
+        chooser = browser.call("DOM.querySelector", nodeId=document, selector="#style-file")["nodeId"]
+        browser.call("DOM.setFileInputFiles", files=[str(picture)], nodeId=chooser)
+        state = wait_for(server, lambda s: s["style_image"] == "dusk.png", "the chosen picture to steer the stream")
+        wait_until(lambda: browser.evaluate(name) == "in use: dusk.png", "the page to name the picture", 30.0)
+        shown = state["page"]["shown"]
+        wait_for(server, lambda s: s["page"]["shown"] >= shown + 3, "the page to go on showing pictures")
+        assert browser.evaluate("$('notice').hidden") and server.state()["controls"]["ip_adapter_scale"] == 2.0
+    finally:
+        browser.close()
+        server.kill()
+
+
+def test_the_style_picture_and_scale_of_the_command_line_are_the_pages_start(tmp_path):
+    picture = tmp_path / "dusk.png"
+    Image.fromarray(np.full((60, 80, 3), (200, 60, 120), np.uint8)).save(picture)
+    server = Server("--style-image", str(picture), "--ip-adapter-scale", "0.8")  # the base adapter, random weights
+    try:
+        state = server.state()
+    finally:
+        server.kill()
+    assert state["style_image"] == "dusk.png" and state["controls"]["ip_adapter_scale"] == 0.8
 
 
 def test_a_page_without_a_picture_source_streams_text_to_image(server, tmp_path):
@@ -467,9 +533,7 @@ def test_a_video_file_chosen_on_the_page_goes_up_as_a_webrtc_track(tmp_path):
 def test_the_steps_slider_starts_at_the_engines_count_and_follows_the_address_keys_and_osc(tmp_path):
     from pythonosc.udp_client import SimpleUDPClient
 
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        osc_port = probe.getsockname()[1]
+    osc_port = free_udp_port()
     server = Server("--osc", str(osc_port))
     browser = Browser(server.url, tmp_path / "profile")
     slider = "$('steps').value"

@@ -64,6 +64,17 @@ def test_other_bytes_are_refused_with_what_was_expected(data, message):
         protocol.decode_picture(data)
 
 
+@pytest.mark.parametrize("data, message", [
+    (b"not a picture at all", "expected a JPEG or PNG style picture; its 20 bytes are neither"),
+    (encoded(format="GIF"), "expected a JPEG or PNG style picture; got GIF"),
+    (encoded(format="JPEG")[:200], r"cannot read the style picture \("),
+])
+def test_a_style_picture_is_decoded_as_a_frame_is_and_named_in_its_errors(data, message):
+    assert protocol.decode_picture(encoded(40, 24, "PNG"), "style picture").shape == (24, 40, 3)
+    with pytest.raises(ProtocolError, match=message):
+        protocol.decode_picture(data, "style picture")
+
+
 def test_a_picture_larger_than_the_limit_is_refused(monkeypatch):
     monkeypatch.setattr(protocol, "MAX_SIDE", 32)
     with pytest.raises(ProtocolError, match="at most 32 pixels a side; got 40x24"):
@@ -92,6 +103,17 @@ def test_controls_change_only_what_the_message_names():
     two = Controls(control_scales=(1.0, 0.5))  # with two: one, or all of them
     assert apply_controls(two, {"control_scale_2": 0.3}, book) == Controls(control_scales=(1.0, 0.3))
     assert apply_controls(two, {"control_scale": 0.7}, book) == Controls(control_scales=(0.7, 0.7))
+
+
+def test_a_page_sets_the_style_scale_but_names_no_picture_file():
+    book = PromptBook(["first"])
+    styled = Controls(ip_adapter_scale=0.6)  # a stream with an IP-Adapter
+    assert apply_controls(styled, {"ip_adapter_scale": 1.5}, book) == Controls(ip_adapter_scale=1.5)
+    with pytest.raises(ProtocolError, match=r"ip_adapter_scale: this stream has no IP-Adapter"):
+        apply_controls(Controls(), {"ip_adapter_scale": 0.5}, book)
+    with pytest.raises(ProtocolError, match="unknown control style_image"):  # a path on the server: OSC only
+        apply_controls(styled, {"style_image": "/etc/hostname"}, book)
+    assert protocol.REMOTE_CONTROL_TYPES["style_image"] is str and "style_image" not in protocol.CONTROL_TYPES
 
 
 def test_a_new_prompt_joins_the_book_once_and_a_known_one_is_found():

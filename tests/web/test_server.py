@@ -340,3 +340,103 @@ def test_midi_from_the_page_is_mapped_like_the_servers_input(client, stream):
         ws.send_text(json.dumps({"type": "midi", "data": [0x40, 1]}))  # no status byte
         assert "not a MIDI message: [64, 1]" in next_error(ws)["message"]
     assert stream.controls.strength == 1.0 and stream.controls.prompt_index == 1
+
+
+def png(colour: tuple[int, int, int], size: int = 40) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((size, size, 3), colour, np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_the_state_carries_the_style_scale_and_the_picture_in_use(client, start_web_stream, styled_engine):
+    state = client.get("/api/state").json()
+    assert state["controls"]["ip_adapter_scale"] is None and state["style_image"] is None  # no adapter: no slider
+    with TestClient(create_app(start_web_stream(styled_engine))) as styled, styled.websocket_connect("/ws") as ws:
+        state = ws.receive_json()
+    assert state["controls"]["ip_adapter_scale"] == 0.6 and state["style_image"] is None
+
+
+def test_a_pages_style_scale_and_picture_reach_the_engine_on_the_inference_thread(start_web_stream, styled_engine,
+                                                                                   monkeypatch):
+    threads = []
+    set_style_image = styled_engine.set_style_image
+
+    def recording(picture):
+        threads.append(threading.current_thread().name)
+        set_style_image(picture)
+
+    monkeypatch.setattr(styled_engine, "set_style_image", recording)
+    stream = start_web_stream(styled_engine)
+    with TestClient(create_app(stream)) as client, client.websocket_connect("/ws") as ws:
+        page = ws.receive_json()["client"]
+        ws.send_text(json.dumps({"type": "controls", "ip_adapter_scale": 1.25}))
+        ws.send_bytes(frame(1))
+        next_output(ws)
+        assert styled_engine.ip_adapter_scale == 1.25
+        sent = client.post(f"/api/style_image?client={page}&name=dusk.png", content=png((200, 60, 120)),
+                           headers={"Content-Type": "image/png"})
+        assert (sent.status_code, sent.json()) == (202, {"accepted": True})
+        assert not styled_engine.has_style_image  # handed over: the inference thread takes it with the next frame
+        ws.send_bytes(frame(2))
+        state = next_text(ws, "state")  # sent as the engine takes the picture, before frame 2 is drawn
+        assert state["style_image"] == "dusk.png" and styled_engine.has_style_image
+        assert next_output(ws)[0] == 2  # frame 2 is done: the change below waits for the next frame
+        stream.remote_change({"ip_adapter_scale": 0.4})  # what an OSC message or a MIDI knob hands over
+        assert next_text(ws, "state")["controls"]["ip_adapter_scale"] == 0.4  # the page's slider follows
+        ws.send_text(json.dumps({"type": "controls", "ip_adapter_scale": 6}))
+        assert "ip_adapter_scale must be in [0, 5]; got 6" in next_error(ws)["message"]
+        ws.send_text(json.dumps({"type": "controls", "style_image": "/etc/hostname"}))  # a page names no server file
+        assert next_error(ws)["message"].startswith("unknown control style_image; expected some of prompt")
+        ws.send_bytes(frame(3))
+        assert next_output(ws)[0] == 3
+    assert threads == ["streamdiff-web-inference"] and styled_engine.ip_adapter_scale == 0.4
+
+
+def test_a_style_picture_the_stream_cannot_use_is_refused_and_changes_nothing(start_web_stream, styled_engine,
+                                                                             stream, monkeypatch):
+    import streamdiff.web.server as server
+
+    with TestClient(create_app(stream)) as client, client.websocket_connect("/ws") as ws:
+        page = ws.receive_json()["client"]
+        refused = client.post(f"/api/style_image?client={page}", content=png((1, 2, 3)))
+    assert refused.status_code == 409 and refused.json()["error"] == (
+        "style picture: this stream has no IP-Adapter (start it with --ip-adapter or --style-image)")
+    styled = start_web_stream(styled_engine)
+    with TestClient(create_app(styled)) as client, client.websocket_connect("/ws") as ws:
+        page = ws.receive_json()["client"]
+        sent = client.post(f"/api/style_image?client={page}&name=notes.png", content=b"not a picture at all")
+        assert sent.status_code == 202  # its bytes are looked at on the inference thread
+        ws.send_bytes(frame(1))
+        assert next_error(ws)["message"] == "expected a JPEG or PNG style picture; its 20 bytes are neither"
+        for query, body, status, error in [
+            ("", png((1, 2, 3)), 400, "expected ?client=N, the number the page's connection was given"),
+            (f"?client={page + 1}", png((1, 2, 3)), 409, "this page does not drive the stream"),
+            (f"?client={page}", b"", 400, "expected a JPEG or PNG style picture as the request's body; got none"),
+        ]:
+            refused = client.post(f"/api/style_image{query}", content=body)
+            assert refused.status_code == status and refused.json()["error"].startswith(error)
+        monkeypatch.setattr(server, "MAX_FRAME_BYTES", 100)
+        too_large = client.post(f"/api/style_image?client={page}", content=png((1, 2, 3), size=200))
+        assert too_large.status_code == 413 and too_large.json()["error"].startswith("a style picture may be at most")
+        ws.send_bytes(frame(2))
+        next_output(ws)
+    assert not styled_engine.has_style_image and styled.state()["style_image"] is None
+
+
+def test_an_osc_style_picture_reaches_the_engine_and_the_driving_page_hears_of_it(start_web_stream, styled_engine,
+                                                                                 tmp_path):
+    from streamdiff.app.remote import ControlError
+
+    path = tmp_path / "dusk.png"
+    path.write_bytes(png((200, 60, 120)))
+    stream = start_web_stream(styled_engine)
+    with TestClient(create_app(stream)) as client, client.websocket_connect("/ws") as ws:
+        ws.receive_json()
+        with pytest.raises(ControlError, match="style picture not found: .*missing.png"):
+            stream.remote_change({"style_image": str(tmp_path / "missing.png")})  # /streamdiff/style_image PATH
+        stream.remote_change({"style_image": str(path)})
+        assert next_text(ws, "state")["style_image"] is None  # the change arrived; the picture waits for a frame
+        ws.send_bytes(frame(1))
+        assert next_text(ws, "state")["style_image"] == "dusk.png"
+        assert client.get("/api/state").json()["style_image"] == "dusk.png"
+    assert styled_engine.has_style_image

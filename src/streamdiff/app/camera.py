@@ -106,9 +106,14 @@ def _runtime(args: argparse.Namespace, source: Any, reopen: Callable[[], Any], s
                         mirror=args.mirror, layout="output" if args.fullscreen else "side", **engine_controls(pipe))
     options = RuntimeOptions(prompts=tuple(prompts), fit=args.fit, display_fps=args.display_fps,
                              pane_height=args.display_size, transition_frames=args.transition_frames,
-                             save_dir=Path(args.save_dir), loop=args.loop)
+                             save_dir=Path(args.save_dir), loop=args.loop, style_name=style_name(args))
     sinks += _open_outputs(outputs, options, (pipe.config.width, pipe.config.height), source.fps)
     return Runtime(pipe, source, sinks, options, controls, reopen)
+
+
+def style_name(args: argparse.Namespace) -> str | None:
+    """The name the overlay and the page give the --style-image picture; None without one."""
+    return Path(args.style_image).name if args.style_image else None
 
 
 def live_engine(args: argparse.Namespace) -> tuple[Any, list[str]]:

@@ -24,6 +24,7 @@ from streamdiff.temporal import blend
 
 if TYPE_CHECKING:
     from streamdiff.app.runtime import RuntimeOptions, Shared
+    from streamdiff.app.style import StyleInbox
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +42,10 @@ class Display:
 
     def __init__(self, shared: Shared, sinks: Sequence[Any], options: RuntimeOptions,
                  render_size: tuple[int, int], prompts: list[str] | None = None,
-                 control_names: tuple[str, ...] = ()) -> None:
+                 control_names: tuple[str, ...] = (), styles: StyleInbox | None = None) -> None:
         self.shared, self.sinks, self.options = shared, list(sinks), options
         self.control_names = control_names  # the overlay's labels of the ControlNets' scales
+        self.styles = styles  # the overlay names the style picture in use (the inference thread sets it)
         # The inference thread's list: a remote can add prompts to it (the keys then cycle through those too).
         self.prompt_book = PromptBook(prompts if prompts is not None else list(options.prompts))
         self.pane_width, self.pane_height = pane_size(options.pane_height, render_size)
@@ -136,7 +138,8 @@ class Display:
         index = self.controls.prompt_index % len(prompts)
         return OverlayInfo(prompts[index], index + 1, len(prompts), shared.ai_rate.rate(),
                            shared.camera_rate.rate(), shared.display_rate.rate(), latency,
-                           self._current_notice(ai is None), self.control_names)
+                           self._current_notice(ai is None), self.control_names,
+                           None if self.styles is None else self.styles.current)
 
     def _current_notice(self, warming_up: bool) -> str:
         _, sticky = self.shared.notice.peek()

@@ -1,5 +1,5 @@
-"""The inference thread's side of the engine: apply live controls between frames, run one frame, and
-remember when the frame now leaving the stream batch was captured (for the latency readout)."""
+"""The inference thread's side of the engine: apply live controls (and a new style picture) between frames, run
+one frame, and remember when the frame now leaving the stream batch was captured (for the latency readout)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ import numpy as np
 
 from streamdiff.app.frames import Frame, from_engine, to_engine
 from streamdiff.app.keys import Controls
+from streamdiff.app.style import StyleInbox
+from streamdiff.errors import first_line
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +48,11 @@ class StepTimings:
 
 
 class EngineRunner:
-    """Owns every call into the engine; used from the inference thread only."""
+    """Owns every call into the engine; used from the inference thread only, but for `styles.put`, which any
+    thread may call."""
 
     def __init__(self, engine: Any, prompts: Sequence[str], fit: str = "crop", transition_frames: int = 8,
-                 clock=time.perf_counter) -> None:
+                 clock=time.perf_counter, style_name: str | None = None) -> None:
         if not prompts:
             raise ValueError("at least one prompt is needed")
         self.engine, self.prompts, self.fit = engine, list(prompts), fit
@@ -60,12 +63,14 @@ class EngineRunner:
         config = engine.config
         self.width, self.height = config.width, config.height
         self.control_names: tuple[str, ...] = tuple(engine.control_names)  # one per ControlNet, as labels show them
+        # Style pictures asked for, and the name of the one in use (`style_name`: the one the engine started with).
+        self.styles = StyleInbox(style_name)
         # The output of call k shows input k - latency: keep that many (index, capture time) records to match them.
         self._in_flight: deque[tuple[int, float]] = deque(maxlen=config.latency_frames + 1)
 
     def apply(self, controls: Controls) -> None:
-        """Hand changed controls to the engine: prompt (with a smooth transition), temporal, seed, strength, steps
-        and each ControlNet's scale."""
+        """Hand changed controls to the engine: prompt (with a smooth transition), temporal, seed, strength, steps,
+        each ControlNet's scale and the IP-Adapter's; then the newest style picture asked for, if one came."""
         start = self._clock()
         old = self.applied
         # The engine was prepared with the first prompt: only another one needs handing over.
@@ -82,8 +87,26 @@ class EngineRunner:
         for index, scale in enumerate(controls.control_scales):
             if index >= len(before) or scale != before[index]:
                 self.engine.set_control_scale(scale, index=index)
+        style = controls.ip_adapter_scale
+        if style is not None and (old is None or style != old.ip_adapter_scale):
+            self.engine.set_ip_adapter_scale(style)
         self.applied = controls
+        self._take_style()
         self.timings.controls += self._clock() - start
+
+    def _take_style(self) -> None:
+        """The newest style picture asked for since the last frame, made and encoded (by the adapter's CLIP image
+        encoder) here; one that cannot be used leaves the stream its picture, and its sender is told why."""
+        picture = self.styles.take()
+        if picture is None:
+            return
+        try:
+            self.engine.set_style_image(picture.load())
+        except (OSError, ValueError) as exc:
+            picture.done(str(exc) or first_line(exc))
+            return
+        self.styles.current = picture.name
+        picture.done(None)
 
     def _set_schedule(self, controls: Controls, old: Controls) -> None:
         """A new strength and number of steps, in the order that lets a pair that fits together through: a low

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from streamdiff.config import CONTROL_SCALE_MAX
+from streamdiff.config import CONTROL_SCALE_MAX, IP_ADAPTER_SCALE_MAX
 
 LAYOUTS: tuple[str, ...] = ("side", "output")
 BLEND_STEP = 0.1
@@ -24,6 +24,8 @@ STRENGTH_STEP = 0.05
 STRENGTH_MIN = 0.1  # leaves room for up to five steps of a 50-step schedule
 CONTROL_STEP = 0.1
 CONTROL_MAX = 2.0  # ControlNet scales past 2 burn the edges into the picture
+STYLE_STEP = 0.1
+STYLE_MAX = 2.0  # the keys' range: twice the IP-Adapter scale it was trained at (a remote may go up to 5)
 # The number keys' range (each step is one more slot of every UNet batch); a stream started with more keeps them.
 STEPS_MAX = 4
 
@@ -39,6 +41,7 @@ class Controls:
     seed: int = 2
     strength: float = 1.0  # how much of each camera frame the engine redraws (its first schedule index)
     control_scales: tuple[float, ...] = ()  # how strongly each ControlNet steers, in order; (): the stream has none
+    ip_adapter_scale: float | None = None  # how strongly the style picture steers; None: the stream has no IP-Adapter
     steps: int = 1  # denoising steps per frame: 1 is fastest, more give more detail at a lower frame rate
     paused: bool = False
     mirror: bool = False
@@ -57,6 +60,11 @@ class Controls:
                 0.0 <= scale <= CONTROL_SCALE_MAX for scale in self.control_scales):
             raise ValueError(f"control_scales must be a tuple of numbers in [0, {CONTROL_SCALE_MAX:g}]; "
                              f"got {self.control_scales!r}")
+        style = self.ip_adapter_scale
+        if style is not None and (isinstance(style, bool) or not isinstance(style, (int, float))
+                                  or not 0.0 <= style <= IP_ADAPTER_SCALE_MAX):
+            raise ValueError(f"ip_adapter_scale must be None or a number in [0, {IP_ADAPTER_SCALE_MAX:g}]; "
+                             f"got {style!r}")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"steps must be a whole number of at least 1; got {self.steps!r}")
         if self.layout not in LAYOUTS:
@@ -64,10 +72,12 @@ class Controls:
 
 
 def engine_controls(engine: Any) -> dict[str, Any]:
-    """The Controls values a running engine sets at the start: its strength, number of steps and ControlNet
-    scales (none for a stream without a ControlNet)."""
+    """The Controls values a running engine sets at the start: its strength, number of steps, ControlNet scales
+    (none for a stream without a ControlNet) and IP-Adapter scale (None for a stream without one)."""
+    style = engine.ip_adapter_scale
     return {"strength": engine.strength, "steps": engine.config.denoising_steps,
-            "control_scales": tuple(float(scale) for scale in engine.control_scales)}
+            "control_scales": tuple(float(scale) for scale in engine.control_scales),
+            "ip_adapter_scale": None if style is None else float(style)}
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,17 @@ def _control(delta: float) -> Callable[[Controls, int], Controls]:
     return change
 
 
+def _style(delta: float) -> Callable[[Controls, int], Controls]:
+    """A nudge of the IP-Adapter's scale; nothing for a stream without one."""
+
+    def change(c: Controls, n: int) -> Controls:
+        if c.ip_adapter_scale is None:
+            return c
+        return replace(c, ip_adapter_scale=_step(c.ip_adapter_scale, delta, max(STYLE_MAX, c.ip_adapter_scale)))
+
+    return change
+
+
 def _steps(count: int) -> Callable[[Controls, int], Controls]:
     return lambda c, n: replace(c, steps=count)
 
@@ -135,6 +156,8 @@ BINDINGS: tuple[Binding, ...] = (
     Binding(("[",), "set", "", _nudge("strength", -STRENGTH_STEP, 1.0, STRENGTH_MIN)),
     Binding(("c",), "set", "c / x: more / less steering by every ControlNet", _control(CONTROL_STEP)),
     Binding(("x",), "set", "", _control(-CONTROL_STEP)),
+    Binding(("i",), "set", "i / u: more / less steering by the style picture (IP-Adapter)", _style(STYLE_STEP)),
+    Binding(("u",), "set", "", _style(-STYLE_STEP)),
     Binding(("1",), "set", "1-4: denoising steps per frame (1 fastest, more detail)", _steps(1)),
     *(Binding((str(count),), "set", "", _steps(count)) for count in range(2, STEPS_MAX + 1)),
     Binding(("r",), "set", "r: new seed", _new_seed),

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-from streamdiff.app.keys import CONTROL_MAX, EMA_MAX, FEEDBACK_MAX, STEPS_MAX, STRENGTH_MIN, TRIGGERS
+from streamdiff.app.keys import CONTROL_MAX, EMA_MAX, FEEDBACK_MAX, STEPS_MAX, STRENGTH_MIN, STYLE_MAX, TRIGGERS
 from streamdiff.app.optional import require
 from streamdiff.app.remote import ONE_SCALE
 
@@ -17,7 +17,7 @@ from streamdiff.app.remote import ONE_SCALE
 # scale, takes control_scale's), ...
 KNOB_RANGES: dict[str, tuple[float, float]] = {
     "strength": (STRENGTH_MIN, 1.0), "ema": (0.0, EMA_MAX), "feedback": (0.0, FEEDBACK_MAX), "blend": (0.0, 1.0),
-    "control_scale": (0.0, CONTROL_MAX), "steps": (1.0, float(STEPS_MAX)),
+    "control_scale": (0.0, CONTROL_MAX), "ip_adapter_scale": (0.0, STYLE_MAX), "steps": (1.0, float(STEPS_MAX)),
 }
 WHOLE_KNOBS: frozenset[str] = frozenset({"steps"})  # ranged controls that take whole numbers only
 # ... or the prompt list spread over the travel, the seed (the position itself), or a switch.

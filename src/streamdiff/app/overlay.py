@@ -22,6 +22,7 @@ class OverlayInfo:
     latency_ms: float | None
     notice: str = ""
     control_names: tuple[str, ...] = ()  # one label per ControlNet, in the order of Controls.control_scales
+    style_image: str | None = None  # the name of the style picture in use; None before one is given
 
 
 def status_lines(info: OverlayInfo, controls: Controls) -> list[str]:
@@ -38,6 +39,8 @@ def status_lines(info: OverlayInfo, controls: Controls) -> list[str]:
     ]
     if controls.control_scales:
         lines.append(control_line(info.control_names, controls.control_scales))
+    if controls.ip_adapter_scale is not None:
+        lines.append(style_line(info.style_image, controls.ip_adapter_scale))
     if info.notice:
         lines.append(info.notice)
     lines.append("h: help  o: hide")
@@ -48,6 +51,11 @@ def control_line(names: tuple[str, ...], scales: tuple[float, ...]) -> str:
     """Each ControlNet's scale with its name: "ControlNet canny 0.80  depth 0.40" (a number for a missing name)."""
     labels = [names[i] if i < len(names) else str(i + 1) for i in range(len(scales))]
     return "ControlNet " + "  ".join(f"{label} {scale:.2f}" for label, scale in zip(labels, scales))
+
+
+def style_line(name: str | None, scale: float) -> str:
+    """The IP-Adapter's scale and the picture in use: "Style 0.60 sunset.jpg"; no picture yet, no steering."""
+    return f"Style {scale:.2f} {name if name is not None else '(no picture)'}"
 
 
 def draw_overlay(image: np.ndarray, info: OverlayInfo, controls: Controls) -> np.ndarray:

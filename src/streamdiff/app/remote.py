@@ -4,7 +4,9 @@ applied all together or not at all, so a bad message changes nothing. A change s
 
 `control_scale` sets every ControlNet's scale, `control_scale_N` the N-th ControlNet's (counted from 1, as the
 ControlNets were named at the start); wherever `control_scale` is offered, `control_scale_N` is too. In one
-change, `control_scale_N` applies after `control_scale`."""
+change, `control_scale_N` applies after `control_scale`. `ip_adapter_scale` sets how strongly the style picture
+steers; `style_image`, a picture file's path, is no value of Controls: app/style.py takes it apart and hands the
+picture to the engine."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from dataclasses import replace
 from typing import Any
 
 from streamdiff.app.keys import STEPS_MAX, TRIGGERS, Controls
-from streamdiff.config import CONTROL_SCALE_MAX
+from streamdiff.config import CONTROL_SCALE_MAX, IP_ADAPTER_SCALE_MAX
 
 MAX_PROMPT_CHARS = 1000
 MAX_SEED = 2**63 - 1
@@ -31,7 +33,8 @@ class Trigger:
 # Every control a remote may change, with the type it takes; each app offers its own share of them.
 CONTROL_TYPES: dict[str, type] = {
     "prompt": str, "prompt_index": int, "strength": float, "steps": int, "ema": float, "feedback": float, "seed": int,
-    "mirror": bool, "blend": float, "paused": bool, "control_scale": float, **{name: Trigger for name in TRIGGERS},
+    "mirror": bool, "blend": float, "paused": bool, "ip_adapter_scale": float, "style_image": str,
+    "control_scale": float, **{name: Trigger for name in TRIGGERS},
 }
 _EXPECTED = {bool: "true or false", str: "a string", int: "a whole number", float: "a finite number",
              Trigger: "true (a press)"}
@@ -104,6 +107,7 @@ def apply_changes(controls: Controls, changes: Mapping[str, Any], prompts: Promp
     scales = {name: checked.pop(name) for name in changes if name == ALL_SCALES or ONE_SCALE.fullmatch(name)}
     if scales:
         checked["control_scales"] = _scaled(controls.control_scales, scales)
+    _check_style_scale(checked.get("ip_adapter_scale"), controls)
     index = checked.get("prompt_index")
     if index is not None and not 0 <= index < len(prompts.prompts):
         raise ControlError(f"prompt_index must be in [0, {len(prompts.prompts) - 1}]; got {index}")
@@ -140,6 +144,20 @@ def _scale_index(name: str, count: int) -> int:
         raise ControlError(f"{name}: this stream has {count} ControlNet{'s' if count > 1 else ''}; expected {names} "
                            f"(one, counted from 1) or {ALL_SCALES} (all)")
     return number - 1
+
+
+def no_ip_adapter(name: str) -> ControlError:
+    """The refusal of a style control (`name`) on a stream without an IP-Adapter."""
+    return ControlError(f"{name}: this stream has no IP-Adapter (start it with --ip-adapter or --style-image)")
+
+
+def _check_style_scale(scale: float | None, controls: Controls) -> None:
+    if scale is None:
+        return
+    if controls.ip_adapter_scale is None:
+        raise no_ip_adapter("ip_adapter_scale")
+    if not 0.0 <= scale <= IP_ADAPTER_SCALE_MAX:
+        raise ControlError(f"ip_adapter_scale must be in [0, {IP_ADAPTER_SCALE_MAX:g}]; got {scale}")
 
 
 def _check_steps(steps: int | None, controls: Controls) -> None:

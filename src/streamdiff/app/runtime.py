@@ -27,6 +27,7 @@ from streamdiff.app.keys import Controls, engine_controls
 from streamdiff.app.remote import apply_changes
 from streamdiff.app.slots import LatestSlot, RateMeter
 from streamdiff.app.sources import Source
+from streamdiff.app.style import split_style
 from streamdiff.errors import UserError, first_line
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class RuntimeOptions:
     retry_interval: float = 1.0  # seconds between attempts to reopen a lost live source
     join_timeout: float = 1.0
     start_timeout: float = 30.0  # for the first camera frame
+    style_name: str | None = None  # the name of the style picture the engine started with (--style-image), if any
 
     def __post_init__(self) -> None:
         if self.display_fps < 0 or self.pane_height < 16 or self.join_timeout <= 0:
@@ -183,9 +185,10 @@ class Runtime:
         self.options, self.sinks = options, list(sinks)
         self.shared = Shared()
         self.shared.controls.put(controls or Controls(seed=engine.config.seed, **engine_controls(engine)))
-        self.runner = EngineRunner(engine, options.prompts, options.fit, options.transition_frames)
+        self.runner = EngineRunner(engine, options.prompts, options.fit, options.transition_frames,
+                                   style_name=options.style_name)
         self.display = Display(self.shared, self.sinks, options, (engine.config.width, engine.config.height),
-                               self.runner.prompts, self.runner.control_names)
+                               self.runner.prompts, self.runner.control_names, self.runner.styles)
         shared = self.shared
         self.threads = [
             _guarded("capture", capture_worker, shared, source, reopen, shared, options.retry_interval, options.loop),
@@ -198,9 +201,14 @@ class Runtime:
 
     def remote_change(self, change: dict[str, Any]) -> None:
         """A control change from another thread (OSC, MIDI): checked now (ControlError), applied by the display loop
-        at its next frame, where the keys are applied."""
-        apply_changes(self.display.controls, change, self.display.prompt_book)
-        self.shared.remote.put(change)
+        at its next frame, where the keys are applied. A style picture in it is read now and goes to the inference
+        thread, which hands it to the engine before its next frame."""
+        picture, controls = split_style(change, self.display.controls)
+        if controls:
+            apply_changes(self.display.controls, controls, self.display.prompt_book)
+            self.shared.remote.put(controls)
+        if picture is not None:
+            self.runner.styles.put(picture)
 
     def run(self, duration: float | None = None) -> RunSummary:
         """Block in the display loop (call it from the main thread); raise what any thread raised."""

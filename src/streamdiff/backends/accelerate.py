@@ -30,6 +30,7 @@ from typing import Callable
 import torch
 
 from ..errors import UserError, first_line
+from ..ip_adapter import ImagePromptAttention
 from ..stream import StreamPipeline
 from . import codec_fusion, upsample_fold
 from . import compile as compiling
@@ -222,9 +223,13 @@ def _set_codec(pipe: StreamPipeline, fuse_codec: bool, *, compiled: bool) -> Non
 def _fuse_projections(model: torch.nn.Module) -> None:
     """One projection matrix product instead of three (two for cross-attention), in the UNet or the ControlNet.
     The stand-ins of the conditioning cache the denoiser uses go first, so that diffusers fuses the real
-    projections; the denoiser's next call stores them again."""
+    projections; the denoiser's next call stores them again. An IP-Adapter's processors (ip_adapter.py), which
+    diffusers would replace with its fused one, go back in: they read the fused projections."""
     ConditioningCache.of(model).remove()
+    own = {name: p for name, p in model.attn_processors.items() if isinstance(p, ImagePromptAttention)}
     model.fuse_qkv_projections()
+    if own:
+        model.set_attn_processor({**model.attn_processors, **own})
 
 
 def _build(stream: AcceleratedStream, chosen: AccelMode, requested: AccelMode, fallback: bool,

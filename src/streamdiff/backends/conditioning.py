@@ -20,9 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ip_adapter import ImagePromptAttention, split
+
 _KEY = "_streamdiff_conditioning"  # where a UNet or ControlNet keeps its cache (ConditioningCache.of)
 
-# Processors known to project the keys and values of cross-attention from encoder_hidden_states, unchanged.
+# Processors known to project the keys and values of cross-attention from encoder_hidden_states, unchanged (and
+# the IP-Adapter's, which projects the text tokens so and the image tokens with projections of its own).
 _PLAIN_PROCESSORS = ("AttnProcessor", "AttnProcessor2_0", "FusedAttnProcessor2_0")
 
 
@@ -92,7 +95,14 @@ class ConditioningCache:
             for resnet in resnets:
                 resnet.time_emb_proj.store(emb if resnet.skip_time_act else resnet.nonlinearity(emb))
         for attention, names in attentions:
-            states = attention.norm_encoder_hidden_states(embeddings) if attention.norm_cross else embeddings
+            states = embeddings
+            processor = attention.processor
+            if isinstance(processor, ImagePromptAttention):  # text tokens, then the IP-Adapter's image tokens
+                states, image = split(states, processor.tokens)
+                processor.to_k_ip.store(image)
+                processor.to_v_ip.store(image)
+            if attention.norm_cross:
+                states = attention.norm_encoder_hidden_states(states)
             for name in names:
                 getattr(attention, name).store(states)
         self.owner = owner
@@ -133,6 +143,10 @@ class ConditioningCache:
         for attention, names in attentions:
             for name in names:
                 setattr(attention, name, self._stand_in(getattr(attention, name)))
+            processor = attention.processor
+            if isinstance(processor, ImagePromptAttention):
+                processor.to_k_ip = self._stand_in(processor.to_k_ip)
+                processor.to_v_ip = self._stand_in(processor.to_v_ip)
         self._installed = resnets, attentions
         return self._installed
 
@@ -171,11 +185,17 @@ class ConditioningCache:
         for module in self.model.modules():
             if not isinstance(module, Attention) or not module.is_cross_attention:
                 continue
-            if type(module.processor).__name__ not in _PLAIN_PROCESSORS:
+            processor = module.processor
+            ours = isinstance(processor, ImagePromptAttention)
+            if type(processor).__name__ not in _PLAIN_PROCESSORS and not ours:
                 continue
-            fused = type(module.processor).__name__ == "FusedAttnProcessor2_0"
+            # The fused processor reads to_kv; ours reads it where the projections were fused.
+            fused = type(processor).__name__ == "FusedAttnProcessor2_0" or (ours and module.fused_projections)
             names = ("to_kv",) if fused else ("to_k", "to_v")
-            if all(_coverable(getattr(module, n, None)) for n in names):
+            covered = [getattr(module, n, None) for n in names]
+            if ours:
+                covered += [processor.to_k_ip, processor.to_v_ip]
+            if all(_coverable(m) for m in covered):
                 yield module, names
 
 

@@ -7,7 +7,7 @@ from contextlib import ExitStack
 import torch
 from torch import Tensor
 
-from .. import added_conditions
+from .. import added_conditions, ip_adapter
 from .conditioning import ConditioningCache
 from .protocols import ControlResiduals
 
@@ -16,7 +16,8 @@ class TorchDenoiser:
     """A diffusers UNet2DConditionModel; with cache_conditioning, what depends only on the timesteps and the
     text embeddings is computed once per `condition` instead of at every call. With `control`, its ControlNets'
     residuals join every call; their own such work, on the same timesteps and embeddings, is cached alike. An SDXL
-    UNet's embeddings carry the pooled text embedding as their last token (added_conditions.py)."""
+    UNet's embeddings carry the pooled text embedding as their last token (added_conditions.py), and those of a UNet
+    with an IP-Adapter its image tokens after the text (ip_adapter.py; a ControlNet reads the text alone)."""
 
     def __init__(self, unet: torch.nn.Module, *, cache_conditioning: bool = True,
                  control: ControlResiduals | None = None):
@@ -25,6 +26,9 @@ class TorchDenoiser:
         models = (unet,) if control is None else (unet, *control.controlnets)
         self.caches = tuple(ConditioningCache.of(m) for m in models) if cache_conditioning else ()
         self.pooled_width = added_conditions.pooled_width(unet)  # None: no added conditions
+        self.image_tokens = ip_adapter.image_tokens(unet)
+        self.ip_adapter = ip_adapter.IPAdapter.of(unet)
+        self.ip_adapter_scale = 0.0  # how strongly this stream's calls weigh the image tokens
         self._given: tuple[Tensor, Tensor] | None = None
 
     def condition(self, timesteps: Tensor | None, embeddings: Tensor | None) -> None:
@@ -40,17 +44,26 @@ class TorchDenoiser:
             self._given = (timesteps, added_conditions.hidden_states(embeddings, self.pooled_width))
         if self._given is not None:
             for cache in self.caches:
-                cache.refresh(*self._given, owner=self)
+                self._refresh(cache)
 
     def claim(self) -> bool:
         """Store this denoiser's conditioning again where another stream on the same UNet or ControlNet replaced
-        it (before replaying captured calls); whether calls read stored conditioning."""
+        it (before replaying captured calls), and its IP-Adapter scale; whether calls read stored conditioning."""
+        if self.ip_adapter is not None:
+            self.ip_adapter.apply(self.ip_adapter_scale)
         if not self.caches or self._given is None:
             return False
         for cache in self.caches:
             if cache.owner is not self:
-                cache.refresh(*self._given, owner=self)
+                self._refresh(cache)
         return True
+
+    def _refresh(self, cache: ConditioningCache) -> None:
+        assert self._given is not None
+        timesteps, hidden = self._given
+        if cache.model is not self.unet:
+            hidden = ip_adapter.text_only(hidden, self.image_tokens)
+        cache.refresh(timesteps, hidden, owner=self)
 
     def __call__(self, latents: Tensor, timesteps: Tensor, embeddings: Tensor) -> Tensor:
         if not self.claim():
@@ -65,7 +78,8 @@ class TorchDenoiser:
         # noise, and a compiled UNet guards on strides, so a switch between them would compile it again.
         latents = latents.contiguous(memory_format=_memory_format(self.unet))
         hidden, added = added_conditions.model_inputs(latents, embeddings, self.pooled_width)
-        extra = self.control.residuals(latents, timesteps, hidden, added) if self.control is not None else {}
+        extra = {} if self.control is None else \
+            self.control.residuals(latents, timesteps, ip_adapter.text_only(hidden, self.image_tokens), added)
         return self.unet(latents, timesteps, encoder_hidden_states=hidden, return_dict=False, **added, **extra)[0]
 
 

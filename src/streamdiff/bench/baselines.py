@@ -30,16 +30,23 @@ _PIPELINES: dict[tuple[bool, bool, bool], str] = {
 }
 
 
-def unavailable(name: str, device_type: str, controlnet: bool = False, sdxl: bool = False) -> str | None:
+def unavailable(name: str, device_type: str, controlnet: bool = False, sdxl: bool = False,
+                ip_adapter: bool = False) -> str | None:
     """Why a baseline cannot run here (for a stream steered by a ControlNet, if `controlnet`; of an SDXL model, if
-    `sdxl`), or None."""
+    `sdxl`; steered by a style picture through an IP-Adapter, if `ip_adapter`), or None."""
     if name not in BASELINES:
         return f"unknown baseline {name!r}; known: {', '.join(BASELINES)}"
+    if name == "diffusers" and controlnet and ip_adapter:
+        # _control_arguments builds a stream, and a stream takes the adapter over from the UNet the pipeline shares.
+        return ("diffusers' ControlNet pipelines are not timed with an IP-Adapter: the baseline makes its control "
+                "pictures with a stream, which takes the adapter over from their shared UNet")
     if name == "streamdiffusion":
         if sdxl:  # its wrapper encodes prompts with one text tower and calls the UNet without added conditions
             return "StreamDiffusion 0.1.1 runs SD 1.x / 2.x pipelines only, not SDXL"
         if controlnet:
             return "StreamDiffusion 0.1.1 takes no ControlNet"
+        if ip_adapter:
+            return "StreamDiffusion 0.1.1 takes no IP-Adapter"
         if importlib.util.find_spec("streamdiffusion") is None:
             return "the streamdiffusion package (0.1.1) is not installed"
         if device_type != "cuda":
@@ -53,10 +60,14 @@ def _to_pil(frame: np.ndarray) -> Any:
     return [Image.fromarray(f) for f in frame] if frame.ndim == 4 else Image.fromarray(frame)
 
 
-def diffusers_call(components: Components, config: StreamConfig, prompt: str, task: str) -> Callable[[np.ndarray], Any]:
+def diffusers_call(components: Components, config: StreamConfig, prompt: str, task: str,
+                   style: np.ndarray | None = None) -> Callable[[np.ndarray], Any]:
     """diffusers' StableDiffusion(Img2Img)Pipeline over the same modules, as its docs for one-step models show;
     with a ControlNet among the modules, StableDiffusionControlNet(Img2Img)Pipeline; for SDXL, the
-    StableDiffusionXL ones.
+    StableDiffusionXL ones. With a style picture (uint8 (H, W, 3)), the IP-Adapter loaded into the UNet steers
+    each call by it at config.ip_adapter_scale, as diffusers' IP-Adapter guide shows (`ip_adapter_image`: the
+    pipeline encodes the picture at every call). Call it before any stream is built on the modules: a stream takes
+    the adapter over.
 
     img2img runs `steps` denoising steps as num_inference_steps = 2 x steps at strength 0.5, guidance off. Each call
     draws its noise from config.seed as the stream draws its fixed noise, so that where the schedules agree the
@@ -66,17 +77,21 @@ def diffusers_call(components: Components, config: StreamConfig, prompt: str, ta
     steps, batch = config.denoising_steps, config.frame_buffer_size
     size = {"height": config.height, "width": config.width}
     control = _control_arguments(components, config, task)
+    styled: dict[str, Any] = {}
+    if style is not None:
+        pipe.set_ip_adapter_scale(config.ip_adapter_scale)
+        styled = {"ip_adapter_image": _to_pil(style)}
     _hand_over_vae(components)
 
     def img2img(frame: np.ndarray) -> Any:
         images = _to_pil(frame)
         prompts = [prompt] * batch if batch > 1 else prompt
         return pipe(prompts, image=images, num_inference_steps=2 * steps, strength=0.5, guidance_scale=0.0,
-                    generator=cpu_generator(config.seed), **control(frame)).images
+                    generator=cpu_generator(config.seed), **control(frame), **styled).images
 
     def txt2img(frame: np.ndarray) -> Any:
         return pipe(prompt, num_inference_steps=steps, guidance_scale=0.0, num_images_per_prompt=batch, **size,
-                    generator=cpu_generator(config.seed), **control(frame)).images
+                    generator=cpu_generator(config.seed), **control(frame), **styled).images
 
     return img2img if task == "img2img" else txt2img
 
@@ -84,14 +99,16 @@ def diffusers_call(components: Components, config: StreamConfig, prompt: str, ta
 def _diffusers_pipeline(components: Components, task: str) -> Any:
     import diffusers
 
+    # The image encoder and its preprocessing are an IP-Adapter's (None without one).
     modules = dict(vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
-                   unet=components.unet, scheduler=_lcm(components.scheduler_config))
+                   unet=components.unet, scheduler=_lcm(components.scheduler_config),
+                   image_encoder=components.image_encoder, feature_extractor=components.feature_extractor)
     if components.sdxl:
         # SDXL's pipelines have no safety checker; their invisible watermark is no part of making the picture.
         modules.update(text_encoder_2=components.text_encoder_2, tokenizer_2=components.tokenizer_2,
                        force_zeros_for_empty_prompt=components.zero_empty_negative, add_watermarker=False)
     else:
-        modules.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        modules.update(safety_checker=None, requires_safety_checker=False)
     nets = components.controlnets  # several become diffusers' MultiControlNetModel, which sums them as we do
     if nets:
         modules["controlnet"] = nets[0] if len(nets) == 1 else list(nets)

@@ -2,7 +2,7 @@
 
 The static clip is one picture with a little sensor noise per frame (what a camera on a tripod sends);
 the moving clip slides and turns its shapes every frame. The similarity filter should skip most of the
-first and almost none of the second.
+first and almost none of the second. IP-Adapter cases take their style picture from the same scene.
 """
 
 from __future__ import annotations
@@ -49,3 +49,9 @@ def batched(clip: list[np.ndarray], size: int) -> list[np.ndarray]:
     if size == 1:
         return list(clip)
     return [np.stack([clip[(i + j) % len(clip)] for j in range(size)]) for i in range(0, len(clip), size)]
+
+
+def style_picture(size: int = 256) -> np.ndarray:
+    """A uint8 (size, size, 3) RGB picture for an IP-Adapter to take its style from: the moving clip's scene half a
+    turn on, without sensor noise."""
+    return np.clip(_scene(size, size, 0.5) * 255.0 + 0.5, 0, 255).astype(np.uint8)

@@ -53,6 +53,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--sequential", action="store_true", help="run the steps one after another (no stream batch)")
     p.add_argument("--similarity", type=float, default=None, help="similarity filter threshold (off by default)")
     add_control_options(p)
+    p.add_argument("--ip-adapter", default=None, metavar="base|plus|FILE",
+                   help="steer every case by a generated style picture through this IP-Adapter (a kind, or a weight "
+                        "file with its image_encoder/ folder beside it; --random-weights builds a random base one)")
     p.add_argument("--pipelined", type=_list(lambda text: text == "yes", ("no", "yes")), default=[False],
                    metavar="no,yes", help="img2img frames pipelined (each launched before the previous one is "
                                           "waited for): no, yes or no,yes; times are then intervals between frames")
@@ -94,7 +97,7 @@ def scenarios_from_args(args: argparse.Namespace) -> list[Scenario]:
     base = Scenario(guidance=args.guidance, taesd=not args.no_taesd, codec_fusion=not args.no_codec_fusion,
                     upsample_fold=not args.no_upsample_fold,
                     batched=not args.sequential, similarity=args.similarity, clip=args.clip,
-                    **_control_fields(args))
+                    ip_adapter=args.ip_adapter, **_control_fields(args))
     scenarios = []
     for model in args.model:
         for task in args.task:
@@ -129,6 +132,22 @@ def _check_controlnet(args: argparse.Namespace) -> None:
                              depth_estimator=estimator)
 
 
+def _check_ip_adapter(args: argparse.Namespace) -> None:
+    """Before any model loads: refuse what cannot take --ip-adapter, and fetch the adapter of each registry model
+    (an adapter for a model given by path is found when it loads)."""
+    if args.ip_adapter is None:
+        return
+    if args.ablation:
+        raise UserError("--ablation studies the stream's own components; time --ip-adapter without it")
+    from ..models.ip_adapters import locate_ip_adapter
+    from ..models.registry import REGISTRY
+
+    for model in args.model:
+        spec = REGISTRY.get(model)
+        if spec is not None:
+            locate_ip_adapter(args.ip_adapter, spec.family, random_weights=args.random_weights)
+
+
 def run_command(args: argparse.Namespace) -> int:
     from ..devices import resolve_device
     from . import report
@@ -138,6 +157,7 @@ def run_command(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)  # a missing GPU is reported before any model loads
     options = _options(args)
     _check_controlnet(args)
+    _check_ip_adapter(args)
     out = Path(args.output_dir)
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     started = time.time()

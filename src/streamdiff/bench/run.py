@@ -15,10 +15,10 @@ import torch
 from ..backends.accelerate import AccelMode, accelerate, resolve_mode
 from ..backends.compile import parts_of, uncompile
 from ..config import ControlPreprocess
-from ..devices import resolve_device, resolve_dtype
+from ..devices import resolve_device, resolve_dtype, synchronize
 from ..stream import Components, StreamPipeline
 from . import baselines
-from .clips import batched, make_clip
+from .clips import batched, make_clip, style_picture
 from .measure import EnergyMeter, Latency, peak_memory_mb, reset_peak_memory, time_calls
 from .scenario import Scenario
 from .stages import stage_times
@@ -54,54 +54,62 @@ class _Loaded:
     control_names: tuple[str, ...] = ()
 
 
-# A loaded model: its name, TAESD or not, the ControlNets steering it (None: none) and the control_preprocess
-# setting they were loaded for (None: each ControlNet's own; "depth" loads the depth estimator).
+# A loaded model: its name, TAESD or not, the ControlNets steering it (None: none), the control_preprocess
+# setting they were loaded for (None: each ControlNet's own; "depth" loads the depth estimator), that estimator,
+# and the IP-Adapter loaded into it (None: none).
 ControlRefs = str | tuple[str, ...] | None
 PreprocessSetting = ControlPreprocess | tuple[ControlPreprocess, ...] | None
-ModelKey = tuple[str, bool, ControlRefs, PreprocessSetting, str | None]
+ModelKey = tuple[str, bool, ControlRefs, PreprocessSetting, str | None, str | None]
 
 
 def model_key(scenario: Scenario) -> ModelKey:
-    return (scenario.model, scenario.taesd, scenario.controlnet, scenario.control_preprocess, scenario.depth_estimator)
+    return (scenario.model, scenario.taesd, scenario.controlnet, scenario.control_preprocess, scenario.depth_estimator,
+            scenario.ip_adapter)
 
 
 class ModelPool:
-    """Models by (name, taesd, controlnet, control_preprocess), loaded once; reloaded when a case needs the modules
-    as they were loaded."""
+    """Models by (name, taesd, controlnet, control_preprocess, depth_estimator, ip_adapter), loaded once; reloaded
+    when a case needs the modules as they were loaded."""
 
     def __init__(self, options: BenchOptions, device: torch.device, dtype: torch.dtype):
         self.options, self.device, self.dtype = options, device, dtype
         self._loaded: dict[ModelKey, _Loaded] = {}
 
     def get(self, name: str, taesd: bool, *, pristine: bool, controlnet: ControlRefs = None,
-            control_preprocess: PreprocessSetting = None, depth_estimator: str | None = None) -> _Loaded:
-        key = (name, taesd, controlnet, control_preprocess, depth_estimator)
+            control_preprocess: PreprocessSetting = None, depth_estimator: str | None = None,
+            ip_adapter: str | None = None) -> _Loaded:
+        key = (name, taesd, controlnet, control_preprocess, depth_estimator, ip_adapter)
         entry = self._loaded.get(key)
         if entry is not None and pristine and entry.touched:
             self.release(key)
             entry = None
         if entry is None:
-            entry = self._load(name, taesd, controlnet, control_preprocess, depth_estimator)
+            entry = self._load(*key)
             self._loaded[key] = entry
         return entry
 
     def _load(self, name: str, taesd: bool, controlnet: ControlRefs, control_preprocess: PreprocessSetting,
-              depth_estimator: str | None) -> _Loaded:
+              depth_estimator: str | None, ip_adapter: str | None) -> _Loaded:
         from ..models.controlnets import load_controlnets
         from ..models.depth_estimators import DEFAULT_DEPTH_ESTIMATOR
+        from ..models.ip_adapters import load_ip_adapter
         from ..models.loading import load_model
 
         random_weights = self.options.random_weights
         loaded = load_model(name, dtype=self.dtype, device=self.device, taesd=taesd, random_weights=random_weights)
-        if controlnet is None:
+        nets = None
+        if controlnet is not None:
+            # With random weights, a kind is a random-weight ControlNet of the model's architecture.
+            refs = (controlnet,) if isinstance(controlnet, str) else controlnet
+            nets = load_controlnets(refs, loaded.spec, loaded.pipe.unet, control_preprocess, dtype=self.dtype,
+                                    device=self.device, random_weights=random_weights,
+                                    depth_estimator=depth_estimator or DEFAULT_DEPTH_ESTIMATOR)
+        if ip_adapter is not None:  # after the ControlNets, which diffusers makes from the UNet as it was loaded
+            load_ip_adapter(loaded.pipe, ip_adapter, loaded.spec, random_weights=random_weights)
+        if nets is None:
             return _Loaded(Components.from_diffusers(loaded.pipe), loaded.spec)
-        # With random weights, a kind is a random-weight ControlNet of the model's architecture.
-        refs = (controlnet,) if isinstance(controlnet, str) else controlnet
-        nets = load_controlnets(refs, loaded.spec, loaded.pipe.unet, control_preprocess, dtype=self.dtype,
-                                device=self.device, random_weights=random_weights,
-                                depth_estimator=depth_estimator or DEFAULT_DEPTH_ESTIMATOR)
         components = Components.from_diffusers(loaded.pipe, nets.modules, nets.estimator)
-        chosen = nets.preprocesses[0] if len(refs) == 1 else nets.preprocesses
+        chosen = nets.preprocesses[0] if len(nets.modules) == 1 else nets.preprocesses
         return _Loaded(components, loaded.spec, control_preprocess=chosen, control_names=nets.names)
 
     def release(self, key: ModelKey | None = None) -> None:
@@ -193,7 +201,7 @@ def run_scenario(scenario: Scenario, options: BenchOptions, pool: ModelPool, dev
     mode = resolve_mode(scenario.accel, device, fallback=options.fallback)
     entry = pool.get(scenario.model, scenario.taesd, pristine=mode is AccelMode.NONE,
                      controlnet=scenario.controlnet, control_preprocess=scenario.control_preprocess,
-                     depth_estimator=scenario.depth_estimator)
+                     depth_estimator=scenario.depth_estimator, ip_adapter=scenario.ip_adapter)
     if not mode.compiles:
         uncompile(parts_of(entry.components))
     pipe = prepared_stream(scenario, entry, device, options)
@@ -204,6 +212,8 @@ def run_scenario(scenario: Scenario, options: BenchOptions, pool: ModelPool, dev
     entry.touched = entry.touched or report.mode != "none"
     result = _time_stream(stream, scenario, options, device)
     result.update(accel=report.__dict__, peak_gpu_memory_mb=peak_memory_mb(device))
+    if scenario.ip_adapter is not None:
+        result["style_image_ms"] = _style_change_ms(stream, device, repeats=10 if device.type == "cuda" else 2)
     if options.stages and scenario.task == "img2img" and scenario.similarity is None and not scenario.pipelined:
         repeats = 20 if device.type == "cuda" else 3
         result["stages_ms"] = stage_times(pipe, _inputs(scenario, options)[0],
@@ -217,8 +227,22 @@ def prepared_stream(scenario: Scenario, entry: _Loaded, device: torch.device, op
     options' prompt)."""
     pipe = StreamPipeline(entry.components, _config(scenario, entry, device, options),
                           lcm_boundary=entry.spec.lcm_boundary, control_names=entry.control_names)
+    if scenario.ip_adapter is not None:
+        pipe.set_style_image(style_picture())
     pipe.prepare(prompt=options.prompt if prompt is None else prompt)
     return pipe
+
+
+def _style_change_ms(stream: Any, device: torch.device, repeats: int) -> float:
+    """Median milliseconds of a live style picture change, waited for: the image encoder and the adapter's
+    projection on the picture, and the conditioning stored again (once per picture, not per frame)."""
+    picture, samples = style_picture(), []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        stream.set_style_image(picture)
+        synchronize(device)
+        samples.append((time.perf_counter() - start) * 1000.0)
+    return float(np.median(samples))
 
 
 def _config(scenario: Scenario, entry: _Loaded, device: torch.device, options: BenchOptions):
@@ -275,15 +299,16 @@ def run_baseline(name: str, scenario: Scenario, options: BenchOptions, pool: Mod
     # Loaded first: whether the model is SDXL is known from its modules (the streams load it next anyway).
     entry = pool.get(scenario.model, scenario.taesd, pristine=True, controlnet=scenario.controlnet,
                      control_preprocess=scenario.control_preprocess,
-                     depth_estimator=scenario.depth_estimator)
+                     depth_estimator=scenario.depth_estimator, ip_adapter=scenario.ip_adapter)
     reason = baselines.unavailable(name, device.type, controlnet=scenario.controlnet is not None,
-                                   sdxl=entry.components.sdxl)
+                                   sdxl=entry.components.sdxl, ip_adapter=scenario.ip_adapter is not None)
     base = scenario.with_changes(accel="none", label="")
     if reason:
         return {"scenario": base.as_dict(), "name": f"{name}: {base.name()}", "kind": name, "error": reason}
     config = _config(scenario, entry, device, options)
     if name == "diffusers":
-        call = baselines.diffusers_call(entry.components, config, options.prompt, scenario.task)
+        style = style_picture() if scenario.ip_adapter is not None else None
+        call = baselines.diffusers_call(entry.components, config, options.prompt, scenario.task, style)
     else:
         call = baselines.streamdiffusion_call(entry.components, config, options.prompt, scenario.task, pool.dtype)
     reset_peak_memory(device)

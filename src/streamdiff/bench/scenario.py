@@ -36,6 +36,7 @@ class Scenario:
     control_preprocess: ControlPreprocess | tuple[ControlPreprocess, ...] | None = None  # None: each one's own
     canny_thresholds: tuple[float, float] | None = None  # Canny's hysteresis thresholds; None: the engine's
     depth_estimator: str | None = None  # the Depth Anything size (or folder, hub id) for depth; None: small
+    ip_adapter: str | None = None  # an IP-Adapter kind or weight file, steering by a generated style picture
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -94,6 +95,8 @@ class Scenario:
             parts.append("canny-{:g}-{:g}".format(*self.canny_thresholds))
         if self.depth_estimator is not None:
             parts.append(f"depth-estimator-{self.depth_estimator}")
+        if self.ip_adapter is not None:
+            parts.append(f"ip-adapter-{self.ip_adapter}")
         return " ".join(parts)
 
     def controlnets(self) -> tuple[str, ...]:

@@ -21,6 +21,7 @@ class HubFiles:
     skip_vae: bool = False
     variant: str | None = None
     instead: str = ""  # an alternative that avoids this repo
+    narrow: bool = False  # the repo holds far more than the patterns (h94/IP-Adapter): the download hint names them
 
 
 # What a model can be given as instead of a hub repo, offered when a repo cannot be fetched.
@@ -142,13 +143,19 @@ def unavailable_message(subject: str, failures: Sequence[tuple[HubFiles, str]],
     reasons = _join(sorted({_REASONS[reason] for _, reason in failures})).format(endpoint=constants.ENDPOINT)
     instead = [files.instead for files, _ in failures if files.instead]
     instead += list(alternatives)
-    downloads = _join([f"`hf download {files.repo}`" for files, _ in failures])
+    downloads = _join([_download_command(files) for files, _ in failures])
     return (
         f"{subject} cannot be loaded: {missing} {'are' if many else 'is'} not in the local Hugging Face cache "
         f"({constants.HF_HUB_CACHE}) and {reasons}. Instead, pass {_join(instead, 'or')}. "
         f"To use {'them' if many else 'it'}, download {'them' if many else 'it'} once while online with "
         f"{downloads} (older huggingface_hub: `huggingface-cli download <repo>`)."
     )
+
+
+def _download_command(files: HubFiles) -> str:
+    if files.narrow and files.patterns:
+        return f"`hf download {files.repo} {' '.join(f'--include {p!r}' for p in files.patterns)}`"
+    return f"`hf download {files.repo}`"
 
 
 def _join(items: Sequence[str], word: str = "and") -> str:

@@ -9,6 +9,7 @@ streaming program's browser source or a projector) get every output too.
     page --WebSocket--> submit() --> pictures slot --> inference thread --> deliver() --> page
                         change() --> controls slot --^      (decode, engine, JPEG)
     page --WebRTC track--> submit_video() --^                         \--> answer() --> page's track
+    page --POST /api/style_image--> submit_style() --> runner.styles --^   (decode, CLIP encode)
 
 A picture from a WebRTC track is answered on the page's track (web/webrtc.py), unencoded; so are viewers
 that watch over WebRTC. A JPEG is made only for those on a WebSocket.
@@ -16,6 +17,7 @@ that watch over WebRTC. A JPEG is made only for those on a WebSocket.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import statistics
@@ -23,7 +25,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,14 +36,16 @@ from streamdiff.app.frames import Frame
 from streamdiff.app.keys import Controls
 from streamdiff.app.midi_map import DEFAULT_MAP, Translator
 from streamdiff.app.optional import require
-from streamdiff.app.remote import ControlError, apply_changes, control_type
+from streamdiff.app.remote import ControlError, apply_changes, control_type, no_ip_adapter
 from streamdiff.app.slots import LatestSlot, RateMeter
+from streamdiff.app.style import StylePicture, log_outcome, split_style
 from streamdiff.errors import first_line
 from streamdiff.web.protocol import (
     PAGE_CONTROLS,
     REMOTE_CONTROL_TYPES,
     PromptBook,
     ProtocolError,
+    UploadError,
     apply_controls,
     decode_picture,
     decode_video,
@@ -56,6 +61,7 @@ logger = logging.getLogger(__name__)
 # Output for a page: encoded picture bytes, a JSON-ready dict, or CLOSE (end that page's connection).
 CLOSE = object()
 Deliver = Callable[[Any], None]
+MAX_NAME_CHARS = 100  # of a style picture's file name, as the page and the overlay show it
 
 
 @dataclass(frozen=True)
@@ -215,10 +221,44 @@ class WebStream:
 
     def remote_change(self, change: dict[str, Any]) -> None:
         """A control change from another thread (OSC, MIDI): applied before the next frame; the driving page gets the
-        new state, so that its sliders and prompt follow."""
+        new state, so that its sliders and prompt follow. A style picture in it (a file on this machine) is read
+        now, and the page hears of it once the engine uses it."""
+        picture, controls = split_style(change, self.controls)  # outside the lock: it reads a file
         with self._lock:
-            self.controls = apply_changes(self.controls, change, self.prompts, REMOTE_CONTROL_TYPES)
+            self.controls = apply_changes(self.controls, controls, self.prompts, REMOTE_CONTROL_TYPES)
             self.applied.put(self.controls)
+        if picture is not None:
+            self.runner.styles.put(replace(picture, done=functools.partial(self._style_done, None)))
+        driver = self.driver()
+        if driver is not None:
+            driver.deliver(self.state())
+
+    def submit_style(self, client_id: int, data: bytes, name: str) -> None:
+        """A style picture the page uploaded (POST /api/style_image): the inference thread decodes it and hands it to
+        the engine before its next frame; the page then gets the new state, or an error saying why it cannot be
+        used. UploadError, and nothing changes, for a page that does not drive the stream or a stream without an
+        IP-Adapter."""
+        client = self.current(client_id)
+        if client is None:
+            raise UploadError("this page does not drive the stream (another page took over, or it reconnected); "
+                              "reload it", status=409)
+        if self.controls.ip_adapter_scale is None:
+            raise UploadError(str(no_ip_adapter("style picture")), status=409)
+        if not data:
+            raise UploadError("expected a JPEG or PNG style picture as the request's body; got none")
+        label = Path(name).name[:MAX_NAME_CHARS] or "uploaded picture"
+        self.runner.styles.put(StylePicture(label, functools.partial(decode_picture, data, "style picture"),
+                                            functools.partial(self._style_done, client)))
+
+    def _style_done(self, sender: Client | None, problem: str | None) -> None:
+        """The inference thread's word on a style picture: its sender (a page; None: OSC, which hears through the
+        log) learns why one cannot be used; the driving page gets the state naming one in use."""
+        if problem is not None:
+            if sender is None:
+                log_outcome(problem)
+            else:
+                sender.deliver({"type": "error", "message": problem})
+            return
         driver = self.driver()
         if driver is not None:
             driver.deliver(self.state())
@@ -283,8 +323,10 @@ class WebStream:
             "prompts": list(self.prompts.prompts), "prompt": self.runner.prompt(controls),
             "controls": {"strength": controls.strength, "steps": controls.steps, "ema": controls.ema,
                          "feedback": controls.feedback, "seed": controls.seed, "mirror": controls.mirror,
-                         "control_scales": list(controls.control_scales)},  # one slider each; none: no ControlNet
+                         "control_scales": list(controls.control_scales),  # one slider each; none: no ControlNet
+                         "ip_adapter_scale": controls.ip_adapter_scale},  # None: no IP-Adapter, and no slider
             "control_names": list(self.runner.control_names),  # the sliders' labels, in the same order
+            "style_image": self.runner.styles.current,  # the name of the style picture in use; None before one
             "page": {"shown": self.counts.page_shown, "fps": self.counts.page_fps},
             "transport": self.transport.for_page(),
             **{key: value for key, value in self.status().items() if key != "type"},

@@ -149,7 +149,7 @@ def _url(args: argparse.Namespace, listener: socket.socket) -> str:
 
 
 def _stream(args: argparse.Namespace, transport: Transport, midi_map: Any) -> Any:
-    from streamdiff.app.camera import live_engine
+    from streamdiff.app.camera import live_engine, style_name
     from streamdiff.app.engine_io import EngineRunner
     from streamdiff.app.keys import Controls, engine_controls
     from streamdiff.app.midi_map import Translator
@@ -159,7 +159,7 @@ def _stream(args: argparse.Namespace, transport: Transport, midi_map: Any) -> An
 
     controls = Controls(ema=args.ema, feedback=args.feedback, seed=args.seed)  # checked before the model loads
     pipe, prompts = live_engine(args)
-    runner = EngineRunner(pipe, prompts, args.fit, args.transition_frames)
+    runner = EngineRunner(pipe, prompts, args.fit, args.transition_frames, style_name=style_name(args))
     return WebStream(runner, replace(controls, **engine_controls(pipe)),
                      PromptBook(runner.prompts),
                      model=args.model or DEFAULT_MODEL, quality=args.quality, transport=transport,

@@ -9,6 +9,8 @@ stylized picture as JPEG. The page keeps at most a few pictures unanswered, so n
 Text: JSON objects with a "type": "controls", "shown" and "midi" (a controller on the page's machine) from
 the page; "state", "status", "error" and "page_controls" (what a page's MIDI asks of the page) from the server. A connection's first "state" names its "client" number, which a WebRTC offer quotes; with
 WebRTC the pictures travel as video tracks instead (web/webrtc.py) and only text goes over the WebSocket.
+A style picture (on a stream with an IP-Adapter) goes up on its own, as the JPEG or PNG body of
+POST /api/style_image?client=N&name=FILE (web/server.py); the page hears of it as a "state" or an "error".
 """
 
 from __future__ import annotations
@@ -29,14 +31,15 @@ HEADER_OUT = struct.Struct(">II")
 MAX_FRAME_BYTES = 8 * 1024 * 1024
 MAX_SIDE = 4096  # pixels; a picture is cropped to the render size anyway
 # Controls the page may change, with the JSON type each takes (control_scale, all the ControlNets' scales, and
-# control_scale_N, the N-th's, only on a stream with ControlNets). Blend, layout and pausing are the page's own.
+# control_scale_N, the N-th's, only on a stream with ControlNets; ip_adapter_scale only on one with an IP-Adapter).
+# Blend, layout and pausing are the page's own; its style picture comes as an upload (POST /api/style_image).
 CONTROL_TYPES: dict[str, type] = {name: REMOTE_TYPES[name] for name in
                                   ("prompt", "strength", "steps", "ema", "feedback", "seed", "mirror",
-                                   "control_scale")}
-# What OSC and MIDI may change on the page's stream: the same, a prompt of the list by its index, and the
-# triggers of those controls.
+                                   "ip_adapter_scale", "control_scale")}
+# What OSC and MIDI may change on the page's stream: the same, a prompt of the list by its index, the triggers
+# of those controls, and a style picture by the path of its file on the server's machine.
 REMOTE_CONTROL_TYPES: dict[str, type] = {
-    **CONTROL_TYPES, "prompt_index": int,
+    **CONTROL_TYPES, "prompt_index": int, "style_image": REMOTE_TYPES["style_image"],
     **{name: REMOTE_TYPES[name] for name in ("next_prompt", "previous_prompt", "new_seed", "toggle_mirror")},
 }
 
@@ -47,6 +50,14 @@ PAGE_CONTROLS: tuple[str, ...] = ("blend", "paused", "toggle_pause")
 
 class ProtocolError(ValueError):
     """A message from the page that cannot be used; the text says what was expected. The connection stays."""
+
+
+class UploadError(ProtocolError):
+    """An upload the server refuses; `status` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def split_frame(data: bytes) -> tuple[int, bytes]:
@@ -65,21 +76,22 @@ def pack_output(taken: int, shown: int, jpeg: bytes) -> bytes:
     return HEADER_OUT.pack(taken % 2**32, shown % 2**32) + jpeg
 
 
-def decode_picture(data: bytes) -> np.ndarray:
-    """JPEG or PNG bytes as an (H, W, 3) uint8 RGB array."""
+def decode_picture(data: bytes, role: str | None = None) -> np.ndarray:
+    """JPEG or PNG bytes as an (H, W, 3) uint8 RGB array; errors name a picture other than a frame's by `role`
+    ("style picture")."""
     from PIL import Image, UnidentifiedImageError
 
+    noun, place = ("picture", f" after the {HEADER_IN.size}-byte sequence number") if role is None else (role, "")
     try:
         with Image.open(io.BytesIO(data)) as picture:
             if picture.format not in ("JPEG", "PNG"):
-                raise ProtocolError(f"expected a JPEG or PNG picture; got {picture.format}")
+                raise ProtocolError(f"expected a JPEG or PNG {noun}; got {picture.format}")
             _check_side(*picture.size)
             return np.array(picture.convert("RGB"))  # writable: torch refuses to wrap read-only arrays
     except UnidentifiedImageError:
-        raise ProtocolError(f"expected a JPEG or PNG picture after the {HEADER_IN.size}-byte sequence number; "
-                            f"its {len(data)} bytes are neither") from None
+        raise ProtocolError(f"expected a JPEG or PNG {noun}{place}; its {len(data)} bytes are neither") from None
     except (OSError, Image.DecompressionBombError) as exc:
-        raise ProtocolError(f"cannot read the picture after the sequence number ({exc})") from None
+        raise ProtocolError(f"cannot read the {noun}{place} ({exc})") from None
 
 
 def decode_video(frame: Any) -> np.ndarray:

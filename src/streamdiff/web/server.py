@@ -1,5 +1,5 @@
-"""The FastAPI app: the page and its files, the stream's state as JSON, the page's WebSocket, and the
-answer to a page's WebRTC offer."""
+"""The FastAPI app: the page and its files, the stream's state as JSON, the page's WebSocket, the answer to a
+page's WebRTC offer, and the page's style picture."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from streamdiff.web.bridge import CLOSE, Client, WebStream
-from streamdiff.web.protocol import ProtocolError, parse_text
+from streamdiff.web.protocol import MAX_FRAME_BYTES, ProtocolError, UploadError, parse_text
 
 STATIC = Path(__file__).parent / "static"
 STATUS_INTERVAL = 0.5  # seconds between status messages to the page
@@ -52,6 +52,10 @@ def create_app(stream: WebStream, peers: Any = None) -> FastAPI:
     @app.post("/api/webrtc/view")
     async def view_offer(request: Request) -> JSONResponse:
         return await answer_offer(request, peers, viewer=True)
+
+    @app.post("/api/style_image")
+    async def style_image(request: Request) -> JSONResponse:
+        return await receive_style(request, stream)
 
     @app.websocket("/ws")
     async def socket(websocket: WebSocket) -> None:
@@ -103,6 +107,36 @@ async def answer_offer(request: Request, peers: Any, viewer: bool) -> JSONRespon
         return JSONResponse(await (peers.answer_viewer(message) if viewer else peers.answer(message)))
     except OfferError as exc:
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+
+async def receive_style(request: Request, stream: WebStream) -> JSONResponse:
+    """POST /api/style_image?client=N&name=FILE: the driving page's style picture, its JPEG or PNG bytes as the
+    body. 202 once it is handed over (the inference thread decodes and encodes it, and the page hears how that
+    went on its WebSocket); else {"error": ...}."""
+    client = request.query_params.get("client", "")
+    if not client.isdigit():
+        return JSONResponse({"error": "expected ?client=N, the number the page's connection was given"},
+                            status_code=400)
+    data = await _body(request, MAX_FRAME_BYTES)
+    if data is None:
+        return JSONResponse({"error": f"a style picture may be at most {MAX_FRAME_BYTES // 2**20} MiB"},
+                            status_code=413)
+    try:
+        stream.submit_style(int(client), data, request.query_params.get("name", ""))
+    except UploadError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+    return JSONResponse({"accepted": True}, status_code=202)
+
+
+async def _body(request: Request, limit: int) -> bytes | None:
+    """The request's body, or None once it passes `limit` bytes (read no further)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def serve_viewer(websocket: WebSocket, stream: WebStream) -> None:

@@ -26,6 +26,8 @@ __all__ = ["CoreMLCodec", "CoreMLDenoiser", "ModelStore", "coreml_unsupported", 
 
 NO_CONTROLNET = ("Core ML runs the UNet alone and does not convert a ControlNet: run ControlNet streams with "
                  "--accel auto (PyTorch on MPS or the CPU) instead")
+NO_IP_ADAPTER = ("Core ML converts the UNet as diffusers made it, without an IP-Adapter's image attention: run "
+                 "streams with a style picture with --accel auto (PyTorch on MPS or the CPU) instead")
 
 
 def default_dir() -> Path:
@@ -39,6 +41,8 @@ def use_coreml(pipe: StreamPipeline, root: str | Path | None = None, *, load: Lo
     found in `root`) at its first call. load=None converts and stores only, and the frames run in PyTorch."""
     if pipe.control is not None:
         raise UserError(NO_CONTROLNET)
+    if pipe.has_ip_adapter:
+        raise UserError(NO_IP_ADAPTER)
     store = ModelStore(root or default_dir(), progress)
     pipe.set_backend(denoiser=CoreMLDenoiser(pipe.components.unet, store, load),
                      codec=CoreMLCodec(pipe.components.vae, store, load))

@@ -30,10 +30,10 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from streamdiff.backends.runner import AcceleratedStream
-    from streamdiff.cli_options import progress, stream_from_args
+    from streamdiff.cli_options import ip_adapter, progress, stream_from_args
     from streamdiff.errors import UserError
 
-    from . import NO_CONTROLNET, use_coreml
+    from . import NO_CONTROLNET, NO_IP_ADAPTER, use_coreml
     from .convert import require_coremltools
 
     if args.device not in ("auto", "cpu") or args.dtype not in (None, "float32", "fp32"):
@@ -42,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--frame-buffer-size must be at least 1; got {args.frame_buffer_size}")
     if args.controlnet is not None:
         raise UserError(NO_CONTROLNET)
+    if ip_adapter(args) is not None:
+        raise UserError(NO_IP_ADAPTER)
     require_coremltools()  # before the model loads
     pipe = stream_from_args(args, device="cpu", dtype="float32", frame_buffer_size=args.frame_buffer_size)
     store = use_coreml(pipe, args.out, load=None, progress=progress)

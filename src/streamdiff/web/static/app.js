@@ -49,7 +49,7 @@ function connect() {
 function onText(message) {
   if (message.type === "state") onState(message);
   else if (message.type === "status") { page.status = message; drawStatus(); }
-  else if (message.type === "error") notice(message.message);
+  else if (message.type === "error") { notice(message.message); if (page.state) drawStyle(page.state); }
   else if (message.type === "page_controls") onPageControls(message);
 }
 
@@ -64,6 +64,7 @@ function onState(state) {
   $("prompt").value = state.prompt;
   for (const name of ENGINE_SLIDERS) showSlider(name, state.controls[name]);
   drawControlNets(state);
+  drawStyle(state);
   page.mirror = state.controls.mirror;
   drawMirror();
   if (!page.urlApplied) applyUrl();

@@ -1,23 +1,26 @@
-// The page's controls: sliders (one per ControlNet, built from the stream's state), buttons, keys and the
-// settings in the address. Each change goes to the server as a "controls" message; the server's "state"
-// messages (a change from OSC, MIDI or another page) move the sliders back (app.js calls drawControlNets).
+// The page's controls: sliders (one per ControlNet, built from the stream's state, and the style picture's), buttons,
+// keys and the settings in the address. Each change goes to the server as a "controls" message; the server's "state"
+// messages (a change from OSC, MIDI or another page) move the sliders back (app.js calls drawControlNets and
+// drawStyle). A style picture goes up as a file, to POST /api/style_image.
 "use strict";
 
 const SLIDERS = ["strength", "steps", "blend", "ema", "feedback"];
 // The sliders the server reports and the address may set (each ControlNet's scale aside).
 const ENGINE_SLIDERS = ["strength", "steps", "ema", "feedback"];
 const CONTROL_STEP = 0.1; // c / x, as in the camera app
+const STYLE_STEP = 0.1; // i / u, as in the camera app
 
 // Settings in the address (?prompt=...&strength=0.6&steps=2&ema=0.3&feedback=0.2&blend=0.2&seed=7&mirror=1,
-// control_scale=0.7 for every ControlNet and control_scale_2=0.3 for the second, and source=text for text to
-// image) are applied once, so a look can be bookmarked or shared. Scales for ControlNets the stream lacks are
-// left out: the server would refuse the whole message.
+// control_scale=0.7 for every ControlNet and control_scale_2=0.3 for the second, ip_adapter_scale=0.8 for the style
+// picture, and source=text for text to image) are applied once, so a look can be bookmarked or shared. Scales for
+// ControlNets (or an IP-Adapter) the stream lacks are left out: the server would refuse the whole message.
 function applyUrl() {
   page.urlApplied = true;
   const params = new URLSearchParams(location.search);
   const controls = { type: "controls" };
   const scales = controlScaleIds().length ? ["control_scale", ...controlScaleIds()] : [];
-  for (const name of [...ENGINE_SLIDERS, "seed", ...scales]) {
+  const style = hasStyle() ? ["ip_adapter_scale"] : [];
+  for (const name of [...ENGINE_SLIDERS, "seed", ...scales, ...style]) {
     if (params.has(name)) controls[name] = Number(params.get(name));
   }
   if (params.has("prompt")) controls.prompt = params.get("prompt");
@@ -25,7 +28,7 @@ function applyUrl() {
   if (params.has("blend")) { showSlider("blend", Number(params.get("blend"))); applyBlend(); }
   if (Object.keys(controls).length > 1) {
     send(controls);
-    for (const name of ENGINE_SLIDERS) if (name in controls) showSlider(name, controls[name]);
+    for (const name of [...ENGINE_SLIDERS, ...style]) if (name in controls) showSlider(name, controls[name]);
     for (const id of controlScaleIds()) { // the server sets control_scale first, then control_scale_N
       const scale = id in controls ? controls[id] : controls.control_scale;
       if (scale !== undefined) showSlider(id, scale);
@@ -45,10 +48,11 @@ function setControl(name, value) {
 
 function showSlider(name, value) {
   const input = $(name);
-  // A ControlNet's slider spans the camera app's c / x range, 0-2, and the steps slider its keys, 1-4; a value set
-  // higher (a scale up to 5: --control-scale, OSC, the address; a stream started with more steps) widens it,
-  // so that the slider shows the value the stream has.
-  if ((name.startsWith("control_scale_") || name === "steps") && value > Number(input.max)) input.max = String(value);
+  // A ControlNet's or the style picture's slider spans the camera app's keys' range, 0-2, and the steps slider its
+  // keys, 1-4; a value set higher (a scale up to 5: --control-scale, --ip-adapter-scale, OSC, the address; a stream
+  // started with more steps) widens it, so that the slider shows the value the stream has.
+  const widens = name.startsWith("control_scale_") || name === "ip_adapter_scale" || name === "steps";
+  if (widens && value > Number(input.max)) input.max = String(value);
   input.value = value;
   input.parentElement.querySelector("output").textContent = Number(input.value).toFixed(name === "steps" ? 0 : 2);
 }
@@ -124,6 +128,7 @@ const KEYS = {
   e: () => nudge("ema", 0.05), d: () => nudge("ema", -0.05),
   f: () => nudge("feedback", 0.05), v: () => nudge("feedback", -0.05),
   c: () => nudgeControlNets(CONTROL_STEP), x: () => nudgeControlNets(-CONTROL_STEP),
+  i: () => nudgeStyle(STYLE_STEP), u: () => nudgeStyle(-STYLE_STEP),
   1: () => setSteps(1), 2: () => setSteps(2), 3: () => setSteps(3), 4: () => setSteps(4),
   r: () => $("seed").click(), m: () => $("mirror").click(), " ": togglePause, s: saveOutput, l: fullScreen,
 };
@@ -141,9 +146,13 @@ function bindControls() {
     send({ type: "controls", prompt: text });
   });
   $("gallery").addEventListener("change", () => choosePrompt(Number($("gallery").value)));
-  for (const name of SLIDERS) {
+  for (const name of [...SLIDERS, "ip_adapter_scale"]) {
     $(name).addEventListener("input", () => { showSlider(name, $(name).value); setControl(name, Number($(name).value)); });
   }
+  $("style-file").addEventListener("change", () => {
+    const file = $("style-file").files[0];
+    if (file) sendStyle(file);
+  });
   $("seed").addEventListener("click", () => send({ type: "controls", seed: Math.floor(Math.random() * 2 ** 31) }));
   $("mirror").addEventListener("click", () => { page.mirror = !page.mirror; drawMirror(); send({ type: "controls", mirror: page.mirror }); });
   $("pause").addEventListener("click", togglePause);
@@ -203,4 +212,46 @@ function nudgeControlNets(delta) {
     message[id] = Number(input.value);
   }
   if (Object.keys(message).length > 1) send(message);
+}
+
+// --- The style picture (a stream with an IP-Adapter): its slider, i / u, and the picture sent as a file -------
+
+function hasStyle() {
+  return Boolean(page.state) && page.state.controls.ip_adapter_scale !== null;
+}
+
+// The row shows only on a stream with an IP-Adapter; it names the picture in use (the stream's, whoever sent it).
+function drawStyle(state) {
+  const scale = state.controls.ip_adapter_scale;
+  $("style-row").hidden = scale === null;
+  if (scale === null) return;
+  showSlider("ip_adapter_scale", scale);
+  $("style-name").textContent = state.style_image === null ? "no picture yet: the style has no effect"
+    : `in use: ${state.style_image}`;
+}
+
+function nudgeStyle(delta) {
+  if (hasStyle()) nudge("ip_adapter_scale", delta);
+}
+
+// The server decodes and encodes the picture between two frames; the page hears how it went as a "state" (the
+// picture's name) or an "error" on its WebSocket. A refusal before that (no IP-Adapter, another page drives the
+// stream) comes back here.
+async function sendStyle(file) {
+  const chooser = $("style-file");
+  if (page.client === null) {
+    notice("The page is not connected yet: choose the picture again once it is");
+  } else {
+    $("style-name").textContent = `sending ${file.name}…`;
+    const path = `/api/style_image?client=${page.client}&name=${encodeURIComponent(file.name)}`;
+    try {
+      const response = await fetch(path, { method: "POST", body: file,
+        headers: { "Content-Type": file.type || "application/octet-stream" } });
+      if (!response.ok) { notice((await response.json()).error); drawStyle(page.state); }
+    } catch (error) {
+      notice(`The style picture did not reach the server: ${error.message}`);
+      drawStyle(page.state);
+    }
+  }
+  chooser.value = ""; // the same file may be chosen again
 }
