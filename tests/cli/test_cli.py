@@ -115,16 +115,6 @@ def test_a_style_picture_steers_img2img_and_txt2img(tmp_path):
 @pytest.mark.parametrize(
     "args, words",
     [
-        (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--ip-adapter-scale", "0.5"],
-         "--ip-adapter-scale needs --style-image or --ip-adapter"),
-        (["img2img", "sample", "o.png", "--prompt", "x", "--model", "sd-turbo", "--style-image", SAMPLE_FILE],
-         "no base IP-Adapter is published for sd21 models"),
-        (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--style-image", "none.png"],
-         "style picture not found: none.png"),
-        (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--ip-adapter", "plus"],
-         "random weights build the base IP-Adapter only"),
-        (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--ip-adapter", "base",
-          "--ip-adapter-scale", "7"], "ip_adapter_scale must be a number in [0, 5]"),
         (["img2img", "missing.png", "o.png", "--prompt", "x", "--model", "tiny"], "input picture not found"),
         (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--width", "100"],
          "width must be a positive multiple of 8"),
@@ -166,6 +156,29 @@ def test_errors_print_one_line_and_exit_non_zero(args, words, tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("streamdiff: error:") and words in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--ip-adapter-scale", "0.5"],
+         "--ip-adapter-scale needs --style-image or --ip-adapter"),
+        (["img2img", "sample", "o.png", "--prompt", "x", "--model", "sd-turbo", "--style-image", SAMPLE_FILE],
+         "no base IP-Adapter is published for sd21 models"),
+        (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--style-image", "none.png"],
+         "style picture not found: none.png"),
+        (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--ip-adapter", "plus"],
+         "random weights build the base IP-Adapter only"),
+        (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--ip-adapter", "base",
+          "--ip-adapter-scale", "7"], "ip_adapter_scale must be a number in [0, 5]"),
+    ],
+)
+def test_style_picture_errors_print_one_line_and_exit_non_zero(args, words, tmp_path, capsys, monkeypatch):
+    """As test_errors_print_one_line_and_exit_non_zero, in this process (each subprocess costs seconds of imports)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("streamdiff: error:") and words in lines[0], lines
 
 
 def test_unreadable_picture_is_a_clean_error(tmp_path, capsys):
