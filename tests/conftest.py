@@ -57,3 +57,28 @@ def tiny_engine(tiny_pipe):
                                          fit="crop", device="cpu")
     pipe.prepare("a watercolor")
     return pipe
+
+
+def _from_model_engine(**settings):
+    """The tiny model built by from_model as a prepared 64x64 stream of two steps on the CPU, as the apps drive it."""
+    import torch
+
+    from streamdiff.stream import StreamPipeline
+
+    engine = StreamPipeline.from_model("tiny", device="cpu", dtype=torch.float32, width=64, height=64, strength=0.6,
+                                       steps=2, seed=1, **settings)
+    engine.prepare("a watercolor")
+    return engine
+
+
+@pytest.fixture
+def steered_engine():
+    """That stream steered by two random-weight ControlNets: canny at 0.8 and depth at 0.4 (with a tiny random depth
+    estimator)."""
+    return _from_model_engine(controlnet=["canny", "depth"], control_scale=(0.8, 0.4))
+
+
+@pytest.fixture
+def styled_engine():
+    """That stream with a random-weight IP-Adapter (the base kind) at scale 0.6, and no style picture yet."""
+    return _from_model_engine(ip_adapter="base", ip_adapter_scale=0.6)

@@ -75,12 +75,6 @@ def split(embeddings: Tensor, tokens: int) -> tuple[Tensor, Tensor]:
     return embeddings[:, :-tokens], embeddings[:, -tokens:]
 
 
-def image_tokens(model: nn.Module) -> int:
-    """How many image tokens a UNet's embeddings end with (0: no adapter took it over)."""
-    adapter = IPAdapter.of(model)
-    return 0 if adapter is None else adapter.tokens
-
-
 def text_only(embeddings: Tensor, tokens: int) -> Tensor:
     """The embeddings without their image tokens (what a ControlNet reads, as in diffusers' pipelines)."""
     return embeddings if tokens == 0 else embeddings[:, :-tokens]

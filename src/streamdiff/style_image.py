@@ -74,11 +74,11 @@ class StyleImage:
         self._apply_ip_adapter_scale()
 
     def _apply_ip_adapter_scale(self: StreamPipeline) -> None:
-        """Hand the denoiser the scale in use (0 until a picture is given); it writes it before its next call."""
+        """Hand the denoiser the scale in use (0 until a picture is given); it writes it before its next call or
+        replay (TorchDenoiser.claim)."""
         if self.ip_adapter is None or not hasattr(self.denoiser, "ip_adapter_scale"):
             return
         self.denoiser.ip_adapter_scale = self.config.ip_adapter_scale if self._style_tokens is not None else 0.0
-        self.ip_adapter.apply(self.denoiser.ip_adapter_scale)
 
     def _with_style(self: StreamPipeline, embeddings: Tensor, negative: bool = False) -> Tensor:
         """A prompt's embeddings (1, T [+ 1], D) with the image tokens after the text: the picture's, or for the

@@ -127,32 +127,3 @@ def controller(jack_server):
     port = mido.open_output("streamdiff-test-controller", virtual=True)
     yield port
     port.close()
-
-
-
-@pytest.fixture
-def steered_engine():
-    """The tiny model as a prepared 64x64 stream of two steps on the CPU, steered by two random-weight
-    ControlNets: canny at 0.8 and depth at 0.4 (with a tiny random depth estimator)."""
-    import torch
-
-    from streamdiff.stream import StreamPipeline
-
-    engine = StreamPipeline.from_model("tiny", controlnet=["canny", "depth"], device="cpu", dtype=torch.float32,
-                                       width=64, height=64, strength=0.6, steps=2, seed=1, control_scale=(0.8, 0.4))
-    engine.prepare("a watercolor")
-    return engine
-
-
-@pytest.fixture
-def styled_engine():
-    """The tiny model as a prepared 64x64 stream of two steps on the CPU with a random-weight IP-Adapter (the base
-    kind) at scale 0.6, and no style picture yet."""
-    import torch
-
-    from streamdiff.stream import StreamPipeline
-
-    engine = StreamPipeline.from_model("tiny", ip_adapter="base", device="cpu", dtype=torch.float32, width=64,
-                                       height=64, strength=0.6, steps=2, seed=1, ip_adapter_scale=0.6)
-    engine.prepare("a watercolor")
-    return engine

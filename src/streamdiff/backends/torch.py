@@ -26,8 +26,8 @@ class TorchDenoiser:
         models = (unet,) if control is None else (unet, *control.controlnets)
         self.caches = tuple(ConditioningCache.of(m) for m in models) if cache_conditioning else ()
         self.pooled_width = added_conditions.pooled_width(unet)  # None: no added conditions
-        self.image_tokens = ip_adapter.image_tokens(unet)
         self.ip_adapter = ip_adapter.IPAdapter.of(unet)
+        self.image_tokens = 0 if self.ip_adapter is None else self.ip_adapter.tokens  # at the embeddings' end
         self.ip_adapter_scale = 0.0  # how strongly this stream's calls weigh the image tokens
         self._given: tuple[Tensor, Tensor] | None = None
 
