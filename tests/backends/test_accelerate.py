@@ -83,6 +83,29 @@ def test_eager_computes_the_plain_engines_frames_with_folded_upsampling_and_a_fu
     assert max(differences) < 1e-4, differences
 
 
+def test_a_second_stream_accelerated_over_the_same_modules_keeps_what_the_first_reads(make_stream):
+    """A captured step reads the folded kernels and the fused codec's weights by address: accelerating another
+    stream over the same UNet and codec must neither replace nor free them, and the first draws as before."""
+    from streamdiff.stream import StreamPipeline
+
+    first = make_stream(t_index_list=(30,))
+    plain = StreamPipeline(first.components, first.config)
+    plain.prepare("a red fox", negative_prompt="blurry")
+    frames = random_frames(2, (64, 64, 3))
+    expected = [plain.img2img(frame, output_type="pt") for frame in frames]
+    stream, _ = accelerate(first, "eager")
+    unet, vae = first.components.unet, first.components.vae
+    up = next(m for m in unet.modules() if "folded_weight" in m._buffers)
+    kept = (up.folded_weight.data_ptr(), vae.encoder.__dict__["forward"], vae.decoder.__dict__["forward"])
+    second = StreamPipeline(first.components, first.config)
+    second.prepare("a blue bird")
+    accelerate(second, "eager")
+    assert (up.folded_weight.data_ptr(), vae.encoder.__dict__["forward"], vae.decoder.__dict__["forward"]) == kept
+    stream.reset()
+    for frame, before in zip(frames, expected):
+        torch.testing.assert_close(stream.img2img(frame, output_type="pt"), before, rtol=0, atol=1e-4)
+
+
 def test_the_cache_folder_is_ours_unless_the_user_chose_one(tmp_path, monkeypatch):
     monkeypatch.delenv(compiling.CACHE_ENV, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))

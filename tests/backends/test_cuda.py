@@ -74,6 +74,31 @@ def test_new_buffers_are_captured_again_into_a_new_memory_pool(_tiny_cache):
     assert fast.captured == ["img2img of 1 x 64x64 uint8 frames"] and fast.config.denoising_steps == 3
 
 
+def test_a_second_stream_accelerated_over_the_same_modules_leaves_the_first_ones_graphs_valid(_tiny_cache):
+    """Captured steps read the folded upsampling kernels and the fused codec's weights by address: accelerating a
+    second stream over the same modules must not free them, or the allocator hands their memory to the next
+    tensors (here filled with NaN) and the first stream's replays read those."""
+    eager = _stream(_tiny_cache["taesd"], "float16", cache_conditioning=False, t_index_list=(30,))
+    first = _stream(_tiny_cache["taesd"], "float16", t_index_list=(30,))
+    fast, _ = accelerate(first, "graphs")
+    frames = random_frames(6, (64, 64, 3))
+
+    def check(k: int) -> None:
+        difference = np.abs(fast.img2img(frames[k]).astype(int) - eager.img2img(frames[k]).astype(int))
+        assert difference.max() <= 3, f"frame {k}: {difference.max()} levels"
+
+    check(0), check(1)
+    second = StreamPipeline(first.components, first.config)
+    second.prepare("a blue bird")
+    other, _ = accelerate(second, "graphs")
+    other.img2img(frames[0])
+    clutter = [torch.full((1 << k,), float("nan"), device="cuda", dtype=torch.float16)
+               for k in range(8, 22) for _ in range(8)]
+    for k in range(2, 6):
+        check(k)
+    assert fast.captured == other.captured == ["img2img of 1 x 64x64 uint8 frames"] and clutter
+
+
 def test_text_to_image_after_img2img_reuses_the_compiled_unet(_tiny_cache, tmp_path):
     # The web page's source switch: the compiled UNet saw the codec's channels-last latents; txt2img's noise
     # reaches it in the same layout, so it is not compiled again (25 s for SDXS-512 before, on an H100).

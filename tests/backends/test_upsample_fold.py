@@ -89,11 +89,13 @@ def test_the_folded_kernel_follows_the_module_and_folding_twice_refolds():
     unet, _ = _unet_and_inputs((8, 8))
     upsample_fold.fold_upsamplers(unet)
     up = next(m for m in unet.modules() if type(m).__name__ == "Upsample2D")
+    memory = up.folded_weight.data_ptr()
     with torch.no_grad():
         up.conv.weight.mul_(2)
         upsample_fold.fold_upsamplers(unet)
     assert upsample_fold.folded_count(unet) == 1
     torch.testing.assert_close(up.folded_weight, upsample_fold.folded_weight(up.conv.weight))
+    assert up.folded_weight.data_ptr() == memory  # written in place: graphs captured over it read the new kernel
     unet.to(torch.float64)
     assert up.folded_weight.dtype == torch.float64
 

@@ -130,22 +130,27 @@ def ops_for(vae: nn.Module, device: torch.device, dtype: torch.dtype, *, compile
 
 
 def fuse(vae: nn.Module, ops: FusedOps = CUDNN) -> bool:
-    """Replace the forward of every fusable block and layer stack of a TAESD encoder and decoder; True if any."""
+    """Replace the forward of every fusable block and layer stack of a TAESD encoder and decoder; True if any.
+
+    A module fused with the same ops before keeps its forward, and with it the folded weights that forward
+    holds: a CUDA graph captured over the codec reads them, so another stream sharing the codec (accelerated
+    in turn) must not free them. After changing the codec's weights, unfuse it first."""
     plans = _plans(vae)
     for module, forward in plans:
-        module.__dict__["forward"] = forward(ops)
-        module.__dict__[_MARK] = True
+        if module.__dict__.get(_MARK) is not ops:
+            module.__dict__["forward"] = forward(ops)
+            module.__dict__[_MARK] = ops
     return bool(plans)
 
 
 def unfuse(vae: nn.Module) -> None:
     for module in vae.modules():
-        if module.__dict__.pop(_MARK, False):
+        if module.__dict__.pop(_MARK, None) is not None:
             module.__dict__.pop("forward", None)
 
 
 def is_fused(module: nn.Module) -> bool:
-    return any(m.__dict__.get(_MARK, False) for m in module.modules())
+    return any(m.__dict__.get(_MARK) is not None for m in module.modules())
 
 
 Plan = Callable[[FusedOps], Callable[[Tensor], Tensor]]

@@ -76,16 +76,28 @@ def _folded_forward(module: nn.Module) -> Callable[..., Tensor]:
 def fold_upsamplers(model: nn.Module) -> int:
     """Give every plain Upsample2D in model the folded transposed convolution; returns how many. The folded
     kernel is a buffer outside the state dict (it follows the module's device, dtype and layout); the
-    parameters stay as they are. Fold after loading weights, and again after changing them."""
+    parameters stay as they are. Fold after loading weights, and again after changing them.
+
+    Folding a folded module again writes its kernel into the buffer it has: a CUDA graph captured over the
+    module reads that memory, so another stream sharing the UNet (accelerated in turn) must not free it."""
     count = 0
     for module in model.modules():
         if not _foldable_upsample2d(module):
             continue
-        module.register_buffer("folded_weight", folded_weight(module.conv.weight), persistent=False)
+        kernel = folded_weight(module.conv.weight)
+        earlier = module.__dict__.get("_buffers", {}).get("folded_weight")
+        if module.__dict__.get(_MARK, False) and earlier is not None and _same_kind(earlier, kernel):
+            earlier.copy_(kernel)
+        else:
+            module.register_buffer("folded_weight", kernel, persistent=False)
         module.__dict__["forward"] = _folded_forward(module)
         module.__dict__[_MARK] = True
         count += 1
     return count
+
+
+def _same_kind(a: Tensor, b: Tensor) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
 
 
 def unfold_upsamplers(model: nn.Module) -> None:
