@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -49,6 +50,21 @@ def _convert_stream(pipe: StreamPipeline, root: Path, *, txt2img: bool = False) 
     return store
 
 
+@pytest.fixture(scope="module")
+def converted(_tiny_cache, tmp_path_factory) -> tuple[Path, ModelStore]:
+    """The parts of the `tiny` fixture's stream (img2img and txt2img), converted once for the tests that start
+    from them (a conversion takes seconds): their folder, which tests copy before adding parts, and the store."""
+    root = tmp_path_factory.mktemp("coreml")
+    pipe = StreamPipeline.from_diffusers(copy.deepcopy(_tiny_cache["taesd"]), device="cpu", seed=3, width=SIZE,
+                                         height=SIZE, strength=0.6, steps=2)
+    pipe.prepare("a red fox", negative_prompt="blurry")
+    return root, _convert_stream(pipe, root, txt2img=True)
+
+
+def _copy_of(converted: tuple[Path, ModelStore], folder: Path) -> Path:
+    return Path(shutil.copytree(converted[0], folder / "coreml"))
+
+
 def _declared(path: Path) -> tuple[dict[str, tuple[list[int], int]], dict[str, tuple[list[int], int]]]:
     """A stored part's inputs and outputs as its Core ML spec declares them: name -> (shape, data type)."""
     spec = ct.utils.load_spec(str(path))
@@ -82,9 +98,8 @@ class SpecPredictor:
         return {self.output: out.numpy().astype(np.float16)}
 
 
-def test_stored_parts_declare_the_stream_shapes_in_half_precision(tiny, tmp_path):
-    pipe = tiny()
-    store = _convert_stream(pipe, tmp_path)
+def test_stored_parts_declare_the_stream_shapes_in_half_precision(tiny, converted):
+    pipe, (root, store) = tiny(), converted
     parts = {json.loads((p / "streamdiff.json").read_text())["part"]: p for p in store.asked}
     assert set(parts) == {"unet", "encoder", "decoder"}
     assert all(part.seconds is not None and part.path.is_dir() for part in store.asked.values())
@@ -102,21 +117,22 @@ def test_stored_parts_declare_the_stream_shapes_in_half_precision(tiny, tmp_path
         assert declared_out == {name: (shape, _FLOAT16) for name, shape in outputs.items()}
     manifest = json.loads((parts["unet"] / "streamdiff.json").read_text())
     assert manifest["inputs"]["sample"] == [slots, 4, latent, latent] and manifest["coremltools"] == ct.__version__
-    assert not list(tmp_path.rglob(".*"))  # no half-written parts left behind
+    assert not list(root.rglob(".*"))  # no half-written parts left behind
 
 
-def test_a_second_stream_of_the_same_weights_converts_nothing_and_other_weights_get_their_own(tiny, tmp_path):
-    first = _convert_stream(tiny(), tmp_path)
-    again = _convert_stream(tiny(), tmp_path)
-    assert set(again.asked) == set(first.asked)
+def test_a_second_stream_of_the_same_weights_converts_nothing_and_other_weights_get_their_own(tiny, converted,
+                                                                                             tmp_path):
+    root = _copy_of(converted, tmp_path)
+    again = _convert_stream(tiny(), root)
+    assert {p.relative_to(root) for p in again.asked} == {p.relative_to(converted[0]) for p in converted[1].asked}
     assert all(part.seconds is None for part in again.asked.values())
 
     changed = tiny()
     with torch.no_grad():
         changed.components.unet.conv_out.weight.mul_(1.01)  # e.g. a LoRA fused into the weights
-    other = _convert_stream(changed, tmp_path)
-    converted = {p.parent.name.split("-")[0] for p, part in other.asked.items() if part.seconds is not None}
-    assert converted == {"unet"}  # the codec's weights did not change: its parts are found
+    other = _convert_stream(changed, root)
+    new = {p.parent.name.split("-")[0] for p, part in other.asked.items() if part.seconds is not None}
+    assert new == {"unet"}  # the codec's weights did not change: its parts are found
 
 
 def test_fingerprint_follows_the_weights_not_the_copy(tiny):
@@ -159,9 +175,9 @@ def test_an_sdxl_unet_converts_with_the_engines_packed_embeddings_as_its_input(t
         torch.testing.assert_close(traced(*inputs), TorchDenoiser(pipe.components.unet)(*inputs))
 
 
-def test_a_stream_on_the_converted_parts_matches_pytorch_through_their_declared_interface(tiny, tmp_path):
+def test_a_stream_on_the_converted_parts_matches_pytorch_through_their_declared_interface(tiny, converted):
     reference, pipe = tiny(), tiny()
-    _convert_stream(tiny(), tmp_path, txt2img=True)  # as `streamdiff convert` would, beforehand
+    root = converted[0]  # converted beforehand, as `streamdiff convert` would
     modules = {"unet": UnetCall(pipe.components.unet), "encoder": CodecCall(pipe.components.vae, "encode"),
                "decoder": CodecCall(pipe.components.vae, "decode")}
     opened: list[Path] = []
@@ -170,7 +186,7 @@ def test_a_stream_on_the_converted_parts_matches_pytorch_through_their_declared_
         opened.append(path)
         return SpecPredictor(path, modules)
 
-    store = use_coreml(pipe, tmp_path, load=load)
+    store = use_coreml(pipe, root, load=load)
     SpecPredictor.calls = 0
     frames = [np.random.default_rng(i).integers(0, 256, (SIZE, SIZE, 3), np.uint8) for i in range(4)]
     for frame in frames:
@@ -183,14 +199,15 @@ def test_a_stream_on_the_converted_parts_matches_pytorch_through_their_declared_
     assert all(part.seconds is None for part in store.asked.values())  # converted beforehand, found
 
 
-def test_a_new_shape_converts_at_its_first_call(tiny, tmp_path):
-    pipe = tiny()
-    store = _convert_stream(pipe, tmp_path)
+def test_a_new_shape_converts_at_its_first_call(tiny, converted, tmp_path):
+    root, pipe = _copy_of(converted, tmp_path), tiny()
+    store = _convert_stream(pipe, root)
     before = set(store.asked)
+    assert all(part.seconds is None for part in store.asked.values())
     pipe.img2img(np.zeros((SIZE, SIZE, 3), np.uint8), output_type="np")
     assert set(store.asked) == before
     bigger = tiny(width=SIZE * 2, height=SIZE * 2)
-    grown = _convert_stream(bigger, tmp_path)
+    grown = _convert_stream(bigger, root)
     assert len(set(grown.asked) - before) == 3
 
 

@@ -72,13 +72,21 @@ def test_bad_server_options_are_one_line_errors(capsys, no_model, options, messa
 
 
 class Server:
-    """`streamdiff web` in a process of its own, on a free port."""
+    """`streamdiff web` in a process of its own, on a free port; ready=False starts it without waiting until it
+    serves (`ready()` waits)."""
 
-    def __init__(self, *options: str) -> None:
+    def __init__(self, *options: str, ready: bool = True) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "NO_PROXY": "*", "no_proxy": "*"}
         self.process = subprocess.Popen([sys.executable, "-m", "streamdiff.cli", "web", *TINY, "--port", "0", *options],
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        self.url = self._wait_for_address()
+        self.url = ""
+        if ready:
+            self.ready()
+
+    def ready(self) -> Server:
+        if not self.url:
+            self.url = self._wait_for_address()
+        return self
 
     def _wait_for_address(self) -> str:
         lines = []
@@ -107,9 +115,46 @@ class Server:
             self.process.communicate()
 
 
+class ServerPool:
+    """Servers for the tests that ask for a plain one (`server`) or one that prefers WebRTC (`webrtc_server`),
+    each started one test ahead while tests of that kind are still to come: a start (seconds of imports and of
+    building the model) then overlaps the test before it instead of adding to the run."""
+
+    OPTIONS = {"server": (), "webrtc_server": ("--transport", "webrtc")}
+
+    def __init__(self, tests: list[pytest.Item]) -> None:
+        self.waiting = {kind: sum(kind in getattr(test, "fixturenames", ()) for test in tests) for kind in self.OPTIONS}
+        self.spares: dict[str, Server] = {}
+
+    def take(self, kind: str) -> Server:
+        self.waiting[kind] -= 1
+        server = self.spares.pop(kind, None) or Server(*self.OPTIONS[kind], ready=False)
+        if self.waiting[kind] > 0:
+            self.spares[kind] = Server(*self.OPTIONS[kind], ready=False)
+        return server.ready()
+
+    def close(self) -> None:
+        for spare in self.spares.values():
+            spare.kill()
+
+
+@pytest.fixture(scope="module")
+def servers(request):
+    pool = ServerPool([test for test in request.session.items if test.module is request.module])
+    yield pool
+    pool.close()
+
+
 @pytest.fixture
-def server():
-    started = Server()
+def server(servers):
+    started = servers.take("server")
+    yield started
+    started.kill()
+
+
+@pytest.fixture
+def webrtc_server(servers):
+    started = servers.take("webrtc_server")
     yield started
     started.kill()
 
@@ -422,69 +467,58 @@ def test_the_view_page_shows_what_a_driving_page_gets(server, tmp_path):
     assert shown >= 3
 
 
-def test_a_page_sends_its_camera_and_gets_the_output_over_webrtc(tmp_path):
-    server = Server("--transport", "webrtc")
+def test_a_page_sends_its_camera_and_gets_the_output_over_webrtc(webrtc_server, tmp_path):
+    browser = Browser(webrtc_server.url, tmp_path / "profile")
     try:
-        browser = Browser(server.url, tmp_path / "profile")
-        try:
-            state = wait_for(server, lambda s: s["page"]["shown"] >= 10, "the page to show 10 frames of the track")
-            live, width, status = (browser.evaluate("rtc.live"), browser.evaluate("$('output-video').videoWidth"),
-                                   browser.evaluate("$('status').textContent"))
-        finally:
-            browser.close()
-        assert live and width == 64 and "WebRTC" in status, status
-        assert re.search(r"server \d+ ms · network round trip \d+ ms", status), status
-        assert state["stylized"] >= state["page"]["shown"] and state["transport"]["prefer"] == "webrtc"
+        state = wait_for(webrtc_server, lambda s: s["page"]["shown"] >= 10, "the page to show 10 frames of the track")
+        live, width, status = (browser.evaluate("rtc.live"), browser.evaluate("$('output-video').videoWidth"),
+                               browser.evaluate("$('status').textContent"))
     finally:
-        server.kill()
+        browser.close()
+    assert live and width == 64 and "WebRTC" in status, status
+    assert re.search(r"server \d+ ms · network round trip \d+ ms", status), status
+    assert state["stylized"] >= state["page"]["shown"] and state["transport"]["prefer"] == "webrtc"
 
 
-def test_a_page_whose_webrtc_offer_is_refused_goes_on_over_the_websocket(tmp_path):
+def test_a_page_whose_webrtc_offer_is_refused_goes_on_over_the_websocket(webrtc_server, tmp_path):
     import base64
 
-    server = Server("--transport", "webrtc")
+    browser = Browser("about:blank", tmp_path / "profile")
     try:
-        browser = Browser("about:blank", tmp_path / "profile")
-        try:
-            browser.call("Fetch.enable", patterns=[{"urlPattern": "*/api/webrtc/offer"}])
-            browser.call("Page.navigate", url=server.url)
-            offer = browser.event("Fetch.requestPaused")
-            browser.call("Fetch.fulfillRequest", requestId=offer["requestId"], responseCode=503,
-                         body=base64.b64encode(b'{"error": "refused for the test"}').decode())
-            state = wait_for(server, lambda s: s["page"]["shown"] >= 5, "the page to show 5 frames over the WebSocket")
-            failed, notice = browser.evaluate("rtc.failed"), browser.evaluate("$('notice').textContent")
-        finally:
-            browser.close()
-        assert failed and notice.startswith("WebRTC did not start (refused for the test): pictures go over the "
-                                            "WebSocket instead"), notice
-        assert state["stylized"] >= 5
+        browser.call("Fetch.enable", patterns=[{"urlPattern": "*/api/webrtc/offer"}])
+        browser.call("Page.navigate", url=webrtc_server.url)
+        offer = browser.event("Fetch.requestPaused")
+        browser.call("Fetch.fulfillRequest", requestId=offer["requestId"], responseCode=503,
+                     body=base64.b64encode(b'{"error": "refused for the test"}').decode())
+        state = wait_for(webrtc_server, lambda s: s["page"]["shown"] >= 5,
+                         "the page to show 5 frames over the WebSocket")
+        failed, notice = browser.evaluate("rtc.failed"), browser.evaluate("$('notice').textContent")
     finally:
-        server.kill()
+        browser.close()
+    assert failed and notice.startswith("WebRTC did not start (refused for the test): pictures go over the "
+                                        "WebSocket instead"), notice
+    assert state["stylized"] >= 5
 
 
-def test_the_view_page_watches_over_webrtc(tmp_path):
+def test_the_view_page_watches_over_webrtc(webrtc_server, tmp_path):
     from websockets.sync.client import connect
 
-    server = Server("--transport", "webrtc")
+    browser = Browser(webrtc_server.url + "view", tmp_path / "profile")
     try:
-        browser = Browser(server.url + "view", tmp_path / "profile")
-        try:
-            wait_for(server, lambda s: s["viewers"] == 1, "the view page to connect")
-            deadline = time.monotonic() + 60
-            with connect(server.url.replace("http://", "ws://") + "ws", proxy=None) as page:
-                sequence = 0
-                while browser.evaluate("viewer.shown") < 3:
-                    assert time.monotonic() < deadline, "the view page showed fewer than 3 frames in 60 s"
-                    sequence += 1
-                    page.send(protocol.HEADER_IN.pack(sequence) + jpeg(sequence))
-                    while isinstance(page.recv(timeout=60), str):
-                        pass  # reports; the picture comes next
-            transport = browser.evaluate("viewer.transport")
-        finally:
-            browser.close()
-        assert transport == "webrtc"
+        wait_for(webrtc_server, lambda s: s["viewers"] == 1, "the view page to connect")
+        deadline = time.monotonic() + 60
+        with connect(webrtc_server.url.replace("http://", "ws://") + "ws", proxy=None) as page:
+            sequence = 0
+            while browser.evaluate("viewer.shown") < 3:
+                assert time.monotonic() < deadline, "the view page showed fewer than 3 frames in 60 s"
+                sequence += 1
+                page.send(protocol.HEADER_IN.pack(sequence) + jpeg(sequence))
+                while isinstance(page.recv(timeout=60), str):
+                    pass  # reports; the picture comes next
+        transport = browser.evaluate("viewer.transport")
     finally:
-        server.kill()
+        browser.close()
+    assert transport == "webrtc"
 
 
 def webm(path, frames: int = 90) -> str:
@@ -504,28 +538,24 @@ def webm(path, frames: int = 90) -> str:
     return str(path)
 
 
-def test_a_video_file_chosen_on_the_page_goes_up_as_a_webrtc_track(tmp_path):
+def test_a_video_file_chosen_on_the_page_goes_up_as_a_webrtc_track(webrtc_server, tmp_path):
     clip = webm(tmp_path / "clip.webm")
-    server = Server("--transport", "webrtc")
+    browser = Browser(webrtc_server.url, tmp_path / "profile")
     try:
-        browser = Browser(server.url, tmp_path / "profile")
-        try:
-            wait_for(server, lambda s: s["page"]["shown"] >= 3, "the camera to stream over WebRTC")
-            document = browser.call("DOM.getDocument")["root"]["nodeId"]
-            chooser = browser.call("DOM.querySelector", nodeId=document, selector="#file")["nodeId"]
-            browser.call("DOM.setFileInputFiles", files=[clip], nodeId=chooser)
-            deadline = time.monotonic() + 60
-            while not browser.evaluate("rtc.live && rtc.source === page.source && $('camera').src.startsWith('blob:')"):
-                assert time.monotonic() < deadline, "the file did not become the WebRTC source within 60 s"
-                time.sleep(0.2)  # another process's page: there is no event to wait on
-            shown = server.state()["page"]["shown"]
-            wait_for(server, lambda s: s["page"]["shown"] >= shown + 5, "the file's frames to come back")
-            video_width = browser.evaluate("rtc.track.getSettings().width")
-        finally:
-            browser.close()
-        assert video_width is not None and video_width <= 160  # the clip's own track, not the 640x480 camera's
+        wait_for(webrtc_server, lambda s: s["page"]["shown"] >= 3, "the camera to stream over WebRTC")
+        document = browser.call("DOM.getDocument")["root"]["nodeId"]
+        chooser = browser.call("DOM.querySelector", nodeId=document, selector="#file")["nodeId"]
+        browser.call("DOM.setFileInputFiles", files=[clip], nodeId=chooser)
+        deadline = time.monotonic() + 60
+        while not browser.evaluate("rtc.live && rtc.source === page.source && $('camera').src.startsWith('blob:')"):
+            assert time.monotonic() < deadline, "the file did not become the WebRTC source within 60 s"
+            time.sleep(0.2)  # another process's page: there is no event to wait on
+        shown = webrtc_server.state()["page"]["shown"]
+        wait_for(webrtc_server, lambda s: s["page"]["shown"] >= shown + 5, "the file's frames to come back")
+        video_width = browser.evaluate("rtc.track.getSettings().width")
     finally:
-        server.kill()
+        browser.close()
+    assert video_width is not None and video_width <= 160  # the clip's own track, not the 640x480 camera's
 
 
 # Web MIDI as the browser gives it, with one controller whose messages the test plays (headless Chromium has
