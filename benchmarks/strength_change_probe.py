@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import statistics
 import time
 from pathlib import Path
 from typing import Any
+
+from probe_rows import collect, save
 
 
 def probe(model: str, steps: int, accel: str, cache: Path | None, device: str, changes: int,
@@ -71,17 +72,9 @@ def main() -> None:
     parser.add_argument("--changes", type=int, default=20)
     parser.add_argument("--every", type=int, default=5, help="frames between two changes")
     args = parser.parse_args()
-    import torch
-
-    rows = []
-    for steps in (int(s) for s in args.steps.split(",")):
-        row = probe(args.model, steps, args.accel, args.compile_cache, args.device, args.changes, args.every)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    env = {"torch": torch.__version__,
-           "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "strength-change.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
+    rows = collect(probe(args.model, steps, args.accel, args.compile_cache, args.device, args.changes, args.every)
+                   for steps in (int(s) for s in args.steps.split(",")))
+    save(args.out, "strength-change.json", rows, args.device)
 
 
 if __name__ == "__main__":

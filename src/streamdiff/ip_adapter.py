@@ -18,6 +18,7 @@ captured step cannot take) and takes the projection out of the UNet, to run it o
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,14 @@ def text_only(embeddings: Tensor, tokens: int) -> Tensor:
     return embeddings if tokens == 0 else embeddings[:, :-tokens]
 
 
+@dataclass(frozen=True)
+class StylePixels:
+    """A style picture after CLIP's preprocessing (resize, centre crop, normalise): what the image encoder reads.
+    `IPAdapter.pixels` makes it on the host, running no model, so on any thread."""
+
+    values: Tensor  # float32 (1, 3, S, S) on the CPU
+
+
 class IPAdapter:
     """An adapter that took over a UNet: its image encoder, its projection and its cross-attention processors.
 
@@ -140,9 +149,21 @@ class IPAdapter:
         """A picture's image tokens (1, N, D), as diffusers' pipelines make them: the projection of its CLIP image
         embedding, or for projections that read the encoder's hidden states (IP-Adapter Plus), of its
         penultimate ones."""
-        pixels = feature_extractor(images=_as_array(picture), return_tensors="pt").pixel_values
+        pixels = self.pixels(picture, feature_extractor).values
+        config = image_encoder.config
+        expected = (1, config.num_channels, config.image_size, config.image_size)
+        if tuple(pixels.shape) != expected:
+            raise ValueError(f"expected style pixels of shape {expected} for this image encoder; got "
+                             f"{tuple(pixels.shape)} (made by another stream's preprocessing?)")
         pixels = pixels.to(device=image_encoder.device, dtype=image_encoder.dtype)
         return self._tokens(self._embedding(image_encoder, pixels), dtype)
+
+    @staticmethod
+    def pixels(picture: Any, feature_extractor: Any) -> StylePixels:
+        """The host half of `encode`: CLIP's preprocessing of a picture (StylePixels pass through)."""
+        if isinstance(picture, StylePixels):
+            return picture
+        return StylePixels(feature_extractor(images=_as_array(picture), return_tensors="pt").pixel_values)
 
     @torch.no_grad()
     def negative(self, image_encoder: nn.Module, dtype: torch.dtype) -> Tensor:
@@ -156,6 +177,14 @@ class IPAdapter:
                                  device=image_encoder.device, dtype=image_encoder.dtype)
             embedding = self._embedding(image_encoder, pixels)
         return self._tokens(embedding, dtype)
+
+    @torch.no_grad()
+    def warm(self, image_encoder: nn.Module) -> None:
+        """Run the image encoder once as `encode` does, on zero pixels (e.g. to capture its CUDA graph before the
+        first live picture)."""
+        config = image_encoder.config
+        self._embedding(image_encoder, torch.zeros(1, config.num_channels, config.image_size, config.image_size,
+                                                   device=image_encoder.device, dtype=image_encoder.dtype))
 
     def _embedding(self, image_encoder: nn.Module, pixels: Tensor) -> Tensor:
         if _reads_embedding(self.projection):

@@ -89,6 +89,10 @@ class PromptEncoder:
             self._cache.popitem(last=False)
         return embeds
 
+    def warm(self) -> None:
+        """Run the text encoders once, storing nothing (e.g. to capture their CUDA graphs before a prompt change)."""
+        self._encode_uncached("")
+
     def encode_negative(self, prompt: str) -> Tensor:
         """A negative prompt's embeddings: zeros for an empty one where the model says so, else `encode`."""
         if prompt == "" and self.zero_empty_negative:

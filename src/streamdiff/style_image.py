@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from . import ip_adapter
-from .ip_adapter import IPAdapter
+from .ip_adapter import IPAdapter, StylePixels
 
 if TYPE_CHECKING:
     from .stream import StreamPipeline
@@ -50,10 +50,17 @@ class StyleImage:
     def has_style_image(self: StreamPipeline) -> bool:
         return self._style_tokens is not None
 
+    def style_pixels(self: StreamPipeline, picture: Any) -> StylePixels:
+        """The host half of set_style_image, which takes the result: CLIP's preprocessing of a picture (resize,
+        centre crop, normalise). It runs no model, so it may run on any thread: a live app prepares a picture
+        beside the frames (a 12-megapixel photo takes tens of milliseconds) and hands the engine its pixels."""
+        return self._require_ip_adapter().pixels(picture, self.components.feature_extractor)
+
     @torch.no_grad()
     def set_style_image(self: StreamPipeline, picture: Any) -> None:
-        """Steer the stream by a picture from the next frame on (a path, PIL image, uint8 array (H, W, 3) or float
-        tensor in [0, 1]); with prepare() not yet called, from its first frame."""
+        """Steer the stream by a picture from the next frame on (a path, PIL image, uint8 array (H, W, 3), float
+        tensor in [0, 1], or the StylePixels of style_pixels); with prepare() not yet called, from its first
+        frame."""
         adapter = self._require_ip_adapter()
         components = self.components
         tokens = adapter.encode(picture, components.image_encoder, components.feature_extractor, self.dtype)

@@ -13,8 +13,13 @@ from conftest import random_frames
 
 from streamdiff.backends import codec_fusion
 from streamdiff.backends import compile as compiling
-from streamdiff.backends.accelerate import (AccelerationUnavailable, AccelMode, accelerate, add_accel_options,
-                                            resolve_mode)
+from streamdiff.backends.accelerate import (
+    AccelerationUnavailable,
+    AccelMode,
+    accelerate,
+    add_accel_options,
+    resolve_mode,
+)
 
 CPU = torch.device("cpu")
 

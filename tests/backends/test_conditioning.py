@@ -113,6 +113,28 @@ def test_streams_sharing_a_unet_or_controlnet_each_get_their_own_conditioning(un
         assert torch.equal(second(lat2, t2, e2), plain(lat2, t2, e2))
 
 
+@torch.no_grad()
+def test_a_denoiser_of_another_shape_stores_into_tensors_of_its_own(unet):
+    """A captured step reads its stream's stored values by address: a stream of another batch on the same UNet
+    must store its own elsewhere and leave them where they are, with the values they had."""
+    first, second = TorchDenoiser(unet), TorchDenoiser(unet)
+    lat1, t1, e1 = _inputs(unet, 1, seed=0)
+    _, t2, e2 = _inputs(unet, 3, seed=1)
+    first.condition(t1, e1)
+    stand_ins = [m for m in unet.modules() if isinstance(m, StoredProjection)]
+    kept = [(m.value.data_ptr(), m.value.clone()) for m in stand_ins]
+    second.condition(t2, e2)
+    assert all(m.value.data_ptr() != address for m, (address, _) in zip(stand_ins, kept))
+    first.condition(t1 + 1, e1 * 2)  # a new conditioning of the first shape: written in place
+    for m, (address, _) in zip(stand_ins, kept):
+        assert m.value.data_ptr() == address
+    first.condition(t1, e1)
+    for m, (_, value) in zip(stand_ins, kept):
+        assert torch.equal(m.value, value)
+    plain = TorchDenoiser(unet, cache_conditioning=False)
+    assert torch.equal(first(lat1, t1, e1), plain(lat1, t1, e1))
+
+
 def _stream(make_stream, cache: bool, **settings) -> StreamPipeline:
     stream = make_stream(**settings)
     stream.denoiser = TorchDenoiser(stream.components.unet, cache_conditioning=cache)

@@ -11,6 +11,7 @@ import torch
 from conftest import random_frames
 
 from streamdiff import StreamPipeline
+from streamdiff.backends import call_graph
 from streamdiff.backends.accelerate import accelerate
 from streamdiff.backends.runner import GpuMemoryError
 from streamdiff.backends.torch import TorchDenoiser
@@ -97,6 +98,31 @@ def test_a_second_stream_accelerated_over_the_same_modules_leaves_the_first_ones
     for k in range(2, 6):
         check(k)
     assert fast.captured == other.captured == ["img2img of 1 x 64x64 uint8 frames"] and clutter
+
+
+def test_the_work_of_a_change_replays_as_cuda_graphs_with_the_eager_numbers(_tiny_cache):
+    """The graph modes replay a prompt change's text encoder and conditioning refresh as CUDA graphs: changes
+    compute what they did eagerly, also while a stream of another batch on the same UNet (whose refresh is then
+    captured in its place, at its own shape) runs between the frames."""
+    eager = _stream(_tiny_cache["taesd"], "float16", t_index_list=(30,))
+    first = _stream(_tiny_cache["taesd"], "float16", t_index_list=(30,))
+    fast, _ = accelerate(first, "graphs")
+    assert call_graph.is_graphed(first.components.text_encoder)
+    second = StreamPipeline(first.components, first.config.with_changes(t_index_list=(10, 30)))
+    second.prepare("a blue bird")
+    other, _ = accelerate(second, "graphs")
+    for k, frame in enumerate(random_frames(8, (64, 64, 3))):
+        if k in (2, 5):
+            for stream in (fast, eager):
+                stream.update_prompt("a cat" if k == 2 else "ink wash", transition_frames=0 if k == 2 else 2)
+        other.img2img(frame)
+        difference = np.abs(fast.img2img(frame).astype(int) - eager.img2img(frame).astype(int))
+        assert difference.max() <= 3, f"frame {k}: {difference.max()} levels"
+    other.img2img(frame)
+    # The pipeline's own call, not a replay: it reads the stored values the replayed refresh selected for it.
+    difference = np.abs(first.img2img(frame).astype(int) - eager.img2img(frame).astype(int))
+    assert difference.max() <= 3, f"the eager frame: {difference.max()} levels"
+    torch.testing.assert_close(first.prompts.encode("a fox in snow"), eager.prompts.encode("a fox in snow"))
 
 
 def test_text_to_image_after_img2img_reuses_the_compiled_unet(_tiny_cache, tmp_path):
@@ -259,6 +285,7 @@ def test_quitting_while_the_thread_compiles_does_not_wait_for_it(tmp_path):
     script = f"""
 import time
 from streamdiff import StreamPipeline
+from streamdiff.backends import call_graph
 from streamdiff.backends.accelerate import accelerate
 from streamdiff.models.tiny import build_tiny_pipeline
 pipe = StreamPipeline.from_diffusers(build_tiny_pipeline(seed=0), device="cuda", dtype="float16", seed=3,

@@ -10,6 +10,7 @@ from streamdiff import StreamPipeline, ip_adapter
 from streamdiff.backends.torch import TorchDenoiser
 from streamdiff.config import StreamConfig
 from streamdiff.errors import UserError
+from streamdiff.ip_adapter import StylePixels
 from streamdiff.models.controlnets import random_controlnet
 from streamdiff.models.ip_adapters import load_ip_adapter, locate_ip_adapter
 from streamdiff.models.registry import get_spec
@@ -130,6 +131,22 @@ def test_live_picture_and_scale_changes_equal_streams_made_with_them(tiny_pipe_f
     assert live.ip_adapter_scale == 1.2 and live.config.ip_adapter_scale == 1.2
 
 
+def test_pixels_prepared_on_another_thread_are_the_picture_given_directly(tiny_pipe_factory):
+    from concurrent.futures import ThreadPoolExecutor
+
+    image, style = picture(9), style_picture(10)
+    direct = make(with_adapter(tiny_pipe_factory()), style)
+    prepared = make(with_adapter(tiny_pipe_factory()))
+    with ThreadPoolExecutor(1) as beside:  # as a live app prepares a picture beside its frames
+        pixels = beside.submit(prepared.style_pixels, style).result()
+    size = prepared.components.image_encoder.config.image_size
+    assert isinstance(pixels, StylePixels) and pixels.values.shape == (1, 3, size, size)
+    assert not prepared.has_style_image  # preparing changes nothing
+    prepared.set_style_image(pixels)
+    torch.testing.assert_close(prepared._cond, direct._cond)
+    torch.testing.assert_close(prepared.img2img(image), direct.img2img(image))
+
+
 def test_a_picture_given_during_a_prompt_transition_holds_to_its_end(tiny_pipe_factory):
     image, style = picture(12), style_picture(13)
     moving = make(with_adapter(tiny_pipe_factory()), t_index_list=(10, 30))
@@ -185,6 +202,8 @@ def test_refusals(tiny_pipe):
     stream = make(tiny_pipe)
     with pytest.raises(ValueError, match="no IP-Adapter"):
         stream.set_style_image(style_picture(1))
+    with pytest.raises(ValueError, match="no IP-Adapter"):
+        stream.style_pixels(style_picture(1))
     with pytest.raises(ValueError, match="ip_adapter_scale must be a number in"):
         StreamConfig(ip_adapter_scale=6.0)
     with pytest.raises(UserError, match="no base IP-Adapter is published for sd21"):
@@ -203,4 +222,6 @@ def test_a_bad_style_picture_is_named(tiny_pipe_factory, tmp_path):
         stream.set_style_image(tmp_path / "missing.png")
     with pytest.raises(ValueError, match="expected one style picture"):
         stream.set_style_image(torch.rand(2, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"expected style pixels of shape \(1, 3, \d+, \d+\) for this image encoder"):
+        stream.set_style_image(StylePixels(torch.zeros(1, 3, 7, 7)))
     assert not stream.has_style_image

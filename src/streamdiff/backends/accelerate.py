@@ -32,7 +32,7 @@ import torch
 from ..errors import UserError, first_line
 from ..ip_adapter import ImagePromptAttention
 from ..stream import StreamPipeline
-from . import codec_fusion, upsample_fold
+from . import call_graph, codec_fusion, upsample_fold
 from . import compile as compiling
 from .background import BackgroundCompile, CallRecorder, NewCountPlan
 from .conditioning import ConditioningCache
@@ -185,6 +185,7 @@ def _prepare_modules(pipe: StreamPipeline, mode: AccelMode, cache_dir: str | Pat
                      say: Callable[[str], None], *, fuse_codec: bool, fold_upsampling: bool,
                      compile_now: bool = True) -> Path | None:
     if mode in (AccelMode.NONE, AccelMode.COREML):  # Core ML converts the modules as diffusers made them
+        _graph_change_work(pipe, on=False)
         return None
     unet, vae = pipe.components.unet, pipe.components.vae
     if fold_upsampling:
@@ -199,6 +200,7 @@ def _prepare_modules(pipe: StreamPipeline, mode: AccelMode, cache_dir: str | Pat
         for module in (unet, *pipe.components.controlnets):
             if hasattr(module, "fuse_qkv_projections") and getattr(module, "original_attn_processors", None) is None:
                 _fuse_projections(module)
+    _graph_change_work(pipe, on=mode.graphs and pipe.device.type == "cuda")
     if not mode.compiles:
         return None
     folder = compiling.use_cache_dir(cache_dir)
@@ -207,6 +209,25 @@ def _prepare_modules(pipe: StreamPipeline, mode: AccelMode, cache_dir: str | Pat
         compiling.compile_in_place(parts, preset)
         say(f"{mode.value}: compiling {compiling.describe_parts(parts)} at the first frames (cache: {folder})")
     return folder
+
+
+def _graph_change_work(pipe: StreamPipeline, on: bool) -> None:
+    """Replay the work of a prompt or style picture change as CUDA graphs (call_graph.py), or run it eagerly: the
+    text encoders, the IP-Adapter's image encoder and each conditioning cache's refresh. With `on`, each runs once
+    now, so that its capture happens at start-up rather than at the first change."""
+    parts = pipe.components
+    call_graph.graph_encoders((parts.text_encoder, parts.text_encoder_2, parts.image_encoder), on)
+    for model in (parts.unet, *parts.controlnets):
+        ConditioningCache.of(model).use_graph(on)
+    if not on:
+        return
+    with torch.no_grad():
+        pipe.prompts.warm()
+        if pipe.ip_adapter is not None:
+            pipe.ip_adapter.warm(parts.image_encoder)
+        restore = getattr(pipe.denoiser, "restore", None)  # a Core ML denoiser stores no conditioning
+        if restore is not None:
+            restore()
 
 
 def _set_codec(pipe: StreamPipeline, fuse_codec: bool, *, compiled: bool) -> None:

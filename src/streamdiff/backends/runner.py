@@ -79,6 +79,11 @@ class AcceleratedStream(Upgrades):
 
     # ----- the StreamPipeline API ----------------------------------------------------------------
 
+    def style_pixels(self, picture: Any) -> Any:
+        """The pipeline's, without the eager lock: preprocessing a style picture runs no module, so another
+        thread may do it while this one runs frames."""
+        return self.pipe.style_pixels(picture)
+
     def prepare(self, *args: Any, **kwargs: Any) -> None:
         with self._eager():  # the text encoder and the conditioning run modules
             self.pipe.prepare(*args, **kwargs)

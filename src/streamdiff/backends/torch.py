@@ -46,6 +46,13 @@ class TorchDenoiser:
             for cache in self.caches:
                 self._refresh(cache)
 
+    def restore(self) -> None:
+        """Store this denoiser's conditioning again (e.g. once the caches replay their refresh as a graph, so that
+        the capture happens now rather than at the next prompt change)."""
+        if self._given is not None:
+            for cache in self.caches:
+                self._refresh(cache)
+
     def claim(self) -> bool:
         """Store this denoiser's conditioning again where another stream on the same UNet or ControlNet replaced
         it (before replaying captured calls), and its IP-Adapter scale; whether calls read stored conditioning."""
