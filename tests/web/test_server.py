@@ -348,6 +348,29 @@ def png(colour: tuple[int, int, int], size: int = 40) -> bytes:
     return buffer.getvalue()
 
 
+def frames_until_style(ws, name: str, first: int, timeout: float = 20.0) -> int:
+    """Send frames from `first` on, each read back, until the page hears that the style picture `name` is in use:
+    the inference thread takes it before the first frame after its own thread prepared it. The frame that took it."""
+    deadline = time.monotonic() + timeout
+    sequence = first
+    while True:
+        assert time.monotonic() < deadline, f"waited {timeout:g} s for a frame to take {name}"
+        ws.send_bytes(frame(sequence))
+        in_use = False
+        while True:  # the state comes as the engine takes the picture, before the frame's output
+            message = ws.receive()
+            if message.get("bytes") is not None:
+                if protocol.HEADER_OUT.unpack_from(message["bytes"])[0] == sequence:
+                    break
+                continue
+            report = json.loads(message["text"])
+            assert report["type"] in ("status", "state"), report
+            in_use = in_use or report.get("style_image") == name
+        if in_use:
+            return sequence
+        sequence += 1
+
+
 def test_the_state_carries_the_style_scale_and_the_picture_in_use(client, start_web_stream, styled_engine):
     state = client.get("/api/state").json()
     assert state["controls"]["ip_adapter_scale"] is None and state["style_image"] is None  # no adapter: no slider
@@ -356,16 +379,32 @@ def test_the_state_carries_the_style_scale_and_the_picture_in_use(client, start_
     assert state["controls"]["ip_adapter_scale"] == 0.6 and state["style_image"] is None
 
 
-def test_a_pages_style_scale_and_picture_reach_the_engine_on_the_inference_thread(start_web_stream, styled_engine,
-                                                                                   monkeypatch):
-    threads = []
-    set_style_image = styled_engine.set_style_image
+def test_a_pages_style_picture_is_decoded_on_its_own_thread_and_encoded_on_the_inference_thread(
+        start_web_stream, styled_engine, monkeypatch):
+    from streamdiff.ip_adapter import StylePixels
+    from streamdiff.web import bridge
+
+    threads, handed, decoded, made = [], [], [], []
+    set_style_image, style_pixels, decode_picture = (styled_engine.set_style_image, styled_engine.style_pixels,
+                                                     bridge.decode_picture)
 
     def recording(picture):
         threads.append(threading.current_thread().name)
+        handed.append(picture)
         set_style_image(picture)
 
+    def decoding(data, role=None):
+        if role == "style picture":  # the page's frames are decoded too, on the inference thread
+            decoded.append(threading.current_thread().name)
+        return decode_picture(data, role)
+
+    def making(picture):
+        made.append(threading.current_thread().name)
+        return style_pixels(picture)
+
     monkeypatch.setattr(styled_engine, "set_style_image", recording)
+    monkeypatch.setattr(styled_engine, "style_pixels", making)
+    monkeypatch.setattr(bridge, "decode_picture", decoding)
     stream = start_web_stream(styled_engine)
     with TestClient(create_app(stream)) as client, client.websocket_connect("/ws") as ws:
         page = ws.receive_json()["client"]
@@ -376,20 +415,19 @@ def test_a_pages_style_scale_and_picture_reach_the_engine_on_the_inference_threa
         sent = client.post(f"/api/style_image?client={page}&name=dusk.png", content=png((200, 60, 120)),
                            headers={"Content-Type": "image/png"})
         assert (sent.status_code, sent.json()) == (202, {"accepted": True})
-        assert not styled_engine.has_style_image  # handed over: the inference thread takes it with the next frame
-        ws.send_bytes(frame(2))
-        state = next_text(ws, "state")  # sent as the engine takes the picture, before frame 2 is drawn
-        assert state["style_image"] == "dusk.png" and styled_engine.has_style_image
-        assert next_output(ws)[0] == 2  # frame 2 is done: the change below waits for the next frame
+        assert not styled_engine.has_style_image  # handed over: the inference thread takes it once it is ready
+        taken = frames_until_style(ws, "dusk.png", 2)
+        assert styled_engine.has_style_image and stream.state()["style_image"] == "dusk.png"
         stream.remote_change({"ip_adapter_scale": 0.4})  # what an OSC message or a MIDI knob hands over
         assert next_text(ws, "state")["controls"]["ip_adapter_scale"] == 0.4  # the page's slider follows
         ws.send_text(json.dumps({"type": "controls", "ip_adapter_scale": 6}))
         assert "ip_adapter_scale must be in [0, 5]; got 6" in next_error(ws)["message"]
         ws.send_text(json.dumps({"type": "controls", "style_image": "/etc/hostname"}))  # a page names no server file
         assert next_error(ws)["message"].startswith("unknown control style_image; expected some of prompt")
-        ws.send_bytes(frame(3))
-        assert next_output(ws)[0] == 3
+        ws.send_bytes(frame(taken + 1))
+        assert next_output(ws)[0] == taken + 1
     assert threads == ["streamdiff-web-inference"] and styled_engine.ip_adapter_scale == 0.4
+    assert decoded == made == ["streamdiff-style"] and isinstance(handed[0], StylePixels)
 
 
 def test_a_style_picture_the_stream_cannot_use_is_refused_and_changes_nothing(start_web_stream, styled_engine,
@@ -405,8 +443,7 @@ def test_a_style_picture_the_stream_cannot_use_is_refused_and_changes_nothing(st
     with TestClient(create_app(styled)) as client, client.websocket_connect("/ws") as ws:
         page = ws.receive_json()["client"]
         sent = client.post(f"/api/style_image?client={page}&name=notes.png", content=b"not a picture at all")
-        assert sent.status_code == 202  # its bytes are looked at on the inference thread
-        ws.send_bytes(frame(1))
+        assert sent.status_code == 202  # its bytes are looked at on the style picture's thread, no frame needed
         assert next_error(ws)["message"] == "expected a JPEG or PNG style picture; its 20 bytes are neither"
         for query, body, status, error in [
             ("", png((1, 2, 3)), 400, "expected ?client=N, the number the page's connection was given"),
@@ -418,7 +455,7 @@ def test_a_style_picture_the_stream_cannot_use_is_refused_and_changes_nothing(st
         monkeypatch.setattr(server, "MAX_FRAME_BYTES", 100)
         too_large = client.post(f"/api/style_image?client={page}", content=png((1, 2, 3), size=200))
         assert too_large.status_code == 413 and too_large.json()["error"].startswith("a style picture may be at most")
-        ws.send_bytes(frame(2))
+        ws.send_bytes(frame(1))
         next_output(ws)
     assert not styled_engine.has_style_image and styled.state()["style_image"] is None
 
@@ -436,7 +473,6 @@ def test_an_osc_style_picture_reaches_the_engine_and_the_driving_page_hears_of_i
             stream.remote_change({"style_image": str(tmp_path / "missing.png")})  # /streamdiff/style_image PATH
         stream.remote_change({"style_image": str(path)})
         assert next_text(ws, "state")["style_image"] is None  # the change arrived; the picture waits for a frame
-        ws.send_bytes(frame(1))
-        assert next_text(ws, "state")["style_image"] == "dusk.png"
+        frames_until_style(ws, "dusk.png", 1)
         assert client.get("/api/state").json()["style_image"] == "dusk.png"
     assert styled_engine.has_style_image

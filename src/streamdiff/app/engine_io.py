@@ -1,5 +1,8 @@
 """The inference thread's side of the engine: apply live controls (and a new style picture) between frames, run
-one frame, and remember when the frame now leaving the stream batch was captured (for the latency readout)."""
+one frame, and remember when the frame now leaving the stream batch was captured (for the latency readout).
+
+A style picture reaches this thread ready: the style inbox's own thread has loaded it and made its CLIP pixels
+(app/style.py), so all that is left here is the engine's image encoder, run between two frames."""
 
 from __future__ import annotations
 
@@ -49,7 +52,8 @@ class StepTimings:
 
 class EngineRunner:
     """Owns every call into the engine; used from the inference thread only, but for `styles.put`, which any
-    thread may call."""
+    thread may call, and the host half of a style picture (`engine.style_pixels`), which the style inbox's thread
+    runs. close() stops that thread."""
 
     def __init__(self, engine: Any, prompts: Sequence[str], fit: str = "crop", transition_frames: int = 8,
                  clock=time.perf_counter, style_name: str | None = None) -> None:
@@ -64,7 +68,7 @@ class EngineRunner:
         self.width, self.height = config.width, config.height
         self.control_names: tuple[str, ...] = tuple(engine.control_names)  # one per ControlNet, as labels show them
         # Style pictures asked for, and the name of the one in use (`style_name`: the one the engine started with).
-        self.styles = StyleInbox(style_name)
+        self.styles = StyleInbox(self._style_pixels, style_name)
         # The output of call k shows input k - latency: keep that many (index, capture time) records to match them.
         self._in_flight: deque[tuple[int, float]] = deque(maxlen=config.latency_frames + 1)
 
@@ -95,18 +99,28 @@ class EngineRunner:
         self.timings.controls += self._clock() - start
 
     def _take_style(self) -> None:
-        """The newest style picture asked for since the last frame, made and encoded (by the adapter's CLIP image
-        encoder) here; one that cannot be used leaves the stream its picture, and its sender is told why."""
-        picture = self.styles.take()
-        if picture is None:
+        """The newest style picture prepared since the last frame, encoded here (by the adapter's CLIP image
+        encoder); one that cannot be used leaves the stream its picture, and its sender is told why."""
+        prepared = self.styles.take()
+        if prepared is None:
             return
+        picture = prepared.picture
         try:
-            self.engine.set_style_image(picture.load())
+            self.engine.set_style_image(prepared.pixels)
         except (OSError, ValueError) as exc:
             picture.done(str(exc) or first_line(exc))
             return
         self.styles.current = picture.name
         picture.done(None)
+
+    def _style_pixels(self, picture: Any) -> Any:
+        """The host half of a style picture (CLIP's preprocessing), on the style inbox's thread: the engine's
+        style_pixels runs no model, so it may run beside the frames."""
+        return self.engine.style_pixels(picture)
+
+    def close(self, timeout: float = 2.0) -> bool:
+        """Stop the style inbox's thread; True when it ended within `timeout` seconds."""
+        return self.styles.close(timeout)
 
     def _set_schedule(self, controls: Controls, old: Controls) -> None:
         """A new strength and number of steps, in the order that lets a pair that fits together through: a low

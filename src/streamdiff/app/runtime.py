@@ -201,8 +201,8 @@ class Runtime:
 
     def remote_change(self, change: dict[str, Any]) -> None:
         """A control change from another thread (OSC, MIDI): checked now (ControlError), applied by the display loop
-        at its next frame, where the keys are applied. A style picture in it is read now and goes to the inference
-        thread, which hands it to the engine before its next frame."""
+        at its next frame, where the keys are applied. A style picture in it is read now; the style inbox's thread
+        makes its pixels, and the inference thread hands them to the engine before its next frame after that."""
         picture, controls = split_style(change, self.display.controls)
         if controls:
             apply_changes(self.display.controls, controls, self.display.prompt_book)
@@ -244,12 +244,14 @@ class Runtime:
         deadline = start + self.options.join_timeout
         for thread in self.threads:
             thread.join(max(0.0, deadline - time.perf_counter()))
+        styles_stopped = self.runner.close(max(0.0, deadline - time.perf_counter()))
         for sink in self.sinks:
             try:
                 sink.close()
             except Exception as exc:  # noqa: BLE001  a sink that cannot finish its file fails the run too
                 self.shared.fail("display", exc)
-        self.unjoined = tuple(t.name for t in self.threads if t.is_alive())
+        self.unjoined = tuple(t.name for t in self.threads if t.is_alive()) + (() if styles_stopped else
+                                                                               ("streamdiff-style",))
         if self.unjoined:
             logger.warning("threads still running after %.1f s: %s", self.options.join_timeout,
                            ", ".join(self.unjoined))

@@ -9,7 +9,8 @@ streaming program's browser source or a projector) get every output too.
     page --WebSocket--> submit() --> pictures slot --> inference thread --> deliver() --> page
                         change() --> controls slot --^      (decode, engine, JPEG)
     page --WebRTC track--> submit_video() --^                         \--> answer() --> page's track
-    page --POST /api/style_image--> submit_style() --> runner.styles --^   (decode, CLIP encode)
+    page --POST /api/style_image--> submit_style() --> runner.styles --^   (CLIP encode)
+                                                   (its own thread: decode, CLIP preprocessing)
 
 A picture from a WebRTC track is answered on the page's track (web/webrtc.py), unencoded; so are viewers
 that watch over WebRTC. A JPEG is made only for those on a WebSocket.
@@ -134,13 +135,14 @@ class WebStream:
         self._thread.start()
 
     def close(self, timeout: float = 2.0) -> bool:
-        """Stop the inference thread; True when it ended within `timeout` seconds."""
+        """Stop the inference thread and the style picture's; True when they ended within `timeout` seconds."""
+        deadline = time.perf_counter() + timeout
         self.stop.set()
         self.pictures.wake()
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        styles_stopped = self.runner.close(max(0.0, deadline - time.perf_counter()))
+        return styles_stopped and (self._thread is None or not self._thread.is_alive())
 
     def connect(self, deliver: Deliver) -> Client:
         """A new page drives the stream from now on; the page before it is told and closed."""
@@ -234,10 +236,10 @@ class WebStream:
             driver.deliver(self.state())
 
     def submit_style(self, client_id: int, data: bytes, name: str) -> None:
-        """A style picture the page uploaded (POST /api/style_image): the inference thread decodes it and hands it to
-        the engine before its next frame; the page then gets the new state, or an error saying why it cannot be
-        used. UploadError, and nothing changes, for a page that does not drive the stream or a stream without an
-        IP-Adapter."""
+        """A style picture the page uploaded (POST /api/style_image): the style inbox's thread decodes and
+        preprocesses it, and the inference thread hands it to the engine before its next frame after that; the page
+        then gets the new state, or an error saying why it cannot be used. UploadError, and nothing changes, for a
+        page that does not drive the stream or a stream without an IP-Adapter."""
         client = self.current(client_id)
         if client is None:
             raise UploadError("this page does not drive the stream (another page took over, or it reconnected); "
@@ -251,8 +253,9 @@ class WebStream:
                                             functools.partial(self._style_done, client)))
 
     def _style_done(self, sender: Client | None, problem: str | None) -> None:
-        """The inference thread's word on a style picture: its sender (a page; None: OSC, which hears through the
-        log) learns why one cannot be used; the driving page gets the state naming one in use."""
+        """The word on a style picture (from the style inbox's thread for one that cannot be read, else from the
+        inference thread): its sender (a page; None: OSC, which hears through the log) learns why one cannot be
+        used; the driving page gets the state naming one in use."""
         if problem is not None:
             if sender is None:
                 log_outcome(problem)

@@ -111,8 +111,8 @@ async def answer_offer(request: Request, peers: Any, viewer: bool) -> JSONRespon
 
 async def receive_style(request: Request, stream: WebStream) -> JSONResponse:
     """POST /api/style_image?client=N&name=FILE: the driving page's style picture, its JPEG or PNG bytes as the
-    body. 202 once it is handed over (the inference thread decodes and encodes it, and the page hears how that
-    went on its WebSocket); else {"error": ...}."""
+    body. 202 once it is handed over (the style inbox's thread decodes and preprocesses it, the inference thread
+    encodes it, and the page hears how that went on its WebSocket); else {"error": ...}."""
     client = request.query_params.get("client", "")
     if not client.isdigit():
         return JSONResponse({"error": "expected ?client=N, the number the page's connection was given"},
