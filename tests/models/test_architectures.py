@@ -27,6 +27,7 @@ def test_every_hub_model_of_the_registry_has_an_architecture():
     ("sd-turbo", 865.9, 340.4, None),  # SD 2.1 UNet; OpenCLIP ViT-H text tower, 23 layers
     ("sd15-lcm", 859.5, 123.1, None),  # SD 1.5 UNet; CLIP ViT-L/14 text tower
     ("sdxl-turbo", 2567.5, 123.1, 694.7),  # SDXL UNet; CLIP ViT-L/14 and OpenCLIP ViT-bigG/14 text towers
+    ("sdxl-lcm", 2567.5, 123.1, 694.7),  # SDXL 1.0 base, the same architecture
 ])
 def test_published_architectures_have_their_published_sizes(meta_pipes, name, unet, text, text_2):
     pipe = meta_pipes[name]

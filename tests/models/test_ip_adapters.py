@@ -86,7 +86,8 @@ def test_offline_without_the_adapter_names_it_and_what_to_pass_instead(offline_h
     assert "a local IP-Adapter weight file" in message
     # The repository holds every adapter (many GB): the hint downloads this one and its image encoder alone.
     assert ("`hf download h94/IP-Adapter --include 'sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors' "
-            "--include 'models/image_encoder/*'`") in message
+            "--include 'models/image_encoder/config.json' --include 'models/image_encoder/model.safetensors'`"
+            ) in message
 
 
 def test_an_adapter_of_another_width_or_without_its_encoder_is_refused(tmp_path, tiny_pipe, tiny_sdxl_factory):

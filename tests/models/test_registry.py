@@ -10,6 +10,8 @@ EXPECTED = {
                  "latent-consistency/lcm-lora-sdv1-5"),
     "tiny-sd": ("segmind/tiny-sd", "sd15", 512, (32, 45), True, True, "latent-consistency/lcm-lora-sdv1-5"),
     "sdxl-turbo": ("stabilityai/sdxl-turbo", "sdxl", 512, (0,), False, True, None),
+    "sdxl-lcm": ("stabilityai/stable-diffusion-xl-base-1.0", "sdxl", 1024, (32, 45), True, True,
+                 "latent-consistency/lcm-lora-sdxl"),
     "tiny": ("", "tiny", 64, (32, 45), True, True, None),
     "tiny-sdxl": ("", "tiny", 64, (32, 45), True, True, None),
 }
@@ -29,7 +31,7 @@ def test_registry_holds_exactly_the_documented_models_and_sdxs_is_default():
     assert DEFAULT_MODEL == "sdxs-512"
     # SD 1.x and 2.x share one TAESD; SDXL's latents need the TAESD trained on them.
     assert {name: spec.taesd_repo for name, spec in REGISTRY.items() if spec.taesd_repo != "madebyollin/taesd"} \
-        == {"sdxl-turbo": "madebyollin/taesdxl"}
+        == {"sdxl-turbo": "madebyollin/taesdxl", "sdxl-lcm": "madebyollin/taesdxl"}
 
 
 def test_default_timesteps_follow_the_lcm_schedule():

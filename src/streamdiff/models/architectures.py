@@ -80,6 +80,7 @@ UNET_CONFIGS: dict[str, dict[str, Any]] = {
     "sdxs-512": UNET_SDXS_512,
     "sd-turbo": UNET_SD21,
     "sdxl-turbo": UNET_SDXL,
+    "sdxl-lcm": UNET_SDXL,
     "sd15-lcm": UNET_SD15,
     "tiny-sd": UNET_TINY_SD,
 }

@@ -1,5 +1,5 @@
-"""`streamdiff models`: the registry and the models stream options fetch (ControlNets, the depth estimator), and
-what of them (and of other diffusers models) is already cached."""
+"""`streamdiff models`: the registry and the models stream options fetch (ControlNets, IP-Adapters, the depth
+estimator), and what of them (and of other diffusers models) is already cached."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .architectures import UNET_CONFIGS
 from .controlnets import CONTROL_KINDS, CONTROLNET_FILES, takes_controlnet
 from .depth_estimators import DEFAULT_DEPTH_ESTIMATOR, DEPTH_ESTIMATOR_FILES, DEPTH_SIZES
+from .ip_adapters import DEFAULT_IP_ADAPTER, IP_ADAPTER_KINDS, IP_ADAPTER_REPO, hub_files
 from .registry import DEFAULT_MODEL, REGISTRY, ModelSpec
 
 LOCAL = "local"  # built on the spot, nothing to cache
@@ -49,9 +50,10 @@ class ModelStatus:
 class AuxiliaryStatus:
     """A model that a stream option downloads besides the pipeline, with its cache state: "yes", "no", "partial"."""
 
+    path: str  # what is listed: the repo, or for one adapter of a repository holding many, repo/its weight file
     repo_id: str
-    role: str  # "controlnet" or "depth_estimator"
-    control_kind: str  # the --controlnet kind it serves ("canny", "depth")
+    role: str  # "controlnet", "ip_adapter" or "depth_estimator"
+    kind: str  # the --controlnet kind it serves ("canny", "depth"), or the --ip-adapter kind ("base", "plus")
     family: str | None  # the model family a ControlNet fits; None: any
     used_by: str  # the option that fetches it, e.g. "--controlnet canny with sd-turbo"
     cached: str
@@ -61,9 +63,9 @@ class AuxiliaryStatus:
 def register(subparsers: Any) -> None:
     """Add the `models` subcommand to the CLI."""
     parser = subparsers.add_parser(
-        "models", help="list the named models, ControlNets and depth estimator, and what is already cached",
-        description="List the model registry, the ControlNets and depth estimator that stream options fetch, and "
-                    "which of them are already in the local Hugging Face cache.",
+        "models", help="list the named models, ControlNets, IP-Adapters and depth estimators, and what is cached",
+        description="List the model registry, the ControlNets, IP-Adapters and depth estimators that stream options "
+                    "fetch, and which of them are already in the local Hugging Face cache.",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--cache-dir", default=None, help="hub cache to inspect (default: huggingface_hub's)")
@@ -139,12 +141,20 @@ def _has(repos: dict[str, CachedRepo], repo_id: str, pipeline: bool) -> bool:
 
 
 def auxiliary_statuses(repos: dict[str, CachedRepo]) -> list[AuxiliaryStatus]:
-    """The published ControlNets of --controlnet KIND for each family, then the depth estimator's sizes."""
+    """The published ControlNets of --controlnet KIND for each family, the IP-Adapters of --ip-adapter KIND for
+    each family (one repository holds them all), then the depth estimator's sizes."""
     statuses = [
         _auxiliary(repos, repo, "controlnet", kind.name, family, f"--controlnet {kind.name} with {_users(family)}",
                    CONTROLNET_FILES)
         for kind in CONTROL_KINDS.values() for family, repo in kind.repos.items()
     ]
+    for kind, families in IP_ADAPTER_KINDS.items():
+        option = "--style-image, or --ip-adapter base" if kind == DEFAULT_IP_ADAPTER else f"--ip-adapter {kind}"
+        for family, files in families.items():
+            wanted = hub_files(files)
+            statuses.append(_auxiliary(repos, IP_ADAPTER_REPO, "ip_adapter", kind, family,
+                                       f"{option} with {_users(family, lambda config: True)}", wanted,
+                                       path=f"{IP_ADAPTER_REPO}/{wanted[0]}"))
     for size in DEPTH_SIZES.values():
         option = "" if size.name == DEFAULT_DEPTH_ESTIMATOR else f" with --depth-estimator {size.name}"
         statuses.append(_auxiliary(repos, size.repo, "depth_estimator", "depth", None,
@@ -153,21 +163,21 @@ def auxiliary_statuses(repos: dict[str, CachedRepo]) -> list[AuxiliaryStatus]:
     return statuses
 
 
-def _users(family: str) -> str:
-    """The registry models of `family` that a ControlNet can steer, e.g. "sd-turbo"."""
+def _users(family: str, fits: Callable[[dict[str, Any]], bool] = takes_controlnet) -> str:
+    """The registry models of `family` whose UNet `fits` (by default: a ControlNet can steer it), e.g. "sd-turbo"."""
     names = [name for name, spec in REGISTRY.items()
-             if spec.family == family and name in UNET_CONFIGS and takes_controlnet(UNET_CONFIGS[name])]
+             if spec.family == family and name in UNET_CONFIGS and fits(UNET_CONFIGS[name])]
     return ", ".join(names) or f"{family} models"
 
 
-def _auxiliary(repos: dict[str, CachedRepo], repo_id: str, role: str, control_kind: str, family: str | None,
-               used_by: str, files: tuple[str, ...]) -> AuxiliaryStatus:
+def _auxiliary(repos: dict[str, CachedRepo], repo_id: str, role: str, kind: str, family: str | None,
+               used_by: str, files: tuple[str, ...], path: str | None = None) -> AuxiliaryStatus:
     repo = repos.get(repo_id)
     revisions = repo.revisions if repo is not None else ()
     # The revision missing the fewest of the files a load fetches decides.
     missing = min((tuple(f for f in files if f not in names) for names in revisions), key=len, default=files)
     cached = "no" if missing == files else ("partial" if missing else "yes")
-    return AuxiliaryStatus(repo_id, role, control_kind, family, used_by, cached, missing)
+    return AuxiliaryStatus(path or repo_id, repo_id, role, kind, family, used_by, cached, missing)
 
 
 def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
@@ -187,8 +197,8 @@ def as_table(cache_dir: str, statuses: list[ModelStatus], others: list[CachedRep
     lines = _aligned(rows)
     lines += ["", f"* default model. Hub cache: {cache_dir}"]
     if auxiliaries:
-        lines += ["", "ControlNets and the depth estimators, fetched when an option asks for them:"]
-        aux_rows = [("REPO", "CACHED", "USED BY")] + [(a.repo_id, _cached_text(a), a.used_by) for a in auxiliaries]
+        lines += ["", "ControlNets, IP-Adapters and the depth estimators, fetched when an option asks for them:"]
+        aux_rows = [("REPO", "CACHED", "USED BY")] + [(a.path, _cached_text(a), a.used_by) for a in auxiliaries]
         lines += ["  " + line for line in _aligned(aux_rows)]
     if others:
         lines += ["", "Other diffusers models in the cache (load them by hub id):"]

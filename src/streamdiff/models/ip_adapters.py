@@ -51,6 +51,17 @@ IP_ADAPTER_KINDS: dict[str, dict[str, AdapterFiles]] = {
 }
 
 
+# What diffusers' load_ip_adapter reads of the image encoder's folder; h94 also keeps a pytorch_model.bin of the same
+# weights there (2.5 GB more), which is not fetched.
+IMAGE_ENCODER_FILES = ("config.json", "model.safetensors")
+
+
+def hub_files(files: AdapterFiles) -> tuple[str, ...]:
+    """The files of an adapter in its repository that loading it reads: its weights, then its image encoder's."""
+    return (f"{files.subfolder}/{files.weight_name}",
+            *(f"{files.image_encoder_folder}/{name}" for name in IMAGE_ENCODER_FILES))
+
+
 @dataclass(frozen=True)
 class AdapterSource:
     """A folder holding an adapter's files (`files` inside it); None for random weights."""
@@ -72,10 +83,9 @@ def locate_ip_adapter(ref: str, family: str, *, random_weights: bool = False) ->
     files = kind.get(family)
     if files is None:
         raise UserError(f"no {ref} IP-Adapter is published for {family} models (SD 2.x ones such as sd-turbo and "
-                        "sdxs-512 have none): use --model sd15-lcm or sdxl-turbo, or give an IP-Adapter weight file "
+                        "sdxs-512 have none): use --model sd15-lcm, sdxl-turbo or sdxl-lcm, or give an IP-Adapter weight file "
                         "that fits this model")
-    patterns = (f"{files.subfolder}/{files.weight_name}", f"{files.image_encoder_folder}/*")
-    wanted = HubFiles(IP_ADAPTER_REPO, f"the {ref} IP-Adapter", patterns, narrow=True)
+    wanted = HubFiles(IP_ADAPTER_REPO, f"the {ref} IP-Adapter", hub_files(files), narrow=True)
     folder = fetch([wanted], f"IP-Adapter '{ref}'", _INSTEAD)[0]
     return AdapterSource(folder, files)
 

@@ -11,6 +11,7 @@ FAMILIES: tuple[str, ...] = ("sd15", "sd21", "sdxl", "tiny")
 TURBO_T_INDEX: tuple[int, ...] = (0,)  # one step from timestep 999 of the 50-step LCM schedule
 LCM_T_INDEX: tuple[int, ...] = (32, 45)  # StreamDiffusion's two-step LCM default: timesteps 359 and 99
 LCM_LORA_SD15 = "latent-consistency/lcm-lora-sdv1-5"
+LCM_LORA_SDXL = "latent-consistency/lcm-lora-sdxl"
 TAESD_REPO = "madebyollin/taesd"  # one TAESD serves SD 1.x and 2.x latents alike
 TAESDXL_REPO = "madebyollin/taesdxl"  # the same architecture trained on SDXL's latents
 
@@ -83,6 +84,13 @@ def _one_step(name: str, repo_id: str, description: str, family: Family, **trait
                      t_index_list=TURBO_T_INDEX, lcm_boundary=False, **traits)
 
 
+def _lcm_lora(name: str, repo_id: str, description: str, family: Family, lora_repo: str, *, resolution: int = 512,
+              **traits: Any) -> ModelSpec:
+    """A base model with an LCM-LoRA fused at load: two steps of the LCM schedule, with its boundary scalings."""
+    return ModelSpec(name=name, repo_id=repo_id, description=description, family=family, resolution=resolution,
+                     t_index_list=LCM_T_INDEX, lora_repo=lora_repo, **traits)
+
+
 def _built_locally(name: str, description: str, builder: str) -> ModelSpec:
     """Tiny random components of a real layout, built by streamdiff.models.tiny's `builder` with no download."""
     return ModelSpec(name=name, repo_id="", description=description, family="tiny", resolution=64,
@@ -99,25 +107,13 @@ REGISTRY: dict[str, ModelSpec] = {
         _one_step("sdxl-turbo", "stabilityai/sdxl-turbo",
                   "SDXL-Turbo: adversarially distilled SDXL 1.0, one to four steps at 512 px", "sdxl",
                   taesd_repo=TAESDXL_REPO, fp16_variant=True),
-        ModelSpec(
-            name="sd15-lcm",
-            repo_id="stable-diffusion-v1-5/stable-diffusion-v1-5",
-            description="Stable Diffusion 1.5 with LCM-LoRA fused, two steps",
-            family="sd15",
-            resolution=512,
-            t_index_list=LCM_T_INDEX,
-            lora_repo=LCM_LORA_SD15,
-            fp16_variant=True,
-        ),
-        ModelSpec(
-            name="tiny-sd",
-            repo_id="segmind/tiny-sd",
-            description="Segmind tiny-sd (distilled SD 1.5) with LCM-LoRA fused, two steps",
-            family="sd15",
-            resolution=512,
-            t_index_list=LCM_T_INDEX,
-            lora_repo=LCM_LORA_SD15,
-        ),
+        _lcm_lora("sdxl-lcm", "stabilityai/stable-diffusion-xl-base-1.0",
+                  "SDXL 1.0 with LCM-LoRA fused, two steps at 1024 px", "sdxl", LCM_LORA_SDXL, resolution=1024,
+                  taesd_repo=TAESDXL_REPO, fp16_variant=True),
+        _lcm_lora("sd15-lcm", "stable-diffusion-v1-5/stable-diffusion-v1-5",
+                  "Stable Diffusion 1.5 with LCM-LoRA fused, two steps", "sd15", LCM_LORA_SD15, fp16_variant=True),
+        _lcm_lora("tiny-sd", "segmind/tiny-sd", "Segmind tiny-sd (distilled SD 1.5) with LCM-LoRA fused, two steps",
+                  "sd15", LCM_LORA_SD15),
         _built_locally("tiny", "random-weight tiny components, built locally: meaningless pictures, for tests only",
                        "build_tiny_pipeline"),
         _built_locally("tiny-sdxl", "random-weight tiny SDXL components, built locally: meaningless pictures, for "
