@@ -42,12 +42,10 @@ class TorchDenoiser:
             self._given = None
         else:
             self._given = (timesteps, added_conditions.hidden_states(embeddings, self.pooled_width))
-        if self._given is not None:
-            for cache in self.caches:
-                self._refresh(cache)
+        self.restore()
 
     def restore(self) -> None:
-        """Store this denoiser's conditioning again (e.g. once the caches replay their refresh as a graph, so that
+        """Store this denoiser's conditioning (again: e.g. once the caches replay their refresh as a graph, so that
         the capture happens now rather than at the next prompt change)."""
         if self._given is not None:
             for cache in self.caches:
