@@ -123,8 +123,8 @@ def add_style_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("style picture (IP-Adapter)")
     group.add_argument("--style-image", default=None, metavar="PICTURE",
                        help="a picture whose look steers every frame, through an IP-Adapter (the published base one "
-                            "of the model's family unless --ip-adapter says otherwise): sd15-lcm, tiny-sd, sdxl-turbo and "
-                            "sdxl-lcm; SD 2.x models such as sd-turbo and sdxs-512 have none")
+                            "of the model's family unless --ip-adapter says otherwise): sd15-lcm, tiny-sd, sdxl-turbo "
+                            "and sdxl-lcm; SD 2.x models such as sd-turbo and sdxs-512 have none")
     group.add_argument("--ip-adapter", default=None, metavar="base|plus|FILE",
                        help="the IP-Adapter: base, plus (finer detail of the picture, 16 tokens instead of 4) or a "
                             "weight file with its image_encoder/ folder beside it; without --style-image the stream "

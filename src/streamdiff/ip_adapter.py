@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import images
+from .backends.graphs import capturing
 
 _KEY = "_streamdiff_ip_adapter"  # where a UNet keeps the IPAdapter that took it over
 
@@ -138,7 +139,7 @@ class IPAdapter:
     def apply(self, scale: float) -> None:
         """Make every layer weigh the image attention by `scale` (no work if it does). Not while a CUDA graph is
         captured: the write would become part of the graph, which is to read the scale instead."""
-        if scale == self._scale or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+        if scale == self._scale or capturing():
             return
         for processor in self.processors:
             processor.scale.fill_(scale)
@@ -150,8 +151,7 @@ class IPAdapter:
         embedding, or for projections that read the encoder's hidden states (IP-Adapter Plus), of its
         penultimate ones."""
         pixels = self.pixels(picture, feature_extractor).values
-        config = image_encoder.config
-        expected = (1, config.num_channels, config.image_size, config.image_size)
+        expected = _pixel_shape(image_encoder)
         if tuple(pixels.shape) != expected:
             raise ValueError(f"expected style pixels of shape {expected} for this image encoder; got "
                              f"{tuple(pixels.shape)} (made by another stream's preprocessing?)")
@@ -169,22 +169,18 @@ class IPAdapter:
     def negative(self, image_encoder: nn.Module, dtype: torch.dtype) -> Tensor:
         """The image tokens of no picture (1, N, D), the negative prompt's, as diffusers' pipelines make them: of a
         zero embedding, or (IP-Adapter Plus) of the hidden states of zero pixels."""
-        config = image_encoder.config
         if _reads_embedding(self.projection):
-            embedding = torch.zeros(1, config.projection_dim, device=image_encoder.device, dtype=image_encoder.dtype)
+            embedding = torch.zeros(1, image_encoder.config.projection_dim, device=image_encoder.device,
+                                    dtype=image_encoder.dtype)
         else:
-            pixels = torch.zeros(1, config.num_channels, config.image_size, config.image_size,
-                                 device=image_encoder.device, dtype=image_encoder.dtype)
-            embedding = self._embedding(image_encoder, pixels)
+            embedding = self._embedding(image_encoder, _zero_pixels(image_encoder))
         return self._tokens(embedding, dtype)
 
     @torch.no_grad()
     def warm(self, image_encoder: nn.Module) -> None:
         """Run the image encoder once as `encode` does, on zero pixels (e.g. to capture its CUDA graph before the
         first live picture)."""
-        config = image_encoder.config
-        self._embedding(image_encoder, torch.zeros(1, config.num_channels, config.image_size, config.image_size,
-                                                   device=image_encoder.device, dtype=image_encoder.dtype))
+        self._embedding(image_encoder, _zero_pixels(image_encoder))
 
     def _embedding(self, image_encoder: nn.Module, pixels: Tensor) -> Tensor:
         if _reads_embedding(self.projection):
@@ -207,6 +203,16 @@ def join(text: Tensor, tokens: Tensor, pooled: bool) -> Tensor:
 def token_slice(tokens: int, pooled: bool) -> slice:
     """Where `join` put the image tokens."""
     return slice(-(tokens + 1), -1) if pooled else slice(-tokens, None)
+
+
+def _pixel_shape(image_encoder: nn.Module) -> tuple[int, int, int, int]:
+    """The (1, 3, S, S) pixels a CLIP image encoder reads."""
+    config = image_encoder.config
+    return 1, config.num_channels, config.image_size, config.image_size
+
+
+def _zero_pixels(image_encoder: nn.Module) -> Tensor:
+    return torch.zeros(_pixel_shape(image_encoder), device=image_encoder.device, dtype=image_encoder.dtype)
 
 
 def _ip_processor(module: nn.Module) -> Any:

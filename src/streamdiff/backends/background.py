@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from . import compile as compiling
 from .conditioning import ConditioningCache
+from .graphs import capturing
 
 logger = logging.getLogger("streamdiff.backends")
 
@@ -70,7 +71,7 @@ class CallRecorder:
 
     def _hook(self, name: str, module: nn.Module) -> Callable[..., None]:
         def record(_: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            if name in self.calls or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+            if name in self.calls or capturing():
                 return
             self.calls[name] = RecordedCall(_copied(args), _copied(kwargs), ConditioningCache.reading(module))
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 from ..errors import first_line
-from .graphs import Capture, CudaGraphCapture, Replayable
+from .graphs import Capture, CudaGraphCapture, Replayable, capturing
 
 logger = logging.getLogger("streamdiff.backends")
 
@@ -83,7 +83,7 @@ class GraphedCall:
     def _graphable(self, tensors: list[Tensor]) -> bool:
         return (bool(tensors) and not torch.is_grad_enabled()
                 and all(t.device.type == self._device_type for t in tensors)
-                and not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()))
+                and not capturing())
 
     def _capture_for(self, key: Any, leaves: list[Any], spec: Any) -> None:
         statics = [leaf.clone() if isinstance(leaf, Tensor) else leaf for leaf in leaves]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +74,14 @@ class StoredProjection(nn.Module):
         self.value = self.values[shape]
 
 
+class _Installed(NamedTuple):
+    """What a cache put its stand-ins into."""
+
+    resnets: list[nn.Module]
+    attentions: list[tuple[nn.Module, tuple[str, ...]]]  # cross-attention layers, with their projections' names
+    stand_ins: list[StoredProjection]  # all of them, in the order made
+
+
 class ConditioningCache:
     """The stored time projections and cross-attention keys and values of one diffusers UNet2DConditionModel
     or ControlNetModel (`model`).
@@ -86,7 +95,7 @@ class ConditioningCache:
         self.owner: object | None = None
         self._switch = _Switch()
         # What _install covered, kept so that a refresh (every frame of a prompt transition) walks no modules.
-        self._installed: tuple[list[nn.Module], list[tuple[nn.Module, tuple[str, ...]]]] | None = None
+        self._installed: _Installed | None = None
         self._graphed: GraphedCall | None = None  # the refresh replayed as a CUDA graph (use_graph)
 
     @classmethod
@@ -114,12 +123,12 @@ class ConditioningCache:
             self._graphed(timesteps, embeddings)
             if not self._graphed.captured_last:  # a replay wrote the values of this shape: calls are to read them
                 shape = _shape_of(timesteps, embeddings)
-                for projection in self._stand_ins():
+                for projection in (self._installed or self._install()).stand_ins:
                     projection.select(shape)
         self.owner = owner
 
     def _store(self, timesteps: Tensor, embeddings: Tensor) -> None:
-        resnets, attentions = self._installed or self._install()
+        resnets, attentions, _ = self._installed or self._install()
         shape = _shape_of(timesteps, embeddings)
         if resnets:
             emb = self._time_embedding(timesteps)
@@ -136,17 +145,6 @@ class ConditioningCache:
                 states = attention.norm_encoder_hidden_states(states)
             for name in names:
                 getattr(attention, name).store(states, shape)
-
-    def _stand_ins(self) -> Iterator[StoredProjection]:
-        resnets, attentions = self._installed or self._install()
-        for resnet in resnets:
-            yield resnet.time_emb_proj
-        for attention, names in attentions:
-            for name in names:
-                yield getattr(attention, name)
-            if isinstance(attention.processor, ImagePromptAttention):
-                yield attention.processor.to_k_ip
-                yield attention.processor.to_v_ip
 
     @staticmethod
     def reading(model: nn.Module) -> bool:
@@ -176,25 +174,29 @@ class ConditioningCache:
 
     # ----- internals ------------------------------------------------------------------------------
 
-    def _install(self) -> tuple[list[nn.Module], list[tuple[nn.Module, tuple[str, ...]]]]:
-        """Put stand-ins in front of every projection the cache covers; the ResNets and cross-attention layers
-        (with their projections' names) that have them."""
+    def _install(self) -> _Installed:
+        """Put stand-ins in front of every projection the cache covers: the ResNets and cross-attention layers
+        (with their projections' names) that have them, and the stand-ins."""
+        stand_ins: list[StoredProjection] = []
+
+        def stand_in(module: nn.Module) -> StoredProjection:
+            made = module if isinstance(module, StoredProjection) else StoredProjection(module, self._switch)
+            stand_ins.append(made)
+            return made
+
         resnets = list(self._resnets()) if self._caches_time() else []
         for resnet in resnets:
-            resnet.time_emb_proj = self._stand_in(resnet.time_emb_proj)
+            resnet.time_emb_proj = stand_in(resnet.time_emb_proj)
         attentions = list(self._cross_attentions())
         for attention, names in attentions:
             for name in names:
-                setattr(attention, name, self._stand_in(getattr(attention, name)))
+                setattr(attention, name, stand_in(getattr(attention, name)))
             processor = attention.processor
             if isinstance(processor, ImagePromptAttention):
-                processor.to_k_ip = self._stand_in(processor.to_k_ip)
-                processor.to_v_ip = self._stand_in(processor.to_v_ip)
-        self._installed = resnets, attentions
+                processor.to_k_ip = stand_in(processor.to_k_ip)
+                processor.to_v_ip = stand_in(processor.to_v_ip)
+        self._installed = _Installed(resnets, attentions, stand_ins)
         return self._installed
-
-    def _stand_in(self, module: nn.Module) -> StoredProjection:
-        return module if isinstance(module, StoredProjection) else StoredProjection(module, self._switch)
 
     def _caches_time(self) -> bool:
         """Whether the embedding depends on the timesteps alone (no class labels or added conditions)."""

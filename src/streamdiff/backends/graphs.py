@@ -19,6 +19,12 @@ from torch import Tensor
 StepFn = Callable[[], "Tensor | None"]
 
 
+def capturing() -> bool:
+    """Whether a CUDA graph is being captured on the current stream: work done now would be recorded into it
+    (False without CUDA, where PyTorch's own test raises instead of answering)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 class Replayable(Protocol):
     def replay(self) -> None: ...
 
