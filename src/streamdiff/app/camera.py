@@ -41,7 +41,8 @@ def register(subparsers: Any) -> None:
                    help="switch prompts with n/p: the built-in gallery of styles, or a .txt/.yaml file")
     g.add_argument("--camera", default=None, metavar="SOURCE",
                    help="camera index, /dev/videoN, video file, stream URL (rtsp://, http://), image or folder, "
-                        "screen[:LEFT,TOP,WIDTH,HEIGHT] or pattern (default: camera 0, else the test pattern)")
+                        "screen[:LEFT,TOP,WIDTH,HEIGHT], an NDI source (ndi, ndi:NAME, ndi://HOST:PORT) or pattern "
+                        "(default: camera 0, else the test pattern)")
     g.add_argument("--blend", type=float, default=0.0, help="camera share of the output, 0..1 (+/-)")
     g.add_argument("--ema", type=float, default=0.0, help="output smoothing, 0..0.95 (e/d)")
     g.add_argument("--feedback", type=float, default=0.3, help="share of the last latent fed back, 0..0.9 (f/v)")
@@ -51,8 +52,9 @@ def register(subparsers: Any) -> None:
     g.add_argument("--mirror", action="store_true", help="mirror the camera, like a selfie view (m)")
     g.add_argument("--fullscreen", action="store_true", help="full-screen window with the output alone")
     g.add_argument("--output", action="append", default=None, metavar="WHERE",
-                   help="window (default), virtual (virtual camera), none, a video file (.mp4, .mkv, .mov) or "
-                        "a folder for PNG frames; repeat for several")
+                   help="window (default), virtual (virtual camera), ndi[:NAME] (an NDI source on the network, "
+                        "default name streamdiff), none, a video file (.mp4, .mkv, .mov) or a folder for PNG "
+                        "frames; repeat for several")
     g.add_argument("--display-fps", type=float, default=30.0, help="display rate (default 30)")
     g.add_argument("--display-size", type=int, default=512, help="height of each pane in pixels (default 512)")
     g.add_argument("--transition-frames", type=int, default=8, help="frames a prompt change takes (default 8)")
@@ -173,6 +175,7 @@ def _open_window(outputs: list[str], fullscreen: bool) -> Any:
 def _open_outputs(outputs: list[str], options: Any, render_size: tuple[int, int], fps: float | None) -> list[Any]:
     """The non-window sinks, at the output pane's size."""
     from streamdiff.app.display import pane_size
+    from streamdiff.app.ndi import NdiSink, is_ndi, sender_name
     from streamdiff.app.sinks import (
         VIDEO_SUFFIXES,
         NullSink,
@@ -192,11 +195,13 @@ def _open_outputs(outputs: list[str], options: Any, render_size: tuple[int, int]
             sinks.append(NullSink())
         elif name in ("virtual", "vcam", "virtualcam"):
             sinks.append(VirtualCameraSink(width, height, rate))
+        elif is_ndi(output):
+            sinks.append(NdiSink(sender_name(output), rate))
         elif Path(output).suffix.lower() in VIDEO_SUFFIXES:
             sinks.append(VideoFileSink(output, width, height, rate))
         elif Path(output).suffix == "" or Path(output).is_dir():
             sinks.append(PngSequenceSink(output))
         else:
-            raise UserError(f"unknown --output {output!r}: use window, virtual, none, a video file "
+            raise UserError(f"unknown --output {output!r}: use window, virtual, ndi[:NAME], none, a video file "
                             f"({', '.join(VIDEO_SUFFIXES)}) or a folder for PNG frames")
     return sinks

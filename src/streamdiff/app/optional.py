@@ -22,6 +22,7 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "pythonosc": ("python-osc", "camera"),
     "mido": ("mido", "midi"),
     "rtmidi": ("python-rtmidi", "midi"),
+    "NDIlib": ("ndi-python", "ndi"),
 }
 
 

@@ -19,7 +19,7 @@ from streamdiff.errors import UserError
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".m4v", ".avi")
 # Audio codecs the MP4/MOV muxers take as they are; anything else is re-encoded to AAC.
 MP4_AUDIO = ("aac", "mp3", "alac", "ac3", "eac3", "opus")
-OTHER_OUTPUTS = "--output none, --output out.mp4, --output frames/ or --output virtual"
+OTHER_OUTPUTS = "--output none, --output out.mp4, --output frames/, --output virtual or --output ndi"
 
 
 class Sink(Protocol):

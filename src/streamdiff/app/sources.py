@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from streamdiff.app.ndi import is_ndi
 from streamdiff.app.optional import import_av, require
 from streamdiff.errors import UserError
 
@@ -327,13 +328,18 @@ def parse_region(text: str) -> tuple[int, int, int, int]:
 
 def open_source(spec: str, *, pace_files: bool = True) -> Source:
     """The source a --camera value names: an index, /dev/videoN, a video file, a stream URL,
-    an image or a folder of images, `screen[:LEFT,TOP,WIDTH,HEIGHT]`, or `pattern`."""
+    an image or a folder of images, `screen[:LEFT,TOP,WIDTH,HEIGHT]`, an NDI source (`ndi[:NAME]`,
+    `ndi://HOST:PORT`), or `pattern`."""
     spec = spec.strip()
     if spec.lower() in PATTERN_NAMES:
         return AnimatedPattern()
     if spec.lower() == "screen" or spec.lower().startswith("screen:"):
         region = spec.partition(":")[2]
         return Paced(ScreenRegion(parse_region(region) if region else None))
+    if is_ndi(spec):
+        from streamdiff.app.ndi import NdiSource
+
+        return NdiSource(spec)
     if spec.isdigit():
         return OpenCVCamera(int(spec))
     if spec.startswith("/dev/video"):
