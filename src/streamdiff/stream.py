@@ -21,6 +21,7 @@ from .batch import StreamBatch
 from .components import Components, place_module
 from .config import StreamConfig
 from .control import Control
+from .control_image import ControlImage
 from .device_steps import DeviceSteps
 from .devices import cpu_generator, resolve_device, resolve_dtype
 from .guidance import make_guidance
@@ -42,7 +43,7 @@ class StreamStats:
     last_similarity: float = math.nan
 
 
-class StreamPipeline(LiveSchedule, DeviceSteps, StyleImage):
+class StreamPipeline(LiveSchedule, DeviceSteps, StyleImage, ControlImage):
     """Stream Batch, residual CFG, the similarity filter and temporal smoothing over diffusers parts."""
 
     def __init__(
@@ -68,14 +69,13 @@ class StreamPipeline(LiveSchedule, DeviceSteps, StyleImage):
         self.control = None if not components.controlnets else \
             Control(components.controlnets, config, self.device, self.dtype, components.depth_estimator,
                     control_names)
-        self.denoiser = denoiser or TorchDenoiser(components.unet, control=self.control)
+        self._batch: StreamBatch | None = None
+        self.denoiser = denoiser or TorchDenoiser(components.unet, control=self.control)  # no batch yet to take it
         self.codec = codec or TorchCodec(components.vae, self.dtype)
         self.prompts = PromptEncoder(components.tokenizer, components.text_encoder, self.device, self.dtype,
                                      tokenizer_2=components.tokenizer_2, text_encoder_2=components.text_encoder_2,
                                      zero_empty_negative=components.zero_empty_negative)
-        self._apply_ip_adapter_scale()
         self.stats = StreamStats()
-        self._batch: StreamBatch | None = None
         self._schedules: dict[int, tuple[int, ...]] = {}  # the indices the stream last had per number of steps
         self._filter = self._make_filter(config.similarity_threshold, config.similarity_max_skip)
 
@@ -237,10 +237,20 @@ class StreamPipeline(LiveSchedule, DeviceSteps, StyleImage):
             self.codec = codec
         if denoiser is not None:
             self.denoiser = denoiser
-            self._apply_ip_adapter_scale()
-            if self._batch is not None:
-                self._batch.use_denoiser(denoiser)
-                self._recondition()
+
+    @property
+    def denoiser(self) -> Denoiser:
+        """What runs the UNet; assigning another one takes effect from the next frame on, as set_backend does."""
+        return self._denoiser
+
+    @denoiser.setter
+    def denoiser(self, denoiser: Denoiser) -> None:
+        """Hand the new denoiser the IP-Adapter scale, the prepared stream batch and the prompts' conditioning."""
+        self._denoiser = denoiser
+        self._apply_ip_adapter_scale()
+        if self._batch is not None:
+            self._batch.use_denoiser(denoiser)
+            self._recondition()
 
     def _recondition(self) -> None:
         """Hand the denoiser the prompts after they changed, for what it computes once per conditioning."""
@@ -250,49 +260,6 @@ class StreamPipeline(LiveSchedule, DeviceSteps, StyleImage):
         """Redraw the fixed noise from a seed or a weighted blend of seeds [(seed, weight), ...]."""
         self._require_prepared().set_noise(self._draw_noise(seed))
         self._seed = seed
-
-    def set_control_scale(self, scale: float, index: int | None = None) -> None:
-        """How strongly a ControlNet steers from the next frame on (0: not at all, 1: as trained): the one at
-        `index` (0-based, in the order given), or every one (None)."""
-        control = self._require_control()
-        count = len(control.controlnets)
-        if index is None:
-            scales: float | tuple[float, ...] = scale
-        else:
-            changed = list(self.config.control_scales(count))
-            changed[control.index(index)] = scale
-            scales = tuple(changed)
-        self.config = self.config.with_changes(control_scale=scales)  # checks the value first
-        control.set_scale(scale, index)
-
-    @property
-    def control_names(self) -> tuple[str, ...]:
-        """Each ControlNet's name, in order (its kind, or its folder's or hub repository's name); () without."""
-        return () if self.control is None else self.control.names
-
-    @property
-    def control_scales(self) -> tuple[float, ...]:
-        """Each ControlNet's scale, in order; () without ControlNet."""
-        return () if self.control is None else self.config.control_scales(len(self.control.controlnets))
-
-    @torch.no_grad()
-    def set_control_image(self, image: Any, index: int | None = None) -> None:
-        """Make the control picture from an image (its edges or depth, as preprocessed), for txt2img; img2img
-        replaces it. index: only the ControlNet at this index (0-based) takes it, e.g. a sketch for the canny
-        one and a depth map for the other (ControlNets of the same kind share one picture); None: every one."""
-        control = self._require_control()
-        if index is not None:
-            control.index(index)  # checked before any work
-        cfg = self.config
-        pixels, _ = images.prepare_input(image, cfg.width, cfg.height, cfg.fit, self.device, self.dtype)
-        if pixels.shape[0] not in (1, cfg.frame_buffer_size):
-            raise ValueError(f"expected 1 or {cfg.frame_buffer_size} control picture(s); got {pixels.shape[0]}")
-        control.update(pixels.expand(cfg.frame_buffer_size, -1, -1, -1), index)
-
-    def _require_control(self) -> Control:
-        if self.control is None:
-            raise ValueError("this stream has no ControlNet (from_model(..., controlnet=...) adds one)")
-        return self.control
 
     def set_temporal(self, *, feedback: float | None = None, ema: float | None = None) -> None:
         changes = {k: v for k, v in (("feedback", feedback), ("ema", ema)) if v is not None}

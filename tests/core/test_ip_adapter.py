@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from denoisers import RecordingDenoiser
 
 from streamdiff import StreamPipeline, ip_adapter
 from streamdiff.backends.torch import TorchDenoiser
@@ -186,6 +187,25 @@ def test_the_conditioning_cache_gives_the_same_numbers(tiny_pipe_factory, tiny_s
     plain.ip_adapter_scale = 0.9
     expected = plain(latents, timesteps, embeddings)
     torch.testing.assert_close(cached(latents, timesteps, embeddings), expected)
+
+
+@pytest.mark.parametrize("how", ["assigned", "set_backend"])
+def test_a_denoiser_handed_to_a_styled_stream_takes_its_scale(tiny_pipe_factory, how):
+    """A new denoiser starts at scale 0; `stream.denoiser = d`, as set_backend(denoiser=d), hands it the scale
+    in use, so the picture keeps steering."""
+    image, style = picture(18), style_picture(19)
+    made = make(with_adapter(tiny_pipe_factory()), style, t_index_list=(10, 30))
+    pipe = with_adapter(tiny_pipe_factory())
+    later = make(pipe, style, t_index_list=(10, 30))
+    new = RecordingDenoiser(pipe.unet)
+    if how == "assigned":
+        later.denoiser = new
+    else:
+        later.set_backend(denoiser=new)
+    assert new.ip_adapter_scale == SCALE
+    for _ in range(2):
+        torch.testing.assert_close(later.img2img(image), made.img2img(image))
+    assert new.log == ["condition", "call", "call"]
 
 
 def test_streams_sharing_a_unet_each_keep_their_scale(tiny_pipe_factory):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from denoisers import RecordingDenoiser
 
 from streamdiff import StreamPipeline
 
@@ -62,6 +63,25 @@ def test_latency_and_flush_give_every_frame_in_order(tiny_pipe_factory):
     aligned = outs[2:] + tail
     for frame, out in zip(inputs, aligned):
         torch.testing.assert_close(out, sequential.img2img(frame), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("how", ["assigned", "set_backend"])
+def test_a_denoiser_handed_to_a_running_stream_runs_its_next_frames(tiny_pipe_factory, how):
+    """`stream.denoiser = d` does what set_backend(denoiser=d) does: the stream batch calls d from the next
+    frame on, conditioned first; the pictures go on as they would have."""
+    settings = {"t_index_list": (10, 30), "cfg_type": "initialize", "guidance_scale": 1.4}
+    inputs = frames(3)
+    plain, stream = make(tiny_pipe_factory(), **settings), make(tiny_pipe_factory(), **settings)
+    torch.testing.assert_close(stream.img2img(inputs[0]), plain.img2img(inputs[0]))
+    new = RecordingDenoiser(stream.components.unet)
+    if how == "assigned":
+        stream.denoiser = new
+    else:
+        stream.set_backend(denoiser=new)
+    assert stream.denoiser is new and new.log == ["condition"]
+    for frame in inputs[1:]:
+        torch.testing.assert_close(stream.img2img(frame), plain.img2img(frame))
+    assert new.log == ["condition", "call", "call"]
 
 
 def test_one_step_equals_diffusers_img2img(tiny_pipe_factory):

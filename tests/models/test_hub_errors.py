@@ -96,10 +96,14 @@ def test_missing_model_is_one_clear_paragraph(runs, mode, target):
 def test_registry_model_names_every_missing_repo_and_how_to_get_it(runs, mode):
     message = _result(runs, mode, "sd15-lcm")["message"]
     assert message.startswith("model 'sd15-lcm' cannot be loaded:")
-    for repo, role in (("stable-diffusion-v1-5/stable-diffusion-v1-5", "the pipeline"),
-                       ("madebyollin/taesd", "TAESD, replacing its VAE"),
-                       ("latent-consistency/lcm-lora-sdv1-5", "its LoRA")):
-        assert f"{repo} ({role})" in message and f"`hf download {repo}`" in message
+    for repo, role, options in (
+            ("stable-diffusion-v1-5/stable-diffusion-v1-5", "the pipeline",  # only what the float32 load fetches
+             " --include 'model_index.json' --include 'scheduler/*' --include 'tokenizer*/*' --include '*/config.json'"
+             " --include '*/model.safetensors' --include '*/diffusion_pytorch_model.safetensors'"
+             " --exclude 'safety_checker/*' --exclude 'feature_extractor/*' --exclude 'vae/*'"),
+            ("madebyollin/taesd", "TAESD, replacing its VAE", ""),
+            ("latent-consistency/lcm-lora-sdv1-5", "its LoRA", "")):
+        assert f"{repo} ({role})" in message and f"`hf download {repo}{options}`" in message
     assert "--no-taesd (taesd=False)" in message and "huggingface-cli download" in message
 
 

@@ -22,6 +22,9 @@ class HubFiles:
     variant: str | None = None
     instead: str = ""  # an alternative that avoids this repo
     narrow: bool = False  # the repo holds far more than the patterns (h94/IP-Adapter): the download hint names them
+    # A pipeline (patterns None) whose weight folders each hold one .safetensors file per variant: its download hint
+    # names what diffusers fetches of it (pipeline_hint), not the whole repo with every variant and format.
+    safetensors: bool = False
 
 
 # What a model can be given as instead of a hub repo, offered when a repo cannot be fetched.
@@ -69,13 +72,28 @@ def _fetch_one(files: HubFiles) -> str:
     if files.patterns is None:
         from diffusers import StableDiffusionPipeline
 
-        # Components passed at load time are left out of the download: no safety checker, no VAE for TAESD.
-        skipped = dict.fromkeys(("safety_checker", "feature_extractor") + (("vae",) if files.skip_vae else ()))
+        skipped = dict.fromkeys(_skipped_components(files))
         with _quiet("diffusers.pipelines.pipeline_utils"):
             return str(StableDiffusionPipeline.download(files.repo, variant=files.variant, **skipped))
     from huggingface_hub import snapshot_download
 
     return snapshot_download(files.repo, allow_patterns=list(files.patterns))
+
+
+def _skipped_components(files: HubFiles) -> tuple[str, ...]:
+    """A pipeline's components passed at load time, which diffusers leaves out of its download: no safety checker
+    (nor its feature extractor), no VAE where TAESD replaces it."""
+    return ("safety_checker", "feature_extractor") + (("vae",) if files.skip_vae else ())
+
+
+def pipeline_hint(files: HubFiles) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The include and exclude patterns of what _fetch_one's diffusers download takes of a pipeline repo whose
+    weight folders each hold one .safetensors file (of files.variant where given): model_index.json, the scheduler
+    and tokenizers, each folder's config and weights but the skipped components' (and a few configs more)."""
+    weights = f".{files.variant}.safetensors" if files.variant else ".safetensors"
+    include = ("model_index.json", "scheduler/*", "tokenizer*/*", "*/config.json", f"*/model{weights}",
+               f"*/diffusion_pytorch_model{weights}")
+    return include, tuple(f"{component}/*" for component in _skipped_components(files))
 
 
 @contextmanager
@@ -153,9 +171,13 @@ def unavailable_message(subject: str, failures: Sequence[tuple[HubFiles, str]],
 
 
 def _download_command(files: HubFiles) -> str:
-    if files.narrow and files.patterns:
-        return f"`hf download {files.repo} {' '.join(f'--include {p!r}' for p in files.patterns)}`"
-    return f"`hf download {files.repo}`"
+    """`hf download REPO`, naming the files a load fetches where the whole repo holds far more."""
+    if files.patterns is None and files.safetensors:
+        include, exclude = pipeline_hint(files)
+    else:
+        include, exclude = (files.patterns or ()) if files.narrow else (), ()
+    options = [f" --include {p!r}" for p in include] + [f" --exclude {p!r}" for p in exclude]
+    return f"`hf download {files.repo}{''.join(options)}`"
 
 
 def _join(items: Sequence[str], word: str = "and") -> str:

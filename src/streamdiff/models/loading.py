@@ -159,7 +159,7 @@ def _load_registry(spec: ModelSpec, use_taesd: bool, dtype: torch.dtype, device:
     if spec.lora_repo:
         require_peft(spec.name, spec.lora_repo)
     variant = "fp16" if spec.fp16_variant and dtype in (torch.float16, torch.bfloat16) else None
-    wanted = [HubFiles(spec.repo_id, "the pipeline", skip_vae=use_taesd, variant=variant)]
+    wanted = [HubFiles(spec.repo_id, "the pipeline", skip_vae=use_taesd, variant=variant, safetensors=spec.safetensors)]
     if use_taesd:
         wanted.append(_taesd_files(spec.taesd_repo))
     if spec.lora_repo:

@@ -36,6 +36,9 @@ class ModelSpec:
     cfg_type: str = "none"  # residual CFG mode (streamdiff.config.CfgType value) the model was distilled for
     guidance_scale: float = 1.0  # 1.0: classifier-free guidance has no effect
     fp16_variant: bool = False  # the repo ships "fp16" weight files, fetched when loading in half precision
+    # Each weight folder of the repo holds one .safetensors file (an fp16 one too with fp16_variant), named as diffusers
+    # saves them: what a load fetches is known without the hub, so a download hint can name just that.
+    safetensors: bool = False
     local_builder: str | None = None  # "module:function" building the pipeline locally, without the hub
 
     def __post_init__(self) -> None:
@@ -103,15 +106,16 @@ REGISTRY: dict[str, ModelSpec] = {
         _one_step("sdxs-512", "IDKiro/sdxs-512-0.9",
                   "SDXS-512 0.9: one-step distilled SD 2.1-base, small UNet without a middle stage", "sd21"),
         _one_step("sd-turbo", "stabilityai/sd-turbo", "SD-Turbo: adversarially distilled SD 2.1, one to four steps",
-                  "sd21", fp16_variant=True),
+                  "sd21", fp16_variant=True, safetensors=True),
         _one_step("sdxl-turbo", "stabilityai/sdxl-turbo",
                   "SDXL-Turbo: adversarially distilled SDXL 1.0, one to four steps at 512 px", "sdxl",
-                  taesd_repo=TAESDXL_REPO, fp16_variant=True),
+                  taesd_repo=TAESDXL_REPO, fp16_variant=True, safetensors=True),
         _lcm_lora("sdxl-lcm", "stabilityai/stable-diffusion-xl-base-1.0",
                   "SDXL 1.0 with LCM-LoRA fused, two steps at 1024 px", "sdxl", LCM_LORA_SDXL, resolution=1024,
-                  taesd_repo=TAESDXL_REPO, fp16_variant=True),
+                  taesd_repo=TAESDXL_REPO, fp16_variant=True, safetensors=True),
         _lcm_lora("sd15-lcm", "stable-diffusion-v1-5/stable-diffusion-v1-5",
-                  "Stable Diffusion 1.5 with LCM-LoRA fused, two steps", "sd15", LCM_LORA_SD15, fp16_variant=True),
+                  "Stable Diffusion 1.5 with LCM-LoRA fused, two steps", "sd15", LCM_LORA_SD15, fp16_variant=True,
+                  safetensors=True),
         _lcm_lora("tiny-sd", "segmind/tiny-sd", "Segmind tiny-sd (distilled SD 1.5) with LCM-LoRA fused, two steps",
                   "sd15", LCM_LORA_SD15),
         _built_locally("tiny", "random-weight tiny components, built locally: meaningless pictures, for tests only",
