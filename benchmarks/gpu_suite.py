@@ -175,10 +175,11 @@ def phase_environment(args: argparse.Namespace) -> None:
 
 def phase_prewarm(args: argparse.Namespace) -> None:
     """Compile and capture one case so that the cache holds it (no timing)."""
+    import torch
+
+    from streamdiff.backends.accelerate import accelerate
     from streamdiff.bench.run import ModelPool, prepared_stream
     from streamdiff.bench.scenario import Scenario
-    from streamdiff.backends.accelerate import accelerate
-    import torch
 
     scenario = Scenario(model=args.model, steps=args.steps, cfg=args.cfg, frame_buffer_size=args.fbs,
                         taesd=not args.full_vae, accel="max", resolution=RES)
@@ -252,10 +253,11 @@ def phase_equality(args: argparse.Namespace) -> None:
 
 
 def phase_targets(args: argparse.Namespace) -> None:
+    import torch
+
     from streamdiff.bench.report import environment, markdown_table, stages_table, write_chart
     from streamdiff.bench.run import run_all
     from streamdiff.bench.scenario import Scenario
-    import torch
 
     base = Scenario(model="sd-turbo", resolution=RES, compare=False)
     scenarios = [base.with_changes(accel="none", compare=True)]
@@ -293,10 +295,11 @@ def phase_sdxs(args: argparse.Namespace) -> None:
 
 
 def phase_ablation(args: argparse.Namespace) -> None:
+    import torch
+
     from streamdiff.bench.ablation import ablation_cases, ablation_table, write_ablation_chart
     from streamdiff.bench.report import environment, markdown_table
     from streamdiff.bench.run import run_all
-    import torch
 
     cases = ablation_cases("sd-turbo", RES, "max")
     codec = [c for c in cases if c.group == "codec"]

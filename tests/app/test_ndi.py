@@ -105,6 +105,37 @@ def test_a_picture_arrives_by_name_and_by_address_with_its_colours():
         sink.close()
 
 
+def test_a_thread_of_its_own_sends_the_newest_picture_and_close_ends_it(monkeypatch):
+    """While the sender is busy with one picture, of the ones written meanwhile only the newest goes out."""
+    library = ndi_io.ndi_library()
+    real_send = library.send_send_video_v2
+    sent: list[tuple[str, int]] = []
+    first_sent, release = threading.Event(), threading.Event()
+
+    def recording_send(sender, frame):
+        sent.append((threading.current_thread().name, int(frame.data[0, 0, 0])))
+        first_sent.set()
+        assert release.wait(10)
+        real_send(sender, frame)
+
+    monkeypatch.setattr(library, "send_send_video_v2", recording_send)
+    sink = ndi_io.NdiSink(_unique("newest"))
+    try:
+        for level in (10, 20, 30, 40):
+            sink.write(np.full((8, 8, 3), level, np.uint8))
+            if level == 10:
+                assert first_sent.wait(10)
+        release.set()
+        deadline = time.monotonic() + 10
+        while sink.sent.count < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        release.set()
+        sink.close()
+    assert sent == [("streamdiff-ndi", 10), ("streamdiff-ndi", 40)]
+    assert not any(t.name == "streamdiff-ndi" for t in threading.enumerate())
+
+
 def test_a_source_that_stops_is_reported_lost():
     name = _unique("lost")
     sink = ndi_io.NdiSink(name)
@@ -189,3 +220,51 @@ def test_bad_ndi_values_are_one_line_errors(capsys):
     assert "ndi://HOST:PORT" in one_line_error(capsys)
     assert main(["camera", *TINY, "--camera", "pattern", "--output", "ndi://10.0.0.5:5961"]) == 2
     assert "--output ndi:NAME" in one_line_error(capsys)
+
+
+def test_the_web_page_stream_publishes_every_output_over_ndi_and_closes_it(tiny_engine):
+    from streamdiff.app.engine_io import EngineRunner
+    from streamdiff.app.keys import Controls, engine_controls
+    from streamdiff.web.bridge import WebStream
+    from streamdiff.web.protocol import HEADER_IN, PromptBook
+
+    name = _unique("web")
+    runner = EngineRunner(tiny_engine, ["a watercolor"], transition_frames=0)
+    sink = ndi_io.NdiSink(name)
+    web = WebStream(runner, Controls(seed=1, **engine_controls(tiny_engine)), PromptBook(runner.prompts), sinks=[sink])
+    web.start()
+    try:
+        page = web.connect(lambda message: None)
+        output = ndi_io.NdiSource(f"ndi:{name}", lost_seconds=0.5)
+        try:
+            made, deadline = None, time.monotonic() + 20
+            while made is None and time.monotonic() < deadline:
+                web.submit(page, HEADER_IN.pack(web.counts.received))  # no picture: a text-to-image frame
+                made = output.read()
+        finally:
+            output.close()
+    finally:
+        assert web.close(timeout=5.0)
+    assert made is not None and made.shape == (64, 64, 3) and made.std() > 0 and web.counts.generated >= 1
+    assert sink.sent.count >= 1 and not any(t.name == "streamdiff-ndi" for t in threading.enumerate())
+
+
+def test_the_web_command_opens_its_ndi_outputs_and_refuses_other_ones(monkeypatch, capsys):
+    from streamdiff.web import command
+
+    published: list[list[str]] = []
+
+    def serve_nothing(stream, listener, *args):
+        published.append([sink.source_name for sink in stream.sinks])
+        stream.close()
+        listener.close()
+        return "web: served nothing"
+
+    monkeypatch.setattr(command, "serve", serve_nothing)
+    names = [_unique("page"), _unique("page")]
+    assert main(["web", *TINY[:2], "--port", "0", "--transport", "websocket",
+                 "--output", f"ndi:{names[0]}", "--output", f"ndi:{names[1]}"]) == 0
+    assert [[n.rsplit("(", 1)[1] for n in sent] for sent in published] == [[f"{names[0]})", f"{names[1]})"]]
+    capsys.readouterr()
+    assert main(["web", *TINY[:2], "--port", "0", "--output", "out.mp4"]) == 2
+    assert "publishes over NDI: ndi or ndi:NAME" in one_line_error(capsys)

@@ -4,7 +4,7 @@ Handlers on the event loop only put pictures and controls into slots and take ou
 the model never runs on the event loop and a slow frame never holds up the page's other messages. One
 page drives the stream at a time: a newer page takes it over (a reload opens a new connection before the
 old one is gone), and the older page is told so and closed. Any number of viewers (the output alone, for a
-streaming program's browser source or a projector) get every output too.
+streaming program's browser source or a projector) and the sinks (NDI) get every output too.
 
     page --WebSocket--> submit() --> pictures slot --> inference thread --> deliver() --> page
                         change() --> controls slot --^      (decode, engine, JPEG)
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from streamdiff.app.engine_io import AiFrame, EngineRunner
-from streamdiff.app.frames import Frame
+from streamdiff.app.frames import Frame, convert_order
 from streamdiff.app.keys import Controls
 from streamdiff.app.midi_map import DEFAULT_MAP, Translator
 from streamdiff.app.optional import require
@@ -41,6 +41,7 @@ from streamdiff.app.remote import ControlError, apply_changes, control_type, no_
 from streamdiff.app.slots import LatestSlot, RateMeter
 from streamdiff.app.style import StylePicture, log_outcome, split_style
 from streamdiff.errors import first_line
+from streamdiff.web.clients import CLOSE, Client, Counts, Deliver, Picture
 from streamdiff.web.protocol import (
     PAGE_CONTROLS,
     REMOTE_CONTROL_TYPES,
@@ -59,43 +60,7 @@ from streamdiff.web.transport import Transport
 
 logger = logging.getLogger(__name__)
 
-# Output for a page: encoded picture bytes, a JSON-ready dict, or CLOSE (end that page's connection).
-CLOSE = object()
-Deliver = Callable[[Any], None]
 MAX_NAME_CHARS = 100  # of a style picture's file name, as the page and the overlay show it
-
-
-@dataclass(frozen=True)
-class Client:
-    """One connected page; `deliver` hands it an output from any thread."""
-
-    id: int
-    deliver: Deliver
-
-
-@dataclass(frozen=True)
-class Picture:
-    """A picture from the page as it arrived (the inference thread decodes it); no data: a text-to-image frame.
-    From a WebRTC track: `video` is the decoded frame (PyAV) and `answer` takes the output picture."""
-
-    client: int
-    sequence: int
-    data: bytes
-    time: float
-    video: Any = None
-    answer: Callable[[np.ndarray], None] | None = None
-
-
-@dataclass
-class Counts:
-    """Pictures received from pages, stylized, replaced unseen, made from text alone, and shown by the page."""
-
-    received: int = 0
-    stylized: int = 0
-    generated: int = 0
-    dropped: int = 0
-    page_shown: int = 0
-    page_fps: float = 0.0
 
 
 @dataclass
@@ -110,6 +75,7 @@ class WebStream:
     transport: Transport = field(default_factory=Transport)
     on_failure: Callable[[], None] = lambda: None  # the server stops when the inference thread fails
     midi: Translator = field(default_factory=lambda: Translator(DEFAULT_MAP))  # for MIDI from the page
+    sinks: list[Any] = field(default_factory=list)  # every output goes to these too (NDI); closed by close()
     pictures: LatestSlot[Picture] = field(default_factory=LatestSlot)
     applied: LatestSlot[Controls] = field(default_factory=LatestSlot)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -142,6 +108,8 @@ class WebStream:
         if self._thread is not None:
             self._thread.join(timeout)
         styles_stopped = self.runner.close(max(0.0, deadline - time.perf_counter()))
+        for sink in self.sinks:
+            sink.close()
         return styles_stopped and (self._thread is None or not self._thread.is_alive())
 
     def connect(self, deliver: Deliver) -> Client:
@@ -359,8 +327,8 @@ def inference_worker(stream: WebStream) -> None:
 
 
 def _hand_over(stream: WebStream, client: Client, picture: Picture, output: AiFrame) -> None:
-    """The output to the page (on its WebRTC track, or as a JPEG on its WebSocket) and to every viewer (on
-    its track, or as a JPEG)."""
+    """The output to the page (on its WebRTC track, or as a JPEG on its WebSocket), to every viewer (on
+    its track, or as a JPEG) and to the sinks."""
     receivers = stream.viewers()
     if picture.answer is not None:
         picture.answer(output.image)
@@ -368,6 +336,8 @@ def _hand_over(stream: WebStream, client: Client, picture: Picture, output: AiFr
         receivers.insert(0, client)
     for viewer in stream.video_viewers():
         viewer.deliver(output.image)
+    for sink in stream.sinks:
+        sink.write(convert_order(output.image, output.order, sink.order))
     if receivers:  # a WebRTC page with no viewers: no JPEG to make
         message = pack_output(picture.sequence, output.source_index, encode_jpeg(output.image, stream.quality))
         for receiver in receivers:

@@ -48,6 +48,9 @@ def register(subparsers: Any) -> None:
     g.add_argument("--ice-server", action="append", default=[], metavar="[USER:CREDENTIAL@]URL",
                    help="a STUN or TURN server for WebRTC, such as stun:stun.example.org:3478 (repeatable; "
                         "default none: pages reach the server directly)")
+    g.add_argument("--output", action="append", default=[], metavar="ndi[:NAME]",
+                   help="also publish the stylized pictures as an NDI source on the network (ndi: named "
+                        "streamdiff; ndi:NAME); repeatable")
     g.add_argument("--open", action="store_true", help="open the page in the default browser")
     g.add_argument("--cpu-threads", type=int, default=None,
                    help="torch threads when the model runs on the CPU (default: all cores but one)")
@@ -65,12 +68,13 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{option}: no such file: {path}")
     if not 1 <= args.quality <= 100:
         raise UserError(f"--quality must be in 1..100; got {args.quality}")
+    senders = [_sender_name(output) for output in args.output]
     transport = choose_transport(TransportMode(args.transport), [IceServer.parse(s) for s in args.ice_server])
     listener = bind(args.host, args.port)  # before the model loads: a busy port fails at once
     remotes = None
     try:
         remotes = RemoteInputs.open(args, REMOTE_CONTROL_TYPES, map_opens_input=False)
-        stream = _stream(args, transport, remotes.midi_map)
+        stream = _stream(args, transport, remotes.midi_map, senders)
     except BaseException:
         listener.close()
         if remotes is not None:
@@ -148,11 +152,20 @@ def _url(args: argparse.Namespace, listener: socket.socket) -> str:
     return f"{'https' if args.ssl_certfile else 'http'}://{shown}:{port}/"
 
 
-def _stream(args: argparse.Namespace, transport: Transport, midi_map: Any) -> Any:
+def _sender_name(output: str) -> str:
+    from streamdiff.app.ndi import is_ndi, sender_name
+
+    if not is_ndi(output):
+        raise UserError(f"the web page's --output publishes over NDI: ndi or ndi:NAME; got {output!r}")
+    return sender_name(output)
+
+
+def _stream(args: argparse.Namespace, transport: Transport, midi_map: Any, senders: list[str]) -> Any:
     from streamdiff.app.camera import live_engine, style_name
     from streamdiff.app.engine_io import EngineRunner
     from streamdiff.app.keys import Controls, engine_controls
     from streamdiff.app.midi_map import Translator
+    from streamdiff.app.ndi import NdiSink
     from streamdiff.models.registry import DEFAULT_MODEL
     from streamdiff.web.bridge import WebStream
     from streamdiff.web.protocol import PromptBook
@@ -163,7 +176,7 @@ def _stream(args: argparse.Namespace, transport: Transport, midi_map: Any) -> An
     return WebStream(runner, replace(controls, **engine_controls(pipe)),
                      PromptBook(runner.prompts),
                      model=args.model or DEFAULT_MODEL, quality=args.quality, transport=transport,
-                     midi=Translator(midi_map))
+                     midi=Translator(midi_map), sinks=[NdiSink(name) for name in senders])
 
 
 def make_server(stream: Any, certfile: str | None = None, keyfile: str | None = None) -> Any:

@@ -13,7 +13,8 @@ from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from streamdiff.web.bridge import CLOSE, Client, WebStream
+from streamdiff.web.bridge import WebStream
+from streamdiff.web.clients import CLOSE, Client
 from streamdiff.web.protocol import MAX_FRAME_BYTES, ProtocolError, UploadError, parse_text
 
 STATIC = Path(__file__).parent / "static"

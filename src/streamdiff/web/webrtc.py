@@ -26,7 +26,8 @@ from aiortc.mediastreams import MediaStreamError
 
 from streamdiff.app.optional import import_av
 from streamdiff.errors import first_line
-from streamdiff.web.bridge import Client, WebStream
+from streamdiff.web.bridge import WebStream
+from streamdiff.web.clients import Client
 from streamdiff.web.transport import Transport
 
 logger = logging.getLogger(__name__)
