@@ -36,7 +36,11 @@ def add_to_hub_cache(cache_dir: Path, repo_id: str, folder: Path) -> Path:
 _RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
            "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
 _TOP = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+        "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",  # SDXL's "text_time"
         "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+# OpenCLIP's names for the parts of a transformers CLIP text layer (SDXL's second text encoder).
+_OPEN_CLIP_LAYER = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+                    "self_attn.out_proj": "attn.out_proj"}
 
 
 def _resnet(rest: str) -> str:
@@ -65,19 +69,51 @@ def _unet_key_to_ldm(key: str, layers: int, up_has_attention: list[bool]) -> str
     return f"output_blocks.{block * (layers + 1) + layers}.{2 if up_has_attention[block] else 1}.conv.{m[2]}"
 
 
-def ldm_checkpoint(pipe) -> dict[str, torch.Tensor]:
-    """UNet and CLIP text encoder of a diffusers SD 1.x pipeline in the original single-file layout."""
-    config = pipe.unet.config
+def _ldm_unet(unet) -> dict[str, torch.Tensor]:
+    config = unet.config
     up_has_attention = [t.startswith("CrossAttn") for t in config.up_block_types]
-    state = {
+    return {
         "model.diffusion_model." + _unet_key_to_ldm(k, config.layers_per_block, up_has_attention): v
-        for k, v in pipe.unet.state_dict().items()
+        for k, v in unet.state_dict().items()
     }
-    text_state = pipe.text_encoder.state_dict()
+
+
+def _ldm_clip(text_encoder, prefix: str) -> dict[str, torch.Tensor]:
+    text_state = text_encoder.state_dict()
     # transformers 5 dropped the "text_model." level from CLIPTextModel's names; the original layout has it.
     nested = next(iter(text_state)).startswith("text_model.")
-    prefix = "cond_stage_model.transformer." + ("" if nested else "text_model.")
-    state.update({prefix + k: v for k, v in text_state.items()})
+    return {prefix + ("" if nested else "text_model.") + k: v for k, v in text_state.items()}
+
+
+def _open_clip(text_encoder, prefix: str) -> dict[str, torch.Tensor]:
+    """A transformers CLIPTextModelWithProjection in OpenCLIP's layout: one in_proj for the queries, keys and
+    values of a layer, the projection transposed (the inverse of diffusers' convert_open_clip_checkpoint)."""
+    state = {k.removeprefix("text_model."): v for k, v in text_encoder.state_dict().items()}
+    out = {"positional_embedding": state.pop("embeddings.position_embedding.weight"),
+           "token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
+           "ln_final.weight": state.pop("final_layer_norm.weight"), "ln_final.bias": state.pop("final_layer_norm.bias"),
+           "text_projection": state.pop("text_projection.weight").T}
+    state.pop("embeddings.position_ids", None)
+    for layer in range(text_encoder.config.num_hidden_layers):
+        head = f"encoder.layers.{layer}."
+        block = f"transformer.resblocks.{layer}."
+        for kind in ("weight", "bias"):
+            out[f"{block}attn.in_proj_{kind}"] = torch.cat(
+                [state.pop(f"{head}self_attn.{p}_proj.{kind}") for p in "qkv"])
+            for new, old in _OPEN_CLIP_LAYER.items():
+                out[f"{block}{old}.{kind}"] = state.pop(f"{head}{new}.{kind}")
+    assert not state, f"text encoder parameters left unconverted: {sorted(state)}"
+    return {prefix + k: v for k, v in out.items()}
+
+
+def ldm_checkpoint(pipe) -> dict[str, torch.Tensor]:
+    """UNet and text encoder(s) of a diffusers SD 1.x or SDXL pipeline in the original single-file layout."""
+    state = _ldm_unet(pipe.unet)
+    if getattr(pipe, "text_encoder_2", None) is None:
+        state.update(_ldm_clip(pipe.text_encoder, "cond_stage_model.transformer."))
+    else:
+        state.update(_ldm_clip(pipe.text_encoder, "conditioner.embedders.0.transformer."))
+        state.update(_open_clip(pipe.text_encoder_2, "conditioner.embedders.1.model."))
     return {k: v.contiguous() for k, v in state.items()}
 
 

@@ -92,7 +92,7 @@ def test_offline_without_the_adapter_names_it_and_what_to_pass_instead(offline_h
 
 def test_an_adapter_of_another_width_or_without_its_encoder_is_refused(tmp_path, tiny_pipe, tiny_sdxl_factory):
     other = write_adapter(tmp_path / "sdxl", tiny_sdxl_factory().unet)
-    with pytest.raises(UserError, match="reads embeddings 64 wide, the model's are 32 wide"):
+    with pytest.raises(UserError, match="reads embeddings 80 wide, the model's are 32 wide"):
         ip_adapters.load_ip_adapter(tiny_pipe, str(other), get_spec("tiny"))
     lone = tmp_path / "lone" / "ip-adapter.safetensors"
     lone.parent.mkdir()

@@ -83,6 +83,33 @@ def test_single_file_in_the_original_layout_loads_offline_with_a_local_config(
     assert loaded.spec.name == str(checkpoint) and loaded.spec.resolution == 64
 
 
+def test_an_sdxl_single_file_loads_offline_with_a_local_config(helpers, offline_hub, tiny_sdxl_factory, tmp_path):
+    """SDXL's original layout: the UNet with its "text_time" embedding, CLIP-L as conditioner.embedders.0 and
+    the second text encoder in OpenCLIP's layout as conditioner.embedders.1; the folder only configures, and
+    TAESDXL (from the hub cache) replaces the autoencoder, as by default."""
+    from safetensors.torch import save_file
+
+    reference = tiny_sdxl_factory()
+    checkpoint = tmp_path / "tiny-xl.safetensors"
+    save_file(helpers.ldm_checkpoint(reference), str(checkpoint))
+    config = tmp_path / "config"
+    reference.save_pretrained(config)
+    for part in ("unet", "text_encoder", "text_encoder_2"):
+        for weights in glob.glob(str(config / part / "*.safetensors")):
+            os.remove(weights)  # these can only come from the single file
+    reference.vae.save_pretrained(tmp_path / "taesdxl")
+    helpers.add_to_hub_cache(offline_hub, "madebyollin/taesdxl", tmp_path / "taesdxl")
+    loaded = load_model(str(checkpoint), config=str(config), **CPU)
+    pipe = loaded.pipe
+    assert type(pipe).__name__ == "StableDiffusionXLPipeline" and loaded.spec.family == "sdxl"
+    for part in ("unet", "text_encoder", "text_encoder_2", "vae"):
+        assert weights_equal(getattr(pipe, part), getattr(reference, part)), part
+    tokens = reference.tokenizer_2("a red fox", padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        ours, theirs = pipe.text_encoder_2(tokens), reference.text_encoder_2(tokens)
+    assert torch.equal(ours.text_embeds, theirs.text_embeds)  # the pooled, projected embedding SDXL adds
+
+
 def test_single_file_without_config_offline_names_the_base_config_repo(helpers, offline_hub, tiny_reference, tmp_path):
     from safetensors.torch import save_file
 

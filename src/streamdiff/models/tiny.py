@@ -14,6 +14,9 @@ import torch
 
 TINY_RESOLUTION = 64
 TINY_TEXT_WIDTH = 32
+# SDXL's second text tower is wider than its first (OpenCLIP bigG 1280, CLIP-L 768); so is the tiny one's, which
+# also lets diffusers' single-file loader tell them apart by width, as it does for the real ones.
+TINY_TEXT_WIDTH_2 = 48
 _SPECIAL = ("<|startoftext|>", "<|endoftext|>")
 # Merges of frequent English pairs, so that ordinary prompts take fewer tokens than characters.
 _MERGES = ("t h", "th e</w>", "a n", "i n", "e r", "o n", "r e", "a t", "e n", "s t")
@@ -69,22 +72,22 @@ def tiny_vocab_size() -> int:
     return len(json.loads((_tokenizer_folder() / "vocab.json").read_text()))
 
 
-def build_tiny_text_encoder(projection: bool = False):
+def build_tiny_text_encoder(projection: bool = False, width: int = TINY_TEXT_WIDTH):
     """CLIP's text tower, tiny; with `projection` the one SDXL adds (CLIPTextModelWithProjection: a pooled,
     projected embedding besides the hidden states)."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(
         vocab_size=tiny_vocab_size(),
-        hidden_size=TINY_TEXT_WIDTH,
-        intermediate_size=64,
+        hidden_size=width,
+        intermediate_size=2 * width,
         num_hidden_layers=2,
         num_attention_heads=4,
         max_position_embeddings=77,
         bos_token_id=tiny_vocab_size() - 2,
         eos_token_id=tiny_vocab_size() - 1,
         pad_token_id=tiny_vocab_size() - 1,
-        projection_dim=TINY_TEXT_WIDTH,
+        projection_dim=width,
     )
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
 
@@ -118,12 +121,12 @@ def build_tiny_sdxl_unet():
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         transformer_layers_per_block=(1, 2),
-        cross_attention_dim=2 * TINY_TEXT_WIDTH,  # both text towers' hidden states side by side
+        cross_attention_dim=TINY_TEXT_WIDTH + TINY_TEXT_WIDTH_2,  # both text towers' hidden states side by side
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",
         addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=6 * 8 + TINY_TEXT_WIDTH,  # six size numbers, the pooled text
+        projection_class_embeddings_input_dim=6 * 8 + TINY_TEXT_WIDTH_2,  # six size numbers, the pooled text
         norm_num_groups=8,
     ).eval()
 
@@ -212,7 +215,7 @@ def build_tiny_sdxl_pipeline(seed: int = 0, full_vae: bool = False):
         torch.manual_seed(seed)
         unet = build_tiny_sdxl_unet()
         text_encoder = build_tiny_text_encoder()
-        text_encoder_2 = build_tiny_text_encoder(projection=True)
+        text_encoder_2 = build_tiny_text_encoder(projection=True, width=TINY_TEXT_WIDTH_2)
         vae = build_tiny_vae() if full_vae else build_tiny_taesd()
     return StableDiffusionXLPipeline(
         vae=vae,
