@@ -167,6 +167,19 @@ def test_slot_keeps_only_the_newest_value_and_wakes_waiters():
     assert got == [(6, 9)]
 
 
+def test_a_worker_takes_each_newer_value_with_how_many_it_skipped_until_stopped():
+    slot: LatestSlot[int] = LatestSlot()
+    stop = threading.Event()
+    taken = slot.newer(stop, poll=0.01)
+    for value in range(3):
+        slot.put(value)
+    assert next(taken) == (3, 2, 2)  # the newest, two replaced before the worker looked
+    slot.put(7)
+    assert next(taken) == (4, 0, 7)
+    stop.set()
+    assert list(taken) == []
+
+
 def test_rate_meter_measures_and_decays():
     now = [0.0]
     meter = RateMeter(window=10, clock=lambda: now[0])

@@ -124,12 +124,7 @@ class NdiSink:
 def send_worker(ndi: ModuleType, sender: Any, rate: tuple[int, int], pictures: LatestSlot[np.ndarray],
                 sent: RateMeter, stop: threading.Event) -> None:
     """Send the newest BGRX picture whenever there is a newer one than the last sent, until `stop`."""
-    seen = 0
-    while not stop.is_set():
-        version, pixels = pictures.wait_newer(seen, timeout=0.5)
-        if version == seen or pixels is None:
-            continue
-        seen = version
+    for _, _, pixels in pictures.newer(stop):
         frame = ndi.VideoFrameV2()
         frame.data = pixels
         frame.FourCC = ndi.FOURCC_VIDEO_TYPE_BGRX

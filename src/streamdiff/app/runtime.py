@@ -135,13 +135,8 @@ def _recover(lost: Source, reopen: Callable[[], Source] | None, shared: Shared,
 
 def inference_worker(runner: EngineRunner, shared: Shared) -> None:
     """Always take the newest captured frame; controls changed by keys are applied between frames."""
-    seen = 0
-    while not shared.stop.is_set():
-        version, frame = shared.camera.wait_newer(seen, timeout=0.5)
-        if version == seen or frame is None:
-            continue
-        shared.dropped += version - seen - 1
-        seen = version
+    for version, skipped, frame in shared.camera.newer(shared.stop):
+        shared.dropped += skipped
         _, controls = shared.controls.peek()
         runner.apply(controls)
         if not controls.paused:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -38,6 +39,18 @@ class LatestSlot(Generic[T]):
         with self._changed:
             self._changed.wait_for(lambda: self._version > seen, timeout=timeout)
             return self._version, self._value
+
+    def newer(self, stop: threading.Event, poll: float = 0.5) -> Iterator[tuple[int, int, T]]:
+        """(version, skipped, value) for every value newer than the last one taken, until `stop` is set: how a
+        worker thread takes the newest value, `skipped` counting those replaced before it looked. Waits at most
+        `poll` s at a time, so that a stop is seen."""
+        seen = 0
+        while not stop.is_set():
+            version, value = self.wait_newer(seen, timeout=poll)
+            if version == seen or value is None:
+                continue
+            skipped, seen = version - seen - 1, version
+            yield version, skipped, value
 
     def wake(self) -> None:
         """Wake waiting readers without a new value (shutdown uses it so no one waits out a timeout)."""

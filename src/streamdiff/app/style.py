@@ -111,18 +111,13 @@ def prepare_worker(asked: LatestSlot[StylePicture], ready: LatestSlot[PreparedSt
     tells its sender why; one overtaken by a newer picture while it was being prepared is dropped, so a large
     photo that takes long never replaces a quicker picture asked for after it (this one thread prepares the
     pictures in the order they were asked for)."""
-    seen = 0
-    while not stop.is_set():
-        version, picture = asked.wait_newer(seen, timeout=0.5)
-        if version == seen or picture is None:
-            continue
-        seen = version
+    for version, _, picture in asked.newer(stop):
         try:
             pixels = prepare(picture.load())
         except (OSError, ValueError) as exc:
             picture.done(str(exc) or first_line(exc))
             continue
-        if asked.peek()[0] == seen and not stop.is_set():
+        if asked.peek()[0] == version and not stop.is_set():
             ready.put(PreparedStyle(picture, pixels))
 
 

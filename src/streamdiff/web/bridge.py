@@ -306,13 +306,8 @@ class WebStream:
 
 def inference_worker(stream: WebStream) -> None:
     """Always take the newest picture; apply changed controls between frames; answer the page it came from."""
-    seen = 0
-    while not stream.stop.is_set():
-        version, picture = stream.pictures.wait_newer(seen, timeout=0.5)
-        if version == seen or picture is None:
-            continue
-        stream.counts.dropped += version - seen - 1
-        seen = version
+    for _, skipped, picture in stream.pictures.newer(stream.stop):
+        stream.counts.dropped += skipped
         client = stream.current(picture.client)
         if client is None:
             continue
