@@ -143,24 +143,24 @@ def test_text_to_image_after_img2img_reuses_the_compiled_unet(_tiny_cache, tmp_p
     assert counters["stats"]["unique_graphs"] == before
 
 
-def _replay_with_changes(eager: StreamPipeline, fast, seed: int, change) -> None:
+def _replay_with_changes(eager: StreamPipeline, fast, seed: int, change, tolerance: int = 3) -> None:
     """Nine frames through both streams, `change(stream, k)` applied to both before frames 3 and 6; the pictures
-    stay within 3 levels of each other."""
+    stay within `tolerance` levels of each other."""
     for k, frame in enumerate(random_frames(9, (64, 64, 3), seed=seed)):
         if k in (3, 6):
             for stream in (eager, fast):
                 change(stream, k)
         difference = np.abs(fast.img2img(frame).astype(int) - eager.img2img(frame).astype(int))
-        assert difference.max() <= 3, f"frame {k}: {difference.max()} levels"
+        assert difference.max() <= tolerance, f"frame {k}: {difference.max()} levels"
 
 
-def _check_replays(make, tiny, mode: str, settings: dict, tmp_path, seed: int, change) -> Any:
+def _check_replays(make, tiny, mode: str, settings: dict, tmp_path, seed: int, change, tolerance: int = 3) -> Any:
     """A stream `make` builds, accelerated in `mode`, against its eager twin through _replay_with_changes; the
     step is captured once and never again. Returns the accelerated stream."""
     eager = make(tiny, cache_conditioning=False, **settings)
     fast, report = accelerate(make(tiny, **settings), mode, cache_dir=tmp_path)
     assert report.mode == mode and len(fast.captured) == 1
-    _replay_with_changes(eager, fast, seed, change)
+    _replay_with_changes(eager, fast, seed, change, tolerance)
     assert len(fast.captured) == 1
     return fast
 
@@ -353,14 +353,19 @@ def test_controlnet_replays_follow_prompt_changes(_tiny_cache, mode, tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["graphs", "max"])
-@pytest.mark.parametrize("vae", ["taesd", "vae"], ids=["taesd", "full-vae-in-float32"])
-def test_sdxl_replays_match_the_eager_engine(_tiny_sdxl_cache, mode, vae, tmp_path):
+@pytest.mark.parametrize("vae,dtype,tolerance", [("taesd", "float32", 1), ("vae", "float16", 3)],
+                         ids=["taesd-in-float32", "full-vae-in-float32"])
+def test_sdxl_replays_match_the_eager_engine(_tiny_sdxl_cache, mode, vae, dtype, tolerance, tmp_path):
     # The pooled embedding rides in the prompt's buffer and the size numbers are made inside the captured step;
     # a prompt or strength change reaches the replays in place. SDXL's own autoencoder runs in float32 in it.
+    # With TAESD the whole step runs in float32, 1 level from the eager engine: in float16 the tiny SDXL's
+    # rewritten modules alone, nothing captured, were up to 4 levels off (benchmarks/sdxl_replay_gap_probe.py),
+    # which would hide a stale replay; the float16 codec is held to the eager engine by the SD tests above.
     settings = {"t_index_list": (10, 30), "cfg_type": "self", "guidance_scale": 1.4}
-    fast = _check_replays(lambda tiny, **kw: _stream(tiny, "float16", **kw), _tiny_sdxl_cache[vae], mode, settings,
-                          tmp_path, 6, lambda s, k: s.update_prompt("a cat") if k == 3 else s.set_strength(0.3))
-    assert fast.pipe.components.vae.dtype == (torch.float32 if vae == "vae" else torch.float16)
+    fast = _check_replays(lambda tiny, **kw: _stream(tiny, dtype, **kw), _tiny_sdxl_cache[vae], mode, settings,
+                          tmp_path, 6, lambda s, k: s.update_prompt("a cat") if k == 3 else s.set_strength(0.3),
+                          tolerance)
+    assert fast.pipe.components.vae.dtype == torch.float32
 
 
 @pytest.mark.parametrize("mode", ["graphs", "max"])
