@@ -147,9 +147,12 @@ def test_each_hysteresis_round_grows_edges_by_one_pixel():
     assert np.diff(left_side).tolist() == [1, 1, 1, 1]
 
 
-def test_compiles_as_one_graph_and_matches_eager():
+def test_traces_as_one_graph_and_matches_eager():
+    # fullgraph fails at any graph break, which would split the captured step; aot_eager runs the traced,
+    # functionalized graph without Inductor's C++ build (35 s of the suite). Inductor's kernels are held to
+    # the eager engine on the device (tests/backends/test_cuda.py's canny ControlNet replays in max).
     pixels = to_tensor(shapes_picture(64))
-    compiled = torch.compile(canny_edges, fullgraph=True)
+    compiled = torch.compile(canny_edges, fullgraph=True, backend="aot_eager")
     assert torch.equal(compiled(pixels, 50.0, 150.0, hysteresis_steps=4),
                        canny_edges(pixels, 50.0, 150.0, hysteresis_steps=4))
 
