@@ -15,6 +15,7 @@ from conftest import SIZE, random_frames
 from torch._dynamo.utils import counters
 
 from streamdiff.backends import compile as compiling
+from streamdiff.backends import graphs
 from streamdiff.backends.accelerate import accelerate
 from streamdiff.backends.background import SWITCH_INTERVAL, BackgroundCompile, CallRecorder
 
@@ -90,6 +91,39 @@ def test_a_failed_background_compile_leaves_the_stream_as_it_was(make_stream, ea
     np.testing.assert_array_equal(out, reference.img2img(frame, output_type="np"))
     assert (stream.mode, stream.upgrading) == ("none", False)
     assert not compiling.is_compiled(pipe.components.unet)
+
+
+def test_a_failed_capture_of_the_compiled_step_goes_back_to_the_uncompiled_modules(make_stream, eager_dynamo,
+                                                                                    monkeypatch, caplog):
+    """The compilation succeeded, but capturing its step fails (as a CUDA graph capture can): the frame is
+    stylized uncompiled, as the stream ran before the switch, and later step counts compile nothing."""
+    frames = random_frames(3, (SIZE, SIZE, 3))
+    reference = make_stream(t_index_list=(20, 35))
+    expected = [reference.img2img(frame, output_type="np") for frame in frames]
+    pipe = make_stream(t_index_list=(20, 35))
+    capture = graphs.DirectCall.capture
+
+    def refused_when_compiled(step, state):
+        if compiling.is_compiled(pipe.components.unet):
+            raise RuntimeError("operation not permitted when stream is capturing\nCUDA error ...")
+        return capture(step, state)
+
+    monkeypatch.setattr(graphs.DirectCall, "capture", staticmethod(refused_when_compiled))
+    stream, _ = accelerate(pipe, "compile", background=True, fold_upsampling=False)
+    np.testing.assert_array_equal(stream.img2img(frames[0], output_type="np"), expected[0])
+    assert stream.upgrade.wait(300) and stream.upgrade.error is None
+    with caplog.at_level(logging.WARNING, logger="streamdiff.backends"):
+        for frame, want in zip(frames[1:], expected[1:]):
+            np.testing.assert_array_equal(stream.img2img(frame, output_type="np"), want)
+    assert (f"capturing the compiled step (img2img of 1 x {SIZE}x{SIZE} uint8 frames) failed (RuntimeError: "
+            "operation not permitted when stream is capturing); staying with none") in caplog.text
+    assert (stream.mode, stream.upgrading) == ("none", False)
+    assert not compiling.is_compiled(pipe.components.unet)
+    stream.set_steps(1)
+    for frame in frames[:2]:  # the first warms the new count, the second captures its step
+        stream.img2img(frame, output_type="np")
+    assert (stream.mode, stream.upgrading) == ("none", False)
+    assert stream.captured == [f"img2img of 1 x {SIZE}x{SIZE} uint8 frames"]
 
 
 def test_the_worker_shortens_the_interpreters_switch_interval_while_it_runs(make_stream, eager_dynamo,

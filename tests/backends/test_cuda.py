@@ -230,6 +230,46 @@ def test_compiling_in_the_background_serves_graph_replays_until_the_switch(_tiny
     assert compiled == counters["stats"]["unique_graphs"] - before == 1  # the thread's UNet, compiled once
 
 
+def test_a_failed_capture_of_the_compiled_step_keeps_the_stream_on_uncompiled_graphs(_tiny_cache, tmp_path,
+                                                                                      monkeypatch, caplog):
+    """The background compile succeeded but its step's capture fails in CUDA (a host read inside the capture):
+    the stream captures uncompiled graphs again, in a usable CUDA state, with the eager engine's pictures."""
+    import logging
+
+    from streamdiff.backends import compile as compiling
+    from streamdiff.backends.graphs import CudaGraphCapture
+
+    torch._dynamo.reset()
+    pipe = _stream(_tiny_cache["taesd"], "float16", t_index_list=(30,))
+    capture = CudaGraphCapture.__call__
+
+    def reading_when_compiled(self, step, state):
+        if not compiling.is_compiled(pipe.components.unet):
+            return capture(self, step, state)
+
+        def reading():
+            out = step()
+            out.sum().item()  # not permitted while a CUDA graph is captured
+            return out
+        return capture(self, reading, state)
+
+    monkeypatch.setattr(CudaGraphCapture, "__call__", reading_when_compiled)
+    fast, _ = accelerate(pipe, "max", background=True, cache_dir=tmp_path)
+    frames = random_frames(4, (64, 64, 3))
+    returned = []
+    with caplog.at_level(logging.WARNING, logger="streamdiff.backends"):
+        while fast.upgrading or len(returned) < 8:
+            returned.append(fast.img2img(frames[len(returned) % len(frames)]))
+            assert len(returned) < 100_000
+    assert "capturing the compiled step (img2img of 1 x 64x64 uint8 frames) failed" in caplog.text
+    assert (fast.mode, fast.captured) == ("graphs", ["img2img of 1 x 64x64 uint8 frames"])
+    assert not compiling.is_compiled(pipe.components.unet)
+    eager = _stream(_tiny_cache["taesd"], "float16", cache_conditioning=False, t_index_list=(30,))
+    for k, picture in enumerate(returned):
+        difference = np.abs(picture.astype(int) - eager.img2img(frames[k % len(frames)]).astype(int))
+        assert difference.max() <= 3, f"frame {k}: {difference.max()} levels"
+
+
 def test_a_new_step_count_replays_uncompiled_graphs_until_its_compiled_step_is_ready(_tiny_cache, tmp_path):
     """set_steps on a stream compiling in the background: the new count's uncompiled graphs at once, its compiled
     ones when the thread is done; back to a compiled count at once. The pictures are the eager engine's."""

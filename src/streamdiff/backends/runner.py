@@ -250,6 +250,11 @@ class AcceleratedStream(Upgrades):
             self._steps.keep_uncaptured(key)
             logger.warning("out of GPU memory while capturing the %s step: these frames run uncaptured", key.describe())
             return
+        except Exception as error:
+            if not self._leave_compiled(error, key.describe()):
+                raise
+            self._build(key, frames)
+            return
         self._steps.add(key, Step(buffers, record, out, check))
         self._progress(f"{self.mode}: captured the {key.describe()} step in {time.perf_counter() - start:.1f} s")
 

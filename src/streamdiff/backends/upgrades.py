@@ -119,6 +119,20 @@ class Upgrades:
         install()
         self.set_capture(capture, mode)
 
+    def _leave_compiled(self: AcceleratedStream, error: Exception, step: str) -> bool:
+        """After capturing a step of background-compiled modules failed: run them uncompiled, as before the
+        switch, and compile no later counts (they would fail alike). False where the stream is not running
+        such modules: the failure is then the caller's."""
+        plan = self._new_counts
+        if plan is None or self.mode != plan.compiled[1] or plan.uncompiled[1] == plan.compiled[1]:
+            return False
+        logger.warning("capturing the compiled step (%s) failed (%s); staying with %s", step, first_line(error),
+                       plan.uncompiled[1])
+        self._new_counts = None
+        self._stop_recording()
+        self._install(functools.partial(compiling.uncompile, plan.parts), *plan.uncompiled)
+        return True
+
     def _use_compiled(self: AcceleratedStream, plan: NewCountPlan) -> None:
         """Back to the compiled modules (they hold the stream's count), dropping a recording under way."""
         self._stop_recording()
