@@ -60,18 +60,18 @@ def unpack(embeddings: Tensor, width: int) -> tuple[Tensor, Tensor]:
     return embeddings[:, :-1], embeddings[:, -1, :width]
 
 
-def hidden_states(embeddings: Tensor, width: int | None) -> Tensor:
-    """The hidden states (B, T, D) of embeddings packed for a model with pooled width `width` (None: as they are)."""
-    return embeddings if width is None else unpack(embeddings, width)[0]
-
-
 def size_numbers(latents: Tensor) -> Tensor:
     """(B, 6): the render size as original and target size, no crop, in the latents' dtype.
 
     Made with fills on the latents' device (no host copy), so it can be part of a captured CUDA graph.
     """
-    height, width = latents.shape[-2] * LATENT_SCALE, latents.shape[-1] * LATENT_SCALE
-    numbers = latents.new_zeros(latents.shape[0], SIZE_NUMBERS)
+    return size_numbers_for(latents.shape[0], (latents.shape[-2], latents.shape[-1]), latents)
+
+
+def size_numbers_for(batch: int, latent_size: tuple[int, int], like: Tensor) -> Tensor:
+    """size_numbers for `batch` latents of (height, width) `latent_size`, in the dtype and on the device of `like`."""
+    height, width = latent_size[0] * LATENT_SCALE, latent_size[1] * LATENT_SCALE
+    numbers = like.new_zeros(batch, SIZE_NUMBERS)
     numbers[:, 0::4] = height  # columns 0 and 4: original and target height
     numbers[:, 1::4] = width  # columns 1 and 5: original and target width
     return numbers

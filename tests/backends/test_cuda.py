@@ -393,14 +393,14 @@ def test_controlnet_replays_follow_prompt_changes(_tiny_cache, mode, tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["graphs", "max"])
-@pytest.mark.parametrize("vae,dtype,tolerance", [("taesd", "float32", 1), ("vae", "float16", 3)],
+@pytest.mark.parametrize("vae,dtype,tolerance", [("taesd", "float32", 2), ("vae", "float16", 3)],
                          ids=["taesd-in-float32", "full-vae-in-float32"])
 def test_sdxl_replays_match_the_eager_engine(_tiny_sdxl_cache, mode, vae, dtype, tolerance, tmp_path):
     # The pooled embedding rides in the prompt's buffer and the size numbers are made inside the captured step;
     # a prompt or strength change reaches the replays in place. SDXL's own autoencoder runs in float32 in it.
-    # With TAESD the whole step runs in float32, 1 level from the eager engine: in float16 the tiny SDXL's
-    # rewritten modules alone, nothing captured, were up to 4 levels off (benchmarks/sdxl_replay_gap_probe.py),
-    # which would hide a stale replay; the float16 codec is held to the eager engine by the SD tests above.
+    # With TAESD the whole step runs in float32, 1-2 levels from the eager engine (run to run): in float16 the tiny
+    # SDXL's rewritten modules alone, nothing captured, were up to 4 levels off (benchmarks/sdxl_replay_gap_probe.py),
+    # which would hide a stale replay (14 levels); the float16 codec is held to the eager engine by the SD tests.
     settings = {"t_index_list": (10, 30), "cfg_type": "self", "guidance_scale": 1.4}
     fast = _check_replays(lambda tiny, **kw: _stream(tiny, dtype, **kw), _tiny_sdxl_cache[vae], mode, settings,
                           tmp_path, 6, lambda s, k: s.update_prompt("a cat") if k == 3 else s.set_strength(0.3),

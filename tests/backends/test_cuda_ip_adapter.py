@@ -26,6 +26,10 @@ from streamdiff.stream import Components
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 TOLERANCE = 3  # levels of 255 between float16 replays and the eager engine, as in test_cuda.py
+# The tiny SDXL runs in float32: in float16 its rewritten modules alone, nothing captured, were up to 4 levels off
+# the eager engine from one run to the next (benchmarks/sdxl_replay_gap_probe.py), as its replays were; in float32
+# up to 1 level (the probe) and 2 (test_cuda.py's max replays).
+SDXL_TOLERANCE = 2
 Change = Callable[[StreamPipeline], None]
 
 
@@ -42,11 +46,12 @@ def _adapted_pipe(tiny, controlled: bool = False) -> tuple[object, list[torch.nn
     return pipe, nets
 
 
-def _stream(pipe, nets=(), cache_conditioning: bool = True, style: int = 1, **settings) -> StreamPipeline:
-    """A prepared float16 stream over `pipe`'s modules steered by style picture `style` (and by the ControlNets
-    `nets` on the frame's Canny edges)."""
+def _stream(pipe, nets=(), cache_conditioning: bool = True, style: int = 1, dtype: str = "float16",
+            **settings) -> StreamPipeline:
+    """A prepared stream over `pipe`'s modules steered by style picture `style` (and by the ControlNets `nets` on
+    the frame's Canny edges)."""
     settings = {"ip_adapter_scale": 0.8, **settings}
-    config = StreamConfig(device="cuda", dtype="float16", seed=3, width=64, height=64, fit="crop",
+    config = StreamConfig(device="cuda", dtype=dtype, seed=3, width=64, height=64, fit="crop",
                           canny_thresholds=(40, 120), **settings)
     stream = StreamPipeline(Components.from_diffusers(pipe, nets), config)
     stream.set_backend(denoiser=TorchDenoiser(pipe.unet, cache_conditioning=cache_conditioning,
@@ -62,12 +67,12 @@ def _adapted(tiny, cache_conditioning: bool = True, controlled: bool = False, **
 
 
 def _replays_follow(make: Callable[..., StreamPipeline], mode: str, changes: dict[int, Change], tmp_path,
-                    seed: int) -> None:
+                    seed: int, tolerance: int = TOLERANCE) -> None:
     """Nine frames through an eager stream and its twin accelerated in `mode`, each change applied to both before
-    its frame: the replays stay within TOLERANCE levels of the eager pictures, and the step is captured once.
+    its frame: the replays stay within `tolerance` levels of the eager pictures, and the step is captured once.
 
     A third, eager stream follows one change behind (each applied to it at the next change): each change must move
-    the pictures by more than TOLERANCE from it, or a replay that missed the change would pass unseen."""
+    the pictures by more than `tolerance` from it, or a replay that missed the change would pass unseen."""
     eager, lagging = make(cache_conditioning=False), make(cache_conditioning=False)
     fast, report = accelerate(make(), mode, cache_dir=tmp_path)
     assert report.mode == mode and len(fast.captured) == 1
@@ -83,11 +88,11 @@ def _replays_follow(make: Callable[..., StreamPipeline], mode: str, changes: dic
             behind, latest = changes[k], k
         expected = eager.img2img(frame).astype(int)
         difference = np.abs(fast.img2img(frame).astype(int) - expected).max()
-        assert difference <= TOLERANCE, f"frame {k}: {difference} levels"
+        assert difference <= tolerance, f"frame {k}: {difference} levels"
         late = np.abs(lagging.img2img(frame).astype(int) - expected).max()
         if latest is not None:
             moved[latest] = max(moved[latest], late)
-    assert min(moved.values()) > TOLERANCE, f"a change hardly moved the pictures (levels by change frame): {moved}"
+    assert min(moved.values()) > tolerance, f"a change hardly moved the pictures (levels by change frame): {moved}"
     assert len(fast.captured) == 1  # the changes reached the captured step in place
 
 
@@ -96,10 +101,11 @@ def _replays_follow(make: Callable[..., StreamPipeline], mode: str, changes: dic
 def test_replays_follow_live_scale_and_style_picture_changes(_tiny_cache, _tiny_sdxl_cache, sdxl, mode, tmp_path):
     # Full guidance: the negative prompt's buffer carries the image tokens of no picture, as diffusers makes them.
     tiny = (_tiny_sdxl_cache if sdxl else _tiny_cache)["taesd"]
-    settings = {"t_index_list": (10, 30), "cfg_type": "full", "guidance_scale": 1.4}
+    settings = {"t_index_list": (10, 30), "cfg_type": "full", "guidance_scale": 1.4, **_precision(sdxl)}
     changes: dict[int, Change] = {3: lambda stream: stream.set_ip_adapter_scale(2.0),
                                   6: lambda stream: stream.set_style_image(style_picture(2))}
-    _replays_follow(lambda **kw: _adapted(tiny, **settings, **kw), mode, changes, tmp_path, seed=11)
+    _replays_follow(lambda **kw: _adapted(tiny, **settings, **kw), mode, changes, tmp_path, seed=11,
+                    tolerance=SDXL_TOLERANCE if sdxl else TOLERANCE)
 
 
 @pytest.mark.parametrize("mode", ["graphs", "max"])
@@ -109,11 +115,17 @@ def test_controlnet_and_adapter_replays_match_the_eager_engine(_tiny_cache, _tin
     # stored again in place at each change. That the ControlNet reads no image tokens moves these pictures by 1-2
     # levels only, under TOLERANCE: tests/core/test_ip_adapter.py holds it to diffusers instead.
     tiny = (_tiny_sdxl_cache if sdxl else _tiny_cache)["taesd"]
-    settings = {"t_index_list": (10, 30), "cfg_type": "self", "guidance_scale": 1.4, "control_scale": 0.8}
+    settings = {"t_index_list": (10, 30), "cfg_type": "self", "guidance_scale": 1.4, "control_scale": 0.8,
+                **_precision(sdxl)}
     changes: dict[int, Change] = {3: lambda stream: stream.set_style_image(style_picture(3)),
                                   5: lambda stream: stream.set_ip_adapter_scale(0.2),
                                   7: lambda stream: stream.update_prompt("a boat")}
-    _replays_follow(lambda **kw: _adapted(tiny, controlled=True, **settings, **kw), mode, changes, tmp_path, seed=12)
+    _replays_follow(lambda **kw: _adapted(tiny, controlled=True, **settings, **kw), mode, changes, tmp_path, seed=12,
+                    tolerance=SDXL_TOLERANCE if sdxl else TOLERANCE)
+
+
+def _precision(sdxl: bool) -> dict[str, str]:
+    return {"dtype": "float32"} if sdxl else {}
 
 
 def test_graph_replays_weigh_their_own_picture_beside_a_stream_sharing_the_unet(_tiny_cache):

@@ -98,16 +98,89 @@ def test_a_prompt_transition_ends_where_a_direct_change_goes(tiny_sdxl_factory):
     assert (halfway._cond - direct._cond).abs().max() > 1e-3  # the pooled token blends with the rest
 
 
-def test_the_conditioning_cache_gives_the_same_numbers(tiny_sdxl_factory):
-    unet = tiny_sdxl_factory().unet
-    latents, timesteps = torch.randn(2, 4, 8, 8), torch.tensor([999.0, 499.0])
-    stream = make(tiny_sdxl_factory(), t_index_list=(0,))
-    embeddings = stream.prompts.encode(PROMPT).expand(2, -1, -1)
+def _sdxl_inputs(pipe, size: tuple[int, int] = (8, 8), prompt: str = PROMPT):
+    latents = torch.randn(2, 4, *size, generator=torch.Generator().manual_seed(size[0]))
+    embeddings = make(pipe, t_index_list=(0,)).prompts.encode(prompt).expand(2, -1, -1)
+    return latents, torch.tensor([999.0, 499.0]), embeddings
+
+
+@torch.no_grad()
+def test_the_conditioning_cache_stores_the_time_projections_too_and_gives_the_same_numbers(tiny_sdxl_factory):
+    """The time projections depend on the pooled embedding and the size numbers as well as the timesteps: they are
+    stored once the first call tells the size, and the calls read them, not their own pooled embedding."""
+    from diffusers.models.resnet import ResnetBlock2D
+
+    from streamdiff.backends.conditioning import StoredProjection
+
+    pipe = tiny_sdxl_factory()
+    unet = pipe.unet
+    latents, timesteps, embeddings = _sdxl_inputs(pipe)
+    plain = TorchDenoiser(unet, cache_conditioning=False)
     cached = TorchDenoiser(unet)
     cached.condition(timesteps, embeddings)
-    assert cached.caches and cached.caches[0]._installed[1]  # its cross-attention layers read stored keys/values
-    expected = TorchDenoiser(unet, cache_conditioning=False)(latents, timesteps, embeddings)
-    torch.testing.assert_close(cached(latents, timesteps, embeddings), expected)
+    assert torch.equal(cached(latents, timesteps, embeddings), plain(latents, timesteps, embeddings))
+    resnets = [m for m in unet.modules() if isinstance(m, ResnetBlock2D)]
+    assert resnets and all(isinstance(m.time_emb_proj, StoredProjection) for m in resnets)
+    other = embeddings.clone()
+    other[:, -1] += 1.0  # another pooled embedding, the hidden states alike: only the time path sees it
+    assert torch.equal(cached(latents, timesteps, other), plain(latents, timesteps, embeddings))
+    assert not torch.allclose(plain(latents, timesteps, other), plain(latents, timesteps, embeddings))
+    bigger = torch.randn(2, 4, 12, 16)  # another size: other size numbers, stored at its first call
+    assert torch.equal(cached(bigger, timesteps, embeddings), plain(bigger, timesteps, embeddings))
+    assert torch.equal(cached(latents, timesteps, embeddings), plain(latents, timesteps, embeddings))
+
+
+@torch.no_grad()
+def test_a_new_conditioning_is_stored_for_every_size_called_so_far(tiny_sdxl_factory):
+    """A captured step reads its size's stored values by address: after a prompt change those of a size not called
+    last are new as well."""
+    from streamdiff.backends.conditioning import StoredProjection
+
+    pipe = tiny_sdxl_factory()
+    unet = pipe.unet
+    latents, timesteps, embeddings = _sdxl_inputs(pipe)
+    _, _, changed = _sdxl_inputs(pipe, prompt="a red balloon")
+    cached = TorchDenoiser(unet)
+    cached.condition(timesteps, embeddings)
+    cached(latents, timesteps, embeddings)
+    read = [m.value for m in unet.modules() if isinstance(m, StoredProjection)]  # what a step of 8x8 would read
+    cached(torch.randn(2, 4, 12, 16), timesteps, embeddings)
+    cached.condition(timesteps, changed)
+    fresh = TorchDenoiser(tiny_sdxl_factory().unet)
+    fresh.condition(timesteps, changed)
+    fresh(latents, timesteps, changed)
+    expected = [m.value for m in fresh.unet.modules() if isinstance(m, StoredProjection)]
+    assert len(read) == len(expected) > 0
+    for value, want in zip(read, expected):
+        assert torch.equal(value, want)
+
+
+def test_storing_sdxl_conditioning_without_the_pooled_embedding_or_the_size_is_refused(tiny_sdxl_factory):
+    from streamdiff.backends.conditioning import ConditioningCache
+
+    pipe = tiny_sdxl_factory()
+    _, timesteps, embeddings = _sdxl_inputs(pipe)
+    hidden, pooled = added_conditions.unpack(embeddings, added_conditions.pooled_width(pipe.unet))
+    cache = ConditioningCache.of(pipe.unet)
+    for given in ({}, {"pooled": pooled}, {"size": (8, 8)}):
+        with pytest.raises(ValueError, match="expected the pooled text embedding and the latents' size"):
+            cache.refresh(timesteps, hidden, owner=None, **given)
+    cache.refresh(timesteps, hidden, owner=None, pooled=pooled, size=(8, 8))
+
+
+def test_sdxl_streams_with_the_cache_equal_streams_without(tiny_sdxl_factory):
+    streams = []
+    for cache in (False, True):
+        stream = make(tiny_sdxl_factory(), t_index_list=(20, 35))
+        stream.denoiser = TorchDenoiser(stream.components.unet, cache_conditioning=cache)
+        streams.append(stream)
+    for k in range(5):
+        if k == 1:
+            for stream in streams:
+                stream.update_prompt("a red balloon", transition_frames=2)
+        image = picture(10 + k)
+        assert torch.equal(streams[1].img2img(image), streams[0].img2img(image)), f"frame {k}"
+    assert torch.equal(streams[1].txt2img("pt"), streams[0].txt2img("pt"))
 
 
 def test_a_controlnet_steers_as_diffusers_sdxl_controlnet_img2img(tiny_sdxl_factory):

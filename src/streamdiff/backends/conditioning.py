@@ -9,6 +9,10 @@ dropped too). Outside `active()` the UNet computes everything as usual, so other
 modules (a diffusers pipeline on shared weights) are unaffected. A ControlNetModel is a copy of the UNet's
 down and middle stages called with the same timesteps and embeddings, so the same cache covers it (10
 projections and 7 cross-attention layers in SD 2.1's), with a cache of its own.
+
+SDXL's UNet (and ControlNet) adds to the timestep embedding a projection of the pooled text embedding and of
+the size numbers (added_conditions.py), so its time projections (17 ResNets, and the two embeddings' own
+products) are stored from those too: the latents' size is part of what the stored values are kept per.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import added_conditions
 from ..ip_adapter import ImagePromptAttention, split
 from .call_graph import GraphedCall
 
@@ -29,6 +34,8 @@ _KEY = "_streamdiff_conditioning"  # where a UNet or ControlNet keeps its cache 
 # Processors known to project the keys and values of cross-attention from encoder_hidden_states, unchanged (and
 # the IP-Adapter's, which projects the text tokens so and the image tokens with projections of its own).
 _PLAIN_PROCESSORS = ("AttnProcessor", "AttnProcessor2_0", "FusedAttnProcessor2_0")
+
+LatentSize = tuple[int, int]  # the latents' height and width
 
 
 class _Switch:
@@ -115,23 +122,29 @@ class ConditioningCache:
             self._graphed = None
 
     @torch.no_grad()
-    def refresh(self, timesteps: Tensor, embeddings: Tensor, owner: object) -> None:
-        """Store the projections for the model's calls with timesteps (B,) and embeddings (B, 77, D)."""
+    def refresh(self, timesteps: Tensor, embeddings: Tensor, owner: object, pooled: Tensor | None = None,
+                size: LatentSize | None = None) -> None:
+        """Store the projections for the model's calls with timesteps (B,) and embeddings (B, 77, D), and for a model
+        with SDXL's added conditions the pooled text embedding (B, P) and the latents' size."""
+        if self._adds_text_time() and (pooled is None or size is None):
+            raise ValueError("expected the pooled text embedding and the latents' size for a model with SDXL's "
+                             "added conditions")
         if self._graphed is None:
-            self._store(timesteps, embeddings)
+            self._store(timesteps, embeddings, pooled, size)
         else:
-            self._graphed(timesteps, embeddings)
+            self._graphed(timesteps, embeddings, pooled, size)
             if not self._graphed.captured_last:  # a replay wrote the values of this shape: calls are to read them
-                shape = _shape_of(timesteps, embeddings)
+                shape = _shape_of(timesteps, embeddings, size)
                 for projection in (self._installed or self._install()).stand_ins:
                     projection.select(shape)
         self.owner = owner
 
-    def _store(self, timesteps: Tensor, embeddings: Tensor) -> None:
+    def _store(self, timesteps: Tensor, embeddings: Tensor, pooled: Tensor | None = None,
+               size: LatentSize | None = None) -> None:
         resnets, attentions, _ = self._installed or self._install()
-        shape = _shape_of(timesteps, embeddings)
+        shape = _shape_of(timesteps, embeddings, size)
         if resnets:
-            emb = self._time_embedding(timesteps)
+            emb = self._time_embedding(timesteps, pooled, size)
             for resnet in resnets:
                 resnet.time_emb_proj.store(emb if resnet.skip_time_act else resnet.nonlinearity(emb), shape)
         for attention, names in attentions:
@@ -199,17 +212,27 @@ class ConditioningCache:
         return self._installed
 
     def _caches_time(self) -> bool:
-        """Whether the embedding depends on the timesteps alone (no class labels or added conditions)."""
+        """Whether the embedding depends on what a refresh is told: the timesteps, and for SDXL's added conditions
+        the pooled embedding and the size (not class labels or other added conditions)."""
         model = self.model
-        return getattr(model, "class_embedding", None) is None and model.config.get("addition_embed_type") is None
+        return getattr(model, "class_embedding", None) is None and \
+            model.config.get("addition_embed_type") in (None, "text_time")
 
-    def _time_embedding(self, timesteps: Tensor) -> Tensor:
+    def _adds_text_time(self) -> bool:
+        return self.model.config.get("addition_embed_type") == "text_time"
+
+    def _time_embedding(self, timesteps: Tensor, pooled: Tensor | None, size: LatentSize | None) -> Tensor:
         """The embedding every ResNet projects, (B, 1280 for SD), as UNet2DConditionModel.forward and
         ControlNetModel.forward compute it (a ControlNet has the UNet's steps inline and no final activation)."""
         model = self.model
         # time_proj's sinusoids are float32 whatever the model's dtype; forward casts them to the sample's.
         projected = model.time_proj(timesteps).to(dtype=model.dtype)
         emb = model.time_embedding(projected, None)
+        if pooled is not None and size is not None:  # SDXL's added conditions (refresh requires them there)
+            # As forward's get_aug_embed does with the time_ids the engine passes (added_conditions.model_inputs).
+            time_ids = added_conditions.size_numbers_for(pooled.shape[0], size, pooled)
+            sized = model.add_time_proj(time_ids.flatten()).reshape(pooled.shape[0], -1)
+            emb = emb + model.add_embedding(torch.cat([pooled, sized], dim=-1).to(emb.dtype))
         act = getattr(model, "time_embed_act", None)
         return act(emb) if act is not None else emb
 
@@ -244,9 +267,10 @@ class ConditioningCache:
                 yield module, names
 
 
-def _shape_of(timesteps: Tensor, embeddings: Tensor) -> Hashable:
-    """What the stored values' shapes follow: one set of values per such key (StoredProjection.values)."""
-    return tuple(timesteps.shape), tuple(embeddings.shape), embeddings.dtype, embeddings.device
+def _shape_of(timesteps: Tensor, embeddings: Tensor, size: LatentSize | None) -> Hashable:
+    """What the stored values follow: one set of values per such key (StoredProjection.values). The size, where
+    given, is a value the time projections depend on, not a shape: streams of two sizes need values of their own."""
+    return tuple(timesteps.shape), tuple(embeddings.shape), embeddings.dtype, embeddings.device, size
 
 
 def _coverable(module: nn.Module | None) -> bool:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from .. import added_conditions, ip_adapter
-from .conditioning import ConditioningCache
+from .conditioning import ConditioningCache, LatentSize
 from .protocols import ControlResiduals
 
 
@@ -17,7 +17,11 @@ class TorchDenoiser:
     text embeddings is computed once per `condition` instead of at every call. With `control`, its ControlNets'
     residuals join every call; their own such work, on the same timesteps and embeddings, is cached alike. An SDXL
     UNet's embeddings carry the pooled text embedding as their last token (added_conditions.py), and those of a UNet
-    with an IP-Adapter its image tokens after the text (ip_adapter.py; a ControlNet reads the text alone)."""
+    with an IP-Adapter its image tokens after the text (ip_adapter.py; a ControlNet reads the text alone).
+
+    SDXL's time projections also depend on the latents' size, which calls tell: its conditioning is stored at the
+    first call of each size, and again for every size seen when the conditioning changes (a captured step of each
+    size reads its own stored values)."""
 
     def __init__(self, unet: torch.nn.Module, *, cache_conditioning: bool = True,
                  control: ControlResiduals | None = None):
@@ -29,7 +33,8 @@ class TorchDenoiser:
         self.ip_adapter = ip_adapter.IPAdapter.of(unet)
         self.image_tokens = 0 if self.ip_adapter is None else self.ip_adapter.tokens  # at the embeddings' end
         self.ip_adapter_scale = 0.0  # how strongly this stream's calls weigh the image tokens
-        self._given: tuple[Tensor, Tensor] | None = None
+        self._given: tuple[Tensor, Tensor] | None = None  # timesteps and embeddings (the pooled one packed in)
+        self._sizes: list[LatentSize] = []  # of the calls so far, where the conditioning depends on it; current last
 
     def condition(self, timesteps: Tensor | None, embeddings: Tensor | None) -> None:
         """The timesteps (B,) and embeddings (B, 77, D) of the calls from now on; None: calls differ (no cache).
@@ -38,39 +43,65 @@ class TorchDenoiser:
         """
         if not self.caches:
             return
-        if timesteps is None or embeddings is None:
-            self._given = None
-        else:
-            self._given = (timesteps, added_conditions.hidden_states(embeddings, self.pooled_width))
+        self._given = None if timesteps is None or embeddings is None else (timesteps, embeddings)
         self.restore()
 
     def restore(self) -> None:
         """Store this denoiser's conditioning (again: e.g. once the caches replay their refresh as a graph, so that
         the capture happens now rather than at the next prompt change)."""
-        if self._given is not None:
+        if self._storable():
             for cache in self.caches:
-                self._refresh(cache)
+                self._refresh(cache, self._sizes)
+
+    def _storable(self) -> bool:
+        """Whether there is conditioning to store: given, and (SDXL) the latents' size told by a call."""
+        return self._given is not None and (self.pooled_width is None or bool(self._sizes))
 
     def claim(self) -> bool:
         """Store this denoiser's conditioning again where another stream on the same UNet or ControlNet replaced
         it (before replaying captured calls), and its IP-Adapter scale; whether calls read stored conditioning."""
         if self.ip_adapter is not None:
             self.ip_adapter.apply(self.ip_adapter_scale)
-        if not self.caches or self._given is None:
+        if not self.caches or not self._storable():
             return False
         for cache in self.caches:
             if cache.owner is not self:
-                self._refresh(cache)
+                self._refresh(cache, self._sizes)
         return True
 
-    def _refresh(self, cache: ConditioningCache) -> None:
+    def _refresh(self, cache: ConditioningCache, sizes: list[LatentSize]) -> None:
+        """Store the conditioning in `cache`, for each of `sizes` where it depends on the size (the last one is
+        then what eager calls read)."""
         assert self._given is not None
-        timesteps, hidden = self._given
+        timesteps, embeddings = self._given
+        if self.pooled_width is None:
+            hidden, pooled = embeddings, None
+        else:
+            hidden, pooled = added_conditions.unpack(embeddings, self.pooled_width)
         if cache.model is not self.unet:
             hidden = ip_adapter.text_only(hidden, self.image_tokens)
-        cache.refresh(timesteps, hidden, owner=self)
+        if pooled is None:
+            cache.refresh(timesteps, hidden, owner=self)
+            return
+        for size in sizes:
+            cache.refresh(timesteps, hidden, owner=self, pooled=pooled, size=size)
+
+    def _tell_size(self, latents: Tensor) -> None:
+        """Where the conditioning depends on the latents' size: store it for a size other than the last call's."""
+        if self.pooled_width is None or not self.caches:
+            return
+        size = (int(latents.shape[-2]), int(latents.shape[-1]))
+        if self._sizes and self._sizes[-1] == size:
+            return
+        if size in self._sizes:
+            self._sizes.remove(size)
+        self._sizes.append(size)
+        if self._given is not None:
+            for cache in self.caches:  # where another stream stored since, each size again: it may share their keys
+                self._refresh(cache, [size] if cache.owner is self else self._sizes)
 
     def __call__(self, latents: Tensor, timesteps: Tensor, embeddings: Tensor) -> Tensor:
+        self._tell_size(latents)
         if not self.claim():
             return self._unet(latents, timesteps, embeddings)
         with ExitStack() as reading:  # the UNet and the ControlNet read their stored projections
