@@ -87,7 +87,8 @@ class TorchDenoiser:
             cache.refresh(timesteps, hidden, owner=self, pooled=pooled, size=size)
 
     def _tell_size(self, latents: Tensor) -> None:
-        """Where the conditioning depends on the latents' size: store it for a size other than the last call's."""
+        """Where the conditioning depends on the latents' size: store it for a size other than the last call's (in
+        the caches this denoiser stored last; claim() then stores every size again in the others)."""
         if self.pooled_width is None or not self.caches:
             return
         size = (int(latents.shape[-2]), int(latents.shape[-1]))
@@ -97,8 +98,9 @@ class TorchDenoiser:
             self._sizes.remove(size)
         self._sizes.append(size)
         if self._given is not None:
-            for cache in self.caches:  # where another stream stored since, each size again: it may share their keys
-                self._refresh(cache, [size] if cache.owner is self else self._sizes)
+            for cache in self.caches:
+                if cache.owner is self:
+                    self._refresh(cache, [size])
 
     def __call__(self, latents: Tensor, timesteps: Tensor, embeddings: Tensor) -> Tensor:
         self._tell_size(latents)
