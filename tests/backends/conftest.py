@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,3 +55,25 @@ def make_controlled_stream(_tiny_cache):
 def random_frames(count: int, shape: tuple[int, ...], seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(count)]
+
+
+@pytest.fixture(scope="session")
+def converted(_tiny_cache, tmp_path_factory):
+    """The Core ML parts of a prepared two-step 64x64 stream at strength 0.6 over the tiny components (img2img
+    and txt2img), converted once (a conversion takes seconds), as `streamdiff convert --model tiny --steps 2
+    --strength 0.6 --render-size 64` converts them: their folder, which tests copy before adding parts, and the
+    store."""
+    from streamdiff.backends.coreml import use_coreml
+    from streamdiff.backends.runner import AcceleratedStream
+
+    root = tmp_path_factory.mktemp("coreml")
+    pipe = StreamPipeline.from_diffusers(copy.deepcopy(_tiny_cache["taesd"]), device="cpu", seed=3, width=SIZE,
+                                         height=SIZE, strength=0.6, steps=2)
+    pipe.prepare("a red fox", negative_prompt="blurry")
+    store = use_coreml(pipe, root, load=None)
+    AcceleratedStream(pipe, None).warm(txt2img=True)
+    return root, store
+
+
+def copy_of_converted(converted, folder: Path) -> Path:
+    return Path(shutil.copytree(converted[0], folder / "coreml"))

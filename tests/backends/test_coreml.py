@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import coremltools as ct
 import numpy as np
 import pytest
 import torch
+from conftest import copy_of_converted
 
 from streamdiff import StreamPipeline
 from streamdiff.backends.accelerate import (
@@ -48,21 +48,6 @@ def _convert_stream(pipe: StreamPipeline, root: Path, *, txt2img: bool = False) 
     store = use_coreml(pipe, root, load=None)
     AcceleratedStream(pipe, None).warm(txt2img=txt2img)
     return store
-
-
-@pytest.fixture(scope="module")
-def converted(_tiny_cache, tmp_path_factory) -> tuple[Path, ModelStore]:
-    """The parts of the `tiny` fixture's stream (img2img and txt2img), converted once for the tests that start
-    from them (a conversion takes seconds): their folder, which tests copy before adding parts, and the store."""
-    root = tmp_path_factory.mktemp("coreml")
-    pipe = StreamPipeline.from_diffusers(copy.deepcopy(_tiny_cache["taesd"]), device="cpu", seed=3, width=SIZE,
-                                         height=SIZE, strength=0.6, steps=2)
-    pipe.prepare("a red fox", negative_prompt="blurry")
-    return root, _convert_stream(pipe, root, txt2img=True)
-
-
-def _copy_of(converted: tuple[Path, ModelStore], folder: Path) -> Path:
-    return Path(shutil.copytree(converted[0], folder / "coreml"))
 
 
 def _declared(path: Path) -> tuple[dict[str, tuple[list[int], int]], dict[str, tuple[list[int], int]]]:
@@ -122,7 +107,7 @@ def test_stored_parts_declare_the_stream_shapes_in_half_precision(tiny, converte
 
 def test_a_second_stream_of_the_same_weights_converts_nothing_and_other_weights_get_their_own(tiny, converted,
                                                                                              tmp_path):
-    root = _copy_of(converted, tmp_path)
+    root = copy_of_converted(converted, tmp_path)
     again = _convert_stream(tiny(), root)
     assert {p.relative_to(root) for p in again.asked} == {p.relative_to(converted[0]) for p in converted[1].asked}
     assert all(part.seconds is None for part in again.asked.values())
@@ -200,7 +185,7 @@ def test_a_stream_on_the_converted_parts_matches_pytorch_through_their_declared_
 
 
 def test_a_new_shape_converts_at_its_first_call(tiny, converted, tmp_path):
-    root, pipe = _copy_of(converted, tmp_path), tiny()
+    root, pipe = copy_of_converted(converted, tmp_path), tiny()
     store = _convert_stream(pipe, root)
     before = set(store.asked)
     assert all(part.seconds is None for part in store.asked.values())

@@ -2,30 +2,34 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
 from cli_checks import one_line_error
+from conftest import copy_of_converted
 
 from streamdiff.cli import main
 
 TINY = ["--model", "tiny", "--render-size", "64"]
 
 
-def test_convert_writes_the_stream_parts_once(tmp_path, capsys):
-    assert main(["convert", *TINY, "--steps", "2", "--strength", "0.6", "--out", str(tmp_path)]) == 0
+def test_convert_finds_the_parts_it_has_and_writes_the_others(converted, tmp_path, capsys):
+    out = copy_of_converted(converted, tmp_path)  # what this command converts, converted by the same code
+    stored = len(list(out.glob("*/*.mlpackage")))
+    command = ["convert", *TINY, "--steps", "2", "--strength", "0.6", "--out", str(out)]
+    assert main(command) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 4 and all("converted in" in line for line in lines[:3])
+    assert len(lines) == 4 and all(line.endswith(": already there") for line in lines[:3])
     assert {line.split("-")[0] for line in lines[:3]} == {"unet", "encoder", "decoder"}
-    assert lines[3] == f"3 parts in {tmp_path}; on the Mac: --accel coreml --coreml-dir {tmp_path}"
-    assert len(list(tmp_path.glob("*/*.mlpackage"))) == 3
+    assert lines[3] == f"3 parts in {out}; on the Mac: --accel coreml --coreml-dir {out}"
+    assert len(list(out.glob("*/*.mlpackage"))) == stored
 
-    assert main(["convert", *TINY, "--steps", "2", "--strength", "0.6", "--out", str(tmp_path)]) == 0
-    assert capsys.readouterr().out.count("already there") == 3
-    assert main(["convert", *TINY, "--steps", "2", "--strength", "0.6", "--frame-buffer-size", "2",
-                 "--out", str(tmp_path)]) == 0
-    assert capsys.readouterr().out.count("converted in") == 3  # two pictures per call: new shapes
-    assert len(list(tmp_path.glob("*/*.mlpackage"))) == 6
+    assert main([*command, "--frame-buffer-size", "2"]) == 0  # two pictures per call: new shapes
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and all(re.search(r": converted in \d+\.\d s$", line) for line in lines[:3])
+    assert {line.split("-")[0] for line in lines[:3]} == {"unet", "encoder", "decoder"}
+    assert len(list(out.glob("*/*.mlpackage"))) == stored + 3
 
 
 @pytest.mark.parametrize("options, expected", [

@@ -45,3 +45,7 @@ def controlnet_engine(tiny_pipe):
                                          device="cpu"))
     engine.prepare("a watercolor")
     return engine
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "server(*options): the options of the test's `streamdiff web` server")

@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -75,7 +76,8 @@ class Server:
     """`streamdiff web` in a process of its own, on a free port; ready=False starts it without waiting until it
     serves (`ready()` waits)."""
 
-    def __init__(self, *options: str, ready: bool = True) -> None:
+    def __init__(self, *options: str, ready: bool = True, osc_port: int | None = None) -> None:
+        self.osc_port = osc_port
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "NO_PROXY": "*", "no_proxy": "*"}
         self.process = subprocess.Popen([sys.executable, "-m", "streamdiff.cli", "web", *TINY, "--port", "0", *options],
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -115,22 +117,47 @@ class Server:
             self.process.communicate()
 
 
+OSC = "<a free UDP port>"  # in a `server` marker's options: a port nothing listens on yet, kept as Server.osc_port
+
+
+@dataclass(frozen=True)
+class File:
+    """In a `server` marker's options: a file the server reads at its start, written before it starts."""
+
+    name: str
+    content: str | bytes
+
+
 class ServerPool:
-    """Servers for the tests that ask for a plain one (`server`) or one that prefers WebRTC (`webrtc_server`),
-    each started one test ahead while tests of that kind are still to come: a start (seconds of imports and of
-    building the model) then overlaps the test before it instead of adding to the run."""
+    """The server of every test that asks for one (`server`, with the options of its `server` marker), each
+    started while the test before it runs: a start (seconds of imports and of building the model) then overlaps
+    that test instead of adding to the run."""
 
-    OPTIONS = {"server": (), "webrtc_server": ("--transport", "webrtc")}
-
-    def __init__(self, tests: list[pytest.Item]) -> None:
-        self.waiting = {kind: sum(kind in getattr(test, "fixturenames", ()) for test in tests) for kind in self.OPTIONS}
+    def __init__(self, tests: list[pytest.Item], folder) -> None:
+        self.tests = [test for test in tests if "server" in getattr(test, "fixturenames", ())]
+        self.folder = folder
         self.spares: dict[str, Server] = {}
 
-    def take(self, kind: str) -> Server:
-        self.waiting[kind] -= 1
-        server = self.spares.pop(kind, None) or Server(*self.OPTIONS[kind], ready=False)
-        if self.waiting[kind] > 0:
-            self.spares[kind] = Server(*self.OPTIONS[kind], ready=False)
+    def _start(self, test: pytest.Item) -> Server:
+        marker = test.get_closest_marker("server")
+        options, osc_port = [], None
+        for option in marker.args if marker else ():
+            if option == OSC:
+                osc_port = free_udp_port()
+                option = str(osc_port)
+            elif isinstance(option, File):
+                path = self.folder / test.name / option.name
+                path.parent.mkdir(exist_ok=True)
+                (path.write_bytes if isinstance(option.content, bytes) else path.write_text)(option.content)
+                option = str(path)
+            options.append(option)
+        return Server(*options, ready=False, osc_port=osc_port)
+
+    def take(self, test: pytest.Item) -> Server:
+        server = self.spares.pop(test.nodeid, None) or self._start(test)
+        following = self.tests[self.tests.index(test) + 1:] if test in self.tests else []
+        if following and following[0].nodeid not in self.spares:
+            self.spares[following[0].nodeid] = self._start(following[0])
         return server.ready()
 
     def close(self) -> None:
@@ -139,24 +166,27 @@ class ServerPool:
 
 
 @pytest.fixture(scope="module")
-def servers(request):
-    pool = ServerPool([test for test in request.session.items if test.module is request.module])
+def servers(request, tmp_path_factory):
+    pool = ServerPool([test for test in request.session.items if test.module is request.module],
+                      tmp_path_factory.mktemp("server-files"))
     yield pool
     pool.close()
 
 
 @pytest.fixture
-def server(servers):
-    started = servers.take("server")
+def server(servers, request):
+    started = servers.take(request.node)
     yield started
     started.kill()
 
 
-@pytest.fixture
-def webrtc_server(servers):
-    started = servers.take("webrtc_server")
-    yield started
-    started.kill()
+def png(color: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((60, 80, 3), color, np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+DUSK = png((200, 60, 120))  # a style picture
 
 
 def jpeg(seed: int) -> bytes:
@@ -338,14 +368,11 @@ SLIDER_LABELS = ("[...document.querySelectorAll('#control-scales label')]"
                  ".map((label) => `${label.firstChild.textContent.trim()} ${label.querySelector('input').value}`)")
 
 
-def test_each_controlnet_has_a_named_slider_that_follows_the_address_keys_osc_and_midi(tmp_path):
+@pytest.mark.server("--controlnet", "canny,depth", "--control-scale", "0.8,0.4",
+                    "--midi-map", File("map.yaml", "controls: {7: control_scale_2}\n"), "--osc", OSC)
+def test_each_controlnet_has_a_named_slider_that_follows_the_address_keys_osc_and_midi(server, tmp_path):
     from pythonosc.udp_client import SimpleUDPClient
 
-    osc_port = free_udp_port()
-    midi_map = tmp_path / "map.yaml"
-    midi_map.write_text("controls: {7: control_scale_2}\n")
-    server = Server("--controlnet", "canny,depth", "--control-scale", "0.8,0.4", "--midi-map", str(midi_map),
-                    "--osc", str(osc_port))
     browser = Browser("about:blank", tmp_path / "profile")
     scales = "[$('control_scale_1').value, $('control_scale_2').value]"
     try:
@@ -367,7 +394,7 @@ def test_each_controlnet_has_a_named_slider_that_follows_the_address_keys_osc_an
         browser.run("$('control_scale_2').value = '1.25'; $('control_scale_2').dispatchEvent(new Event('input'))")
         wait_for(server, lambda s: s["controls"]["control_scales"] == pytest.approx([0.8, 1.25]),
                  "the dragged depth slider to reach the stream")
-        SimpleUDPClient("127.0.0.1", osc_port).send_message("/streamdiff/control_scale_1", 1.5)
+        SimpleUDPClient("127.0.0.1", server.osc_port).send_message("/streamdiff/control_scale_1", 1.5)
         wait_until(lambda: browser.evaluate(scales) == ["1.5", "1.25"], "the canny slider to follow OSC", 30.0)
         browser.run("$('midi').click()")
         wait_until(lambda: browser.evaluate("midi.inputs.length") == 1, "the page to listen to the pads", 30.0)
@@ -376,18 +403,15 @@ def test_each_controlnet_has_a_named_slider_that_follows_the_address_keys_osc_an
         assert server.state()["controls"]["control_scales"] == [1.5, 2.0]
     finally:
         browser.close()
-        server.kill()
 
 
-def test_the_style_slider_and_picture_follow_the_address_keys_osc_and_midi_and_a_file_goes_up(tmp_path):
+@pytest.mark.server("--ip-adapter", "base", "--midi-map", File("map.yaml", "controls: {9: ip_adapter_scale}\n"),
+                    "--osc", OSC)
+def test_the_style_slider_and_picture_follow_the_address_keys_osc_and_midi_and_a_file_goes_up(server, tmp_path):
     from pythonosc.udp_client import SimpleUDPClient
 
-    osc_port = free_udp_port()
-    midi_map = tmp_path / "map.yaml"
-    midi_map.write_text("controls: {9: ip_adapter_scale}\n")
     picture = tmp_path / "dusk.png"
-    Image.fromarray(np.full((60, 80, 3), (200, 60, 120), np.uint8)).save(picture)
-    server = Server("--ip-adapter", "base", "--midi-map", str(midi_map), "--osc", str(osc_port))
+    picture.write_bytes(DUSK)
     browser = Browser("about:blank", tmp_path / "profile")
     slider, name = "$('ip_adapter_scale').value", "$('style-name').textContent"
     try:
@@ -407,7 +431,7 @@ def test_the_style_slider_and_picture_follow_the_address_keys_osc_and_midi_and_a
         wait_for(server, lambda s: s["controls"]["ip_adapter_scale"] == pytest.approx(1.1), "i i u u u to reach it")
         browser.run("$('ip_adapter_scale').value = '1.75'; $('ip_adapter_scale').dispatchEvent(new Event('input'))")
         wait_for(server, lambda s: s["controls"]["ip_adapter_scale"] == 1.75, "the dragged slider to reach the stream")
-        SimpleUDPClient("127.0.0.1", osc_port).send_message("/streamdiff/ip_adapter_scale", 0.5)
+        SimpleUDPClient("127.0.0.1", server.osc_port).send_message("/streamdiff/ip_adapter_scale", 0.5)
         wait_until(lambda: browser.evaluate(slider) == "0.5", "the slider to follow OSC", 30.0)
         browser.run("$('midi').click()")
         wait_until(lambda: browser.evaluate("midi.inputs.length") == 1, "the page to listen to the pads", 30.0)
@@ -423,17 +447,11 @@ def test_the_style_slider_and_picture_follow_the_address_keys_osc_and_midi_and_a
         assert browser.evaluate("$('notice').hidden") and server.state()["controls"]["ip_adapter_scale"] == 2.0
     finally:
         browser.close()
-        server.kill()
 
 
-def test_the_style_picture_and_scale_of_the_command_line_are_the_pages_start(tmp_path):
-    picture = tmp_path / "dusk.png"
-    Image.fromarray(np.full((60, 80, 3), (200, 60, 120), np.uint8)).save(picture)
-    server = Server("--style-image", str(picture), "--ip-adapter-scale", "0.8")  # the base adapter, random weights
-    try:
-        state = server.state()
-    finally:
-        server.kill()
+@pytest.mark.server("--style-image", File("dusk.png", DUSK), "--ip-adapter-scale", "0.8")  # the base adapter
+def test_the_style_picture_and_scale_of_the_command_line_are_the_pages_start(server):
+    state = server.state()
     assert state["style_image"] == "dusk.png" and state["controls"]["ip_adapter_scale"] == 0.8
 
 
@@ -467,10 +485,11 @@ def test_the_view_page_shows_what_a_driving_page_gets(server, tmp_path):
     assert shown >= 3
 
 
-def test_a_page_sends_its_camera_and_gets_the_output_over_webrtc(webrtc_server, tmp_path):
-    browser = Browser(webrtc_server.url, tmp_path / "profile")
+@pytest.mark.server("--transport", "webrtc")
+def test_a_page_sends_its_camera_and_gets_the_output_over_webrtc(server, tmp_path):
+    browser = Browser(server.url, tmp_path / "profile")
     try:
-        state = wait_for(webrtc_server, lambda s: s["page"]["shown"] >= 10, "the page to show 10 frames of the track")
+        state = wait_for(server, lambda s: s["page"]["shown"] >= 10, "the page to show 10 frames of the track")
         live, width, status = (browser.evaluate("rtc.live"), browser.evaluate("$('output-video').videoWidth"),
                                browser.evaluate("$('status').textContent"))
     finally:
@@ -480,17 +499,18 @@ def test_a_page_sends_its_camera_and_gets_the_output_over_webrtc(webrtc_server, 
     assert state["stylized"] >= state["page"]["shown"] and state["transport"]["prefer"] == "webrtc"
 
 
-def test_a_page_whose_webrtc_offer_is_refused_goes_on_over_the_websocket(webrtc_server, tmp_path):
+@pytest.mark.server("--transport", "webrtc")
+def test_a_page_whose_webrtc_offer_is_refused_goes_on_over_the_websocket(server, tmp_path):
     import base64
 
     browser = Browser("about:blank", tmp_path / "profile")
     try:
         browser.call("Fetch.enable", patterns=[{"urlPattern": "*/api/webrtc/offer"}])
-        browser.call("Page.navigate", url=webrtc_server.url)
+        browser.call("Page.navigate", url=server.url)
         offer = browser.event("Fetch.requestPaused")
         browser.call("Fetch.fulfillRequest", requestId=offer["requestId"], responseCode=503,
                      body=base64.b64encode(b'{"error": "refused for the test"}').decode())
-        state = wait_for(webrtc_server, lambda s: s["page"]["shown"] >= 5,
+        state = wait_for(server, lambda s: s["page"]["shown"] >= 5,
                          "the page to show 5 frames over the WebSocket")
         failed, notice = browser.evaluate("rtc.failed"), browser.evaluate("$('notice').textContent")
     finally:
@@ -500,14 +520,15 @@ def test_a_page_whose_webrtc_offer_is_refused_goes_on_over_the_websocket(webrtc_
     assert state["stylized"] >= 5
 
 
-def test_the_view_page_watches_over_webrtc(webrtc_server, tmp_path):
+@pytest.mark.server("--transport", "webrtc")
+def test_the_view_page_watches_over_webrtc(server, tmp_path):
     from websockets.sync.client import connect
 
-    browser = Browser(webrtc_server.url + "view", tmp_path / "profile")
+    browser = Browser(server.url + "view", tmp_path / "profile")
     try:
-        wait_for(webrtc_server, lambda s: s["viewers"] == 1, "the view page to connect")
+        wait_for(server, lambda s: s["viewers"] == 1, "the view page to connect")
         deadline = time.monotonic() + 60
-        with connect(webrtc_server.url.replace("http://", "ws://") + "ws", proxy=None) as page:
+        with connect(server.url.replace("http://", "ws://") + "ws", proxy=None) as page:
             sequence = 0
             while browser.evaluate("viewer.shown") < 3:
                 assert time.monotonic() < deadline, "the view page showed fewer than 3 frames in 60 s"
@@ -538,11 +559,12 @@ def webm(path, frames: int = 90) -> str:
     return str(path)
 
 
-def test_a_video_file_chosen_on_the_page_goes_up_as_a_webrtc_track(webrtc_server, tmp_path):
+@pytest.mark.server("--transport", "webrtc")
+def test_a_video_file_chosen_on_the_page_goes_up_as_a_webrtc_track(server, tmp_path):
     clip = webm(tmp_path / "clip.webm")
-    browser = Browser(webrtc_server.url, tmp_path / "profile")
+    browser = Browser(server.url, tmp_path / "profile")
     try:
-        wait_for(webrtc_server, lambda s: s["page"]["shown"] >= 3, "the camera to stream over WebRTC")
+        wait_for(server, lambda s: s["page"]["shown"] >= 3, "the camera to stream over WebRTC")
         document = browser.call("DOM.getDocument")["root"]["nodeId"]
         chooser = browser.call("DOM.querySelector", nodeId=document, selector="#file")["nodeId"]
         browser.call("DOM.setFileInputFiles", files=[clip], nodeId=chooser)
@@ -550,8 +572,8 @@ def test_a_video_file_chosen_on_the_page_goes_up_as_a_webrtc_track(webrtc_server
         while not browser.evaluate("rtc.live && rtc.source === page.source && $('camera').src.startsWith('blob:')"):
             assert time.monotonic() < deadline, "the file did not become the WebRTC source within 60 s"
             time.sleep(0.2)  # another process's page: there is no event to wait on
-        shown = webrtc_server.state()["page"]["shown"]
-        wait_for(webrtc_server, lambda s: s["page"]["shown"] >= shown + 5, "the file's frames to come back")
+        shown = server.state()["page"]["shown"]
+        wait_for(server, lambda s: s["page"]["shown"] >= shown + 5, "the file's frames to come back")
         video_width = browser.evaluate("rtc.track.getSettings().width")
     finally:
         browser.close()
@@ -560,11 +582,10 @@ def test_a_video_file_chosen_on_the_page_goes_up_as_a_webrtc_track(webrtc_server
 
 # Web MIDI as the browser gives it, with one controller whose messages the test plays (headless Chromium has
 # no MIDI devices of its own).
-def test_the_steps_slider_starts_at_the_engines_count_and_follows_the_address_keys_and_osc(tmp_path):
+@pytest.mark.server("--osc", OSC)
+def test_the_steps_slider_starts_at_the_engines_count_and_follows_the_address_keys_and_osc(server, tmp_path):
     from pythonosc.udp_client import SimpleUDPClient
 
-    osc_port = free_udp_port()
-    server = Server("--osc", str(osc_port))
     browser = Browser(server.url, tmp_path / "profile")
     slider = "$('steps').value"
     try:
@@ -581,12 +602,11 @@ def test_the_steps_slider_starts_at_the_engines_count_and_follows_the_address_ke
         browser.run("$('steps').value = '4'; $('steps').dispatchEvent(new Event('input'))")
         shown = wait_for(server, lambda s: s["controls"]["steps"] == 4, "the dragged slider to reach the stream")
         wait_for(server, lambda s: s["page"]["shown"] >= shown["page"]["shown"] + 3, "the page to go on at 4 steps")
-        SimpleUDPClient("127.0.0.1", osc_port).send_message("/streamdiff/steps", 2)
+        SimpleUDPClient("127.0.0.1", server.osc_port).send_message("/streamdiff/steps", 2)
         wait_for(server, lambda s: s["controls"]["steps"] == 2, "the OSC message to reach the stream")
         wait_until(lambda: browser.evaluate(slider) == "2", "the page's slider to follow the OSC message", 30.0)
     finally:
         browser.close()
-        server.kill()
 
 
 FAKE_MIDI = """
@@ -596,10 +616,10 @@ Object.defineProperty(navigator, "requestMIDIAccess", { value: async () => ({
 """
 
 
-def test_a_midi_controller_on_the_pages_machine_drives_the_stream_through_the_servers_map(tmp_path):
-    midi_map = tmp_path / "map.yaml"  # the server has no MIDI system: the map alone opens no input of its own
-    midi_map.write_text("controls: {1: {control: strength, min: 0.2, max: 0.6}, 4: blend}\nnotes: {60: toggle_mirror}\n")
-    server = Server("--midi-map", str(midi_map))
+# The server has no MIDI system: the map alone opens no input of its own.
+@pytest.mark.server("--midi-map", File("map.yaml", "controls: {1: {control: strength, min: 0.2, max: 0.6}, 4: blend}\n"
+                                                   "notes: {60: toggle_mirror}\n"))
+def test_a_midi_controller_on_the_pages_machine_drives_the_stream_through_the_servers_map(server, tmp_path):
     browser = Browser("about:blank", tmp_path / "profile")
     try:
         browser.call("Page.enable")  # without it, the script below is not kept for the next document
@@ -617,5 +637,4 @@ def test_a_midi_controller_on_the_pages_machine_drives_the_stream_through_the_se
         status, mirrored = browser.evaluate("$('status').textContent"), browser.evaluate("page.mirror")
     finally:
         browser.close()
-        server.kill()
     assert "MIDI Test pads" in status and mirrored, status
