@@ -251,11 +251,17 @@ def test_stand_ins_cover_the_controlnets_projections_and_survive_fusing(unet, co
     assert sum(isinstance(m, StoredProjection) for m in controlnet.modules()) == resnets + 2 * crosses
     after = controlnet.state_dict()
     assert list(after) == list(state) and all(after[k] is state[k] or torch.equal(after[k], state[k]) for k in state)
+    before = TorchDenoiser(unet, cache_conditioning=False, control=control)(latents, t, e)
     # accelerate strips the stand-ins of the cache the denoiser uses; its next call stores them again.
     _fuse_projections(controlnet)
     assert not any(isinstance(m, StoredProjection) for m in controlnet.modules())
+    # diffusers' own fuse_qkv_projections leaves a ControlNet's layers as they were; ours fuses every one.
+    layers = [m for m in controlnet.modules() if hasattr(m, "fused_projections")]
+    assert layers and all(m.fused_projections for m in layers)
+    assert {type(p).__name__ for p in controlnet.attn_processors.values()} == {"FusedAttnProcessor2_0"}
     out = cached(latents, t, e)
     assert any(isinstance(m, StoredProjection) and m.value is not None for m in controlnet.modules())
+    torch.testing.assert_close(out, before)
     torch.testing.assert_close(out, TorchDenoiser(unet, cache_conditioning=False, control=control)(latents, t, e))
 
 

@@ -198,7 +198,7 @@ def _prepare_modules(pipe: StreamPipeline, mode: AccelMode, cache_dir: str | Pat
         for module in (unet, vae, *pipe.components.controlnets):
             module.to(memory_format=torch.channels_last)
         for module in (unet, *pipe.components.controlnets):
-            if hasattr(module, "fuse_qkv_projections") and getattr(module, "original_attn_processors", None) is None:
+            if hasattr(module, "fuse_qkv_projections") and not _projections_fused(module):
                 _fuse_projections(module)
     _graph_change_work(pipe, on=mode.graphs and pipe.device.type == "cuda")
     if not mode.compiles:
@@ -241,14 +241,32 @@ def _set_codec(pipe: StreamPipeline, fuse_codec: bool, *, compiled: bool) -> Non
         codec_fusion.unfuse(vae)
 
 
+def _attention_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    from diffusers.models.attention_processor import Attention
+
+    return [module for module in model.modules() if isinstance(module, Attention)]
+
+
+def _projections_fused(model: torch.nn.Module) -> bool:
+    return any(layer.fused_projections for layer in _attention_layers(model))
+
+
 def _fuse_projections(model: torch.nn.Module) -> None:
     """One projection matrix product instead of three (two for cross-attention), in the UNet or the ControlNet.
     The stand-ins of the conditioning cache the denoiser uses go first, so that diffusers fuses the real
     projections; the denoiser's next call stores them again. An IP-Adapter's processors (ip_adapter.py), which
     diffusers would replace with its fused one, go back in: they read the fused projections."""
+    from diffusers.models.attention_processor import FusedAttnProcessor2_0
+
     ConditioningCache.of(model).remove()
     own = {name: p for name, p in model.attn_processors.items() if isinstance(p, ImagePromptAttention)}
     model.fuse_qkv_projections()
+    if not _projections_fused(model):
+        # ControlNetModel's fuse_qkv_projections (diffusers' AttentionMixin) passes over its Attention layers,
+        # which are of the older kind: they are fused here as the UNet's own method fuses its layers.
+        for layer in _attention_layers(model):
+            layer.fuse_projections(fuse=True)
+        model.set_attn_processor(FusedAttnProcessor2_0())
     if own:
         model.set_attn_processor({**model.attn_processors, **own})
 
