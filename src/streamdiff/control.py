@@ -82,13 +82,18 @@ class Control:
         return (*self.images.values(), self.scales)
 
     def residuals(self, latents: Tensor, timesteps: Tensor, embeddings: Tensor,
-                  added: dict[str, Any] | None = None) -> dict[str, Any]:
+                  added: dict[str, Any] | None = None, *, pictures: Sequence[Tensor] | None = None,
+                  scales: Tensor | None = None) -> dict[str, Any]:
         """The ControlNets' summed additions to a UNet call on latents (B, 4, h, w), hidden states (B, 77, D) and
         SDXL's added conditions (`added`: the UNet's added_cond_kwargs argument), as UNet keyword arguments.
 
         B is a multiple of F (slots are step-major, guidance repeats them), so frame i % F steers sample i.
+        `pictures` (one per kind, in the order of `images`) and `scales` stand in for the stream's own, where a
+        converted graph takes them as inputs.
         """
-        each = [self._scaled_residuals(i, latents, timesteps, embeddings, added or {})
+        pictures = dict(zip(self.images, pictures)) if pictures is not None else self.images
+        scales = self.scales if scales is None else scales
+        each = [self._scaled_residuals(i, latents, timesteps, embeddings, added or {}, pictures, scales)
                 for i in range(len(self.controlnets))]
         # Summed in ControlNet order, as MultiControlNetModel does; one ControlNet adds nothing.
         down = tuple(reduce(operator.add, stage) for stage in zip(*(d for d, _ in each)))
@@ -96,12 +101,13 @@ class Control:
         return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
 
     def _scaled_residuals(self, i: int, latents: Tensor, timesteps: Tensor, embeddings: Tensor,
-                          added: dict[str, Any]) -> tuple[list[Tensor], Tensor]:
+                          added: dict[str, Any], pictures: dict[ControlPreprocess, Tensor],
+                          scales: Tensor) -> tuple[list[Tensor], Tensor]:
         """ControlNet i's down-stage and middle-stage residuals, times its scale."""
-        picture = self.images[self.preprocesses[i]]
+        picture = pictures[self.preprocesses[i]]
         repeats = latents.shape[0] // picture.shape[0]
         image = picture.repeat(repeats, 1, 1, 1) if repeats > 1 else picture
         down, mid = self.controlnets[i](latents, timesteps, encoder_hidden_states=embeddings, controlnet_cond=image,
                                         return_dict=False, **added)
-        scale = self.scales[i]
+        scale = scales[i]
         return [d * scale for d in down], mid * scale

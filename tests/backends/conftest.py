@@ -34,22 +34,24 @@ def make_stream(_tiny_cache, _tiny_sdxl_cache):
     return make
 
 
+def controlled_stream(tiny_cache, cache_conditioning: bool = True, count: int = 1, **settings) -> StreamPipeline:
+    """A prepared CPU stream steered by seeded ControlNets (`count` of them, each on the frame's Canny edges; the
+    first has the weights `--controlnet canny` gives it with `--model tiny`), over a private copy of the tiny components;
+    cache_conditioning as TorchDenoiser takes it, settings as StreamConfig fields."""
+    pipe = copy.deepcopy(tiny_cache["taesd"])
+    config = StreamConfig(device="cpu", seed=3, width=SIZE, height=SIZE, canny_thresholds=(40, 120), **settings)
+    nets = [random_controlnet(pipe.unet, seed) for seed in range(1, count + 1)]
+    stream = StreamPipeline(Components.from_diffusers(pipe, nets), config)
+    stream.denoiser = TorchDenoiser(pipe.unet, cache_conditioning=cache_conditioning, control=stream.control)
+    stream.prepare("a red fox", negative_prompt="blurry")
+    return stream
+
+
 @pytest.fixture
 def make_controlled_stream(_tiny_cache):
-    """A prepared CPU stream steered by seeded ControlNets (`count` of them, each on the frame's Canny edges),
-    over a private copy of the tiny components; cache_conditioning as TorchDenoiser takes it, settings as
-    StreamConfig fields."""
-
-    def make(cache_conditioning: bool = True, count: int = 1, **settings) -> StreamPipeline:
-        pipe = copy.deepcopy(_tiny_cache["taesd"])
-        config = StreamConfig(device="cpu", seed=3, width=SIZE, height=SIZE, canny_thresholds=(40, 120), **settings)
-        nets = [random_controlnet(pipe.unet, seed) for seed in range(1, count + 1)]
-        stream = StreamPipeline(Components.from_diffusers(pipe, nets), config)
-        stream.denoiser = TorchDenoiser(pipe.unet, cache_conditioning=cache_conditioning, control=stream.control)
-        stream.prepare("a red fox", negative_prompt="blurry")
-        return stream
-
-    return make
+    """controlled_stream over the session's tiny components."""
+    return lambda cache_conditioning=True, count=1, **settings: controlled_stream(
+        _tiny_cache, cache_conditioning, count, **settings)
 
 
 def random_frames(count: int, shape: tuple[int, ...], seed: int = 0) -> list[np.ndarray]:
@@ -63,16 +65,34 @@ def converted(_tiny_cache, tmp_path_factory):
     and txt2img), converted once (a conversion takes seconds), as `streamdiff convert --model tiny --steps 2
     --strength 0.6 --render-size 64` converts them: their folder, which tests copy before adding parts, and the
     store."""
-    from streamdiff.backends.coreml import use_coreml
-    from streamdiff.backends.runner import AcceleratedStream
-
     root = tmp_path_factory.mktemp("coreml")
     pipe = StreamPipeline.from_diffusers(copy.deepcopy(_tiny_cache["taesd"]), device="cpu", seed=3, width=SIZE,
                                          height=SIZE, strength=0.6, steps=2)
     pipe.prepare("a red fox", negative_prompt="blurry")
+    return root, convert_stream(pipe, root)
+
+
+CONTROLLED = {"strength": 0.6, "steps": 2, "control_scale": 0.9}  # one canny ControlNet
+
+
+@pytest.fixture(scope="session")
+def converted_controlled(_tiny_cache, converted, tmp_path_factory):
+    """`converted` with the part of a stream steered by a ControlNet (CONTROLLED) added, as `streamdiff convert
+    --model tiny --render-size 64 --steps 2 --strength 0.6 --controlnet canny` adds it: its folder and the store
+    that added it."""
+    root = copy_of_converted(converted, tmp_path_factory.mktemp("coreml-controlled"))
+    return root, convert_stream(controlled_stream(_tiny_cache, **CONTROLLED), root)
+
+
+def convert_stream(pipe: StreamPipeline, root: Path, *, txt2img: bool = True):
+    """Convert (or find in `root`) the Core ML parts of two frames of `pipe`, as `streamdiff convert` does: the
+    store that did."""
+    from streamdiff.backends.coreml import use_coreml
+    from streamdiff.backends.runner import AcceleratedStream
+
     store = use_coreml(pipe, root, load=None)
-    AcceleratedStream(pipe, None).warm(txt2img=True)
-    return root, store
+    AcceleratedStream(pipe, None).warm(txt2img=txt2img)
+    return store
 
 
 def copy_of_converted(converted, folder: Path) -> Path:

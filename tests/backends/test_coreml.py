@@ -12,7 +12,7 @@ import coremltools as ct
 import numpy as np
 import pytest
 import torch
-from conftest import copy_of_converted
+from conftest import CONTROLLED, copy_of_converted, random_frames
 
 from streamdiff import StreamPipeline
 from streamdiff.backends.accelerate import (
@@ -20,10 +20,11 @@ from streamdiff.backends.accelerate import (
     AccelMode,
     resolve_mode,
 )
-from streamdiff.backends.coreml import use_coreml
+from streamdiff.backends.coreml import CoreMLDenoiser, use_coreml
 from streamdiff.backends.coreml.convert import (
     UNET,
     CodecCall,
+    ControlledUnetCall,
     ModelStore,
     UnetCall,
     fingerprint,
@@ -184,16 +185,72 @@ def test_a_stream_on_the_converted_parts_matches_pytorch_through_their_declared_
     assert all(part.seconds is None for part in store.asked.values())  # converted beforehand, found
 
 
-def test_a_new_shape_converts_at_its_first_call(tiny, converted, tmp_path):
+def test_a_frame_calls_the_parts_at_the_shapes_the_conversion_ran(tiny, converted, tmp_path):
+    """A shape not converted yet is converted at its first call: test_coreml_command.py's second conversion."""
     root, pipe = copy_of_converted(converted, tmp_path), tiny()
     store = _convert_stream(pipe, root)
     before = set(store.asked)
     assert all(part.seconds is None for part in store.asked.values())
     pipe.img2img(np.zeros((SIZE, SIZE, 3), np.uint8), output_type="np")
     assert set(store.asked) == before
-    bigger = tiny(width=SIZE * 2, height=SIZE * 2)
-    grown = _convert_stream(bigger, root)
-    assert len(set(grown.asked) - before) == 3
+
+
+def test_the_traced_controlled_unet_takes_the_control_pictures_and_scales_as_inputs(make_controlled_stream):
+    pipe = make_controlled_stream(**{**CONTROLLED, "count": 2, "control_scale": (0.9, 0.6)})  # their sum, each scaled
+    control, unet = pipe.control, pipe.components.unet
+    latents, timesteps = torch.randn(2, 4, 8, 8), torch.tensor([999.0, 499.0])
+    text = pipe.prompts.encode("a red fox").expand(2, -1, -1)
+
+    def inputs(seed: int, scales: list[float]) -> tuple[torch.Tensor, ...]:
+        pictures = torch.rand(1, 1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))  # one kind, F=1
+        return latents, timesteps, text, pictures, torch.tensor(scales)
+
+    first, second = inputs(0, [0.9, 0.6]), inputs(1, [0.3, 1.4])
+    traced = trace(ControlledUnetCall(unet, control), first)
+    plain = TorchDenoiser(unet, cache_conditioning=False, control=control)
+    for given in (first, second):  # the stream's own pictures and scales, set to the inputs'
+        control.images["canny"].copy_(given[3][0])
+        control.scales.copy_(given[4])
+        torch.testing.assert_close(traced(*given), plain(*given[:3]))
+    assert (traced(*first) - traced(*second)).abs().max() > 0.05
+
+
+def test_a_controlnet_stream_runs_its_unet_and_controlnets_as_one_part_fed_the_live_pictures_and_scales(
+        make_controlled_stream, converted, converted_controlled, tmp_path):
+    root, store = converted_controlled
+    parts = {json.loads((p / "streamdiff.json").read_text())["part"]: (p, part) for p, part in store.asked.items()}
+    assert set(parts) == {"controlled-unet", "encoder", "decoder"}
+    assert parts["controlled-unet"][1].seconds is not None and parts["encoder"][1].seconds is None  # codec: found
+    declared = _declared(parts["controlled-unet"][0])[0]
+    assert declared["control_pictures"] == ([1, 1, 3, SIZE, SIZE], _FLOAT16)  # one kind of picture, one frame
+    assert declared["control_scales"] == ([1], _FLOAT16)
+
+    reference, unchanged, pipe = (make_controlled_stream(**CONTROLLED) for _ in range(3))
+    modules = {"controlled-unet": ControlledUnetCall(pipe.components.unet, pipe.control),
+               "encoder": CodecCall(pipe.components.vae, "encode"), "decoder": CodecCall(pipe.components.vae, "decode")}
+    again = use_coreml(pipe, root, load=lambda path: SpecPredictor(path, modules))
+    SpecPredictor.calls = 0
+    for k, frame in enumerate(random_frames(4, (SIZE, SIZE, 3))):
+        if k == 2:  # a live scale change reaches the part's input
+            for stream in (pipe, reference):
+                stream.set_control_scale(0.1)
+        got, want = pipe.img2img(frame, output_type="np"), reference.img2img(frame, output_type="np")
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 2  # half-precision inputs and outputs
+        before = unchanged.img2img(frame, output_type="np")
+    assert np.abs(before.astype(int) - want.astype(int)).max() > 8  # the change moved the pictures
+    assert SpecPredictor.calls == 3 * 4 and all(part.seconds is None for part in again.asked.values())
+
+
+def test_the_controlled_part_is_named_by_the_controlnets_weights_too(make_controlled_stream, tmp_path):
+    def digest(pipe: StreamPipeline) -> str:
+        return CoreMLDenoiser(pipe.components.unet, ModelStore(tmp_path), None, pipe.control).part.digest
+
+    pipe = make_controlled_stream(**CONTROLLED)
+    first = digest(pipe)
+    assert digest(make_controlled_stream(**CONTROLLED)) == first  # the same weights, another copy
+    with torch.no_grad():
+        pipe.control.controlnets[0].controlnet_cond_embedding.conv_in.weight.mul_(1.01)  # the UNet's untouched
+    assert digest(pipe) != first
 
 
 def test_a_failed_conversion_leaves_nothing_half_written(tmp_path):

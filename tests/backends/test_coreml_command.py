@@ -32,6 +32,15 @@ def test_convert_finds_the_parts_it_has_and_writes_the_others(converted, tmp_pat
     assert len(list(out.glob("*/*.mlpackage"))) == stored + 3
 
 
+def test_convert_takes_controlnets_as_one_part_with_the_unet(converted_controlled, tmp_path, capsys):
+    out = copy_of_converted(converted_controlled, tmp_path)  # the part these ControlNets make, and the codec's
+    assert main(["convert", *TINY, "--steps", "2", "--strength", "0.6", "--controlnet", "canny",
+                 "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and all(line.endswith(": already there") for line in lines[:3])
+    assert {line.split("-")[0] for line in lines[:3]} == {"controlled", "encoder", "decoder"}
+
+
 @pytest.mark.parametrize("options, expected", [
     (["--device", "cuda"], "on the CPU in float32"),
     (["--dtype", "float16"], "on the CPU in float32"),

@@ -1,4 +1,5 @@
-"""Core ML backend (Apple machines): the UNet and the latent codec converted once, run by Core ML.
+"""Core ML backend (Apple machines): the UNet (with a stream's ControlNets) and the latent codec converted once,
+run by Core ML.
 
 convert.py turns the modules into ML Programs and keeps them on disk; runtime.py runs them behind the
 engine's Denoiser and LatentCodec protocols. coremltools is imported only when a part is converted or opened.
@@ -24,8 +25,6 @@ from .runtime import (
 __all__ = ["CoreMLCodec", "CoreMLDenoiser", "ModelStore", "coreml_unsupported", "default_dir", "use_coreml"]
 
 
-NO_CONTROLNET = ("Core ML runs the UNet alone and does not convert a ControlNet: run ControlNet streams with "
-                 "--accel auto (PyTorch on MPS or the CPU) instead")
 NO_IP_ADAPTER = ("Core ML converts the UNet as diffusers made it, without an IP-Adapter's image attention: run "
                  "streams with a style picture with --accel auto (PyTorch on MPS or the CPU) instead")
 
@@ -37,13 +36,12 @@ def default_dir() -> Path:
 
 def use_coreml(pipe: StreamPipeline, root: str | Path | None = None, *, load: Loader | None = load_mlmodel,
                progress: Callable[[str], None] | None = None) -> ModelStore:
-    """Run `pipe`'s UNet and codec through Core ML from its next frame on; each input shape is converted (or
-    found in `root`) at its first call. load=None converts and stores only, and the frames run in PyTorch."""
-    if pipe.control is not None:
-        raise UserError(NO_CONTROLNET)
+    """Run `pipe`'s UNet (with its ControlNets, as one part) and codec through Core ML from its next frame on;
+    each input shape is converted (or found in `root`) at its first call. load=None converts and stores only, and
+    the frames run in PyTorch."""
     if pipe.has_ip_adapter:
         raise UserError(NO_IP_ADAPTER)
     store = ModelStore(root or default_dir(), progress)
-    pipe.set_backend(denoiser=CoreMLDenoiser(pipe.components.unet, store, load),
+    pipe.set_backend(denoiser=CoreMLDenoiser(pipe.components.unet, store, load, pipe.control),
                      codec=CoreMLCodec(pipe.components.vae, store, load))
     return store

@@ -33,15 +33,13 @@ def run(args: argparse.Namespace) -> int:
     from streamdiff.cli_options import ip_adapter, progress, stream_from_args
     from streamdiff.errors import UserError
 
-    from . import NO_CONTROLNET, NO_IP_ADAPTER, use_coreml
+    from . import NO_IP_ADAPTER, use_coreml
     from .convert import require_coremltools
 
     if args.device not in ("auto", "cpu") or args.dtype not in (None, "float32", "fp32"):
         raise UserError("convert traces the model on the CPU in float32: leave out --device and --dtype")
     if args.frame_buffer_size < 1:
         raise UserError(f"--frame-buffer-size must be at least 1; got {args.frame_buffer_size}")
-    if args.controlnet is not None:
-        raise UserError(NO_CONTROLNET)
     if ip_adapter(args) is not None:
         raise UserError(NO_IP_ADAPTER)
     require_coremltools()  # before the model loads

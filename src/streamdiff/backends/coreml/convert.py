@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -25,6 +26,9 @@ from torch import Tensor
 from ... import added_conditions
 from ...errors import UserError
 from ...models.digest import weights_digest
+
+if TYPE_CHECKING:
+    from ...control import Control
 
 FORMAT = 1  # bump when the wrappers below change what a stored file computes (it names the store's folders)
 MINIMUM_MACOS = 13  # half-precision inputs and outputs need macOS 13
@@ -40,6 +44,8 @@ class PartSpec:
 
 
 UNET = PartSpec("unet", ("sample", "timestep", "encoder_hidden_states"), "noise_pred")
+CONTROLLED_UNET = PartSpec("controlled-unet", ("sample", "timestep", "encoder_hidden_states", "control_pictures",
+                                               "control_scales"), "noise_pred")
 ENCODER = PartSpec("encoder", ("pixels",), "latents")
 DECODER = PartSpec("decoder", ("latents",), "pixels")
 
@@ -57,6 +63,27 @@ class UnetCall(torch.nn.Module):
     def forward(self, sample: Tensor, timestep: Tensor, encoder_hidden_states: Tensor) -> Tensor:
         hidden, added = added_conditions.model_inputs(sample, encoder_hidden_states, self.pooled_width)
         return self.unet(sample, timestep, encoder_hidden_states=hidden, return_dict=False, **added)[0]
+
+
+class ControlledUnetCall(torch.nn.Module):
+    """UnetCall steered by a stream's ControlNets, as one forward: their residuals (Control.residuals: each times its
+    scale, summed in order) join the UNet's call. The control pictures (K, F, 3, H, W: one per kind of picture, in
+    the order of Control.images) and the scales (one per ControlNet) are inputs, so a converted part follows the
+    stream's live pictures and scales."""
+
+    def __init__(self, unet: torch.nn.Module, control: Control):
+        super().__init__()
+        self.unet = unet
+        self.controlnets = torch.nn.ModuleList(control.controlnets)  # their weights are the part's too
+        self.pooled_width = added_conditions.pooled_width(unet)
+        self._control = control
+
+    def forward(self, sample: Tensor, timestep: Tensor, encoder_hidden_states: Tensor, control_pictures: Tensor,
+                control_scales: Tensor) -> Tensor:
+        hidden, added = added_conditions.model_inputs(sample, encoder_hidden_states, self.pooled_width)
+        extra = self._control.residuals(sample, timestep, hidden, added, pictures=control_pictures.unbind(0),
+                                        scales=control_scales)
+        return self.unet(sample, timestep, encoder_hidden_states=hidden, return_dict=False, **added, **extra)[0]
 
 
 class CodecCall(torch.nn.Module):

@@ -6,24 +6,30 @@ half-precision numpy arrays and returns the result as a tensor on the caller's d
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ...errors import UserError, first_line
+
+if TYPE_CHECKING:
+    from ...control import Control
 from .convert import (
+    CONTROLLED_UNET,
     DECODER,
     ENCODER,
     UNET,
     CodecCall,
+    ControlledUnetCall,
     ModelStore,
     PartSpec,
     UnetCall,
@@ -107,13 +113,26 @@ class _Part:
 
 
 class CoreMLDenoiser:
-    """Noise prediction by the converted UNet (no conditioning cache: Core ML sees one fixed graph)."""
+    """Noise prediction by the converted UNet (no conditioning cache: Core ML sees one fixed graph). With `control`,
+    the UNet and the stream's ControlNets are one converted part, which takes the stream's control pictures and
+    scales at every call; the pictures themselves (Canny edges, estimated depth) are made in PyTorch."""
 
-    def __init__(self, unet: torch.nn.Module, store: ModelStore, load: Loader | None = load_mlmodel):
-        self.part = _Part(UNET, UnetCall(unet), store, load)
+    def __init__(self, unet: torch.nn.Module, store: ModelStore, load: Loader | None = load_mlmodel,
+                 control: Control | None = None):
+        self.control = control
+        if control is None:
+            self.part = _Part(UNET, UnetCall(unet), store, load)
+            return
+        call = ControlledUnetCall(unet, control)
+        # Which ControlNet reads which kind of picture is part of the converted graph: it names the part too.
+        digest = hashlib.sha256(" ".join((fingerprint(call), *control.preprocesses)).encode()).hexdigest()[:16]
+        self.part = _Part(CONTROLLED_UNET, call, store, load, digest)
 
     def __call__(self, latents: Tensor, timesteps: Tensor, embeddings: Tensor) -> Tensor:
-        return self.part(latents, timesteps, embeddings)
+        if self.control is None:
+            return self.part(latents, timesteps, embeddings)
+        pictures = torch.stack(list(self.control.images.values()))
+        return self.part(latents, timesteps, embeddings, pictures, self.control.scales)
 
 
 class CoreMLCodec:
