@@ -20,9 +20,6 @@ import torch
 from torch import Tensor
 
 from ...errors import UserError, first_line
-
-if TYPE_CHECKING:
-    from ...control import Control
 from .convert import (
     CONTROLLED_UNET,
     DECODER,
@@ -36,6 +33,9 @@ from .convert import (
     fingerprint,
     require_coremltools,
 )
+
+if TYPE_CHECKING:
+    from ...control import Control
 
 # Apple's measurements on the M3 Ultra: the Neural Engine slows SD-sized UNets down (by 19-520 %), the GPU
 # gains; CPU_AND_GPU keeps Core ML off the Neural Engine.
