@@ -18,20 +18,21 @@ from streamdiff.stream import Components
 SIZE = 64
 
 
+def prepared_stream(tiny_cache, prompt: str = "a red fox", **settings) -> StreamPipeline:
+    """A prepared CPU stream over a private copy of the tiny components in `tiny_cache`; settings as StreamConfig
+    fields."""
+    settings.setdefault("width", SIZE)
+    settings.setdefault("height", SIZE)
+    pipe = StreamPipeline.from_diffusers(copy.deepcopy(tiny_cache["taesd"]), device="cpu", seed=3, **settings)
+    pipe.prepare(prompt, negative_prompt="blurry")
+    return pipe
+
+
 @pytest.fixture
 def make_stream(_tiny_cache, _tiny_sdxl_cache):
-    """A prepared CPU stream over a private copy of the tiny components (the tiny SDXL ones with sdxl=True);
-    settings as StreamConfig fields."""
-
-    def make(prompt: str = "a red fox", sdxl: bool = False, **settings) -> StreamPipeline:
-        settings.setdefault("width", SIZE)
-        settings.setdefault("height", SIZE)
-        components = copy.deepcopy((_tiny_sdxl_cache if sdxl else _tiny_cache)["taesd"])
-        pipe = StreamPipeline.from_diffusers(components, device="cpu", seed=3, **settings)
-        pipe.prepare(prompt, negative_prompt="blurry")
-        return pipe
-
-    return make
+    """prepared_stream over the session's tiny components (the tiny SDXL ones with sdxl=True)."""
+    return lambda prompt="a red fox", sdxl=False, **settings: prepared_stream(
+        _tiny_sdxl_cache if sdxl else _tiny_cache, prompt, **settings)
 
 
 def controlled_stream(tiny_cache, cache_conditioning: bool = True, count: int = 1, **settings) -> StreamPipeline:
@@ -66,10 +67,7 @@ def converted(_tiny_cache, tmp_path_factory):
     --strength 0.6 --render-size 64` converts them: their folder, which tests copy before adding parts, and the
     store."""
     root = tmp_path_factory.mktemp("coreml")
-    pipe = StreamPipeline.from_diffusers(copy.deepcopy(_tiny_cache["taesd"]), device="cpu", seed=3, width=SIZE,
-                                         height=SIZE, strength=0.6, steps=2)
-    pipe.prepare("a red fox", negative_prompt="blurry")
-    return root, convert_stream(pipe, root)
+    return root, convert_stream(prepared_stream(_tiny_cache, strength=0.6, steps=2), root)
 
 
 CONTROLLED = {"strength": 0.6, "steps": 2, "control_scale": 0.9}  # one canny ControlNet

@@ -12,7 +12,7 @@ import coremltools as ct
 import numpy as np
 import pytest
 import torch
-from conftest import CONTROLLED, copy_of_converted, random_frames
+from conftest import CONTROLLED, convert_stream, copy_of_converted, random_frames
 
 from streamdiff import StreamPipeline
 from streamdiff.backends.accelerate import (
@@ -31,7 +31,6 @@ from streamdiff.backends.coreml.convert import (
     require_coremltools,
     trace,
 )
-from streamdiff.backends.runner import AcceleratedStream
 from streamdiff.backends.torch import TorchDenoiser
 from streamdiff.errors import UserError
 
@@ -43,12 +42,6 @@ _FLOAT16 = ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT16
 def tiny(make_stream):
     """A fresh two-step 64x64 stream over a private copy of the tiny components, prepared."""
     return lambda **settings: make_stream(**{"strength": 0.6, "steps": 2, **settings})
-
-
-def _convert_stream(pipe: StreamPipeline, root: Path, *, txt2img: bool = False) -> ModelStore:
-    store = use_coreml(pipe, root, load=None)
-    AcceleratedStream(pipe, None).warm(txt2img=txt2img)
-    return store
 
 
 def _declared(path: Path) -> tuple[dict[str, tuple[list[int], int]], dict[str, tuple[list[int], int]]]:
@@ -109,14 +102,14 @@ def test_stored_parts_declare_the_stream_shapes_in_half_precision(tiny, converte
 def test_a_second_stream_of_the_same_weights_converts_nothing_and_other_weights_get_their_own(tiny, converted,
                                                                                              tmp_path):
     root = copy_of_converted(converted, tmp_path)
-    again = _convert_stream(tiny(), root)
+    again = convert_stream(tiny(), root, txt2img=False)
     assert {p.relative_to(root) for p in again.asked} == {p.relative_to(converted[0]) for p in converted[1].asked}
     assert all(part.seconds is None for part in again.asked.values())
 
     changed = tiny()
     with torch.no_grad():
         changed.components.unet.conv_out.weight.mul_(1.01)  # e.g. a LoRA fused into the weights
-    other = _convert_stream(changed, root)
+    other = convert_stream(changed, root, txt2img=False)
     new = {p.parent.name.split("-")[0] for p, part in other.asked.items() if part.seconds is not None}
     assert new == {"unet"}  # the codec's weights did not change: its parts are found
 
@@ -149,7 +142,7 @@ def test_an_sdxl_unet_converts_with_the_engines_packed_embeddings_as_its_input(t
     """SDXL's pooled embedding rides in the embeddings (78 tokens) and the size numbers are constants of the
     converted shape: the traced graph takes the engine's tensors as they are and computes what PyTorch does."""
     pipe = tiny(sdxl=True)
-    store = _convert_stream(pipe, tmp_path)
+    store = convert_stream(pipe, tmp_path, txt2img=False)
     unet_part = next(p for p in store.asked if json.loads((p / "streamdiff.json").read_text())["part"] == "unet")
     width = pipe.components.unet.config.cross_attention_dim
     assert _declared(unet_part)[0]["encoder_hidden_states"] == ([2, 78, width], _FLOAT16)
@@ -188,7 +181,7 @@ def test_a_stream_on_the_converted_parts_matches_pytorch_through_their_declared_
 def test_a_frame_calls_the_parts_at_the_shapes_the_conversion_ran(tiny, converted, tmp_path):
     """A shape not converted yet is converted at its first call: test_coreml_command.py's second conversion."""
     root, pipe = copy_of_converted(converted, tmp_path), tiny()
-    store = _convert_stream(pipe, root)
+    store = convert_stream(pipe, root, txt2img=False)
     before = set(store.asked)
     assert all(part.seconds is None for part in store.asked.values())
     pipe.img2img(np.zeros((SIZE, SIZE, 3), np.uint8), output_type="np")

@@ -73,17 +73,15 @@ def test_bad_server_options_are_one_line_errors(capsys, no_model, options, messa
 
 
 class Server:
-    """`streamdiff web` in a process of its own, on a free port; ready=False starts it without waiting until it
-    serves (`ready()` waits)."""
+    """`streamdiff web` in a process of its own, on a free port, started without waiting until it serves
+    (`ready()` waits)."""
 
-    def __init__(self, *options: str, ready: bool = True, osc_port: int | None = None) -> None:
+    def __init__(self, *options: str, osc_port: int | None = None) -> None:
         self.osc_port = osc_port
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "NO_PROXY": "*", "no_proxy": "*"}
         self.process = subprocess.Popen([sys.executable, "-m", "streamdiff.cli", "web", *TINY, "--port", "0", *options],
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         self.url = ""
-        if ready:
-            self.ready()
 
     def ready(self) -> Server:
         if not self.url:
@@ -151,7 +149,7 @@ class ServerPool:
                 (path.write_bytes if isinstance(option.content, bytes) else path.write_text)(option.content)
                 option = str(path)
             options.append(option)
-        return Server(*options, ready=False, osc_port=osc_port)
+        return Server(*options, osc_port=osc_port)
 
     def take(self, test: pytest.Item) -> Server:
         server = self.spares.pop(test.nodeid, None) or self._start(test)
