@@ -9,6 +9,25 @@ import pytest
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Test processes running side by side (pytest -n) get one thread each, and so do the processes they start:
+    # two of torch's thread pools on two cores spin against each other (the suite then took three times as long).
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+# Test files that share an expensive session fixture run in one test process (pytest -n with --dist loadgroup);
+# every other file is a group of its own, so its module fixtures (a web server pool, a hub run) are built once.
+# The longest groups (about 150 and 100 s on a 2-core machine) go first, so neither is left running alone at the end.
+SHARED_GROUPS = {"test_coreml.py": "coreml", "test_coreml_command.py": "coreml"}
+LONGEST_GROUPS = ("test_command", "coreml")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    groups = {item: SHARED_GROUPS.get(item.path.name, item.path.stem) for item in items}
+    for item, group in groups.items():
+        item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: LONGEST_GROUPS.index(groups[item]) if groups[item] in LONGEST_GROUPS
+               else len(LONGEST_GROUPS))
 
 
 @pytest.fixture(scope="session")

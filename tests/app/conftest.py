@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import subprocess
 import time
@@ -40,30 +41,24 @@ def clip(tmp_path) -> Path:
     return make_clip(tmp_path / "clip.mp4")
 
 
-def _free_display() -> int:
-    for number in range(90, 200):
-        if not os.path.exists(f"/tmp/.X11-unix/X{number}") and not os.path.exists(f"/tmp/.X{number}-lock"):
-            return number
-    raise RuntimeError("no free X display number in 90..199")
-
-
 @pytest.fixture(scope="session")
 def xvfb():
     """A private X server (DISPLAY set for the session's window tests); skipped where Xvfb or xdotool
-    are missing (CI installs both)."""
+    are missing (CI installs both). Xvfb picks a free display number itself (-displayfd) and writes it once it
+    listens, so parallel test processes never race for one."""
     missing = [tool for tool in ("Xvfb", "xdotool", "xwd") if shutil.which(tool) is None]
     if missing:
         pytest.skip(f"window tests need {', '.join(missing)} (apt-get install xvfb xdotool x11-apps)")
-    number = _free_display()
-    server = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    socket = Path(f"/tmp/.X11-unix/X{number}")
-    deadline = time.monotonic() + 10
-    while not socket.exists():
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            pytest.fail(f"Xvfb :{number} did not start")
-        time.sleep(0.05)  # waiting for another process's socket: there is no event to wait on
+    read, write = os.pipe()
+    server = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
+                              pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        ready, _, _ = select.select([pipe], [], [], 10)
+        number = pipe.readline().strip() if ready else ""
+    if not number.isdigit():
+        server.kill()
+        pytest.fail(f"Xvfb did not start (exit code {server.poll()})")
     previous = os.environ.get("DISPLAY")
     os.environ["DISPLAY"] = f":{number}"
     yield f":{number}"
