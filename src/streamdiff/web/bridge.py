@@ -1,4 +1,4 @@
-"""The engine behind the page: an inference thread of its own, fed through latest-value slots.
+r"""The engine behind the page: an inference thread of its own, fed through latest-value slots.
 
 Handlers on the event loop only put pictures and controls into slots and take outputs from a queue, so
 the model never runs on the event loop and a slow frame never holds up the page's other messages. One
