@@ -36,7 +36,35 @@ SIZE = 512
 IN_FLIGHT = 2
 
 
-def build_stream(model: str, device: str, mode: str, cache: Path, strength: float | None = None) -> Any:
+def pass_through(pipe: Any) -> None:
+    """Weights under which the output follows its input, for timing what a change takes to show (random weights
+    draw nearly the same picture from any input): the UNet predicts no noise (its last convolution zeroed), and
+    TAESD's convolutions between blocks copy the picture's three colours from layer to layer (one centre tap
+    each) while its blocks' own convolutions are zeroed, so each block passes its input on. The output is then
+    the input, its latent noised by the fixed noise, at one eighth of the resolution. Every kernel of the step
+    still runs, on the same shapes."""
+    import torch
+    from diffusers.models.autoencoders.vae import AutoencoderTinyBlock
+
+    components = pipe.components
+    with torch.no_grad():
+        components.unet.conv_out.weight.zero_()
+        components.unet.conv_out.bias.zero_()
+        for half in (components.vae.encoder, components.vae.decoder):
+            inside = {id(conv) for block in half.modules() if isinstance(block, AutoencoderTinyBlock)
+                      for conv in block.conv.modules()}
+            for conv in (module for module in half.modules() if isinstance(module, torch.nn.Conv2d)):
+                conv.weight.zero_()
+                if conv.bias is not None:
+                    conv.bias.zero_()
+                if id(conv) not in inside:
+                    for channel in range(min(3, conv.in_channels, conv.out_channels)):
+                        conv.weight[channel, channel, 1, 1] = 1.0
+
+
+def build_stream(model: str, device: str, mode: str, cache: Path, strength: float | None = None,
+                 feedback: float = 0.3, follows_input: bool = False) -> Any:
+    """The web command's stream on random weights; follows_input: with pass_through's weights."""
     from streamdiff.app.engine_io import EngineRunner
     from streamdiff.app.keys import Controls
     from streamdiff.backends.accelerate import accelerate
@@ -45,12 +73,15 @@ def build_stream(model: str, device: str, mode: str, cache: Path, strength: floa
     from streamdiff.web.protocol import PromptBook
 
     settings = {} if strength is None else {"strength": strength}
-    pipe = StreamPipeline.from_model(model, random_weights=True, device=device, seed=2, fit="crop", feedback=0.3,
+    pipe = StreamPipeline.from_model(model, random_weights=True, device=device, seed=2, fit="crop", feedback=feedback,
                                      width=SIZE, height=SIZE, **settings)
+    if follows_input:
+        pass_through(pipe)
     pipe.prepare(prompt=PROMPT)
     engine, _ = accelerate(pipe, mode, cache_dir=cache, build=True, progress=lambda _: None)
     runner = EngineRunner(engine, [PROMPT])
-    return WebStream(runner, Controls(feedback=0.3, strength=engine.strength), PromptBook(runner.prompts), model=model)
+    return WebStream(runner, Controls(feedback=feedback, strength=engine.strength), PromptBook(runner.prompts),
+                     model=model)
 
 
 def pictures(count: int) -> list[bytes]:

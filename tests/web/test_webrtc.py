@@ -113,6 +113,25 @@ def test_a_pages_video_track_comes_back_stylized_on_the_servers_track(app, strea
     assert outputs[-1].std() > 1 and np.abs(outputs[-1].astype(int) - outputs[-5].astype(int)).mean() > 0.5
 
 
+class OneFrame(MovingBars):
+    """A page whose camera gives one frame and then none."""
+
+    async def recv(self):
+        if self.sent:
+            await asyncio.Future()  # never done: no second frame follows
+        return await super().recv()
+
+
+def test_a_pages_frame_reaches_the_stream_without_waiting_for_the_next_frame(app, stream):
+    client, _ = app
+    with client.websocket_connect("/ws") as ws:
+        state = ws.receive_json()
+        asyncio.run(over_webrtc(client, "/api/webrtc/offer", {"client": state["client"]}, OneFrame(),
+                                lambda: wait_until(lambda: stream.counts.received >= 1, "the page's one frame", 15),
+                                []))
+    assert stream.counts.received == 1
+
+
 def test_a_video_frame_is_answered_with_the_engines_own_output_and_viewers_get_a_jpeg(
         stream, tiny_pipe_factory, start_web_stream):
     picture = np.random.default_rng(3).integers(0, 256, (48, 80, 3), dtype=np.uint8)

@@ -6,8 +6,9 @@ the WebSocket sends a whole JPEG per frame each way: the transport for a page on
 
     page --track--> receive() --> WebStream.submit_video() --> inference thread --> StylizedTrack --> page
 
-aiortc decodes the page's track on a thread of its own and encodes ours in an executor; the inference
-thread converts each frame to RGB, so the event loop only moves frames along.
+aiortc decodes the page's track on a thread of its own (each frame released at its last packet, not when the
+next frame begins: frame_release.py) and encodes ours in an executor; the inference thread converts each
+frame to RGB, so the event loop only moves frames along.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from streamdiff.app.optional import import_av
 from streamdiff.errors import first_line
 from streamdiff.web.bridge import WebStream
 from streamdiff.web.clients import Client
+from streamdiff.web.frame_release import release_frames_on_marker
 from streamdiff.web.transport import Transport
 
 logger = logging.getLogger(__name__)
@@ -174,6 +176,9 @@ def _wire(connection: RTCPeerConnection, client: Client, stream: WebStream, outp
     def on_track(track: MediaStreamTrack) -> None:
         if track.kind != "video" or any(sender.track is output for sender in connection.getSenders()):
             return  # audio, or a second video track: the page sends one source
+        for transceiver in connection.getTransceivers():
+            if transceiver.receiver.track is track:  # before the first packet: the track comes with the offer
+                release_frames_on_marker(transceiver.receiver)
         connection.addTrack(output)
         task = asyncio.ensure_future(_receive(track, client, stream, output))
         connection.on("connectionstatechange", lambda: _on_state(connection, task))
