@@ -18,7 +18,8 @@ from aiortc.rtp import RtpPacket
 
 logger = logging.getLogger(__name__)
 
-# aiortc keeps a receiver's jitter buffer private; this is the name it has in aiortc 1.x.
+# aiortc keeps a receiver's jitter buffer private; this is its name in aiortc 1.16 (where a version names it
+# otherwise, release_frames_on_marker changes nothing).
 _PRIVATE_NAME = "_RTCRtpReceiver__jitter_buffer"
 
 
