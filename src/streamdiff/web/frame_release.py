@@ -45,12 +45,11 @@ class MarkerJitterBuffer(JitterBuffer):
         return None
 
 
-def release_frames_on_marker(receiver: Any) -> bool:
-    """Give a video receiver a MarkerJitterBuffer before any packet arrives; False (and the receiver left as it
-    is, one frame later) where this aiortc keeps its buffer otherwise."""
+def release_frames_on_marker(receiver: Any) -> None:
+    """Give a video receiver a MarkerJitterBuffer before any packet arrives; where this aiortc keeps its buffer
+    otherwise, the receiver is left as it is (one frame later)."""
     current = getattr(receiver, _PRIVATE_NAME, None)
     if type(current) is not JitterBuffer or not current._is_video:
         logger.debug("aiortc's video jitter buffer not found: frames are released one frame later")
-        return False
+        return
     setattr(receiver, _PRIVATE_NAME, MarkerJitterBuffer(capacity=current.capacity, is_video=True))
-    return True
