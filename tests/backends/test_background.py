@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ from torch._dynamo.utils import counters
 from streamdiff.backends import compile as compiling
 from streamdiff.backends import graphs
 from streamdiff.backends.accelerate import accelerate
-from streamdiff.backends.background import SWITCH_INTERVAL, BackgroundCompile, CallRecorder
+from streamdiff.backends.background import SWITCH_INTERVAL, BackgroundCompile, CallRecorder, held_while_tracing
 
 
 @pytest.fixture
@@ -143,6 +145,73 @@ def test_the_worker_shortens_the_interpreters_switch_interval_while_it_runs(make
     assert sys.getswitchinterval() == interval
 
 
+def _free_on_another_thread(lock) -> bool:
+    """Whether another thread could take `lock` now."""
+    answer = []
+
+    def probe() -> None:
+        taken = lock.acquire(blocking=False)
+        if taken:
+            lock.release()
+        answer.append(taken)
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
+    return answer[0]
+
+
+def test_the_trace_lock_is_held_while_an_fx_tracer_patches_module_calls():
+    import torch
+
+    lock = threading.RLock()
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append(_free_on_another_thread(lock))  # runs inside the tracer, while it patches Module.__call__
+            return x + 1
+
+    with held_while_tracing(lock):
+        torch.fx.symbolic_trace(Probe())
+        seen.append(_free_on_another_thread(lock))
+    torch.fx.symbolic_trace(Probe())
+    assert seen == [False, True, True]
+
+
+def test_a_prompt_change_waits_only_while_the_compiler_traces_not_for_the_compilation(make_stream, monkeypatch,
+                                                                                      tmp_path):
+    """AOTAutograd traces with FX (unlike the other tests' "eager" backend), patching torch.nn.Module.__call__ for
+    the process meanwhile: a text encoder run on this thread then would fail. Prompt and strength changes in a
+    loop while the modules compile: some complete before the UNet's compilation (the first) ends, none fails,
+    and the stream ends on the last ones."""
+    monkeypatch.setattr(compiling, "BACKEND", "aot_eager")
+    monkeypatch.setattr(compiling, "compile_unsupported", lambda device: None)
+    monkeypatch.setenv(compiling.CACHE_ENV, str(tmp_path))
+    frames = random_frames(3, (SIZE, SIZE, 3))
+    reference = make_stream(t_index_list=(30,))
+    reference.update_prompt("a cat")
+    expected = [reference.img2img(frame, output_type="np") for frame in frames]
+    stream, _ = accelerate(make_stream(t_index_list=(30,)), "compile", background=True, fold_upsampling=False)
+    upgrade = stream.upgrade
+    assert list(upgrade.parts)[0] == "unet"
+    compiled = counters["stats"]["unique_graphs"]
+    while not upgrade.lock.locked() and not upgrade.done.is_set():
+        time.sleep(0.001)  # the worker takes the stream's eager lock when it starts compiling: no event for that
+    changes = early = 0
+    while not upgrade.done.is_set():
+        stream.update_prompt("ink wash" if changes % 2 else "a cat")
+        stream.set_strength(0.5 if changes % 2 else 0.3)
+        changes += 1
+        early += counters["stats"]["unique_graphs"] == compiled  # the UNet's compilation has not ended yet
+    assert upgrade.error is None and early >= 1, (changes, early)
+    stream.update_prompt("a cat")
+    stream.set_strength(reference.strength)
+    for frame, want in zip(frames, expected):
+        np.testing.assert_array_equal(stream.img2img(frame, output_type="np"), want)
+    assert stream.mode == "compile"
+
+
 def test_recording_keeps_copies_of_the_first_call_and_compiling_needs_one(make_stream):
     import torch
 
@@ -155,7 +224,7 @@ def test_recording_keeps_copies_of_the_first_call_and_compiling_needs_one(make_s
     assert recorder.calls["m"].args[0].tolist() == [[1.0] * 3] * 4
     assert not module._forward_pre_hooks
     with pytest.raises(ValueError, match="no recorded call for m: run a frame while recording first"):
-        BackgroundCompile({"m": module}, {}, "default", lock=None)
+        BackgroundCompile({"m": module}, {}, "default", lock=None, trace_lock=None)
 
 
 def test_the_camera_app_compiles_in_the_background_unless_told_not_to():

@@ -123,3 +123,19 @@ def test_a_graphed_module_computes_as_before_and_can_be_ungraphed():
         assert "forward" not in module.__dict__
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b)
+
+
+def test_within_hold_captures_a_new_signature_runs_eagerly_and_is_captured_at_a_later_call():
+    call = graphed(lambda x: x * 2)
+    x = torch.ones(2, 3)
+    with torch.no_grad():
+        call(x)
+        captures = Rerun.captures
+        with call_graph.hold_captures():
+            torch.testing.assert_close(call(x + 1), (x + 1) * 2)  # captured before: replays
+            torch.testing.assert_close(call(torch.ones(4)), torch.full((4,), 2.0))
+            assert not call.captured_last and Rerun.captures == captures
+            torch.testing.assert_close(call(torch.ones(4) * 3), torch.full((4,), 6.0))
+            assert Rerun.captures == captures
+        torch.testing.assert_close(call(torch.ones(4)), torch.full((4,), 2.0))
+        assert call.captured_last and Rerun.captures == captures + 1

@@ -317,7 +317,7 @@ def _build_then_compile(stream: AcceleratedStream, target: AccelMode, preset: st
     parts = compiling.parts_of(pipe.components)
     with CallRecorder(parts) as recorder:
         seconds = stream.build(input_size)
-    upgrade = BackgroundCompile(parts, recorder.calls, preset, stream.eager_lock)
+    upgrade = BackgroundCompile(parts, recorder.calls, preset, stream.eager_lock, stream.trace_lock)
     final = CudaGraphCapture() if target.graphs else DirectCall.capture
     stream.compile_new_counts_in_background(NewCountPlan(parts, preset, (final, target.value),
                                                          (stream.step_capture, stream.mode), set()))

@@ -9,9 +9,16 @@ again (AcceleratedStream.upgrade_when_ready).
 The worker calls the modules itself, so nothing else may run them meanwhile: the conditioning cache's
 switch is shared, and while torch.compile traces, PyTorch's FX tracers patch torch.nn.Module.__call__ for
 the whole process, so a module called from another thread then fails. The stream holds `lock` around
-every call that runs module code (eager frames, prompt changes and transitions, other pipeline methods);
-replays of captured CUDA graphs run none and go on. Other code of the program must not call modules
-until the switch either.
+every call that runs the compiled modules' code (eager frames, other pipeline methods); replays of
+captured CUDA graphs run none and go on. Other code of the program must not call modules until the
+switch either.
+
+A change of prompt, strength or style picture runs none of the compiled modules: the text or image
+encoders and the conditioning's refresh, replayed as CUDA graphs in the graph modes. It holds `trace_lock`
+instead, which the worker holds only while an FX tracer patches torch.nn.Module.__call__ (at most seconds
+of a compilation that takes tens of seconds; none when the compiled code comes from the on-disk cache), so a
+prompt typed while the UNet compiles applies at once, not at the end. No new CUDA graph is captured
+meanwhile (call_graph.hold_captures): a capture forbids the worker's device synchronisations.
 
 While the worker runs, the interpreter's switch interval is shortened (SWITCH_INTERVAL): tracing and
 code generation keep the worker in Python for long stretches, and a frame thread that gives up the
@@ -26,13 +33,15 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.fx._symbolic_trace as fx_tracing
 from torch import Tensor, nn
 
+from . import call_graph
 from . import compile as compiling
 from .conditioning import ConditioningCache
 from .graphs import capturing
@@ -40,6 +49,8 @@ from .graphs import capturing
 logger = logging.getLogger("streamdiff.backends")
 
 SWITCH_INTERVAL = 0.0005  # seconds; restored to what it was when the worker ends
+
+TraceLock = contextlib.AbstractContextManager[Any]  # a threading.RLock: see held_while_tracing
 
 
 @dataclass
@@ -93,12 +104,12 @@ class BackgroundCompile:
     """Compiles `parts` on a named daemon thread by calling each compiled forward once with its recorded call."""
 
     def __init__(self, parts: dict[str, nn.Module], calls: dict[str, RecordedCall], preset: str,
-                 lock: threading.Lock):
+                 lock: threading.Lock, trace_lock: TraceLock):
         missing = sorted(set(parts) - set(calls))
         if missing:
             raise ValueError(f"no recorded call for {', '.join(missing)}: run a frame while recording first")
         compiling.check_preset(preset)
-        self.parts, self.calls, self.preset, self.lock = parts, calls, preset, lock
+        self.parts, self.calls, self.preset, self.lock, self.trace_lock = parts, calls, preset, lock, trace_lock
         self.done = threading.Event()
         self.error: BaseException | None = None
         self.seconds = 0.0
@@ -122,7 +133,8 @@ class BackgroundCompile:
         try:
             side = torch.cuda.Stream() if torch.cuda.is_available() else None
             # Grad mode is per thread: the stream's frames run without autograd, and the guards see it.
-            with torch.no_grad(), torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+            with torch.no_grad(), torch.cuda.stream(side) if side is not None else contextlib.nullcontext(), \
+                    held_while_tracing(self.trace_lock), call_graph.hold_captures():
                 for name, module in self.parts.items():
                     self._compile_one(module, self.calls[name])
                 if side is not None:
@@ -139,6 +151,48 @@ class BackgroundCompile:
         conditioned = ConditioningCache.of(module).active() if call.conditioned else contextlib.nullcontext()
         with self.lock, conditioned:
             forward(*call.args, **call.kwargs)
+
+
+# The trace locks of the workers running now (held_while_tracing). Re-entrant: a tracer nested in another
+# patches again, on a thread that holds them already.
+_tracing_locks: list[TraceLock] = []
+
+
+@contextlib.contextmanager
+def held_while_tracing(lock: TraceLock) -> Iterator[None]:
+    """Within: `lock` is held whenever an FX tracer of any thread patches torch.nn.Module.__call__ for the whole
+    process (the tracer's `_new_patcher` block, torch 2.11-2.13); where this torch has no such function, for the
+    whole block."""
+    if not _lock_fx_patching():
+        with lock:
+            yield
+        return
+    _tracing_locks.append(lock)
+    try:
+        yield
+    finally:
+        _tracing_locks.remove(lock)
+
+
+def _lock_fx_patching() -> bool:
+    """Wrap the FX tracer's patcher, once, so that it holds the workers' trace locks; whether it could."""
+    patcher = getattr(fx_tracing, "_new_patcher", None)
+    if patcher is None:
+        return False
+    if getattr(patcher, "_streamdiff_locking", False):
+        return True
+
+    @contextlib.contextmanager
+    def locking() -> Iterator[Any]:
+        with contextlib.ExitStack() as held:
+            for lock in list(_tracing_locks):
+                held.enter_context(lock)
+            with patcher() as patching:
+                yield patching
+
+    locking._streamdiff_locking = True  # type: ignore[attr-defined]
+    fx_tracing._new_patcher = locking  # left in place: it holds no lock where no worker runs
+    return True
 
 
 @dataclass

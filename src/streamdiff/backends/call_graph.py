@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +45,8 @@ class _Captured:
 class GraphedCall:
     """`fn` replayed as a CUDA graph per input signature, for the last `signatures` seen (see above). Calls that
     cannot be graphed run eagerly: with autograd on, inputs off CUDA, while another graph is being captured (a
-    stream step calling this is captured with it), or where capturing their signature failed."""
+    stream step calling this is captured with it), where capturing their signature failed, and a new signature's
+    within hold_captures."""
 
     def __init__(self, fn: Callable[..., Any], capture: Capture | None = None, *, signatures: int = 4,
                  device_type: str = "cuda"):
@@ -63,6 +65,9 @@ class GraphedCall:
             return self.fn(*args, **kwargs)
         key = (spec, tuple(_signature(leaf) for leaf in leaves))
         captured = self._captured.get(key)
+        if captured is None and _holds:  # captured at a call after hold_captures
+            self.captured_last = False
+            return self.fn(*args, **kwargs)
         self.captured_last = captured is None
         if captured is None:
             result = self.fn(*args, **kwargs)  # the call itself; it also allocates what the capture will reuse
@@ -96,6 +101,22 @@ class GraphedCall:
         self._captured[key] = _Captured(record, [leaf for leaf in statics if isinstance(leaf, Tensor)], out)
         while len(self._captured) > self._signatures:
             self._captured.popitem(last=False)
+
+
+_holds: list[object] = []  # one entry per hold_captures block open now, on any thread
+
+
+@contextmanager
+def hold_captures() -> Iterator[None]:
+    """Within (on any thread), a call of a signature not captured yet runs eagerly and captures nothing: capturing a
+    CUDA graph forbids device synchronisation on every thread, which a compiler running beside the stream needs
+    (background.py). Captured signatures replay as before."""
+    token = object()
+    _holds.append(token)
+    try:
+        yield
+    finally:
+        _holds.remove(token)
 
 
 def _signature(leaf: Any) -> Any:

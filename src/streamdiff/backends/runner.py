@@ -52,6 +52,12 @@ class _Pending:
         return self.result
 
 
+# The pipeline's live changes that run none of the modules compiled in the background (text and image encoders,
+# the conditioning's refresh): while a compilation runs beside the stream they wait only while it traces
+# (background.py), not for the whole of it, so a prompt typed at start-up applies within seconds.
+CHANGES = frozenset({"update_prompt", "set_strength", "set_t_index_list", "set_style_image", "set_ip_adapter_scale"})
+
+
 class AcceleratedStream(Upgrades):
     """The StreamPipeline API (img2img, txt2img, flush, live controls) over a faster execution of warm frames."""
 
@@ -68,13 +74,14 @@ class AcceleratedStream(Upgrades):
         self._new_counts: NewCountPlan | None = None  # set where new step counts compile in the background
         self._recorder: CallRecorder | None = None  # recording a new count's first calls, for its compilation
         self.eager_lock = threading.Lock()  # held around the modules' eager calls while an upgrade compiles
+        self.trace_lock = threading.RLock()  # held around the live changes' work then (CHANGES)
 
     def __getattr__(self, name: str) -> Any:
         if name == "pipe":
             raise AttributeError(name)
         value = getattr(self.pipe, name)
         if callable(value) and self.__dict__.get("_upgrade") is not None:
-            return holding(self.eager_lock, value)  # e.g. update_prompt runs the text encoder
+            return holding(self.trace_lock if name in CHANGES else self.eager_lock, value)
         return value
 
     # ----- the StreamPipeline API ----------------------------------------------------------------
@@ -267,10 +274,13 @@ class AcceleratedStream(Upgrades):
         flt = pipe.similarity_filter
         if frames is not None:
             step.buffers.load(frames)
-        # A direct call runs the modules' code, and so does conditioning again during a prompt transition; a
-        # CUDA graph's replay does not.
-        runs_modules = isinstance(step.record, DirectCall) or pipe.prompt_changing
-        with self._eager() if runs_modules else contextlib.nullcontext():
+        # A direct call runs the modules' code; conditioning again during a prompt transition runs that of a prompt
+        # change; a CUDA graph's replay runs none.
+        if isinstance(step.record, DirectCall):
+            held = self._eager()
+        else:
+            held = self._changing() if pipe.prompt_changing else contextlib.nullcontext()
+        with held:
             if frames is None or flt is None:
                 proceed = pipe.begin_device_frame(kind)
             else:

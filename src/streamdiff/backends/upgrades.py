@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +85,11 @@ class Upgrades:
     def _eager(self: AcceleratedStream) -> contextlib.AbstractContextManager[Any]:
         """What an eager call of the modules holds: the lock, while a compilation runs beside the stream."""
         return self.eager_lock if self._upgrade is not None else contextlib.nullcontext()
+
+    def _changing(self: AcceleratedStream) -> contextlib.AbstractContextManager[Any]:
+        """What a live change's work holds (runner.CHANGES, and a prompt transition's frames): the trace lock, while
+        a compilation runs beside the stream."""
+        return self.trace_lock if self._upgrade is not None else contextlib.nullcontext()
 
     def _maybe_upgrade(self: AcceleratedStream) -> None:
         """Install a finished background compilation between two frames; its steps are captured again."""
@@ -158,12 +162,12 @@ class Upgrades:
         if recorder is None or plan is None or set(plan.parts) - set(recorder.calls):
             return
         self._stop_recording()
-        upgrade = BackgroundCompile(plan.parts, recorder.calls, plan.preset, self.eager_lock)
+        upgrade = BackgroundCompile(plan.parts, recorder.calls, plan.preset, self.eager_lock, self.trace_lock)
         self.upgrade_when_ready(upgrade, *plan.compiled)
         upgrade.start()
 
 
-def holding(lock: threading.Lock, method: Callable[..., Any]) -> Callable[..., Any]:
+def holding(lock: contextlib.AbstractContextManager[Any], method: Callable[..., Any]) -> Callable[..., Any]:
     """method, called with lock held: while a compilation runs on another thread, PyTorch's tracers patch
     torch.nn.Module.__call__ for the whole process, so no module may run elsewhere meanwhile."""
 
