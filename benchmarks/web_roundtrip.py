@@ -63,8 +63,9 @@ def pass_through(pipe: Any) -> None:
 
 
 def build_stream(model: str, device: str, mode: str, cache: Path, strength: float | None = None,
-                 feedback: float = 0.3, follows_input: bool = False) -> Any:
-    """The web command's stream on random weights; follows_input: with pass_through's weights."""
+                 feedback: float = 0.3, follows_input: bool = False, size: int = SIZE) -> Any:
+    """The web command's stream on random weights, `size` pixels square; follows_input: with pass_through's
+    weights."""
     from streamdiff.app.engine_io import EngineRunner
     from streamdiff.app.keys import Controls
     from streamdiff.backends.accelerate import accelerate
@@ -74,7 +75,7 @@ def build_stream(model: str, device: str, mode: str, cache: Path, strength: floa
 
     settings = {} if strength is None else {"strength": strength}
     pipe = StreamPipeline.from_model(model, random_weights=True, device=device, seed=2, fit="crop", feedback=feedback,
-                                     width=SIZE, height=SIZE, **settings)
+                                     width=size, height=size, **settings)
     if follows_input:
         pass_through(pipe)
     pipe.prepare(prompt=PROMPT)
@@ -178,11 +179,11 @@ def codec_ms(frames: list[bytes], repeats: int = 50) -> dict[str, float]:
 
 
 def measure(model: str, device: str, mode: str, cache: Path, source_fps: float, warmup: float,
-            seconds: float, text: bool = False) -> dict[str, Any]:
-    stream = build_stream(model, device, mode, cache)
+            seconds: float, text: bool = False, size: int = SIZE) -> dict[str, Any]:
+    stream = build_stream(model, device, mode, cache, size=size)
     frames = pictures(60)
     result, served = run_served(stream, lambda url: drive(url, [] if text else frames, source_fps, warmup, seconds))
-    return {"model": model, "mode": served.pop("mode") or mode, "size": SIZE, "in_flight": IN_FLIGHT,
+    return {"model": model, "mode": served.pop("mode") or mode, "size": size, "in_flight": IN_FLIGHT,
             "source": "text" if text else "pictures", **result, **codec_ms(frames), **served}
 
 
@@ -215,6 +216,8 @@ def served_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--mode", default="max")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--size", type=int, default=SIZE,
+                        help="the stream's width and height (the pictures sent stay 512x512)")
     return parser
 
 
@@ -240,7 +243,7 @@ def main() -> None:
     parser.add_argument("--text", action="store_true", help="a page with no picture source: text-to-image frames")
     args = parser.parse_args()
     run_grid(args, lambda model, fps: measure(model, args.device, args.mode, args.cache, fps, args.warmup,
-                                              args.seconds, args.text),
+                                              args.seconds, args.text, args.size),
              f"web-roundtrip{'-text' if args.text else ''}.json")
 
 

@@ -10,7 +10,9 @@ output frame that arrives nearer the new phase's typical output than the old one
 output: the mean picture of the outputs in the second half of its phases, on a 64x64 grid; where the
 phases' outputs lie no further apart than three times the spread within a phase, no latency is reported).
 That covers the page's encode, the server's decode, waiting for the engine, the step, the server's encode and
-the page's decode: what a person sees, less the camera and the screen. Random weights draw nearly the same
+the page's decode: what a person sees, less the camera and the screen. The page's receiver hands a frame to
+its decoder when the next frame's first packet arrives (aiortc's rule), or with `--page-release marker` at the
+frame's own marked last packet, as browsers do (web/frame_release.py, the server's rule). Random weights draw nearly the same
 picture from a dark and a bright input (0.4-0.6 levels apart in a first run), so the stream runs
 web_roundtrip.pass_through's weights, under which the output follows the input and every kernel still runs
 on the same shapes, at strength 0.1 (less of the fixed noise over the picture; the step's work is the same)
@@ -82,10 +84,13 @@ def source_track(fps: float, period: float) -> Any:
     return FlippingPattern()
 
 
-async def drive(base: str, fps: float, period: float, warmup: float, seconds: float) -> dict[str, Any]:
+async def drive(base: str, fps: float, period: float, warmup: float, seconds: float, page_release: str
+                ) -> dict[str, Any]:
     import websockets
     from aiortc import RTCPeerConnection, RTCSessionDescription
     from aiortc.mediastreams import MediaStreamError
+
+    from streamdiff.web.frame_release import release_frames_on_marker
 
     arrived: list[tuple[float, np.ndarray]] = []  # (time, output on a 64x64 grid) of each output frame
     async with websockets.connect(base.replace("http", "ws") + "ws", proxy=None) as ws:
@@ -103,7 +108,9 @@ async def drive(base: str, fps: float, period: float, warmup: float, seconds: fl
 
             asyncio.ensure_future(keep())
 
-        connection.addTransceiver(source, direction="sendrecv")
+        transceiver = connection.addTransceiver(source, direction="sendrecv")
+        if page_release == "marker":  # as a browser completes a frame: at its marked last packet
+            release_frames_on_marker(transceiver.receiver)
         await connection.setLocalDescription(await connection.createOffer())
         offer = json.dumps({"sdp": connection.localDescription.sdp, "type": "offer", "client": client}).encode()
         request = urllib.request.Request(base + "api/webrtc/offer", offer, {"Content-Type": "application/json"})
@@ -113,7 +120,7 @@ async def drive(base: str, fps: float, period: float, warmup: float, seconds: fl
         await asyncio.sleep(warmup + seconds)
         await connection.close()
     measured_from = source.start + warmup
-    return {"source_fps": fps, "sent": source.sent, "arrived": len(arrived),
+    return {"source_fps": fps, "page_release": page_release, "sent": source.sent, "arrived": len(arrived),
             "outputs_per_s": sum(t >= measured_from for t, _ in arrived) / seconds,
             **flip_latency(source.flips, arrived, measured_from)}
 
@@ -131,7 +138,7 @@ def flip_latency(flips: list[tuple[float, bool]], arrived: list[tuple[float, np.
     dark_outputs, bright_outputs = settled(False), settled(True)
     if not dark_outputs or not bright_outputs:
         return {"typical_outputs_apart": None, "spread_within_phase": None, "flips": 0,
-                "latency_ms_median": None, "latency_ms_max": None}
+                "latency_ms_median": None, "latency_ms_max": None, "latencies_ms": None}
     dark, bright = np.mean(dark_outputs, axis=0), np.mean(bright_outputs, axis=0)
 
     def distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -153,23 +160,26 @@ def flip_latency(flips: list[tuple[float, bool]], arrived: list[tuple[float, np.
     valid = bool(delays) and apart > 3 * spread
     return {"typical_outputs_apart": apart, "spread_within_phase": spread, "flips": len(delays),
             "latency_ms_median": statistics.median(delays) if valid else None,
-            "latency_ms_max": max(delays) if valid else None}
+            "latency_ms_max": max(delays) if valid else None, "latencies_ms": delays if valid else None}
 
 
 def measure(model: str, device: str, mode: str, cache: Path, fps: float, args: argparse.Namespace) -> dict[str, Any]:
     from streamdiff.web.transport import Transport, TransportMode
 
-    stream = build_stream(model, device, mode, cache, strength=0.1, feedback=0.0, follows_input=True)
+    stream = build_stream(model, device, mode, cache, strength=0.1, feedback=0.0, follows_input=True, size=args.size)
     stream.transport = Transport(TransportMode.WEBRTC, webrtc=True)
     result, served = run_served(stream, lambda url: drive(url.replace("ws://", "http://").removesuffix("ws"), fps,
-                                                          args.period, args.warmup, args.seconds))
-    return {"model": model, "mode": served.pop("mode") or mode, "size": SIZE, **result, **served}
+                                                          args.period, args.warmup, args.seconds, args.page_release))
+    return {"model": model, "mode": served.pop("mode") or mode, "size": args.size, **result, **served}
 
 
 def main() -> None:
     parser = served_parser(__doc__.splitlines()[0])
     parser.add_argument("--source-fps", default="30,60")
     parser.add_argument("--period", type=float, default=1.0, help="seconds between the pattern's flips")
+    parser.add_argument("--page-release", choices=("aiortc", "marker"), default="aiortc",
+                        help="when the page's receiver hands a frame to its decoder: at the next frame's first "
+                             "packet (aiortc's own rule), or at the frame's marked last packet (as browsers do)")
     args = parser.parse_args()
     import aiortc
 
