@@ -12,8 +12,8 @@ phases' outputs lie no further apart than three times the spread within a phase,
 That covers the page's encode, the server's decode, waiting for the engine, the step, the server's encode and
 the page's decode: what a person sees, less the camera and the screen. The page's receiver hands a frame to
 its decoder when the next frame's first packet arrives (aiortc's rule), or with `--page-release marker` at the
-frame's own marked last packet, as browsers do (web/frame_release.py, the server's rule). Random weights draw nearly the same
-picture from a dark and a bright input (0.4-0.6 levels apart in a first run), so the stream runs
+frame's own marked last packet, as browsers do (web/frame_release.py, the server's rule). Random weights draw
+nearly the same picture from a dark and a bright input (0.4-0.6 levels apart in a first run), so the stream runs
 web_roundtrip.pass_through's weights, under which the output follows the input and every kernel still runs
 on the same shapes, at strength 0.1 (less of the fixed noise over the picture; the step's work is the same)
 and without latent feedback (it would carry the old phase into the new one over several frames). Both peers'
