@@ -68,8 +68,8 @@ def write_camera_file(path: Path, fps: int, period: float) -> None:
                 out.write(b"FRAME\n" + planes[name].tobytes())
 
 
-def phase_changes(frames: list[list[float | None]]) -> tuple[list[tuple[float, bool]], float]:
-    """(time, now bright) of each crossing of the middle of the series' two levels, and that middle."""
+def phase_changes(frames: list[list[float | None]]) -> list[tuple[float, bool]]:
+    """(time, now bright) of each crossing of the middle of the series' two levels."""
     levels = np.array([level for _, level, _ in frames])
     middle = float(np.percentile(levels, 10) + np.percentile(levels, 90)) / 2
     changes, bright = [], None
@@ -78,13 +78,13 @@ def phase_changes(frames: list[list[float | None]]) -> tuple[list[tuple[float, b
         if bright is not None and now_bright != bright:
             changes.append((shown, now_bright))
         bright = now_bright
-    return changes, middle
+    return changes
 
 
 def latency(camera: list[list[float | None]], output: list[list[float | None]], measured_from: float
             ) -> dict[str, Any]:
-    source_changes, _ = phase_changes(camera)
-    output_changes, _ = phase_changes(output)
+    source_changes = phase_changes(camera)
+    output_changes = phase_changes(output)
     delays = []
     for shown, bright in source_changes:
         if shown < measured_from:

@@ -22,11 +22,16 @@ from streamdiff.backends.accelerate import accelerate
 from streamdiff.backends.background import SWITCH_INTERVAL, BackgroundCompile, CallRecorder, held_while_tracing
 
 
+def compile_with(backend: str, monkeypatch, cache) -> None:
+    """Compiles on the CPU with Dynamo's `backend`, its cache in `cache`."""
+    monkeypatch.setattr(compiling, "BACKEND", backend)
+    monkeypatch.setattr(compiling, "compile_unsupported", lambda device: None)
+    monkeypatch.setenv(compiling.CACHE_ENV, str(cache))
+
+
 @pytest.fixture
 def eager_dynamo(monkeypatch, tmp_path):
-    monkeypatch.setattr(compiling, "BACKEND", "eager")
-    monkeypatch.setattr(compiling, "compile_unsupported", lambda device: None)
-    monkeypatch.setenv(compiling.CACHE_ENV, str(tmp_path))
+    compile_with("eager", monkeypatch, tmp_path)
 
 
 def test_the_stream_switches_to_the_compiled_modules_once_they_are_ready(make_stream, eager_dynamo):
@@ -185,9 +190,7 @@ def test_a_prompt_change_waits_only_while_the_compiler_traces_not_for_the_compil
     the process meanwhile: a text encoder run on this thread then would fail. Prompt and strength changes in a
     loop while the modules compile: some complete before the UNet's compilation (the first) ends, none fails,
     and the stream ends on the last ones."""
-    monkeypatch.setattr(compiling, "BACKEND", "aot_eager")
-    monkeypatch.setattr(compiling, "compile_unsupported", lambda device: None)
-    monkeypatch.setenv(compiling.CACHE_ENV, str(tmp_path))
+    compile_with("aot_eager", monkeypatch, tmp_path)
     frames = random_frames(3, (SIZE, SIZE, 3))
     reference = make_stream(t_index_list=(30,))
     reference.update_prompt("a cat")
