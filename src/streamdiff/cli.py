@@ -146,10 +146,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def entry() -> NoReturn:
+    """The console script: main(), then exit with its code. Where a compilation still runs on a thread of its own
+    (the camera or web app quit within its first minute), the process ends at once instead: tearing the
+    interpreter down under a thread inside the compiler's native code crashes it (a segmentation fault, or
+    std::terminate) after everything was done."""
+    code = main()
+    compiling = sys.modules.get("streamdiff.backends.background")  # not imported: nothing compiles
+    if compiling is not None and compiling.running():
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return " ".join(text.split())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -48,7 +48,7 @@ def strength_to_t_index(strength: float, steps: int, num_inference_steps: int) -
     span = num_inference_steps - start
     if steps > span:
         raise ValueError(
-            f"steps={steps} does not fit strength={strength}: at most {span} steps remain "
+            f"steps={steps} does not fit strength={strength:.4g}: at most {span} steps remain "
             f"of num_inference_steps={num_inference_steps}"
         )
     return tuple(start + (j * span) // steps for j in range(steps))

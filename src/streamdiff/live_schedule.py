@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .config import strength_to_t_index
+from .config import StreamConfig, strength_to_t_index
 
 if TYPE_CHECKING:
     from .stream import StreamPipeline
@@ -69,22 +69,30 @@ class LiveSchedule:
         frame; prompts, seed and the temporal state stay. A number that is not a whole number of at least
         1, or that does not fit the strength, raises ValueError and changes nothing.
         """
-        self._require_prepared()
         cfg = self.config
-        if isinstance(steps, bool) or not isinstance(steps, int):
-            raise ValueError(f"steps must be a whole number of at least 1; got {steps!r}")
-        if steps == cfg.denoising_steps:
+        changed = self.schedule_for(steps)
+        if changed is None:
             return
-        assert cfg.t_index_list is not None
-        earlier = self._schedules.get(steps)
-        if earlier is not None and earlier[0] == cfg.t_index_list[0]:
-            indices = earlier
-        else:
-            indices = strength_to_t_index(self.strength, steps, cfg.num_inference_steps)
-        changed = cfg.with_changes(t_index_list=indices)
         batch = self._new_batch(changed)  # the new shape is built in full before the stream changes
         slots = changed.denoising_steps * changed.frame_buffer_size
         cond, uncond = self._expand(self._cond[:1], slots), self._expand(self._uncond[:1], slots)
         self._schedules[cfg.denoising_steps] = cfg.t_index_list
         self._batch, self._cond, self._uncond, self.config = batch, cond, uncond, changed
         self._recondition()
+
+    def schedule_for(self: StreamPipeline, steps: int) -> StreamConfig | None:
+        """The configuration set_steps(steps) would give the stream now, changing nothing; None for its own
+        number of steps. ValueError as set_steps."""
+        self._require_prepared()
+        cfg = self.config
+        if isinstance(steps, bool) or not isinstance(steps, int):
+            raise ValueError(f"steps must be a whole number of at least 1; got {steps!r}")
+        if steps == cfg.denoising_steps:
+            return None
+        assert cfg.t_index_list is not None
+        earlier = self._schedules.get(steps)
+        if earlier is not None and earlier[0] == cfg.t_index_list[0]:
+            indices = earlier
+        else:
+            indices = strength_to_t_index(self.strength, steps, cfg.num_inference_steps)
+        return cfg.with_changes(t_index_list=indices)

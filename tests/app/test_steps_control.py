@@ -57,6 +57,14 @@ def test_the_latency_record_follows_the_new_count(tiny_engine):
     assert [runner.step(frame(i)).source_index for i in range(3, 7)] == [3, 3, 3, 4]
 
 
+def test_the_latency_record_follows_a_count_the_engine_applied_by_itself(tiny_engine):
+    """A count set while an accelerated engine compiled is applied inside a later frame, not by the runner's call."""
+    runner, _ = started(tiny_engine)
+    assert [runner.step(frame(i)).source_index for i in range(3)] == [0, 0, 1]
+    tiny_engine.set_steps(3)  # as the engine does at the first frame after its compilation
+    assert [runner.step(frame(i)).source_index for i in range(3, 7)] == [3, 3, 3, 4]
+
+
 def test_the_latency_record_starts_again_after_a_strength_change_refills_the_stream(tiny_engine, caplog):
     runner, controls = started(tiny_engine)
     assert [runner.step(frame(i)).source_index for i in range(3)] == [0, 0, 1]  # two steps: one frame late

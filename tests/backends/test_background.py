@@ -215,6 +215,45 @@ def test_a_prompt_change_waits_only_while_the_compiler_traces_not_for_the_compil
     assert stream.mode == "compile"
 
 
+def test_frames_run_while_the_modules_compile_and_equal_the_engines(make_stream, monkeypatch, tmp_path):
+    """Every frame here runs the modules eagerly (no CUDA graphs on the CPU), as the first frame of a restarted
+    stream does on a GPU. Frames and prompt changes in a loop while the modules compile with FX tracing
+    (aot_eager): some frames complete before the UNet's compilation ends (they used to wait for all of it), the
+    compiled code is not traced again after the switch (a frame leaving the conditioning cache's `active()` does
+    not switch it off for the worker's trace), and every picture is the eager engine's for the same script."""
+    compile_with("aot_eager", monkeypatch, tmp_path)
+    frames = random_frames(3, (SIZE, SIZE, 3))
+    stream, _ = accelerate(make_stream(t_index_list=(30,)), "compile", background=True, fold_upsampling=False)
+    upgrade = stream.upgrade
+    assert upgrade.calls["unet"].conditioned  # the worker traces the UNet reading the stored projections
+    compiled = counters["stats"]["unique_graphs"]
+    while not upgrade.lock.locked() and not upgrade.done.is_set():
+        time.sleep(0.001)
+    script: list[int | str] = []
+    outputs, early = [], 0
+    while not upgrade.done.is_set():
+        k = len(outputs)
+        if k % 3 == 1:
+            script.append("ink wash" if k % 2 else "a cat")
+            stream.update_prompt(script[-1])
+        script.append(k)
+        outputs.append(stream.img2img(frames[k % 3], output_type="np"))
+        early += counters["stats"]["unique_graphs"] == compiled  # the UNet's compilation has not ended yet
+    assert upgrade.error is None and early >= 1, (len(outputs), early)
+    traced = counters["stats"]["unique_graphs"]
+    for k in range(len(outputs), len(outputs) + 3):
+        script.append(k)
+        outputs.append(stream.img2img(frames[k % 3], output_type="np"))
+    assert stream.mode == "compile" and counters["stats"]["unique_graphs"] == traced
+    reference = make_stream(t_index_list=(30,))  # only now: while the worker traces, other modules may not run
+    for item in script:
+        if isinstance(item, str):
+            reference.update_prompt(item)
+            continue
+        np.testing.assert_array_equal(outputs[item], reference.img2img(frames[item % 3], output_type="np"),
+                                      err_msg=f"frame {item}")
+
+
 def test_recording_keeps_copies_of_the_first_call_and_compiling_needs_one(make_stream):
     import torch
 

@@ -204,6 +204,9 @@ def test_pipelined_replays_match_the_eager_engine(_tiny_cache):
 
 
 def test_compiling_in_the_background_serves_graph_replays_until_the_switch(_tiny_cache, tmp_path):
+    """The first frame (eager) and replays of uncompiled graphs while the thread compiles; a prompt change meanwhile
+    waits only while the compiler traces, and a new step count is applied after the compilation, the frames going
+    on meanwhile."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()  # code compiled by earlier tests for the same shapes would serve the thread
@@ -214,24 +217,34 @@ def test_compiling_in_the_background_serves_graph_replays_until_the_switch(_tiny
     frames = random_frames(4, (64, 64, 3))
     while not fast.upgrade.lock.locked() and not fast.upgrade.done.is_set():
         time.sleep(0.001)  # the worker takes the stream's eager lock when it starts compiling: no event for that
-    returned, during = [], 0
-    while fast.upgrading or len(returned) < during + 6:
+    returned, steps, during = [], [], 0
+    while fast.upgrading or fast.mode != "max" or len(returned) < during + 6:
         k = len(returned)
         if k == 0:  # a prompt change while the thread compiles waits only while the compiler traces
             fast.update_prompt("a cat", transition_frames=3)
             assert not fast.upgrade.done.is_set(), "the prompt change waited for the compilation"
+        if k == 1:
+            fast.set_steps(2)
+            assert not fast.upgrade.done.is_set(), "the change of steps waited for the compilation"
         returned.append(fast.img2img(frames[k % len(frames)]))
-        during += fast.upgrading
+        if k == 0:  # the restarted stream's first frame runs the modules eagerly, beside the compiler
+            assert not fast.upgrade.done.is_set(), "the first frame waited for the compilation"
+        steps.append(fast.config.denoising_steps)
+        during += fast.upgrading and steps[-1] == 1
+        if fast.upgrading:
+            time.sleep(0.005)  # paced as a camera's: a frame thread that never waits slows the compiling thread
         assert len(returned) < 100_000
-    assert fast.upgrade is None and fast.mode == "max" and during >= 1  # replays went on meanwhile
+    assert fast.upgrade is None and fast.mode == "max" and during >= 2  # replays went on meanwhile, at 1 step
+    assert steps[-1] == 2 and fast.pending_steps is None
     compiled = counters["stats"]["unique_graphs"] - before
     eager = _stream(_tiny_cache["taesd"], "float16", cache_conditioning=False, t_index_list=(30,))
     for k, picture in enumerate(returned):  # the eager engine runs modules: only now that the compile is done
         if k == 0:
             eager.update_prompt("a cat", transition_frames=3)
+        eager.set_steps(steps[k])
         difference = np.abs(picture.astype(int) - eager.img2img(frames[k % len(frames)]).astype(int))
         assert difference.max() <= 3, f"frame {k}: {difference.max()} levels"
-    assert compiled == counters["stats"]["unique_graphs"] - before == 1  # the thread's UNet, compiled once
+    assert compiled == counters["stats"]["unique_graphs"] - before == 2  # the UNet at 1 and 2 steps, once each
 
 
 def test_a_failed_capture_of_the_compiled_step_keeps_the_stream_on_uncompiled_graphs(_tiny_cache, tmp_path,
@@ -277,8 +290,6 @@ def test_a_failed_capture_of_the_compiled_step_keeps_the_stream_on_uncompiled_gr
 def test_a_new_step_count_replays_uncompiled_graphs_until_its_compiled_step_is_ready(_tiny_cache, tmp_path):
     """set_steps on a stream compiling in the background: the new count's uncompiled graphs at once, its compiled
     ones when the thread is done; back to a compiled count at once. The pictures are the eager engine's."""
-    import time
-
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
@@ -294,6 +305,7 @@ def test_a_new_step_count_replays_uncompiled_graphs_until_its_compiled_step_is_r
 
     while fast.upgrading:
         frame()
+        time.sleep(0.005)  # paced as a camera's: a frame thread that never waits slows the compiling thread
     fast.set_steps(2)
     script.append(("steps", 2))
     assert fast.mode == "graphs"
@@ -324,7 +336,6 @@ def test_a_new_step_count_replays_uncompiled_graphs_until_its_compiled_step_is_r
 def test_quitting_while_the_thread_compiles_does_not_wait_for_it(tmp_path):
     import subprocess
     import sys
-    import time
 
     script = f"""
 import time

@@ -7,6 +7,10 @@ Inductor and CUDA graphs.
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+
 import numpy as np
 import pytest
 from conftest import SIZE, random_frames
@@ -107,20 +111,92 @@ def test_a_new_count_runs_uncompiled_until_its_background_compile_is_done(make_s
     assert any("3 step(s) per frame: uncompiled steps now; compiling them in the background" in p for p in progress)
 
 
-def test_a_count_that_changed_while_another_compiled_is_compiled_next(make_stream, eager_dynamo):
+def test_a_count_set_while_another_compiles_applies_after_it_and_compiles_next(make_stream, eager_dynamo):
     frames = random_frames(9, (SIZE, SIZE, 3))
     script = [0, "wait", 1, ("steps", 2), 2, 3, ("steps", 3), "wait", 4, 5, "wait", 6, 7, 8]
     expected = run(make_stream(t_index_list=(20,)), script, frames)
     stream, _ = accelerate(make_stream(t_index_list=(20,)), "compile", background=True, fold_upsampling=False)
     progress: list[str] = []
     stream._progress = progress.append
-    outputs = run(stream, script, frames, on_wait=wait_for_worker)
+    pending = []
+
+    def waited(stream) -> None:
+        pending.append(stream.pending_steps)
+        wait_for_worker(stream)
+
+    outputs = run(stream, script, frames, on_wait=waited)
     for k, (got, want) in enumerate(zip(outputs, expected)):
         np.testing.assert_array_equal(got, want, err_msg=f"output {k}")
-    assert any("compiled 2 step(s) per frame in the background" in p and "the stream has 3 now" in p
-               for p in progress)
+    assert pending == [None, 3, None]  # 3 waited for the compilation of 2, and was applied at the frame after it
+    assert any("3 step(s) per frame once the compilation under way is done; 2 until then" in p for p in progress)
+    assert any("compiled 2 step(s) per frame in the background" in p for p in progress)
     assert (stream.mode, stream.upgrading, stream.config.denoising_steps) == ("compile", False, 3)
     graphs = counters["stats"]["unique_graphs"]
     stream.set_steps(2)
     run(stream, [0, 1], frames)
     assert stream.mode == "compile" and counters["stats"]["unique_graphs"] == graphs  # nothing traced again
+
+
+def gate_compilation(monkeypatch) -> threading.Event:
+    """The worker's compiled calls wait until the returned event is set (it holds the stream's lock meanwhile)."""
+    gate = threading.Event()
+    real = compiling.compiled_forward
+
+    def gated(module, preset="default"):
+        forward = real(module, preset)
+
+        def held(*args, **kwargs):
+            assert gate.wait(120), "the test never opened the gate"
+            return forward(*args, **kwargs)
+        return held
+
+    monkeypatch.setattr(compiling, "compiled_forward", gated)
+    return gate
+
+
+def test_set_steps_during_a_compilation_returns_at_once_and_applies_when_it_is_done(make_stream, eager_dynamo,
+                                                                                   monkeypatch):
+    """The count is checked and remembered, not applied: applying it needs the modules, which wait for the worker
+    (before, the call itself waited for the whole compilation)."""
+    gate = gate_compilation(monkeypatch)
+    frames = random_frames(4, (SIZE, SIZE, 3))
+    reference = make_stream(t_index_list=(20,))
+    reference.set_steps(3)
+    expected = [reference.img2img(frame, output_type="np") for frame in frames]
+    stream, _ = accelerate(make_stream(t_index_list=(20,)), "compile", background=True, fold_upsampling=False)
+    try:
+        while not stream.upgrade.lock.locked():
+            time.sleep(0.001)
+        caller = threading.Thread(target=stream.set_steps, args=(3,))
+        caller.start()
+        caller.join(10)
+        returned = not caller.is_alive()
+        assert returned and not stream.upgrade.done.is_set()
+        with pytest.raises(ValueError, match="steps must be at least 1; got 0"):
+            stream.set_steps(0)  # still checked at once
+        assert (stream.pending_steps, stream.config.denoising_steps) == (3, 1)
+    finally:
+        gate.set()
+    wait_for_worker(stream)
+    outputs = [stream.img2img(frames[0], output_type="np")]
+    # Applied at that first frame, uncompiled: the new count is recorded, then compiled, as any new count.
+    assert (stream.pending_steps, stream.config.denoising_steps, stream.mode) == (None, 3, "none")
+    outputs += [stream.img2img(frame, output_type="np") for frame in frames[1:]]
+    for k, (got, want) in enumerate(zip(outputs, expected)):
+        np.testing.assert_array_equal(got, want, err_msg=f"output {k}")
+
+
+def test_a_count_that_no_longer_fits_when_the_compilation_ends_is_not_applied(make_stream, eager_dynamo, monkeypatch,
+                                                                             caplog):
+    gate = gate_compilation(monkeypatch)
+    stream, _ = accelerate(make_stream(t_index_list=(20,)), "compile", background=True, fold_upsampling=False)
+    try:
+        stream.set_steps(4)
+        stream.set_strength(0.06)  # room for one step only
+    finally:
+        gate.set()
+    wait_for_worker(stream)
+    with caplog.at_level(logging.WARNING, logger="streamdiff.backends"):
+        stream.img2img(random_frames(1, (SIZE, SIZE, 3))[0], output_type="np")
+    assert "kept 1 step(s) per frame: ValueError: steps=4 does not fit strength=0.06:" in caplog.text
+    assert (stream.pending_steps, stream.config.denoising_steps, stream.mode) == (None, 1, "compile")

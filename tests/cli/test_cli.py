@@ -194,3 +194,30 @@ def test_help_lists_the_commands():
     assert result.returncode == 0
     for command in ("img2img", "txt2img", "models"):
         assert command in result.stdout
+
+
+ENTRY = """
+import atexit, sys, threading
+from streamdiff import cli
+from streamdiff.backends import background
+
+def main(argv=None):
+    if sys.argv[1] == "compiling":  # a worker still compiling when the command is done
+        threading.Thread(target=threading.Event().wait, name=background.THREAD_NAME, daemon=True).start()
+    print("done")  # buffered (a pipe): entry() must flush it
+    return 3
+
+cli.main = main
+atexit.register(lambda: print("interpreter torn down", flush=True))
+cli.entry()
+"""
+
+
+@pytest.mark.parametrize("state", ["compiling", "idle"])
+def test_the_console_script_ends_at_once_while_a_compilation_runs(state):
+    """With a compiling thread left, the process ends without the interpreter's teardown (which crashes under a
+    thread inside the compiler's native code), keeping the command's exit code and its buffered output."""
+    done = subprocess.run([sys.executable, "-c", ENTRY, state], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert done.stdout.splitlines()[0] == "done"
+    assert ("interpreter torn down" in done.stdout) == (state == "idle")

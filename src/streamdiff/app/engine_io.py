@@ -179,6 +179,8 @@ class EngineRunner:
     def _leaving(self, image: np.ndarray, order: str, index: int, when: float,
                  marks: tuple[float, float, float, float]) -> AiFrame:
         """The output with the request it shows (the one that entered the stream batch `latency` calls ago)."""
+        if self._in_flight.maxlen != self.engine.config.latency_frames + 1:
+            self._restart_record()  # the number of steps changed in this call (one set while the engine compiled)
         self._in_flight.append((index, when))
         shown_index, shown_time = self._in_flight[0]
         t0, t1, t2, t3 = marks

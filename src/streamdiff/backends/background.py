@@ -6,19 +6,18 @@ frames from those graphs at once while a worker thread compiles each module on c
 first call saw; between two frames the stream then installs the compiled code and captures its steps
 again (AcceleratedStream.upgrade_when_ready).
 
-The worker calls the modules itself, so nothing else may run them meanwhile: the conditioning cache's
-switch is shared, and while torch.compile traces, PyTorch's FX tracers patch torch.nn.Module.__call__ for
-the whole process, so a module called from another thread then fails. The stream holds `lock` around
-every call that runs the compiled modules' code (eager frames, other pipeline methods); replays of
-captured CUDA graphs run none and go on. Other code of the program must not call modules until the
-switch either.
-
-A change of prompt, strength or style picture runs none of the compiled modules: the text or image
-encoders and the conditioning's refresh, replayed as CUDA graphs in the graph modes. It holds `trace_lock`
-instead, which the worker holds only while an FX tracer patches torch.nn.Module.__call__ (at most seconds
-of a compilation that takes tens of seconds; none when the compiled code comes from the on-disk cache), so a
-prompt typed while the UNet compiles applies at once, not at the end. No new CUDA graph is captured
-meanwhile (call_graph.hold_captures): a capture forbids the worker's device synchronisations.
+The worker calls the modules itself, at the shapes of the calls it recorded. Other threads may run them too, as
+follows. While torch.compile traces, PyTorch's FX tracers patch torch.nn.Module.__call__ for the whole process,
+so a module called from another thread then fails: the worker holds `trace_lock` only inside those patch windows
+(at most seconds of a compilation that takes tens of seconds; none when the compiled code comes from the on-disk
+cache), and the stream holds it around every call that runs modules at those shapes (its eager frames, a change
+of prompt, strength or style picture, a prompt transition's refresh). So the first frame of a restarted stream
+and a prompt typed while the UNet compiles go through at once, not at the end. Work that changes the modules'
+shapes (prepare) holds `lock` instead, which the worker holds for the whole compilation; a new number of steps
+waits for it without holding up the frames (upgrades.py). The conditioning cache's switch is per thread, so the
+worker's traced calls and the frames' read the stored projections independently. No new CUDA graph is captured
+meanwhile (call_graph.hold_captures, and the stream's own steps): a capture forbids the worker's device
+synchronisations. Other code of the program must not call the modules until the switch.
 
 While the worker runs, the interpreter's switch interval is shortened (SWITCH_INTERVAL): tracing and
 code generation keep the worker in Python for long stretches, and a frame thread that gives up the
@@ -49,6 +48,7 @@ from .graphs import capturing
 logger = logging.getLogger("streamdiff.backends")
 
 SWITCH_INTERVAL = 0.0005  # seconds; restored to what it was when the worker ends
+THREAD_NAME = "streamdiff-compile"  # each worker's thread
 
 TraceLock = contextlib.AbstractContextManager[Any]  # a threading.RLock: see held_while_tracing
 
@@ -113,7 +113,7 @@ class BackgroundCompile:
         self.done = threading.Event()
         self.error: BaseException | None = None
         self.seconds = 0.0
-        self._thread = threading.Thread(target=self._run, name="streamdiff-compile", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -151,6 +151,11 @@ class BackgroundCompile:
         conditioned = ConditioningCache.of(module).active() if call.conditioned else contextlib.nullcontext()
         with self.lock, conditioned:
             forward(*call.args, **call.kwargs)
+
+
+def running() -> bool:
+    """Whether a worker is compiling now, on any stream."""
+    return any(thread.name == THREAD_NAME and thread.is_alive() for thread in threading.enumerate())
 
 
 # The trace locks of the workers running now (held_while_tracing). Re-entrant: a tracer nested in another

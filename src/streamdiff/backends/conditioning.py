@@ -17,6 +17,7 @@ products) are stored from those too: the latents' size is part of what the store
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
@@ -38,10 +39,15 @@ _PLAIN_PROCESSORS = ("AttnProcessor", "AttnProcessor2_0", "FusedAttnProcessor2_0
 LatentSize = tuple[int, int]  # the latents' height and width
 
 
-class _Switch:
-    """Shared by a cache's stand-ins: whether calls of its model read the stored projections now."""
+class _Switch(threading.local):
+    """Shared by a cache's stand-ins: whether calls of its model read the stored projections now, on this thread. Per
+    thread because a compilation on a thread of its own (background.py) traces the model inside `active()` while
+    the stream's frames enter and leave it on theirs; Dynamo's guards read the calling thread's value."""
 
     on = False
+
+    def __reduce__(self) -> tuple[type[_Switch], tuple[()]]:
+        return _Switch, ()  # a copy of the model (deepcopy, pickle) gets a switch of its own, off
 
 
 class StoredProjection(nn.Module):

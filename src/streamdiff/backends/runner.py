@@ -52,9 +52,9 @@ class _Pending:
         return self.result
 
 
-# The pipeline's live changes that run none of the modules compiled in the background (text and image encoders,
-# the conditioning's refresh): while a compilation runs beside the stream they wait only while it traces
-# (background.py), not for the whole of it, so a prompt typed at start-up applies within seconds.
+# The pipeline's live changes that leave the compiled modules' shapes as they are (they run the text and image
+# encoders and the conditioning's refresh): while a compilation runs beside the stream they wait only while it
+# traces (background.py), not for the whole of it, so a prompt typed at start-up applies within seconds.
 CHANGES = frozenset({"update_prompt", "set_strength", "set_t_index_list", "set_style_image", "set_ip_adapter_scale"})
 
 
@@ -73,8 +73,11 @@ class AcceleratedStream(Upgrades):
         self._upgrade: tuple[BackgroundCompile, Capture, str, int] | None = None  # compiling on its own thread
         self._new_counts: NewCountPlan | None = None  # set where new step counts compile in the background
         self._recorder: CallRecorder | None = None  # recording a new count's first calls, for its compilation
-        self.eager_lock = threading.Lock()  # held around the modules' eager calls while an upgrade compiles
-        self.trace_lock = threading.RLock()  # held around the live changes' work then (CHANGES)
+        self._deferred_steps: int | None = None  # set_steps while upgrading: applied once it is done
+        # While an upgrade compiles: held around work that may change the modules' shapes (_reshaping) ...
+        self.eager_lock = threading.Lock()
+        # ... and around eager frames and the live changes' work (_beside_compiler), while the compiler traces.
+        self.trace_lock = threading.RLock()
 
     def __getattr__(self, name: str) -> Any:
         if name == "pipe":
@@ -87,12 +90,12 @@ class AcceleratedStream(Upgrades):
     # ----- the StreamPipeline API ----------------------------------------------------------------
 
     def style_pixels(self, picture: Any) -> Any:
-        """The pipeline's, without the eager lock: preprocessing a style picture runs no module, so another
+        """The pipeline's, without either lock: preprocessing a style picture runs no module, so another
         thread may do it while this one runs frames."""
         return self.pipe.style_pixels(picture)
 
     def prepare(self, *args: Any, **kwargs: Any) -> None:
-        with self._eager():  # the text encoder and the conditioning run modules
+        with self._reshaping():  # new shapes, and the text encoder and the conditioning run modules
             self.pipe.prepare(*args, **kwargs)
         self._steps.clear()
 
@@ -102,12 +105,12 @@ class AcceleratedStream(Upgrades):
         self._maybe_upgrade()
         frames, kind = self._fast_input(image)
         if frames is None or self._capture is None or not self.pipe.warm or not _known_kind(output_type):
-            with self._eager():
+            with self._beside_compiler():
                 return self._guarded(self.pipe.img2img, image, output_type)
         key = StepKey("img2img", tuple(frames.shape), _dtype_of(frames), (output_type or kind) != "pt")
         step = self._lookup(key)
         if step is None:
-            with self._eager():
+            with self._beside_compiler():
                 result = self._guarded(self.pipe.img2img, image, output_type)  # checks the shape, warms the stream
                 self._build(key, frames)
             self._compile_recorded()
@@ -149,12 +152,12 @@ class AcceleratedStream(Upgrades):
         self._settle()
         self._maybe_upgrade()
         if self._capture is None or not self.pipe.warm or not _known_kind(output_type):
-            with self._eager():
+            with self._beside_compiler():
                 return self._guarded(self.pipe.txt2img, output_type)
         key = StepKey("txt2img", (), None, output_type != "pt")
         step = self._lookup(key)
         if step is None:
-            with self._eager():
+            with self._beside_compiler():
                 result = self._guarded(self.pipe.txt2img, output_type)
                 self._build(key, None)
             self._compile_recorded()
@@ -162,7 +165,7 @@ class AcceleratedStream(Upgrades):
         return self._guarded(self._run, step, None, None, output_type)
 
     def flush(self, output_type: images.ImageKind | None = None) -> list[Any]:
-        with self._eager():
+        with self._beside_compiler():
             return self._guarded(self.pipe.flush, output_type)
 
     def build(self, input_size: tuple[int, int] | None = None, *, txt2img: bool = False) -> float:
@@ -232,7 +235,9 @@ class AcceleratedStream(Upgrades):
 
     def _build(self, key: StepKey, frames: np.ndarray | Tensor | None) -> None:
         pipe = self.pipe
-        if key in self._steps or not pipe.warm or self._capture is None:
+        # Not while a compilation runs beside the stream: a CUDA graph capture forbids its device synchronisations;
+        # the switch to the compiled modules captures the steps again anyway.
+        if key in self._steps or not pipe.warm or self._capture is None or self._upgrade is not None:
             return
         self._steps.make_room()
         start = time.perf_counter()
@@ -274,13 +279,10 @@ class AcceleratedStream(Upgrades):
         flt = pipe.similarity_filter
         if frames is not None:
             step.buffers.load(frames)
-        # A direct call runs the modules' code; conditioning again during a prompt transition runs that of a prompt
+        # A direct call runs the modules' code, and conditioning again during a prompt transition that of a prompt
         # change; a CUDA graph's replay runs none.
-        if isinstance(step.record, DirectCall):
-            held = self._eager()
-        else:
-            held = self._changing() if pipe.prompt_changing else contextlib.nullcontext()
-        with held:
+        modules = isinstance(step.record, DirectCall) or pipe.prompt_changing
+        with self._beside_compiler() if modules else contextlib.nullcontext():
             if frames is None or flt is None:
                 proceed = pipe.begin_device_frame(kind)
             else:

@@ -5,7 +5,9 @@ A new count (set_steps) changes the shape of every module call. Compiled with st
 would compile on the frame thread (tens of seconds on a first start). Where the stream compiled in the
 background from the start, a new count instead runs uncompiled steps at once (captured CUDA graphs on a GPU)
 while a worker compiles the modules' calls recorded at that count, and switches between two frames when the
-worker is done. Compiled forwards keep every shape they compiled, so going back to a count is immediate.
+worker is done. Compiled forwards keep every shape they compiled, so going back to a count is immediate. A count
+set while a worker compiles is applied once it is done: its first frames would run the modules at shapes other
+than the worker's, which must wait for the whole compilation, while the frames at the old count go on.
 
 Upgrades is a part of AcceleratedStream kept in a module of its own, as DeviceSteps is of StreamPipeline.
 """
@@ -37,8 +39,8 @@ class Upgrades:
     def upgrade_when_ready(self: AcceleratedStream, upgrade: BackgroundCompile, capture: Capture, mode: str) -> None:
         """Switch to `upgrade`'s compiled modules (and `capture`, `mode`) at the first call after it finished.
 
-        Until then the stream runs as it is, and its eager calls hold eager_lock (upgrade's lock). The upgrade
-        compiles the calls of the stream's current number of steps."""
+        Until then the stream runs as it is, its eager calls holding the trace lock (see background.py). The
+        upgrade compiles the calls of the stream's current number of steps."""
         self._upgrade = (upgrade, capture, mode, self.pipe.config.denoising_steps)
 
     def compile_new_counts_in_background(self: AcceleratedStream, plan: NewCountPlan) -> None:
@@ -52,18 +54,23 @@ class Upgrades:
 
         Where new counts compile in the background (compile_new_counts_in_background), a count not compiled
         yet runs uncompiled steps until its compiled code is ready; a count compiled before switches back to
-        compiled steps at once. Otherwise, with compiled modules, its first frame compiles it (seconds)."""
+        compiled steps at once. Otherwise, with compiled modules, its first frame compiles it (seconds).
+
+        While a compilation runs beside the stream (upgrading), the count is checked now (ValueError as the
+        pipeline's) and changes at the first frame after the compiled code is installed: a new count's first
+        frames would run the modules at shapes other than the compiler's, which must not change while it works;
+        the stream's frames go on at the old count meanwhile instead of waiting for the whole compilation."""
         self._settle()
+        if self._upgrade is not None:
+            self._defer_steps(steps)
+            return
+        self._deferred_steps = None
         old = self.pipe.config.denoising_steps
-        with self._eager():
-            self.pipe.set_steps(steps)
+        self.pipe.set_steps(steps)
         plan = self._new_counts
         if steps == old or self._capture is None:
             return
-        if self._upgrade is not None:  # _maybe_upgrade looks at the count when the compilation ends
-            self._progress(f"{self.mode}: {steps} step(s) per frame: its step is built at the next frames, which "
-                           "wait for the compilation under way (modules cannot run meanwhile)")
-        elif plan is None:
+        if plan is None:
             self._progress(f"{self.mode}: {steps} step(s) per frame: building its step at the next frames")
         elif steps in plan.counts:
             self._use_compiled(plan)
@@ -71,6 +78,18 @@ class Upgrades:
             self._use_uncompiled(plan)
             self._progress(f"{self.mode}: {steps} step(s) per frame: uncompiled steps now; compiling them in the "
                            f"background, then switching to {plan.compiled[1]}")
+
+    @property
+    def pending_steps(self: AcceleratedStream) -> int | None:
+        """A number of steps set while a compilation runs, not applied yet (see set_steps), or None."""
+        return self._deferred_steps
+
+    def _defer_steps(self: AcceleratedStream, steps: int) -> None:
+        now = self.pipe.config.denoising_steps
+        self._deferred_steps = None if self.pipe.schedule_for(steps) is None else steps
+        if self._deferred_steps is not None:
+            self._progress(f"{self.mode}: {steps} step(s) per frame once the compilation under way is done; "
+                           f"{now} until then")
 
     @property
     def upgrade(self: AcceleratedStream) -> BackgroundCompile | None:
@@ -82,19 +101,31 @@ class Upgrades:
         """Whether a background compilation has yet to be switched to."""
         return self._upgrade is not None
 
-    def _eager(self: AcceleratedStream) -> contextlib.AbstractContextManager[Any]:
-        """What an eager call of the modules holds: the lock, while a compilation runs beside the stream."""
-        return self.eager_lock if self._upgrade is not None else contextlib.nullcontext()
-
-    def _changing(self: AcceleratedStream) -> contextlib.AbstractContextManager[Any]:
-        """What a live change's work holds (runner.CHANGES, and a prompt transition's frames): the trace lock, while
-        a compilation runs beside the stream."""
+    def _beside_compiler(self: AcceleratedStream) -> contextlib.AbstractContextManager[Any]:
+        """What work that runs modules at the shapes being compiled holds (eager frames, runner.CHANGES, a prompt
+        transition's refresh): the trace lock, while a compilation runs beside the stream (background.py)."""
         return self.trace_lock if self._upgrade is not None else contextlib.nullcontext()
 
+    def _reshaping(self: AcceleratedStream) -> contextlib.AbstractContextManager[Any]:
+        """What work that may change the modules' shapes or state holds (prepare, pipeline methods not in
+        runner.CHANGES): the eager lock, which the worker holds for the whole compilation."""
+        return self.eager_lock if self._upgrade is not None else contextlib.nullcontext()
+
     def _maybe_upgrade(self: AcceleratedStream) -> None:
-        """Install a finished background compilation between two frames; its steps are captured again."""
+        """Install a finished background compilation between two frames (its steps are captured again), then
+        apply a number of steps set meanwhile."""
         if self._upgrade is None or not self._upgrade[0].done.is_set():
             return
+        self._finish_upgrade()
+        steps, self._deferred_steps = self._deferred_steps, None
+        if steps is None:
+            return
+        try:
+            self.set_steps(steps)
+        except ValueError as exc:  # the strength changed since, and leaves no room for them
+            logger.warning("kept %d step(s) per frame: %s", self.pipe.config.denoising_steps, first_line(exc))
+
+    def _finish_upgrade(self: AcceleratedStream) -> None:
         upgrade, capture, mode, count = self._upgrade
         self._upgrade = None
         plan = self._new_counts
@@ -103,15 +134,9 @@ class Upgrades:
                            self.mode)
             self._new_counts = None  # later counts would fail alike
             return
-        now = self.pipe.config.denoising_steps
         if plan is not None:
             plan.counts.add(count)
-            if now not in plan.counts:  # the count changed while this one compiled: compile the stream's own now
-                self._progress(f"{mode}: compiled {count} step(s) per frame in the background in "
-                               f"{upgrade.seconds:.1f} s; the stream has {now} now: compiling those next")
-                self._use_uncompiled(plan)
-                return
-        self._progress(f"{mode}: compiled in the background in {upgrade.seconds:.1f} s; "
+        self._progress(f"{mode}: compiled {count} step(s) per frame in the background in {upgrade.seconds:.1f} s; "
                        "switching to the compiled step")
         self._install(upgrade.install, capture, mode)
 
@@ -156,8 +181,8 @@ class Upgrades:
 
     def _compile_recorded(self: AcceleratedStream) -> None:
         """After a frame that captured a step: once every module's call at the new count is recorded, compile
-        them on a thread of their own. Not before the capture: while the thread compiles, the modules' eager
-        calls (those of a capture too) wait for it, and a replayed step calls none."""
+        them on a thread of their own. Not before the capture: no step is captured while the thread compiles, and
+        a replayed step calls no module."""
         recorder, plan = self._recorder, self._new_counts
         if recorder is None or plan is None or set(plan.parts) - set(recorder.calls):
             return
@@ -168,8 +193,7 @@ class Upgrades:
 
 
 def holding(lock: contextlib.AbstractContextManager[Any], method: Callable[..., Any]) -> Callable[..., Any]:
-    """method, called with lock held: while a compilation runs on another thread, PyTorch's tracers patch
-    torch.nn.Module.__call__ for the whole process, so no module may run elsewhere meanwhile."""
+    """method, called with lock held: one of the locks a compilation on another thread takes (background.py)."""
 
     @functools.wraps(method)
     def held(*args: Any, **kwargs: Any) -> Any:
