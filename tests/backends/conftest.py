@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from streamdiff import StreamPipeline
+from streamdiff.backends import compile as compiling
 from streamdiff.backends.torch import TorchDenoiser
 from streamdiff.config import StreamConfig
 from streamdiff.models.controlnets import random_controlnet
@@ -26,6 +27,20 @@ def prepared_stream(tiny_cache, prompt: str = "a red fox", **settings) -> Stream
     pipe = StreamPipeline.from_diffusers(copy.deepcopy(tiny_cache["taesd"]), device="cpu", seed=3, **settings)
     pipe.prepare(prompt, negative_prompt="blurry")
     return pipe
+
+
+def compile_with(backend: str, monkeypatch, cache) -> None:
+    """Compiles on the CPU with Dynamo's `backend`, its cache in `cache`."""
+    monkeypatch.setattr(compiling, "BACKEND", backend)
+    monkeypatch.setattr(compiling, "compile_unsupported", lambda device: None)
+    monkeypatch.setenv(compiling.CACHE_ENV, str(cache))
+
+
+@pytest.fixture
+def eager_dynamo(monkeypatch, tmp_path):
+    """Dynamo's "eager" backend: the same tracing, guards and switch-over as with Inductor, without minutes of C++
+    compilation on the test machine."""
+    compile_with("eager", monkeypatch, tmp_path)
 
 
 @pytest.fixture

@@ -13,25 +13,13 @@ import time
 
 import numpy as np
 import pytest
-from conftest import SIZE, random_frames
+from conftest import SIZE, compile_with, random_frames
 from torch._dynamo.utils import counters
 
 from streamdiff.backends import compile as compiling
 from streamdiff.backends import graphs
 from streamdiff.backends.accelerate import accelerate
 from streamdiff.backends.background import SWITCH_INTERVAL, BackgroundCompile, CallRecorder, held_while_tracing
-
-
-def compile_with(backend: str, monkeypatch, cache) -> None:
-    """Compiles on the CPU with Dynamo's `backend`, its cache in `cache`."""
-    monkeypatch.setattr(compiling, "BACKEND", backend)
-    monkeypatch.setattr(compiling, "compile_unsupported", lambda device: None)
-    monkeypatch.setenv(compiling.CACHE_ENV, str(cache))
-
-
-@pytest.fixture
-def eager_dynamo(monkeypatch, tmp_path):
-    compile_with("eager", monkeypatch, tmp_path)
 
 
 def test_the_stream_switches_to_the_compiled_modules_once_they_are_ready(make_stream, eager_dynamo):

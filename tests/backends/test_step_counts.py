@@ -22,13 +22,6 @@ from streamdiff.backends.graphs import DirectCall
 from streamdiff.backends.runner import AcceleratedStream
 
 
-@pytest.fixture
-def eager_dynamo(monkeypatch, tmp_path):
-    monkeypatch.setattr(compiling, "BACKEND", "eager")
-    monkeypatch.setattr(compiling, "compile_unsupported", lambda device: None)
-    monkeypatch.setenv(compiling.CACHE_ENV, str(tmp_path))
-
-
 def run(stream, script, frames, *, on_wait=None) -> list[np.ndarray]:
     """Play a script on a stream: an int k is frame k, ("steps", n) a change, "wait" the background worker."""
     outputs = []

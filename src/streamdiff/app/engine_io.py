@@ -146,8 +146,6 @@ class EngineRunner:
             self.engine.set_steps(steps)
         except ValueError as exc:  # too many for this strength: the stream keeps its number of steps
             logger.warning("%s", exc)
-            return
-        self._restart_record()
 
     def _restart_record(self) -> None:
         """The stream batch fills again from the next frame (new steps, or a new schedule for the frames in
@@ -180,7 +178,8 @@ class EngineRunner:
                  marks: tuple[float, float, float, float]) -> AiFrame:
         """The output with the request it shows (the one that entered the stream batch `latency` calls ago)."""
         if self._in_flight.maxlen != self.engine.config.latency_frames + 1:
-            self._restart_record()  # the number of steps changed in this call (one set while the engine compiled)
+            # The number of steps changed: set by apply(), or set while the engine compiled and applied in this call.
+            self._restart_record()
         self._in_flight.append((index, when))
         shown_index, shown_time = self._in_flight[0]
         t0, t1, t2, t3 = marks

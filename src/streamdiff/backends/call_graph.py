@@ -65,7 +65,7 @@ class GraphedCall:
             return self.fn(*args, **kwargs)
         key = (spec, tuple(_signature(leaf) for leaf in leaves))
         captured = self._captured.get(key)
-        if captured is None and _holds:  # captured at a call after hold_captures
+        if captured is None and captures_held():  # captured at a call after hold_captures
             self.captured_last = False
             return self.fn(*args, **kwargs)
         self.captured_last = captured is None
@@ -117,6 +117,12 @@ def hold_captures() -> Iterator[None]:
         yield
     finally:
         _holds.remove(token)
+
+
+def captures_held() -> bool:
+    """Whether a hold_captures block is open now, on any thread: nothing may be captured meanwhile (the stream's
+    own steps neither)."""
+    return bool(_holds)
 
 
 def _signature(leaf: Any) -> Any:

@@ -25,6 +25,7 @@ from .. import images
 from ..device_steps import DeviceCarry
 from ..errors import UserError
 from ..stream import StreamPipeline
+from . import call_graph
 from .background import BackgroundCompile, CallRecorder, NewCountPlan
 from .graphs import Capture, DirectCall, FrameBuffers
 from .similarity_check import SimilarityCheck
@@ -84,7 +85,7 @@ class AcceleratedStream(Upgrades):
             raise AttributeError(name)
         value = getattr(self.pipe, name)
         if callable(value) and self.__dict__.get("_upgrade") is not None:
-            return holding(self.trace_lock if name in CHANGES else self.eager_lock, value)
+            return holding(self._beside_compiler() if name in CHANGES else self._reshaping(), value)
         return value
 
     # ----- the StreamPipeline API ----------------------------------------------------------------
@@ -235,9 +236,9 @@ class AcceleratedStream(Upgrades):
 
     def _build(self, key: StepKey, frames: np.ndarray | Tensor | None) -> None:
         pipe = self.pipe
-        # Not while a compilation runs beside the stream: a CUDA graph capture forbids its device synchronisations;
-        # the switch to the compiled modules captures the steps again anyway.
-        if key in self._steps or not pipe.warm or self._capture is None or self._upgrade is not None:
+        # Not while a compilation runs beside any stream: a CUDA graph capture forbids its device synchronisations;
+        # this stream's own switch to the compiled modules captures the steps again anyway.
+        if key in self._steps or not pipe.warm or self._capture is None or call_graph.captures_held():
             return
         self._steps.make_room()
         start = time.perf_counter()
