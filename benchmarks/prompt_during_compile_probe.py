@@ -11,6 +11,9 @@ which a module must not run on another thread), summed over every thread. Nothin
 `--first-frame-delay S` waits S seconds before the first frame, as a camera app does while its camera opens (the
 first frame of the restarted stream runs the modules eagerly). `--set-steps N` also sets N steps per frame a few
 frames after the prompt changes, and reports what that call waited and at which frame the count changed.
+`--similarity-filter T` runs the frames through the similarity filter (random frames: nothing is skipped, every
+frame is measured), configured in the stream before `accelerate` as the camera and web apps do, or with
+`--filter-at start` switched on just after the compile started, reporting what that call waited.
 `--stall-sample S` samples the compiling thread's and the main thread's Python stacks every 10 ms while a frame's
 call has taken more than S seconds, and writes the samples to `--stall-file`: where the compiler was while the
 frame waited. A sampler that itself went unscheduled for long (`sampler_gap_ms`) saw the interpreter lock held
@@ -104,6 +107,10 @@ def main() -> None:
     parser.add_argument("--first-frame-delay", type=float, default=0.0,
                         help="seconds between the stream being ready and its first frame (a camera opening)")
     parser.add_argument("--set-steps", type=int, default=None)
+    parser.add_argument("--similarity-filter", type=float, default=None, metavar="THRESHOLD")
+    parser.add_argument("--filter-at", choices=("build", "start"), default="build",
+                        help="build: in the stream before it is accelerated (the apps); start: set just after the "
+                             "compile started")
     parser.add_argument("--stall-sample", type=float, default=None)
     parser.add_argument("--stall-file", type=Path, default=Path("stalls.json"))
     args = parser.parse_args()
@@ -115,11 +122,17 @@ def main() -> None:
     from streamdiff.backends.accelerate import accelerate
 
     start = time.perf_counter()
+    at_build = args.similarity_filter is not None and args.filter_at == "build"
     pipe = StreamPipeline.from_model(args.model, random_weights=True, device=args.device, seed=2, width=args.size,
-                                     height=args.size)
+                                     height=args.size, similarity_threshold=args.similarity_filter if at_build else None)
     pipe.prepare(prompt="a watercolor painting of a lighthouse at dusk")
     stream, report = accelerate(pipe, "max" if args.device == "cuda" else "compile", background=True, cache_dir=args.cache, progress=lambda _: None)
     ready = time.perf_counter() - start
+    filter_waited = None
+    if args.similarity_filter is not None and not at_build:
+        t = time.perf_counter()
+        stream.set_similarity_filter(args.similarity_filter)
+        filter_waited = time.perf_counter() - t
     frames = list(np.random.default_rng(0).integers(0, 256, (4, args.size, args.size, 3), np.uint8))
     changes = [("ink wash", 0), ("a charcoal sketch", 8)]
     waited: list[float] = []
@@ -173,6 +186,8 @@ def main() -> None:
         "frame_ms_median_compiled": 1000 * statistics.median(after) if after else None,
         "fx_windows": len(WINDOWS), "fx_windows_s": sum(WINDOWS), "fx_longest_window_s": max(WINDOWS, default=0.0),
         "threads": threading.active_count(),
+        "similarity_filter": args.similarity_filter, "filter_at": args.filter_at if args.similarity_filter else None,
+        "similarity_filter_waited_s": filter_waited, "skipped": stream.stats.skipped,
         "set_steps_waited_s": steps_waited, "steps_changed_at_frame": steps_changed_at, "switched_at_frame": switched_at,
         "gaps_over_100ms": [(round(a[0] + a[1] - began, 3), round(1000 * g, 1))
                             for a, g in zip(during, gaps) if g > 0.1],

@@ -25,6 +25,25 @@ def test_headless_run_on_the_test_pattern(capsys, tmp_path):
     assert out.startswith("camera: ") and "frames captured" in out and "stylized" in out
 
 
+def test_the_similarity_filter_is_part_of_the_stream_before_it_is_accelerated(monkeypatch):
+    """Its check is then captured with each step at start-up, not beside a compilation running in the background
+    (set afterwards, it used to take the lock that compilation holds)."""
+    from streamdiff.backends import accelerate
+
+    thresholds = []
+    real = accelerate.accelerate_from_args
+
+    def accelerated(pipe, args, progress=None):
+        thresholds.append(None if pipe.similarity_filter is None else pipe.similarity_filter.threshold)
+        return real(pipe, args, progress)
+
+    monkeypatch.setattr(accelerate, "accelerate_from_args", accelerated)
+    run = ["camera", *TINY, "--camera", "pattern", "--output", "none", "--duration", "0.5"]
+    assert main([*run, "--similarity-filter", "0.9"]) == 0
+    assert main(run) == 0
+    assert thresholds == [0.9, None]
+
+
 def test_the_live_controls_start_from_the_engines_steps_even_past_the_keys_range(monkeypatch):
     from streamdiff.app.runtime import Runtime
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from streamdiff import StreamPipeline
 from streamdiff.backends import compile as compiling
@@ -30,10 +32,29 @@ def prepared_stream(tiny_cache, prompt: str = "a red fox", **settings) -> Stream
 
 
 def compile_with(backend: str, monkeypatch, cache) -> None:
-    """Compiles on the CPU with Dynamo's `backend`, its cache in `cache`."""
+    """Compiles on the CPU with Dynamo's `backend`, its cache in `cache`, from no compiled code, as a new process
+    would: code an earlier test compiled for the same classes and shapes would make this test's compile instant."""
+    torch._dynamo.reset()
     monkeypatch.setattr(compiling, "BACKEND", backend)
     monkeypatch.setattr(compiling, "compile_unsupported", lambda device: None)
     monkeypatch.setenv(compiling.CACHE_ENV, str(cache))
+
+
+def gate_compilation(monkeypatch) -> threading.Event:
+    """The worker's compiled calls wait until the returned event is set (it holds the stream's lock meanwhile)."""
+    gate = threading.Event()
+    real = compiling.compiled_forward
+
+    def gated(module, preset="default"):
+        forward = real(module, preset)
+
+        def held(*args, **kwargs):
+            assert gate.wait(120), "the test never opened the gate"
+            return forward(*args, **kwargs)
+        return held
+
+    monkeypatch.setattr(compiling, "compiled_forward", gated)
+    return gate
 
 
 @pytest.fixture

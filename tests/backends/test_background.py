@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import SIZE, compile_with, random_frames
+from conftest import SIZE, compile_with, gate_compilation, random_frames
 from torch._dynamo.utils import counters
 
 from streamdiff.backends import compile as compiling
@@ -240,6 +240,49 @@ def test_frames_run_while_the_modules_compile_and_equal_the_engines(make_stream,
             continue
         np.testing.assert_array_equal(outputs[item], reference.img2img(frames[item % 3], output_type="np"),
                                       err_msg=f"frame {item}")
+
+
+SETTINGS = {
+    "temporal": lambda stream: stream.set_temporal(feedback=0.3, ema=0.4),
+    "seed": lambda stream: stream.set_seed(7),
+    "similarity filter": lambda stream: stream.set_similarity_filter(0.9, max_skip=2),
+    "reset": lambda stream: stream.reset(),
+}
+
+
+def test_settings_return_while_the_modules_compile_and_apply_at_the_next_frame(make_stream, eager_dynamo,
+                                                                             monkeypatch):
+    """Settings that only rewrite values the step reads run no module: each returns while the worker holds the
+    stream's lock (they used to wait for the whole compilation), and the frames after them are the eager engine's
+    with the same settings."""
+    gate = gate_compilation(monkeypatch)
+    frames = random_frames(len(SETTINGS) + 3, (SIZE, SIZE, 3))
+    reference = make_stream(t_index_list=(30,))
+    expected = [reference.img2img(frames[0], output_type="np")]
+    for k, setting in enumerate(SETTINGS.values(), start=1):
+        setting(reference)
+        expected.append(reference.img2img(frames[k], output_type="np"))
+    expected += [reference.img2img(frame, output_type="np") for frame in frames[len(expected):]]
+    stream, _ = accelerate(make_stream(t_index_list=(30,)), "compile", background=True, fold_upsampling=False)
+    upgrade = stream.upgrade
+    try:
+        while not upgrade.lock.locked():
+            time.sleep(0.001)
+        outputs = [stream.img2img(frames[0], output_type="np")]
+        for k, (name, setting) in enumerate(SETTINGS.items(), start=1):
+            caller = threading.Thread(target=setting, args=(stream,), daemon=True)
+            caller.start()
+            caller.join(10)
+            assert not caller.is_alive(), f"the {name} setting waited for the compilation"
+            outputs.append(stream.img2img(frames[k], output_type="np"))
+        assert not upgrade.done.is_set()
+    finally:
+        gate.set()
+    assert upgrade.wait(300) and upgrade.error is None
+    outputs += [stream.img2img(frame, output_type="np") for frame in frames[len(outputs):]]
+    assert stream.mode == "compile"
+    for k, (got, want) in enumerate(zip(outputs, expected, strict=True)):
+        np.testing.assert_array_equal(got, want, err_msg=f"frame {k}")
 
 
 def test_recording_keeps_copies_of_the_first_call_and_compiling_needs_one(make_stream):

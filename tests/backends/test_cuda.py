@@ -205,8 +205,8 @@ def test_pipelined_replays_match_the_eager_engine(_tiny_cache):
 
 def test_compiling_in_the_background_serves_graph_replays_until_the_switch(_tiny_cache, tmp_path):
     """The first frame (eager) and replays of uncompiled graphs while the thread compiles; a prompt change meanwhile
-    waits only while the compiler traces, and a new step count is applied after the compilation, the frames going
-    on meanwhile."""
+    waits only while the compiler traces, a new step count is applied after the compilation, the frames going
+    on meanwhile, and the similarity filter switched on meanwhile measures without capturing its check."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()  # code compiled by earlier tests for the same shapes would serve the thread
@@ -226,6 +226,9 @@ def test_compiling_in_the_background_serves_graph_replays_until_the_switch(_tiny
         if k == 1:
             fast.set_steps(2)
             assert not fast.upgrade.done.is_set(), "the change of steps waited for the compilation"
+        if k == 2:  # random frames: nothing similar enough to skip, but every frame is measured
+            fast.set_similarity_filter(0.98)
+            assert not fast.upgrade.done.is_set(), "switching the filter on waited for the compilation"
         returned.append(fast.img2img(frames[k % len(frames)]))
         if k == 0:  # the restarted stream's first frame runs the modules eagerly, beside the compiler
             assert not fast.upgrade.done.is_set(), "the first frame waited for the compilation"
@@ -236,11 +239,14 @@ def test_compiling_in_the_background_serves_graph_replays_until_the_switch(_tiny
         assert len(returned) < 100_000
     assert fast.upgrade is None and fast.mode == "max" and during >= 2  # replays went on meanwhile, at 1 step
     assert steps[-1] == 2 and fast.pending_steps is None
+    assert fast.stats.frames == len(returned) and fast.stats.skipped == 0
     compiled = counters["stats"]["unique_graphs"] - before
     eager = _stream(_tiny_cache["taesd"], "float16", cache_conditioning=False, t_index_list=(30,))
     for k, picture in enumerate(returned):  # the eager engine runs modules: only now that the compile is done
         if k == 0:
             eager.update_prompt("a cat", transition_frames=3)
+        if k == 2:
+            eager.set_similarity_filter(0.98)
         eager.set_steps(steps[k])
         difference = np.abs(picture.astype(int) - eager.img2img(frames[k % len(frames)]).astype(int))
         assert difference.max() <= 3, f"frame {k}: {difference.max()} levels"

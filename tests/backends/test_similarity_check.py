@@ -17,6 +17,7 @@ import torch
 from conftest import random_frames
 
 from streamdiff import StreamPipeline
+from streamdiff.backends import call_graph
 from streamdiff.backends.accelerate import accelerate
 from streamdiff.backends.graphs import DirectCall
 from streamdiff.backends.runner import AcceleratedStream
@@ -128,6 +129,30 @@ def test_switching_the_filter_on_mid_stream_and_resetting_agree(make_stream):
         stream.set_similarity_filter(None)
     assert not any(skipped for skipped, _ in _same(eager, fast, clip[:3]))
     assert any(skipped for skipped, _ in decisions) and sum(not skipped for skipped, _ in decisions) > 4
+
+
+def test_a_check_is_not_captured_while_a_compilation_holds_captures(make_stream):
+    """The filter switched on while another stream compiles: its frames measure directly, decide as the eager
+    filter, and the check is captured at the first filtered frame after the hold."""
+    captures = []
+
+    def counted(step, state):
+        captures.append(step)
+        return DirectCall.capture(step, state)
+
+    eager = make_stream(t_index_list=(30,), fit="crop")
+    fast = AcceleratedStream(make_stream(t_index_list=(30,), fit="crop"), counted, mode="direct")
+    clip = _clip((64, 64, 3), seed=2)
+    _same(eager, fast, clip[:3])
+    assert len(captures) == 1  # the step, captured with the filter off
+    for stream in (eager, fast):
+        stream.set_similarity_filter(THRESHOLD, max_skip=2)
+    with call_graph.hold_captures():
+        held = _same(eager, fast, clip[3:14])
+    assert len(captures) == 1
+    assert any(skipped for skipped, _ in held) and not all(skipped for skipped, _ in held)
+    _same(eager, fast, clip[14:])
+    assert len(captures) == 3  # the check's two directions
 
 
 def test_building_at_start_up_leaves_the_filter_as_a_new_streams(make_stream):

@@ -13,10 +13,9 @@ import time
 
 import numpy as np
 import pytest
-from conftest import SIZE, random_frames
+from conftest import SIZE, gate_compilation, random_frames
 from torch._dynamo.utils import counters
 
-from streamdiff.backends import compile as compiling
 from streamdiff.backends.accelerate import accelerate
 from streamdiff.backends.graphs import DirectCall
 from streamdiff.backends.runner import AcceleratedStream
@@ -128,23 +127,6 @@ def test_a_count_set_while_another_compiles_applies_after_it_and_compiles_next(m
     stream.set_steps(2)
     run(stream, [0, 1], frames)
     assert stream.mode == "compile" and counters["stats"]["unique_graphs"] == graphs  # nothing traced again
-
-
-def gate_compilation(monkeypatch) -> threading.Event:
-    """The worker's compiled calls wait until the returned event is set (it holds the stream's lock meanwhile)."""
-    gate = threading.Event()
-    real = compiling.compiled_forward
-
-    def gated(module, preset="default"):
-        forward = real(module, preset)
-
-        def held(*args, **kwargs):
-            assert gate.wait(120), "the test never opened the gate"
-            return forward(*args, **kwargs)
-        return held
-
-    monkeypatch.setattr(compiling, "compiled_forward", gated)
-    return gate
 
 
 def test_set_steps_during_a_compilation_returns_at_once_and_applies_when_it_is_done(make_stream, eager_dynamo,

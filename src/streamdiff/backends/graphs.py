@@ -48,6 +48,11 @@ class DirectCall:
             self.out.copy_(result)
 
     @classmethod
+    def deferred(cls, step: StepFn, state: Sequence[Tensor]) -> tuple[DirectCall, None]:
+        """A Capture that runs nothing now: each replay runs the step, whose result is not kept."""
+        return cls(step), None
+
+    @classmethod
     def capture(cls, step: StepFn, state: Sequence[Tensor]) -> tuple[DirectCall, Tensor | None]:
         """The same contract as CudaGraphCapture, for devices without graphs (and for the CPU tests)."""
         call = cls(step)

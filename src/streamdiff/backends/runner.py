@@ -57,6 +57,10 @@ class _Pending:
 # encoders and the conditioning's refresh): while a compilation runs beside the stream they wait only while it
 # traces (background.py), not for the whole of it, so a prompt typed at start-up applies within seconds.
 CHANGES = frozenset({"update_prompt", "set_strength", "set_t_index_list", "set_style_image", "set_ip_adapter_scale"})
+# The pipeline's settings that only rewrite values the step reads (feedback, EMA, the fixed noise, a ControlNet's
+# scale, the similarity filter, a new stream): they run no module, so they take neither lock and return at once
+# while a compilation runs; the camera app sets its similarity filter just after the compilation starts.
+SETTINGS = frozenset({"set_temporal", "set_seed", "set_control_scale", "set_similarity_filter", "reset"})
 
 
 class AcceleratedStream(Upgrades):
@@ -84,7 +88,7 @@ class AcceleratedStream(Upgrades):
         if name == "pipe":
             raise AttributeError(name)
         value = getattr(self.pipe, name)
-        if callable(value) and self.__dict__.get("_upgrade") is not None:
+        if callable(value) and name not in SETTINGS and self.__dict__.get("_upgrade") is not None:
             return holding(self._beside_compiler() if name in CHANGES else self._reshaping(), value)
         return value
 
@@ -287,7 +291,7 @@ class AcceleratedStream(Upgrades):
             if frames is None or flt is None:
                 proceed = pipe.begin_device_frame(kind)
             else:
-                check = step.check = step.check or self._capture_check(step.buffers)
+                check = self._check_for(step)
                 proceed = pipe.begin_device_frame(kind, cosine=check.measure(flt))
                 if proceed:
                     check.remember(flt)
@@ -327,6 +331,20 @@ class AcceleratedStream(Upgrades):
             return carry.previous_output.to(torch.float32, copy=True)
         assert step.out is not None
         return images.host_output(step.buffers.fetch(step.out), out_kind)
+
+    def _check_for(self, step: Step) -> SimilarityCheck:
+        """The step's similarity check; one captured while the filter was off gets its check at its first filtered
+        frame. While a compilation holds captures (a capture would forbid its device synchronisations), the check
+        runs its kernels at each frame instead, and is captured at the first filtered frame after the hold."""
+        check, held = step.check, call_graph.captures_held()
+        if check is not None and (check.captured or held):
+            return check
+        assert step.buffers.device_in is not None
+        if held:
+            step.check = SimilarityCheck.capture(self.pipe, step.buffers.device_in, DirectCall.deferred, captured=False)
+        else:
+            step.check = self._capture_check(step.buffers)
+        return step.check
 
     def _capture_check(self, buffers: FrameBuffers) -> SimilarityCheck:
         """The similarity check over a step's input buffer: captured with the step when the filter is on,

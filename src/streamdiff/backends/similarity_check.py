@@ -40,12 +40,14 @@ class SimilarityCheck:
     flats: tuple[Tensor, Tensor]  # float32 (N,) each: flats[side] holds the previous pixels, the other this frame's
     cosine: Tensor  # float32 (): cosine(previous, current), rewritten by each replay
     records: tuple[Replayable, Replayable]  # records[side] measures against flats[side]
+    captured: bool = True  # False: made while captures were held, its records run the kernels at each replay
     side: int = 0
 
     @classmethod
-    def capture(cls, pipe: StreamPipeline, frames: Tensor, capture: Capture) -> SimilarityCheck:
+    def capture(cls, pipe: StreamPipeline, frames: Tensor, capture: Capture, captured: bool = True) -> SimilarityCheck:
         """Capture the measurements over frames, the step's static input buffer (uint8 (F, h, w, 3) or float
-        (F, 3, h, w)), with the capture the step used (a CUDA graph, or a direct call)."""
+        (F, 3, h, w)), with the capture the step used (a CUDA graph, or a direct call), or one that captures
+        nothing (captured=False)."""
         cfg = pipe.config
         shape = (frames.shape[0], 3, cfg.height, cfg.width)  # what device_pixels gives
         flats = (torch.zeros(shape, dtype=torch.float32, device=frames.device).reshape(-1),
@@ -62,7 +64,7 @@ class SimilarityCheck:
 
         records = (capture(measure_against(flats[0], flats[1]), ())[0],  # they write only their own buffers:
                    capture(measure_against(flats[1], flats[0]), ())[0])  # no stream state to preserve
-        return cls(flats, cosine, records)
+        return cls(flats, cosine, records, captured)
 
     @property
     def previous(self) -> Tensor:
