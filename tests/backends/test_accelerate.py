@@ -121,6 +121,18 @@ def test_the_cache_folder_is_ours_unless_the_user_chose_one(tmp_path, monkeypatc
     assert compiling.use_cache_dir(tmp_path / "given") == tmp_path / "given"
 
 
+def test_torchs_own_default_in_the_variable_is_not_taken_for_the_users_choice(tmp_path, monkeypatch):
+    """Importing diffusers (through torch._dynamo) writes torch's temporary default into TORCHINDUCTOR_CACHE_DIR;
+    the kernels must still go to the folder that outlives a reboot."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    monkeypatch.delenv(compiling.CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cache_dir()  # what the import does
+    assert compiling.use_cache_dir() == tmp_path / "streamdiff" / "inductor"
+    assert cache_dir() == str(tmp_path / "streamdiff" / "inductor")
+
+
 def test_compiling_in_place_is_reversible_and_reuses_the_compiled_forward():
     module = torch.nn.Linear(3, 3)
     parts = {"m": module}

@@ -126,7 +126,7 @@ def live_engine(args: argparse.Namespace) -> tuple[Any, list[str]]:
     prompts = resolve_prompts(args.prompt, args.prompts)
     args.prompt = prompts[0]
     # The filter is part of the stream before it is accelerated: its check is then captured with each step at
-    # start-up, not beside a background compile (where it would run uncaptured, ~12 ms more per frame on an H100).
+    # start-up, not beside a background compile (where it runs uncaptured: ~12 ms more per frame on an H100 then).
     overrides = {} if args.similarity_filter is None else {"similarity_threshold": args.similarity_filter}
     pipe = engine_from_args(args, **overrides)
     if pipe.device.type == "cpu":

@@ -42,10 +42,13 @@ def default_cache_dir() -> Path:
 def use_cache_dir(path: str | Path | None = None) -> Path:
     """Point Inductor's on-disk cache at `path`, or keep the user's TORCHINDUCTOR_CACHE_DIR, or use ours.
 
-    Inductor reads the variable when it first compiles, so this must run before the first compile.
+    Inductor reads the variable when it first compiles, so this must run before the first compile. Importing
+    torch._dynamo (diffusers does) writes torch's own default, a temporary folder emptied at every reboot, into
+    the variable: that value is taken for unset.
     """
-    if path is None and os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
+    chosen = os.environ.get(CACHE_ENV)
+    if path is None and chosen and Path(chosen) != _torch_default_cache_dir():
+        return Path(chosen)
     folder = Path(path) if path is not None else default_cache_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -53,6 +56,14 @@ def use_cache_dir(path: str | Path | None = None) -> Path:
         raise ValueError(f"cannot create the compile cache folder {folder}: {exc.strerror}") from None
     os.environ[CACHE_ENV] = str(folder)
     return folder
+
+
+def _torch_default_cache_dir() -> Path | None:
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir as torch_default
+    except ImportError:  # another torch layout: every value of the variable is then the user's
+        return None
+    return Path(torch_default())
 
 
 def compile_unsupported(device: torch.device) -> str | None:

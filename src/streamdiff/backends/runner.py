@@ -59,7 +59,7 @@ class _Pending:
 CHANGES = frozenset({"update_prompt", "set_strength", "set_t_index_list", "set_style_image", "set_ip_adapter_scale"})
 # The pipeline's settings that only rewrite values the step reads (feedback, EMA, the fixed noise, a ControlNet's
 # scale, the similarity filter, a new stream): they run no module, so they take neither lock and return at once
-# while a compilation runs; the camera app sets its similarity filter just after the compilation starts.
+# while a compilation runs, as the camera's and the page's live controls must.
 SETTINGS = frozenset({"set_temporal", "set_seed", "set_control_scale", "set_similarity_filter", "reset"})
 
 
