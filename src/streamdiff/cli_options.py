@@ -3,12 +3,48 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .config import CONTROL_PREPROCESSES, FITS, CfgType
 from .errors import UserError
+
+T = TypeVar("T", int, float)
+
+
+def checked(kind: Callable[[str], T], accept: Callable[[T], bool], expected: str) -> Callable[[str], T]:
+    """An argparse type: the option's value as `kind` where `accept` holds for it (and it is finite), else an
+    error that says what was expected; argparse names the option, before anything loads."""
+    def parse(text: str) -> T:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}")
+        return value
+
+    return parse
+
+
+def output_folder(path: str, option: str) -> Path:
+    """The folder `option` names, made now where missing: a file in its place, or a place where no folder can be
+    made or written, fails before any work whose results would go there."""
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{option} {path} is a file; expected a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{option} {path}: cannot make a folder there ({exc.strerror or exc}); expected a "
+                        "folder, or a path where one can be made") from None
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"{option} {path}: the folder is not writable")
+    return folder
 
 
 def _t_index(text: str) -> tuple[int, ...]:
@@ -188,9 +224,8 @@ def engine_settings(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("strength", "steps", "num_inference_steps"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
-    size = args.render_size
     for name in ("width", "height"):
-        value = getattr(args, name) or size
+        value = args.render_size if getattr(args, name) is None else getattr(args, name)
         if value is not None:
             settings[name] = value
     return settings | control_settings(args) | style_settings(args)

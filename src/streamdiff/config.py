@@ -105,7 +105,7 @@ class StreamConfig:
             raise ValueError("give either t_index_list or strength/steps, not both")
         if self.t_index_list is None:
             strength = 1.0 if self.strength is None else float(self.strength)
-            return strength_to_t_index(strength, self.steps or 1, n)
+            return strength_to_t_index(strength, 1 if self.steps is None else self.steps, n)
         indices = tuple(int(i) for i in self.t_index_list)
         if not indices:
             raise ValueError("t_index_list must hold at least one index")

@@ -99,8 +99,8 @@ def fit_size(images: Tensor, width: int, height: int, fit: str) -> Tensor:
         return images
     if fit == "exact":
         raise ValueError(
-            f"expected a {width}x{height} picture (width x height); got {w}x{h}. "
-            "Pass fit='crop', 'pad' or 'stretch' to adapt other sizes"
+            f"expected a {width}x{height} picture (width x height) with fit 'exact'; got {w}x{h} (fit 'crop', 'pad' or "
+            "'stretch' adapts other sizes)"
         )
     if fit == "crop":
         scale = max(width / w, height / h)

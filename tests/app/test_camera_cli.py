@@ -126,3 +126,36 @@ def test_on_the_cpu_the_model_leaves_a_core_to_the_capture_and_display_threads(m
     assert torch.get_num_threads() == 1
     assert main(["camera", *TINY, "--camera", "pattern", "--output", "none", "--cpu-threads", "0"]) == 2
     assert "--cpu-threads must be at least 1" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--display-fps", "-5"], "argument --display-fps: expected a rate above 0 frames per second; got '-5'"),
+    (["--display-fps", "0"], "argument --display-fps: expected a rate above 0 frames per second; got '0'"),
+    (["--display-size", "0"], "argument --display-size: expected a height of at least 16 pixels; got '0'"),
+    (["--duration", "-1"], "argument --duration: expected a number of seconds above 0; got '-1'"),
+    (["--duration", "0"], "argument --duration: expected a number of seconds above 0; got '0'"),
+    (["--transition-frames", "-3"], "argument --transition-frames: expected 0 or more frames; got '-3'"),
+    (["--ema", "1"], "argument --ema: expected a number in [0, 1); got '1'"),
+    (["--feedback", "-0.1"], "argument --feedback: expected a number in [0, 1); got '-0.1'"),
+])
+def test_out_of_range_app_options_are_named_before_the_model_loads(capsys, monkeypatch, options, message):
+    from streamdiff.stream import StreamPipeline
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad option was noticed")
+
+    monkeypatch.setattr(StreamPipeline, "from_model", refuse)
+    with pytest.raises(SystemExit) as exited:
+        main(["camera", *TINY, "--camera", "pattern", "--output", "none", *options])
+    assert exited.value.code == 2
+    assert message in one_line_error(capsys)
+
+
+def test_ema_and_feedback_take_the_range_their_help_states(capsys):
+    with pytest.raises(SystemExit):
+        main(["camera", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "output smoothing, [0, 1) (e/d)" in shown and "share of the last latent fed back, [0, 1) (f/v)" in shown
+    assert main(["camera", *TINY, "--camera", "pattern", "--output", "none", "--duration", "0.5", "--ema", "0.99",
+                 "--feedback", "0.95"]) == 0
+

@@ -9,6 +9,7 @@ import av
 import numpy as np
 import pytest
 from app_fakes import FakeEngine, make_clip
+from cli_checks import one_line_error
 
 from streamdiff.app.video import Progress, stylize_video
 from streamdiff.cli import main
@@ -285,3 +286,18 @@ def test_streamdiff_video_several_frames_per_call(tmp_path, clip, capsys):
 def test_refuses_to_overwrite_its_input(clip, capsys):
     assert main(["video", str(clip), str(clip), *TINY]) == 2
     assert "would overwrite the input" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("crf", ["-5", "99"])
+def test_a_crf_outside_libx264s_range_is_refused_before_the_model_loads(tmp_path, clip, capsys, monkeypatch, crf):
+    from streamdiff.stream import StreamPipeline
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad --crf was noticed")
+
+    monkeypatch.setattr(StreamPipeline, "from_model", refuse)
+    out = tmp_path / "out.mp4"
+    with pytest.raises(SystemExit) as exited:
+        main(["video", str(clip), str(out), *TINY, "--crf", crf])
+    assert exited.value.code == 2 and not out.exists()
+    assert f"argument --crf: expected an integer from 0 to 51; got '{crf}'" in one_line_error(capsys)

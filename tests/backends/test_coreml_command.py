@@ -52,6 +52,13 @@ def test_convert_refuses_what_it_cannot_do_in_one_line(options, expected, tmp_pa
     assert not list(tmp_path.iterdir())
 
 
+def test_an_out_that_cannot_be_a_folder_is_one_line_before_the_model_loads(tmp_path, capsys):
+    taken = tmp_path / "parts.png"
+    taken.write_bytes(b"not a folder")
+    assert main(["convert", *TINY, "--out", str(taken)]) == 2
+    assert f"--out {taken} is a file; expected a folder" in one_line_error(capsys)
+
+
 @pytest.mark.skipif(sys.platform == "darwin", reason="Core ML runs on macOS")
 def test_accel_coreml_off_macos_says_why_in_one_line(tmp_path, capsys):
     code = main(["img2img", "sample", str(tmp_path / "out.png"), *TINY, "--prompt", "ink", "--accel", "coreml"])

@@ -186,3 +186,66 @@ def test_bad_lists_are_argument_errors(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--pipelined", "maybe"])
     assert "choose from no, yes" in capsys.readouterr().err
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fails the test if the bench gets as far as loading a model."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad option was noticed")
+
+    monkeypatch.setattr("streamdiff.models.loading.load_model", refuse)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--steps", "1,99"], "argument --steps: expected steps from 1 to 50 (the schedule's length); got '99'"),
+    (["--steps", "0"], "argument --steps: expected steps from 1 to 50"),
+    (["--similarity", "5"], "argument --similarity: expected a number in [0, 1]; got '5'"),
+    (["--guidance", "-1"], "argument --guidance: expected a number of 0 or more; got '-1'"),
+])
+def test_values_that_would_fail_every_case_are_one_line_before_timing(options, message, tmp_path, capsys, no_model):
+    with pytest.raises(SystemExit) as exited:
+        main([*TINY, "--device", "cpu", *options, "--output-dir", str(tmp_path / "out")])
+    assert exited.value.code == 2 and not (tmp_path / "out").exists()
+    assert message in one_line_error(capsys)
+
+
+def test_a_model_that_cannot_be_had_is_one_whole_line_before_timing(tmp_path, capsys, monkeypatch, no_model):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    out = tmp_path / "out"
+    assert main(["bench", "--model", "sd-turbo", "--device", "cpu", "--output-dir", str(out)]) == 2
+    err = one_line_error(capsys)
+    assert "model 'sd-turbo' cannot be loaded: stabilityai/sd-turbo (the pipeline)" in err
+    assert err.endswith("(older huggingface_hub: `huggingface-cli download <repo>`).\n")  # whole, not cut short
+    assert not (out / "bench.md").exists()
+
+
+@pytest.mark.parametrize("target, message", [
+    ("taken", "--output-dir {target} is a file; expected a folder"),
+    ("taken/results", "--output-dir {target}: cannot make a folder there"),
+])
+def test_an_output_dir_that_cannot_be_a_folder_is_refused_before_timing(target, message, tmp_path, capsys, no_model):
+    (tmp_path / "taken").write_text("a file in the way")
+    target = str(tmp_path / target)
+    assert main([*TINY, "--device", "cpu", "--output-dir", target]) == 2
+    assert message.format(target=target) in one_line_error(capsys)
+    assert (tmp_path / "taken").read_text() == "a file in the way"
+
+
+def test_a_run_where_nothing_could_be_measured_ends_with_one_line_and_no_table(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "results"
+    assert main([*TINY, "--accel", "graphs", "--device", "cpu", "--no-stages", "--output-dir", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and not (out / "bench.md").exists()
+    assert captured.err.splitlines()[-1].startswith("streamdiff: error: nothing could be measured: ")
+    assert "CUDA graphs need a CUDA GPU" in captured.err.splitlines()[-1]
+    # One case failing among others keeps the others' numbers, and its error in the table.
+    assert main([*TINY, "--accel", "none,graphs", "--device", "cpu", "--no-stages", "--output-dir", str(out)]) == 0
+    results = json.loads((out / "bench.json").read_text())["results"]
+    assert [("error" in r, r["scenario"]["accel"]) for r in results] == [(False, "none"), (True, "graphs")]
+    assert "failed: " in capsys.readouterr().out

@@ -118,6 +118,13 @@ def test_a_style_picture_steers_img2img_and_txt2img(tmp_path):
         (["img2img", "missing.png", "o.png", "--prompt", "x", "--model", "tiny"], "input picture not found"),
         (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--width", "100"],
          "width must be a positive multiple of 8"),
+        (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--width", "0", "--height", "64"],
+         "width must be a positive multiple of 8; got 0"),
+        (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--steps", "0"],
+         "steps must be at least 1; got 0"),
+        (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--fit", "exact"],
+         "expected a 64x64 picture (width x height) with fit 'exact'; got 512x512 (fit 'crop', 'pad' or 'stretch' "
+         "adapts other sizes)"),
         (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--t-index", "3,60"],
          "t_index_list entries must be in [0, 49]"),
         (["img2img", "sample", "no/such/dir/o.png", "--prompt", "x", "--model", "tiny"], "output folder does not exist"),

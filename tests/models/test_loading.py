@@ -130,6 +130,18 @@ def test_folder_offline_without_cached_taesd_says_how_to_keep_the_own_vae(offlin
     assert "--no-taesd (taesd=False) to keep the model's own VAE" in message and "\n" not in message
 
 
+def test_no_taesd_is_offered_only_where_taesd_alone_is_missing(helpers, offline_hub, tiny_folder):
+    with pytest.raises(ModelUnavailableError) as info:
+        load_model("sd-turbo", **CPU)
+    missing = str(info.value)
+    assert "stabilityai/sd-turbo (the pipeline) and madebyollin/taesd" in missing and "--no-taesd" not in missing
+    helpers.add_to_hub_cache(offline_hub, "stabilityai/sd-turbo", tiny_folder)
+    with pytest.raises(ModelUnavailableError) as info:
+        load_model("sd-turbo", **CPU)
+    taesd_only = str(info.value)
+    assert "stabilityai/sd-turbo" not in taesd_only and "Instead, pass --no-taesd (taesd=False)" in taesd_only
+
+
 def test_registry_model_loads_offline_from_the_hub_cache(helpers, offline_hub, tiny_reference, tiny_folder, tmp_path):
     from streamdiff.models.tiny import build_tiny_taesd
 

@@ -140,6 +140,15 @@ def test_the_command_line_fuses_a_lora_and_a_missing_one_fails_before_the_model_
     assert "LoRA not found:" in one_line_error(capsys)
 
 
+def test_a_scale_that_is_no_number_after_an_existing_file_is_named_as_the_scale(tmp_path, capsys, monkeypatch):
+    lora = tmp_path / "ink.safetensors"
+    lora.write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    assert main(["img2img", "sample", "out.png", "--model", "tiny", "--prompt", "ink", "--lora", "ink.safetensors:abc"]) == 2
+    assert "a LoRA's scale, after the ':' in 'ink.safetensors:abc', must be a number such as 0.8; got 'abc'" \
+        in one_line_error(capsys)
+
+
 def test_a_hub_lora_offline_is_named_with_what_is_missing(offline_hub, capsys, tmp_path):
     assert main(["img2img", "sample", str(tmp_path / "x.png"), "--model", "tiny", "--prompt", "ink",
                  "--lora", "owner/ink-style"]) == 2

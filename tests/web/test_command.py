@@ -72,6 +72,59 @@ def test_bad_server_options_are_one_line_errors(capsys, no_model, options, messa
     assert message in one_line_error(capsys)
 
 
+def test_https_files_that_are_no_pem_pair_are_one_line_before_the_model_loads(tmp_path, capsys, no_model):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("not a certificate")
+    key.write_text("not a key")
+    assert main(["web", *TINY, "--port", "0", "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]) == 2
+    err = one_line_error(capsys)
+    assert f"--ssl-certfile {cert} and --ssl-keyfile {key} cannot be used" in err
+    assert "expected a PEM certificate and its PEM private key" in err and "serving" not in err
+
+
+def _pem_pair(folder, name, passphrase=None):
+    """A self-signed certificate and its private key, as PEM files (the key encrypted with a passphrase)."""
+    import datetime
+
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+                   .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+                   .sign(key, hashes.SHA256()))
+    encryption = (serialization.BestAvailableEncryption(passphrase) if passphrase
+                  else serialization.NoEncryption())
+    cert, key_file = folder / f"{name}-cert.pem", folder / f"{name}-key.pem"
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption))
+    return str(cert), str(key_file)
+
+
+def test_a_pem_pair_passes_the_https_check_and_a_mismatched_one_is_named(tmp_path):
+    from streamdiff.errors import UserError
+    from streamdiff.web.command import check_certificate
+
+    cert, key = _pem_pair(tmp_path, "one")
+    other_cert, other_key = _pem_pair(tmp_path, "other")
+    check_certificate(cert, key)
+    check_certificate(*_pem_pair(tmp_path, "locked", passphrase=b"secret"))  # the passphrase is asked for later
+    with pytest.raises(UserError, match="key values mismatch"):
+        check_certificate(other_cert, key)
+
+
+def test_smoothing_and_transition_options_outside_their_range_are_argument_errors(capsys, no_model):
+    for options, message in ((["--ema", "1"], "argument --ema: expected a number in [0, 1)"),
+                             (["--feedback", "1.5"], "argument --feedback: expected a number in [0, 1)"),
+                             (["--transition-frames", "-1"], "argument --transition-frames: expected 0 or more")):
+        with pytest.raises(SystemExit):
+            main(["web", *TINY, "--port", "0", *options])
+        assert message in one_line_error(capsys)
+
+
 class Server:
     """`streamdiff web` in a process of its own, on a free port, started without waiting until it serves
     (`ready()` waits)."""

@@ -28,7 +28,8 @@ keys:
 
 
 def register(subparsers: Any) -> None:
-    from streamdiff.cli_options import add_engine_options
+    from streamdiff.app.runtime import MIN_PANE_HEIGHT
+    from streamdiff.cli_options import add_engine_options, checked
 
     p = subparsers.add_parser(
         "camera", help="live camera stylization in a window (the main job)",
@@ -44,8 +45,7 @@ def register(subparsers: Any) -> None:
                         "screen[:LEFT,TOP,WIDTH,HEIGHT], an NDI source (ndi, ndi:NAME, ndi://HOST:PORT) or pattern "
                         "(default: camera 0, else the test pattern)")
     g.add_argument("--blend", type=float, default=0.0, help="camera share of the output, 0..1 (+/-)")
-    g.add_argument("--ema", type=float, default=0.0, help="output smoothing, 0..0.95 (e/d)")
-    g.add_argument("--feedback", type=float, default=0.3, help="share of the last latent fed back, 0..0.9 (f/v)")
+    add_smoothing_options(g)
     g.add_argument("--similarity-filter", nargs="?", type=float, const=0.98, default=None, metavar="THRESHOLD",
                    help="skip frames that barely changed (default threshold 0.98)")
     g.add_argument("--save-dir", default="captures", help="where s saves PNGs (default ./captures)")
@@ -55,15 +55,38 @@ def register(subparsers: Any) -> None:
                    help="window (default), virtual (virtual camera), ndi[:NAME] (an NDI source on the network, "
                         "default name streamdiff), none, a video file (.mp4, .mkv, .mov) or a folder for PNG "
                         "frames; repeat for several")
-    g.add_argument("--display-fps", type=float, default=30.0, help="display rate (default 30)")
-    g.add_argument("--display-size", type=int, default=512, help="height of each pane in pixels (default 512)")
-    g.add_argument("--transition-frames", type=int, default=8, help="frames a prompt change takes (default 8)")
+    g.add_argument("--display-fps", type=checked(float, lambda fps: fps > 0, "a rate above 0 frames per second"),
+                   default=30.0, help="display rate in frames per second, above 0 (default 30)")
+    g.add_argument("--display-size", type=checked(int, lambda size: size >= MIN_PANE_HEIGHT,
+                                                  f"a height of at least {MIN_PANE_HEIGHT} pixels"),
+                   default=512, help=f"height of each pane in pixels, at least {MIN_PANE_HEIGHT} (default 512)")
+    add_transition_option(g)
     g.add_argument("--loop", action="store_true", help="restart a video file or image folder at its end")
-    g.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    g.add_argument("--duration", type=checked(float, lambda seconds: seconds > 0, "a number of seconds above 0"),
+                   default=None, help="stop after this many seconds (above 0; default: run until quit)")
     g.add_argument("--cpu-threads", type=int, default=None,
                    help="torch threads when the model runs on the CPU (default: all cores but one)")
     add_remote_options(g)
     p.set_defaults(func=run)
+
+
+def add_smoothing_options(group: Any, keys: bool = True) -> None:
+    """--ema and --feedback in the range the stream's settings take (the keys and MIDI stop lower); `keys`: name
+    the camera window's keys for them."""
+    from streamdiff.cli_options import checked
+
+    share = checked(float, lambda value: 0 <= value < 1, "a number in [0, 1)")
+    group.add_argument("--ema", type=share, default=0.0, help="output smoothing, [0, 1)" + (" (e/d)" if keys else ""))
+    group.add_argument("--feedback", type=share, default=0.3,
+                       help="share of the last latent fed back, [0, 1)" + (" (f/v)" if keys else ""))
+
+
+def add_transition_option(group: Any) -> None:
+    """--transition-frames, for the camera and the web page."""
+    from streamdiff.cli_options import checked
+
+    group.add_argument("--transition-frames", type=checked(int, lambda frames: frames >= 0, "0 or more frames"),
+                       default=8, help="frames a prompt change takes, 0 for at once (default 8)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -33,6 +33,9 @@ from streamdiff.errors import UserError, first_line
 logger = logging.getLogger(__name__)
 
 
+MIN_PANE_HEIGHT = 16  # pixels
+
+
 @dataclass(frozen=True)
 class RuntimeOptions:
     prompts: tuple[str, ...] = ("",)
@@ -48,9 +51,9 @@ class RuntimeOptions:
     style_name: str | None = None  # the name of the style picture the engine started with (--style-image), if any
 
     def __post_init__(self) -> None:
-        if self.display_fps < 0 or self.pane_height < 16 or self.join_timeout <= 0:
+        if self.display_fps < 0 or self.pane_height < MIN_PANE_HEIGHT or self.join_timeout <= 0:
             raise ValueError(
-                "display_fps must be >= 0, pane_height >= 16 and join_timeout > 0; got "
+                f"display_fps must be >= 0, pane_height >= {MIN_PANE_HEIGHT} and join_timeout > 0; got "
                 f"{self.display_fps}, {self.pane_height}, {self.join_timeout}"
             )
 

@@ -32,6 +32,9 @@ from streamdiff.app.frames import to_engine
 from streamdiff.errors import UserError
 
 
+CRF_RANGE = (0, 51)  # libx264's constant rate factor for 8-bit video; outside it libav fails late or not at all
+
+
 @dataclass(frozen=True)
 class VideoSummary:
     frames: int
@@ -267,7 +270,7 @@ def _probe(path: str) -> None:
 
 
 def register(subparsers: Any) -> None:
-    from streamdiff.cli_options import add_engine_options
+    from streamdiff.cli_options import add_engine_options, checked
 
     p = subparsers.add_parser(
         "video", help="stylize a video file offline (every frame, audio kept)",
@@ -279,7 +282,10 @@ def register(subparsers: Any) -> None:
     add_engine_options(p, prompt_required=True)
     g = p.add_argument_group("video")
     g.add_argument("--no-audio", action="store_true", help="leave the audio out")
-    g.add_argument("--crf", type=int, default=18, help="H.264 quality: lower is better and larger (default 18)")
+    g.add_argument("--crf", type=checked(int, lambda crf: CRF_RANGE[0] <= crf <= CRF_RANGE[1],
+                                         f"an integer from {CRF_RANGE[0]} to {CRF_RANGE[1]}"), default=18,
+                   help=f"H.264 quality, {CRF_RANGE[0]}-{CRF_RANGE[1]} (libx264's range): lower is better and larger, "
+                        "0 is lossless (default 18)")
     g.add_argument("--frame-buffer-size", type=int, default=1, metavar="N",
                    help="frames per engine call (default 1): on a GPU, 8-16 stylize a clip faster; the frames of "
                         "a call share the fixed noise, so the video stays as steady as with 1")

@@ -5,17 +5,24 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..backends.accelerate import AccelMode, add_rewrite_options
 from ..backends.compile import COMPILE_PRESETS
-from ..cli_options import add_control_options, control_settings, controlnets
-from ..config import CfgType
+from ..cli_options import add_control_options, checked, control_settings, controlnets, output_folder
+from ..config import CfgType, StreamConfig
 from ..errors import UserError
 from .baselines import BASELINES
 from .clips import CLIPS
 from .scenario import TASKS, Scenario, grid
+
+if TYPE_CHECKING:
+    import torch
+
+    from .run import BenchOptions
+
+
+MAX_STEPS = StreamConfig.num_inference_steps  # a case's steps are spread over the default schedule
 
 
 def _list(kind: Callable[[str], Any], choices: tuple[str, ...] | None = None) -> Callable[[str], list[Any]]:
@@ -44,14 +51,18 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-taesd", action="store_true", help="decode with the model's full VAE instead of TAESD")
     add_rewrite_options(p)
     p.add_argument("--task", type=_list(str, TASKS), default=["img2img"], help="img2img, txt2img")
-    p.add_argument("--steps", type=_list(int), default=[1], help="denoising steps, e.g. 1,2,4")
+    p.add_argument("--steps", type=_list(checked(int, lambda steps: 1 <= steps <= MAX_STEPS,
+                                                 f"steps from 1 to {MAX_STEPS} (the schedule's length)")),
+                   default=[1], help=f"denoising steps, 1 to {MAX_STEPS}, e.g. 1,2,4")
     p.add_argument("--cfg", type=_list(str, tuple(m.value for m in CfgType)), default=["none"],
                    help="residual CFG modes: none, self, initialize, full")
-    p.add_argument("--guidance", type=float, default=1.4, help="guidance scale of the cfg modes")
+    p.add_argument("--guidance", type=checked(float, lambda scale: scale >= 0, "a number of 0 or more"), default=1.4,
+                   help="guidance scale of the cfg modes, 0 or more")
     p.add_argument("--frame-buffer-size", type=_list(int), default=[1], help="frames (or streams) per call")
     p.add_argument("--resolution", type=_list(int), default=[512], help="square render sizes")
     p.add_argument("--sequential", action="store_true", help="run the steps one after another (no stream batch)")
-    p.add_argument("--similarity", type=float, default=None, help="similarity filter threshold (off by default)")
+    p.add_argument("--similarity", type=checked(float, lambda threshold: 0 <= threshold <= 1, "a number in [0, 1]"),
+                   default=None, help="similarity filter threshold, [0, 1] (off by default)")
     add_control_options(p)
     p.add_argument("--ip-adapter", default=None, metavar="base|plus|FILE",
                    help="steer every case by a generated style picture through this IP-Adapter (a kind, or a weight "
@@ -148,6 +159,17 @@ def _check_ip_adapter(args: argparse.Namespace) -> None:
             locate_ip_adapter(args.ip_adapter, spec.family, random_weights=args.random_weights)
 
 
+def _fetch_models(scenarios: list[Scenario], options: BenchOptions, device: torch.device) -> None:
+    """Before any timing: every model the cases load is there (downloaded where it must be), or one error says
+    what is missing."""
+    from ..devices import resolve_dtype
+    from ..models.loading import prefetch_model
+
+    dtype = resolve_dtype(options.dtype, device)
+    for model, taesd in dict.fromkeys((s.model, s.taesd) for s in scenarios):
+        prefetch_model(model, dtype=dtype, taesd=taesd, random_weights=options.random_weights)
+
+
 def run_command(args: argparse.Namespace) -> int:
     from ..devices import resolve_device
     from . import report
@@ -158,7 +180,6 @@ def run_command(args: argparse.Namespace) -> int:
     options = _options(args)
     _check_controlnet(args)
     _check_ip_adapter(args)
-    out = Path(args.output_dir)
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     started = time.time()
     cases = []
@@ -167,7 +188,11 @@ def run_command(args: argparse.Namespace) -> int:
         scenarios = [c.scenario for c in cases]
     else:
         scenarios = scenarios_from_args(args)
+    out = output_folder(args.output_dir, "--output-dir")  # before the timing whose results go there
+    _fetch_models(scenarios, options, device)
     results = run_all(scenarios, options, progress=say)
+    if results and all("error" in r for r in results):
+        raise UserError(f"nothing could be measured: {results[0]['error']}")
     name = "ablation" if args.ablation else "bench"
     document = {"command": "streamdiff " + " ".join(sys.argv[1:]) if sys.argv else "", "started": started,
                 "environment": report.environment(device), "options": options.__dict__, "results": results}

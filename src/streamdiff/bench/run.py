@@ -181,7 +181,7 @@ def _guarded(kind: str, scenario: Scenario, pool: ModelPool, progress: Callable[
         return _failed(scenario, kind, "out of GPU memory")
     except Exception as exc:
         logger.debug("case failed", exc_info=True)
-        failed = _failed(scenario, kind, f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+        failed = _failed(scenario, kind, f"{type(exc).__name__}: {' '.join(str(exc).split())}")
         progress(f"bench: failed: {failed['error']}")
         return failed
 

@@ -51,7 +51,7 @@ class Scenario:
             raise ValueError(f"pipelined frames are img2img frames; got task {self.task!r}")
         if self.resolution < 8 or self.resolution % 8:
             raise ValueError(f"resolution must be a positive multiple of 8; got {self.resolution}")
-        StreamConfig(**self._control_settings())  # checked here: StreamConfig would fail every case
+        StreamConfig(**(self.settings() | self._control_settings()))  # checked here: it would fail every case
 
     def settings(self) -> dict[str, Any]:
         """StreamConfig settings of this case (the schedule: `steps` evenly spaced from pure noise)."""

@@ -50,7 +50,7 @@ def folder_or_hub_id(ref: str, what: str, folder_kind: str, choices: str, exampl
 
 def fetch(wanted: Sequence[HubFiles], subject: str, alternatives: Sequence[str] = MODEL_ALTERNATIVES) -> list[str]:
     """Local folders of every wanted repo (downloading into the hub cache); all failures in one error that
-    offers the repos' own alternatives, then `alternatives`."""
+    offers the missing repo's own alternative (where it alone is missing), then `alternatives`."""
     folders: list[str] = []
     failures: list[tuple[HubFiles, str]] = []
     last: BaseException | None = None
@@ -159,8 +159,9 @@ def unavailable_message(subject: str, failures: Sequence[tuple[HubFiles, str]],
     many = len(failures) > 1
     missing = _join([f"{files.repo} ({files.role})" for files, _ in failures])
     reasons = _join(sorted({_REASONS[reason] for _, reason in failures})).format(endpoint=constants.ENDPOINT)
-    instead = [files.instead for files, _ in failures if files.instead]
-    instead += list(alternatives)
+    # A repo's own way round it (no TAESD, say) helps only where nothing else is missing too.
+    own = failures[0][0].instead if len(failures) == 1 else ""
+    instead = ([own] if own else []) + list(alternatives)
     downloads = _join([_download_command(files) for files, _ in failures])
     return (
         f"{subject} cannot be loaded: {missing} {'are' if many else 'is'} not in the local Hugging Face cache "

@@ -89,6 +89,21 @@ def load_model(
     return LoadedModel(pipe=pipe, spec=spec.with_traits(use_taesd=use_taesd))
 
 
+def prefetch_model(name_or_path: str, *, dtype: torch.dtype, taesd: bool | None = None,
+                   random_weights: bool = False) -> None:
+    """Fetch what load_model would fetch, building nothing: a model that cannot be had fails now, in one error,
+    before work that waits for it (a single checkpoint file's base configuration is read when it loads)."""
+    source = resolve_source(name_or_path)
+    if random_weights:
+        _require_registry(source)
+    elif source.kind == "registry":
+        spec = REGISTRY[source.location]
+        if not spec.local_builder:
+            _registry_folders(spec, _use_taesd(spec, taesd), dtype)
+    elif source.kind != "single_file":
+        _other_folders(source, True if taesd is None else taesd, None)
+
+
 def resolve_source(name_or_path: str) -> Source:
     """Registry name, then an existing folder or file, then a hub id "owner/name"; else a UserError."""
     if name_or_path in REGISTRY:
@@ -156,23 +171,42 @@ def _use_taesd(spec: ModelSpec, taesd: bool | None) -> bool:
 def _load_registry(spec: ModelSpec, use_taesd: bool, dtype: torch.dtype, device: torch.device | str):
     if spec.local_builder:
         return _build_local(spec, use_taesd, dtype, device)
-    if spec.lora_repo:
-        require_peft(spec.name, spec.lora_repo)
-    variant = "fp16" if spec.fp16_variant and dtype in (torch.float16, torch.bfloat16) else None
-    wanted = [HubFiles(spec.repo_id, "the pipeline", skip_vae=use_taesd, variant=variant, safetensors=spec.safetensors)]
-    if use_taesd:
-        wanted.append(_taesd_files(spec.taesd_repo))
-    if spec.lora_repo:
-        wanted.append(HubFiles(spec.lora_repo, "its LoRA", LORA_FILES))
-    folders = fetch(wanted, f"model '{spec.name}'")
+    folders = _registry_folders(spec, use_taesd, dtype)
     vae = load_taesd(folders[1], dtype) if use_taesd else None
-    pipe = _from_folder(folders[0], dtype, vae=vae, variant=variant).to(device)
+    pipe = _from_folder(folders[0], dtype, vae=vae, variant=_variant(spec, dtype)).to(device)
     if spec.lora_repo:  # on the device, where the fusing matmuls are fast
         fuse_style_loras(pipe, [LocatedLora(StyleLora(spec.lora_repo), folders[-1], None)])
     return pipe
 
 
+def _variant(spec: ModelSpec, dtype: torch.dtype) -> str | None:
+    return "fp16" if spec.fp16_variant and dtype in (torch.float16, torch.bfloat16) else None
+
+
+def _registry_folders(spec: ModelSpec, use_taesd: bool, dtype: torch.dtype) -> list[str]:
+    """Local folders of a hub registry model: its pipeline, then TAESD where used, then its LoRA if it has one."""
+    if spec.lora_repo:
+        require_peft(spec.name, spec.lora_repo)
+    wanted = [HubFiles(spec.repo_id, "the pipeline", skip_vae=use_taesd, variant=_variant(spec, dtype),
+                       safetensors=spec.safetensors)]
+    if use_taesd:
+        wanted.append(_taesd_files(spec.taesd_repo))
+    if spec.lora_repo:
+        wanted.append(HubFiles(spec.lora_repo, "its LoRA", LORA_FILES))
+    return fetch(wanted, f"model '{spec.name}'")
+
+
 def _load_other(source: Source, use_taesd: bool, dtype: torch.dtype, config: str | None):
+    folder, taesd_folder = _other_folders(source, use_taesd, config)
+    vae = load_taesd(taesd_folder, dtype) if taesd_folder is not None else None
+    if source.kind == "single_file":
+        return _from_single_file(source.location, dtype, vae=vae, config_folder=folder)
+    return _from_folder(folder, dtype, vae=vae, variant=None)
+
+
+def _other_folders(source: Source, use_taesd: bool, config: str | None) -> tuple[str, str | None]:
+    """Local folders of a model outside the registry: its pipeline (a single file's base configuration), and
+    TAESD where used (None where not)."""
     subject = f"model '{source.location}'"
     config_folder = _config_folder(config)
     if source.kind == "hub":
@@ -185,10 +219,7 @@ def _load_other(source: Source, use_taesd: bool, dtype: torch.dtype, config: str
         folder = config_folder if source.kind == "single_file" else source.location
     # Which TAESD fits follows from the pipeline's class, so it is fetched once that is known.
     taesd_repo = TAESDXL_REPO if _is_sdxl(folder) else TAESD_REPO
-    vae = load_taesd(fetch([_taesd_files(taesd_repo)], subject)[0], dtype) if use_taesd else None
-    if source.kind == "single_file":
-        return _from_single_file(source.location, dtype, vae=vae, config_folder=folder)
-    return _from_folder(folder, dtype, vae=vae, variant=None)
+    return folder, fetch([_taesd_files(taesd_repo)], subject)[0] if use_taesd else None
 
 
 def _is_sdxl(folder: str) -> bool:
@@ -214,8 +245,7 @@ def _config_folder(config: str | None) -> str | None:
 
 
 def _taesd_files(repo: str) -> HubFiles:
-    return HubFiles(repo, "TAESD, replacing its VAE", TAESD_FILES,
-                    instead="--no-taesd (taesd=False) to keep the model's own VAE")
+    return HubFiles(repo, "TAESD, replacing its VAE", TAESD_FILES, instead="--no-taesd (taesd=False) to keep the model's own VAE")
 
 
 def _build_local(spec: ModelSpec, use_taesd: bool, dtype: torch.dtype, device: torch.device | str):
@@ -229,10 +259,14 @@ def _build_local(spec: ModelSpec, use_taesd: bool, dtype: torch.dtype, device: t
     return pipe
 
 
-def _load_random(source: Source, taesd: bool | None, dtype: torch.dtype, device, traits) -> LoadedModel:
-    """Seeded random weights of a registry model's architecture; its LoRA is left out (nothing to adapt)."""
+def _require_registry(source: Source) -> None:
     if source.kind != "registry":
         raise UserError(f"random weights need a registry model name ({', '.join(REGISTRY)}); got {source.location!r}")
+
+
+def _load_random(source: Source, taesd: bool | None, dtype: torch.dtype, device, traits) -> LoadedModel:
+    """Seeded random weights of a registry model's architecture; its LoRA is left out (nothing to adapt)."""
+    _require_registry(source)
     spec = _with_traits(REGISTRY[source.location], traits)
     if spec.local_builder:
         pipe, note = _build_local(spec, _use_taesd(spec, taesd), dtype, device), "random weights"

@@ -28,9 +28,11 @@ class StyleLora:
     @classmethod
     def parse(cls, text: str) -> StyleLora:
         """SOURCE[:SCALE], e.g. ink.safetensors:0.8 or owner/repo (a colon not followed by a number, as in
-        C:\\styles\\ink.safetensors, belongs to the source)."""
+        C:\\styles\\ink.safetensors, belongs to the source, unless only the part before it is a file or folder)."""
         head, sep, tail = text.rpartition(":")
         number = _number(tail) if sep else None
+        if sep and number is None and _exists(head) and not _exists(text):
+            raise ValueError(f"a LoRA's scale, after the ':' in {text!r}, must be a number such as 0.8; got {tail!r}")
         source, scale = (head, number) if number is not None else (text, 1.0)
         if not source.strip():
             raise ValueError(f"--lora expects SOURCE[:SCALE] (a .safetensors file, a folder or a hub repo); got "
@@ -38,6 +40,10 @@ class StyleLora:
         if not math.isfinite(scale):
             raise ValueError(f"a LoRA's scale must be a finite number; got {tail!r}")
         return cls(source, float(scale))
+
+
+def _exists(path: str) -> bool:
+    return bool(path) and Path(path).expanduser().exists()
 
 
 def _number(text: str) -> float | None:

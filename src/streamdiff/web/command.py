@@ -22,6 +22,7 @@ or on localhost: from other machines, serve with --ssl-certfile and --ssl-keyfil
 
 
 def register(subparsers: Any) -> None:
+    from streamdiff.app.camera import add_smoothing_options, add_transition_option
     from streamdiff.cli_options import add_engine_options
 
     p = subparsers.add_parser("web", help="a browser page as camera and screen (the same engine, served)",
@@ -33,14 +34,13 @@ def register(subparsers: Any) -> None:
     g.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     g.add_argument("--prompts", default="gallery", metavar="FILE",
                    help="the prompts the page offers: a .txt/.yaml file (default: the built-in gallery)")
-    g.add_argument("--ema", type=float, default=0.0, help="output smoothing, 0..0.95")
-    g.add_argument("--feedback", type=float, default=0.3, help="share of the last latent fed back, 0..0.9")
+    add_smoothing_options(g, keys=False)
     g.add_argument("--similarity-filter", nargs="?", type=float, const=0.98, default=None, metavar="THRESHOLD",
                    help="skip frames that barely changed (default threshold 0.98)")
-    g.add_argument("--transition-frames", type=int, default=8, help="frames a prompt change takes (default 8)")
+    add_transition_option(g)
     g.add_argument("--quality", type=int, default=85, help="JPEG quality of the pictures sent back, 1..100")
-    g.add_argument("--ssl-certfile", default=None, help="certificate for https (with --ssl-keyfile)")
-    g.add_argument("--ssl-keyfile", default=None, help="private key for https")
+    g.add_argument("--ssl-certfile", default=None, help="certificate for https, a PEM file (with --ssl-keyfile)")
+    g.add_argument("--ssl-keyfile", default=None, help="the certificate's private key for https, a PEM file")
     g.add_argument("--transport", choices=[m.value for m in TransportMode], default="auto",
                    help="how pictures travel: webrtc (video tracks: a fraction of the bytes, for pages on other "
                         "machines), websocket (a JPEG per frame), or auto (default: WebRTC for pages opened from "
@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     for option, path in (("--ssl-certfile", args.ssl_certfile), ("--ssl-keyfile", args.ssl_keyfile)):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"{option}: no such file: {path}")
+    if args.ssl_certfile is not None:
+        check_certificate(args.ssl_certfile, args.ssl_keyfile)
     if not 1 <= args.quality <= 100:
         raise UserError(f"--quality must be in 1..100; got {args.quality}")
     senders = [_sender_name(output) for output in args.output]
@@ -95,6 +97,30 @@ def run(args: argparse.Namespace) -> int:
         remotes.close()
     print(summary)
     return 0
+
+
+class _KeyNeedsPassphrase(Exception):
+    """The private key is encrypted: uvicorn asks for its passphrase when it loads the pair."""
+
+
+def _no_passphrase() -> str:
+    raise _KeyNeedsPassphrase
+
+
+def check_certificate(certfile: str, keyfile: str) -> None:
+    """Load the https pair as the server will, before anything else: files that are no PEM certificate and key
+    fail here in one line, not once the page is announced."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(certfile, keyfile, password=_no_passphrase)
+    except _KeyNeedsPassphrase:
+        return
+    except ssl.SSLError as exc:
+        reason = f" ({exc.reason.replace('_', ' ').lower()})" if exc.reason else ""
+        raise UserError(f"--ssl-certfile {certfile} and --ssl-keyfile {keyfile} cannot be used{reason}: expected a "
+                        "PEM certificate and its PEM private key") from None
 
 
 def choose_transport(mode: TransportMode, ice_servers: list[IceServer]) -> Transport:

@@ -30,7 +30,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from streamdiff.backends.runner import AcceleratedStream
-    from streamdiff.cli_options import ip_adapter, progress, stream_from_args
+    from streamdiff.cli_options import ip_adapter, output_folder, progress, stream_from_args
     from streamdiff.errors import UserError
 
     from . import NO_IP_ADAPTER, use_coreml
@@ -43,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     if ip_adapter(args) is not None:
         raise UserError(NO_IP_ADAPTER)
     require_coremltools()  # before the model loads
+    if args.out is not None:
+        output_folder(args.out, "--out")  # a file there, or no way to make the folder, fails before the model loads
     pipe = stream_from_args(args, device="cpu", dtype="float32", frame_buffer_size=args.frame_buffer_size)
     store = use_coreml(pipe, args.out, load=None, progress=progress)
     AcceleratedStream(pipe, None).warm(txt2img=args.txt2img)
