@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import NoReturn, Sequence
 
 from . import images
-from .cli_options import add_engine_options, controlnets, engine_from_args
+from .cli_options import add_engine_options, controlnets, engine_from_args, require_style_image
 from .errors import UserError
 
 SAMPLE = "sample"  # names the bundled picture, for a first run with nothing at hand
@@ -38,6 +38,8 @@ def _read_picture(name: str, role: str = "input picture"):
 
 def _img2img(args: argparse.Namespace) -> int:
     picture = _read_picture(args.input)
+    _check_output_picture(args.output)
+    require_style_image(args, "img2img")
     # One picture: run the steps one after another, the same math as the stream batch without its latency.
     pipe = engine_from_args(args, use_denoising_batch=False)
     _save(pipe.img2img(picture, output_type="pil"), args.output)
@@ -53,6 +55,8 @@ def _txt2img(args: argparse.Namespace) -> int:
         raise UserError(f"--control-image is given {len(given)} times for {len(refs)} ControlNet(s): give one picture "
                         "for all, or one per ControlNet in the order of --controlnet")
     pictures = [_read_picture(source, "control picture") for source in given]
+    _check_output_picture(args.output)
+    require_style_image(args, "txt2img")
     pipe = engine_from_args(args, use_denoising_batch=False)
     if len(pictures) == 1:
         pipe.set_control_image(pictures[0])
@@ -63,10 +67,23 @@ def _txt2img(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_output_picture(target: str) -> None:
+    """OUT names a picture file Pillow can write, in a folder that exists: checked before the model loads, so a
+    wrong path costs no loading and no stylizing."""
+    from PIL import Image
+
+    path = Path(target)
+    if path.is_dir():
+        raise UserError(f"output picture {path} is a folder; expected a picture file such as {path / 'out.png'}")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"output folder does not exist: {path.parent}")
+    if Image.registered_extensions().get(path.suffix.lower()) not in Image.SAVE:
+        raise UserError(f"cannot write {path}: unknown picture format {path.suffix or '(no extension)'}; "
+                        "expected a picture file such as .png or .jpg")
+
+
 def _save(picture, target: str) -> None:
     path = Path(target)
-    if path.parent and not path.parent.exists():
-        raise FileNotFoundError(f"output folder does not exist: {path.parent}")
     try:
         picture.save(path)
     except (ValueError, KeyError) as exc:
@@ -81,11 +98,22 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"streamdiff: error: {message} (see {self.prog} --help)\n")
 
 
+class _SubcommandParser(_OneLineParser):
+    """A subcommand's parser refuses the arguments it does not know itself: argparse would leave them to the
+    top-level parser, whose error points to `streamdiff --help`, where the subcommand's options are not listed."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="streamdiff", description="Real-time diffusion for picture streams: camera, video, "
                                                            "pictures.")
     parser.add_argument("--version", action="version", version=_version())
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_SubcommandParser)
     p = sub.add_parser("img2img", help="stylize one picture")
     p.add_argument("input", help=f"input picture (PNG, JPEG, ...); `{SAMPLE}` uses a bundled landscape")
     p.add_argument("output", help="output picture path")

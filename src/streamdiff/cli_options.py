@@ -105,7 +105,7 @@ def add_engine_options(parser: argparse.ArgumentParser, *, prompt_required: bool
                    help="a style LoRA fused into the weights: .safetensors file, folder or hub repo, with an optional "
                         "scale (default 1), e.g. ink.safetensors:0.8; repeat for several")
     g.add_argument("--model-config", default=None,
-                   help="for a .safetensors/.ckpt model: a diffusers folder or hub id of its base model")
+                   help="for a .safetensors/.ckpt --model only: a diffusers folder or hub id of its base model")
     g.add_argument("--strength", type=float, default=None, help="how much of the input to redraw, (0, 1]")
     g.add_argument("--steps", type=int, default=None, help="denoising steps (with --strength)")
     g.add_argument("--t-index", type=_t_index, default=None, metavar="I,J,...",
@@ -163,8 +163,8 @@ def add_style_options(parser: argparse.ArgumentParser) -> None:
                             "and sdxl-lcm; SD 2.x models such as sd-turbo and sdxs-512 have none")
     group.add_argument("--ip-adapter", default=None, metavar="base|plus|FILE",
                        help="the IP-Adapter: base, plus (finer detail of the picture, 16 tokens instead of 4) or a "
-                            "weight file with its image_encoder/ folder beside it; without --style-image the stream "
-                            "waits for a picture (the web page, OSC)")
+                            "weight file with its image_encoder/ folder beside it; without --style-image the camera "
+                            "and the web page wait for a picture (the page, OSC), the other commands need one")
     group.add_argument("--ip-adapter-scale", type=float, default=None, metavar="SCALE",
                        help="how strongly the style picture steers, [0, 5] (default 0.6; 1: as trained, where the "
                             "picture outweighs the prompt)")
@@ -174,6 +174,28 @@ def ip_adapter(args: argparse.Namespace) -> str | None:
     """The IP-Adapter the options ask for: --ip-adapter, or the base one for --style-image; None for none."""
     given = getattr(args, "ip_adapter", None)
     return given or ("base" if getattr(args, "style_image", None) else None)
+
+
+def require_style_image(args: argparse.Namespace, command: str) -> None:
+    """A command that takes no picture later (no page, no OSC) needs its style picture on the command line: an
+    IP-Adapter without one would load and steer nothing."""
+    if getattr(args, "ip_adapter", None) and not getattr(args, "style_image", None):
+        raise UserError(f"--ip-adapter needs --style-image PICTURE for {command}: nothing else gives it a picture to "
+                        "steer with")
+
+
+def check_model_config(args: argparse.Namespace) -> None:
+    """--model-config describes a single checkpoint file; any other model brings its own configuration, so the
+    option would be ignored there."""
+    from .models.loading import SINGLE_FILE_SUFFIXES
+    from .models.registry import DEFAULT_MODEL
+
+    if getattr(args, "model_config", None) is None:
+        return
+    if Path(args.model or DEFAULT_MODEL).suffix.lower() not in SINGLE_FILE_SUFFIXES:
+        model = f"--model {args.model}" if args.model else f"the default model {DEFAULT_MODEL}"
+        raise UserError(f"--model-config is for a --model given as a .safetensors or .ckpt file; {model} brings its "
+                        "own configuration: leave --model-config out")
 
 
 def style_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -243,6 +265,7 @@ def stream_from_args(args: argparse.Namespace, **overrides: Any):
     from .models.registry import DEFAULT_MODEL
     from .stream import StreamPipeline
 
+    check_model_config(args)
     settings = {**engine_settings(args), **overrides}
     style = getattr(args, "style_image", None)
     picture = read_picture(style, "style picture") if style else None  # a missing one is named before loading

@@ -51,6 +51,8 @@ def read_picture(path: str | Path, role: str = "picture") -> Any:
     from PIL import Image, UnidentifiedImageError
 
     source = Path(path)
+    if source.is_dir():
+        raise ValueError(f"{role} {source} is a folder; expected a picture file (PNG, JPEG, ...)")
     if not source.is_file():
         raise FileNotFoundError(f"{role} not found: {source}")
     try:

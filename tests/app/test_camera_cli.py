@@ -108,11 +108,26 @@ def test_a_video_file_source_ends_cleanly_and_records_the_output(tmp_path, capsy
     assert shown >= 10 and len(list(frames.glob("frame_*.png"))) == shown
 
 
-def test_bad_option_values_are_one_line_errors(capsys):
-    assert main(["camera", *TINY, "--camera", "pattern", "--output", "none", "--blend", "2"]) == 2
-    assert "blend must be in [0, 1]" in one_line_error(capsys)
-    assert main(["camera", *TINY, "--camera", "pattern", "--output", "out.gif"]) == 2
-    assert "unknown --output 'out.gif'" in one_line_error(capsys)
+@pytest.mark.parametrize("options, message", [
+    (["--output", "out.gif"], "unknown --output 'out.gif': use window, virtual, ndi[:NAME], none, a video file"),
+    (["--output", "out.xyz", "--output", "none"], "unknown --output 'out.xyz'"),
+    (["--output", "taken"], "--output taken is a file; expected a folder"),
+    (["--output", "none", "--fullscreen"], "--fullscreen is for the window, which --output leaves out"),
+    (["--output", "none", "--model-config", "base-model"],
+     "--model-config is for a --model given as a .safetensors or .ckpt file; --model tiny brings its own"),
+])
+def test_outputs_and_options_that_would_be_ignored_are_refused_before_the_model_loads(capsys, monkeypatch, tmp_path,
+                                                                                       options, message):
+    from streamdiff.stream import StreamPipeline
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the problem was noticed")
+
+    monkeypatch.setattr(StreamPipeline, "from_model", refuse)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taken").write_text("a file where PNG frames would go")
+    assert main(["camera", *TINY, "--camera", "pattern", *options]) == 2
+    assert message in one_line_error(capsys)
 
 
 def test_on_the_cpu_the_model_leaves_a_core_to_the_capture_and_display_threads(monkeypatch, capsys):
@@ -137,6 +152,8 @@ def test_on_the_cpu_the_model_leaves_a_core_to_the_capture_and_display_threads(m
     (["--transition-frames", "-3"], "argument --transition-frames: expected 0 or more frames; got '-3'"),
     (["--ema", "1"], "argument --ema: expected a number in [0, 1); got '1'"),
     (["--feedback", "-0.1"], "argument --feedback: expected a number in [0, 1); got '-0.1'"),
+    (["--blend", "2"], "argument --blend: expected a number in [0, 1]; got '2'"),
+    (["--blend", "-0.1"], "argument --blend: expected a number in [0, 1]; got '-0.1'"),
 ])
 def test_out_of_range_app_options_are_named_before_the_model_loads(capsys, monkeypatch, options, message):
     from streamdiff.stream import StreamPipeline
@@ -159,3 +176,10 @@ def test_ema_and_feedback_take_the_range_their_help_states(capsys):
     assert main(["camera", *TINY, "--camera", "pattern", "--output", "none", "--duration", "0.5", "--ema", "0.99",
                  "--feedback", "0.95"]) == 0
 
+
+
+def test_blend_takes_the_range_its_help_states(capsys):
+    with pytest.raises(SystemExit):
+        main(["camera", "--help"])
+    assert "camera share of the output, [0, 1] (+/-)" in " ".join(capsys.readouterr().out.split())
+    assert main(["camera", *TINY, "--camera", "pattern", "--output", "none", "--duration", "0.5", "--blend", "1"]) == 0

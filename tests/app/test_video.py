@@ -301,3 +301,17 @@ def test_a_crf_outside_libx264s_range_is_refused_before_the_model_loads(tmp_path
         main(["video", str(clip), str(out), *TINY, "--crf", crf])
     assert exited.value.code == 2 and not out.exists()
     assert f"argument --crf: expected an integer from 0 to 51; got '{crf}'" in one_line_error(capsys)
+
+
+def test_an_ip_adapter_without_a_style_picture_is_refused_before_the_model_loads(tmp_path, clip, capsys,
+                                                                                  monkeypatch):
+    """A video takes no picture later (no page, no OSC): the adapter would load and steer nothing."""
+    from streamdiff.stream import StreamPipeline
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the missing --style-image was noticed")
+
+    monkeypatch.setattr(StreamPipeline, "from_model", refuse)
+    out = tmp_path / "out.mp4"
+    assert main(["video", str(clip), str(out), *TINY, "--ip-adapter", "base"]) == 2
+    assert "--ip-adapter needs --style-image PICTURE for video" in one_line_error(capsys) and not out.exists()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_checks import one_line_error
 from PIL import Image
 
 import streamdiff
@@ -160,10 +161,10 @@ def test_a_style_picture_steers_img2img_and_txt2img(tmp_path):
          "no base IP-Adapter is published for sd21 models"),
         (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--style-image", "none.png"],
          "style picture not found: none.png"),
-        (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--ip-adapter", "plus"],
-         "random weights build the base IP-Adapter only"),
-        (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--ip-adapter", "base",
-          "--ip-adapter-scale", "7"], "ip_adapter_scale must be a number in [0, 5]"),
+        (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--ip-adapter", "plus", "--style-image",
+          SAMPLE_FILE], "random weights build the base IP-Adapter only"),
+        (["img2img", "sample", "o.png", "--prompt", "x", "--model", "tiny", "--ip-adapter", "base", "--style-image",
+          SAMPLE_FILE, "--ip-adapter-scale", "7"], "ip_adapter_scale must be a number in [0, 5]"),
     ],
 )
 def test_errors_print_one_line_and_exit_non_zero(args, words, tmp_path, capsys, monkeypatch):
@@ -177,6 +178,49 @@ def test_errors_print_one_line_and_exit_non_zero(args, words, tmp_path, capsys, 
     assert code == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("streamdiff: error:") and words in lines[0], lines
+
+
+@pytest.mark.parametrize("args, words", [
+    (["img2img", "sample", "o3.xyz"], "cannot write o3.xyz: unknown picture format .xyz; expected a picture file"),
+    (["img2img", "sample", "o"], "cannot write o: unknown picture format (no extension); expected a picture file"),
+    (["txt2img", "o3.xyz"], "cannot write o3.xyz: unknown picture format .xyz; expected a picture file"),
+    (["img2img", "sample", "folder"], "output picture folder is a folder; expected a picture file such as "
+                                      "folder/out.png"),
+    (["img2img", "sample", "no/such/dir/o.png"], "output folder does not exist: no/such/dir"),
+    (["img2img", "folder", "o.png"], "input picture folder is a folder; expected a picture file"),
+    (["img2img", "sample", "o.png", "--style-image", "folder"], "style picture folder is a folder; expected a picture"),
+    (["img2img", "sample", "o.png", "--ip-adapter", "base"], "--ip-adapter needs --style-image PICTURE for img2img"),
+    (["txt2img", "o.png", "--ip-adapter", "base"], "--ip-adapter needs --style-image PICTURE for txt2img"),
+    (["img2img", "sample", "o.png", "--model-config", "base-model"],
+     "--model-config is for a --model given as a .safetensors or .ckpt file; --model tiny brings its own"),
+])
+def test_paths_and_options_that_would_be_ignored_are_refused_before_the_model_loads(args, words, tmp_path, capsys,
+                                                                                      monkeypatch):
+    from streamdiff.stream import StreamPipeline
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the problem was noticed")
+
+    monkeypatch.setattr(StreamPipeline, "from_model", refuse)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder").mkdir()
+    assert main([*args, "--prompt", "x", "--model", "tiny"]) == 2
+    assert words in one_line_error(capsys)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["folder"]
+
+
+@pytest.mark.parametrize("args, ending", [
+    (["camera", "--bogus"], "unrecognized arguments: --bogus (see streamdiff camera --help)"),
+    (["img2img", "sample", "o.png", "--prompt", "x", "--bogus"],
+     "unrecognized arguments: --bogus (see streamdiff img2img --help)"),
+    (["models", "--bogus", "1"], "unrecognized arguments: --bogus 1 (see streamdiff models --help)"),
+    (["--bogus", "models"], "unrecognized arguments: --bogus (see streamdiff --help)"),
+])
+def test_an_unknown_option_points_to_the_help_that_lists_the_options(args, ending, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 2
+    assert one_line_error(capsys).endswith(ending + "\n")
 
 
 def test_an_error_in_a_real_process_is_one_line_without_a_traceback(tmp_path):

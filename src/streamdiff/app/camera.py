@@ -39,18 +39,21 @@ def register(subparsers: Any) -> None:
     p.set_defaults(compile_in_background=True)  # stylized frames within seconds; the compiled speed follows
     g = p.add_argument_group("camera app")
     g.add_argument("--prompts", nargs="?", const="gallery", default=None, metavar="FILE",
-                   help="switch prompts with n/p: the built-in gallery of styles, or a .txt/.yaml file")
+                   help="switch prompts with n/p: the built-in gallery of styles, or a .txt/.yaml file (after "
+                        "--prompt, where given)")
     g.add_argument("--camera", default=None, metavar="SOURCE",
                    help="camera index, /dev/videoN, video file, stream URL (rtsp://, http://), image or folder, "
                         "screen[:LEFT,TOP,WIDTH,HEIGHT], an NDI source (ndi, ndi:NAME, ndi://HOST:PORT) or pattern "
                         "(default: camera 0, else the test pattern)")
-    g.add_argument("--blend", type=float, default=0.0, help="camera share of the output, 0..1 (+/-)")
+    g.add_argument("--blend", type=checked(float, lambda share: 0 <= share <= 1, "a number in [0, 1]"),
+                   default=0.0, help="camera share of the output, [0, 1] (+/-)")
     add_smoothing_options(g)
     g.add_argument("--similarity-filter", nargs="?", type=float, const=0.98, default=None, metavar="THRESHOLD",
                    help="skip frames that barely changed (default threshold 0.98)")
     g.add_argument("--save-dir", default="captures", help="where s saves PNGs (default ./captures)")
     g.add_argument("--mirror", action="store_true", help="mirror the camera, like a selfie view (m)")
-    g.add_argument("--fullscreen", action="store_true", help="full-screen window with the output alone")
+    g.add_argument("--fullscreen", action="store_true",
+                   help="full-screen window with the output alone (needs --output window, the default)")
     g.add_argument("--output", action="append", default=None, metavar="WHERE",
                    help="window (default), virtual (virtual camera), ndi[:NAME] (an NDI source on the network, "
                         "default name streamdiff), none, a video file (.mp4, .mkv, .mov) or a folder for PNG "
@@ -92,6 +95,7 @@ def add_transition_option(group: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     require("cv2", "the camera app")
     outputs = args.output or ["window"]
+    _check_outputs(outputs, args.fullscreen)
     window = _open_window(outputs, args.fullscreen)  # no display: fail before the model loads
     sinks: list[Any] = [window] if window else []
     source = remotes = None
@@ -196,36 +200,61 @@ def _open_window(outputs: list[str], fullscreen: bool) -> Any:
     return WindowSink(fullscreen=fullscreen) if "window" in names else None
 
 
+def _output_kind(output: str) -> str:
+    """What an --output value names: window, none, virtual, ndi, video (a file) or folder (PNG frames)."""
+    from streamdiff.app.ndi import is_ndi
+    from streamdiff.app.sinks import VIDEO_SUFFIXES
+
+    name = output.lower()
+    if name in ("window", "none", "virtual"):
+        return name
+    if name == "null":
+        return "none"
+    if name in ("vcam", "virtualcam"):
+        return "virtual"
+    if is_ndi(output):
+        return "ndi"
+    if Path(output).suffix.lower() in VIDEO_SUFFIXES:
+        return "video"
+    if Path(output).suffix == "" or Path(output).is_dir():
+        return "folder"
+    raise UserError(f"unknown --output {output!r}: use window, virtual, ndi[:NAME], none, a video file "
+                    f"({', '.join(VIDEO_SUFFIXES)}) or a folder for PNG frames")
+
+
+def _check_outputs(outputs: list[str], fullscreen: bool) -> None:
+    """Every --output understood and its PNG folder made, and --fullscreen given a window, before anything opens
+    or the model loads."""
+    from streamdiff.cli_options import output_folder
+
+    kinds = [_output_kind(output) for output in outputs]
+    for output, kind in zip(outputs, kinds):
+        if kind == "folder":
+            output_folder(output, "--output")
+    if fullscreen and "window" not in kinds:
+        raise UserError("--fullscreen is for the window, which --output leaves out: add --output window, or leave "
+                        "--fullscreen out")
+
+
 def _open_outputs(outputs: list[str], options: Any, render_size: tuple[int, int], fps: float | None) -> list[Any]:
     """The non-window sinks, at the output pane's size."""
     from streamdiff.app.display import pane_size
-    from streamdiff.app.ndi import NdiSink, is_ndi, sender_name
-    from streamdiff.app.sinks import (
-        VIDEO_SUFFIXES,
-        NullSink,
-        PngSequenceSink,
-        VideoFileSink,
-        VirtualCameraSink,
-    )
+    from streamdiff.app.ndi import NdiSink, sender_name
+    from streamdiff.app.sinks import NullSink, PngSequenceSink, VideoFileSink, VirtualCameraSink
 
     width, height = pane_size(options.pane_height, render_size)
     rate = options.display_fps or fps or 30.0
     sinks: list[Any] = []
     for output in outputs:
-        name = output.lower()
-        if name == "window":
-            continue
-        if name in ("none", "null"):
+        kind = _output_kind(output)
+        if kind == "none":
             sinks.append(NullSink())
-        elif name in ("virtual", "vcam", "virtualcam"):
+        elif kind == "virtual":
             sinks.append(VirtualCameraSink(width, height, rate))
-        elif is_ndi(output):
+        elif kind == "ndi":
             sinks.append(NdiSink(sender_name(output), rate))
-        elif Path(output).suffix.lower() in VIDEO_SUFFIXES:
+        elif kind == "video":
             sinks.append(VideoFileSink(output, width, height, rate))
-        elif Path(output).suffix == "" or Path(output).is_dir():
+        elif kind == "folder":
             sinks.append(PngSequenceSink(output))
-        else:
-            raise UserError(f"unknown --output {output!r}: use window, virtual, ndi[:NAME], none, a video file "
-                            f"({', '.join(VIDEO_SUFFIXES)}) or a folder for PNG frames")
     return sinks

@@ -248,13 +248,14 @@ def _pts_step(source: Any) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from streamdiff.cli_options import engine_from_args
+    from streamdiff.cli_options import engine_from_args, require_style_image
 
     if not Path(args.input).is_file():
         raise FileNotFoundError(f"input video not found: {args.input}")
     _probe(args.input)  # a corrupt input fails before the model loads
     if args.frame_buffer_size < 1:
         raise UserError(f"--frame-buffer-size must be at least 1; got {args.frame_buffer_size}")
+    require_style_image(args, "video")
     # The frames of a call share each step's noise: as steady as one frame per call (see StreamConfig).
     pipe = engine_from_args(args, frame_buffer_size=args.frame_buffer_size, shared_noise=True)
     summary = stylize_video(pipe, args.input, args.output, audio=not args.no_audio, crf=args.crf,

@@ -33,7 +33,8 @@ def register(subparsers: Any) -> None:
     g.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     g.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     g.add_argument("--prompts", default="gallery", metavar="FILE",
-                   help="the prompts the page offers: a .txt/.yaml file (default: the built-in gallery)")
+                   help="the prompts the page offers, after --prompt where given: a .txt/.yaml file (default: the "
+                        "built-in gallery)")
     add_smoothing_options(g, keys=False)
     g.add_argument("--similarity-filter", nargs="?", type=float, const=0.98, default=None, metavar="THRESHOLD",
                    help="skip frames that barely changed (default threshold 0.98)")
