@@ -337,20 +337,17 @@ class AcceleratedStream(Upgrades):
         frame. While a compilation holds captures (a capture would forbid its device synchronisations), the check
         runs its kernels at each frame instead, and is captured at the first filtered frame after the hold."""
         check, held = step.check, call_graph.captures_held()
-        if check is not None and (check.captured or held):
-            return check
-        assert step.buffers.device_in is not None
-        if held:
-            step.check = SimilarityCheck.capture(self.pipe, step.buffers.device_in, DirectCall.deferred, captured=False)
-        else:
-            step.check = self._capture_check(step.buffers)
-        return step.check
+        if check is None or not (check.captured or held):
+            step.check = check = self._capture_check(step.buffers, held)
+        return check
 
-    def _capture_check(self, buffers: FrameBuffers) -> SimilarityCheck:
-        """The similarity check over a step's input buffer: captured with the step when the filter is on,
-        or at the first filtered frame of a step captured while it was off."""
+    def _capture_check(self, buffers: FrameBuffers, held: bool = False) -> SimilarityCheck:
+        """The similarity check over a step's input buffer: captured with the step when the filter is on, or at the
+        first filtered frame of a step captured while it was off; while captures are held, one that captures
+        nothing and runs its kernels at each replay."""
         assert self._capture is not None and buffers.device_in is not None
-        return SimilarityCheck.capture(self.pipe, buffers.device_in, self._capture)
+        capture = DirectCall.deferred if held else self._capture
+        return SimilarityCheck.capture(self.pipe, buffers.device_in, capture, captured=not held)
 
     def _guarded(self, call: Callable[..., Any], *args: Any) -> Any:
         """Run a frame; running out of GPU memory becomes a message that says what to change."""
